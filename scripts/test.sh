@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The project's test command: fetches the default model (so real-model tests run), then runs
+# the whole test suite. The cargo build cache lives outside the clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cai-target}
+bash scripts/fetch-model.sh >/dev/null
+export CAI_REQUIRE_MODEL=1
+cargo test --all-targets "$@"

@@ -1,0 +1,104 @@
+//! Command-line interface: one Args struct per subcommand; doc comments are the `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::llm::BackendKind;
+use crate::revise::{LongPrompt, SftFormat};
+
+/// cai: the Constitutional AI / RLAIF pipeline on real language models.
+#[derive(Debug, Parser)]
+#[command(name = "cai", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Critique → revision loops on red-team prompts: writes an SFT data set.
+    Revise(ReviseArgs),
+    /// Check or list a constitution.
+    #[command(subcommand)]
+    Constitution(ConstitutionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConstitutionCommand {
+    /// Validate constitution files; problems are printed as file:line:column.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List a constitution's principles and examples.
+    Show { file: PathBuf },
+}
+
+/// Model selection shared by every stage that calls a model.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ModelArgs {
+    /// Backend that runs the model.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// `default` (embedded SmolLM2-135M-Instruct), a .gguf file, a model folder or a
+    /// Hugging Face id from the local cache.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviseArgs {
+    /// YAML file with any ReviseConfig fields; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Constitution YAML [default: constitutions/harmless.yaml].
+    #[arg(long)]
+    pub constitution: Option<PathBuf>,
+    /// Red-team prompts: JSONL (`prompt`, `messages` or HH-RLHF rows) or text, one per line.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Output JSONL; an existing file is resumed [default: runs/revisions.jsonl].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Critique → revision rounds per prompt [default: 2].
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seed for principle sampling and text sampling [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder with template overrides (initial.txt, critique.txt, revision.txt).
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// Prompts processed together [default: 8].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Only the first N prompts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Few-shot revision examples from the constitution per request [default: 2].
+    #[arg(long)]
+    pub few_shot: Option<usize>,
+    /// Longest accepted prompt in tokens [default: 1024].
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
+    /// What to do with longer prompts [default: skip].
+    #[arg(long, value_enum)]
+    pub on_long_prompt: Option<LongPrompt>,
+    /// Sampling temperature of all steps (0 = greedy) [default: 0.7].
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Maximum new tokens of every step [defaults: answer 128, critique 96, revision 128].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Also write X.trl.jsonl (TRL conversational `messages` rows).
+    #[arg(long = "format", value_enum)]
+    pub formats: Vec<SftFormat>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}

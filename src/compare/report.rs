@@ -1,0 +1,408 @@
+//! Presenting a [`CompareReport`]: an aligned terminal table, and a report folder with
+//! `report.md`, `metrics.json` and SVG plots.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::bootstrap::PairedTest;
+use super::metrics::LENGTH_BUCKETS;
+use super::{CompareReport, FileReport, HISTOGRAM_BINS};
+use crate::plot::{self, BarSeries, HistogramSeries, LineChart, LineSeries};
+
+/// The report's plots: (alt text, file name).
+const PLOTS: [(&str, &str); 3] = [
+    ("Reliability diagram", "reliability.svg"),
+    ("Agreement per principle", "principles.svg"),
+    ("Distribution of p_a", "p_a_hist.svg"),
+];
+
+/// Significance level of the paired tests' verdict.
+const ALPHA: f64 = 0.05;
+
+/// One table row: a metric name and one cell per AI file.
+struct Row {
+    name: String,
+    cells: Vec<String>,
+}
+
+/// The metric rows shared by the terminal table and report.md.
+fn metric_rows(report: &CompareReport) -> Vec<Row> {
+    let files = &report.files;
+    let row = |name: &str, cell: &dyn Fn(&FileReport) -> String| Row {
+        name: name.to_string(),
+        cells: files.iter().map(cell).collect(),
+    };
+    let mut rows = vec![
+        row("pairs matched", &|f| {
+            format!("{} of {}", f.join.matched, f.join.ai_rows)
+        }),
+        row("  stored swapped (a/b)", &|f| f.join.swapped.to_string()),
+        row("  AI rows unmatched", &|f| f.join.unmatched_ai.to_string()),
+        row("  human pairs unmatched", &|f| {
+            f.join.unmatched_human.to_string()
+        }),
+        row("  AI duplicates", &|f| f.join.duplicate_ai.to_string()),
+        row("scored (human chose)", &|f| f.n_scored.to_string()),
+        row("agreement [95% CI]", &|f| match f.agreement_ci {
+            Some((lo, hi)) => format!(
+                "{} [{:.1}, {:.1}]",
+                pct(f.agreement),
+                100.0 * lo,
+                100.0 * hi
+            ),
+            None => pct(f.agreement),
+        }),
+        row("AI tie rate (half credit)", &|f| pct(f.tie_rate)),
+        row("Cohen's kappa (no ties)", &|f| {
+            format!("{} (n={})", num(f.kappa.value), f.kappa.n)
+        }),
+        row("log-loss", &|f| num(f.log_loss)),
+        row("Brier score", &|f| num(f.brier)),
+        row(&format!("ECE ({} bins)", report.bins), &|f| {
+            num(f.calibration.ece)
+        }),
+        row("position consistency", &|f| {
+            format!("{} (n={})", pct(f.position.consistency), f.position.n_pairs)
+        }),
+        row("chose slot (A)", &|f| {
+            format!(
+                "{} (n={})",
+                pct(f.position.slot_a_rate),
+                f.position.n_answers
+            )
+        }),
+    ];
+    for (k, bucket) in LENGTH_BUCKETS.iter().enumerate() {
+        let name = format!("turns {bucket}");
+        rows.push(row(&name, &|f| {
+            group_cell(f.by_length.get(k).map(|g| (g.agreement, g.n)))
+        }));
+    }
+    for principle in principle_names(files) {
+        rows.push(row(&format!("principle: {principle}"), &|f| {
+            group_cell(
+                f.principles
+                    .iter()
+                    .find(|g| g.name == principle)
+                    .map(|g| (g.agreement, g.n)),
+            )
+        }));
+    }
+    let flags: std::collections::BTreeSet<&String> =
+        files.iter().flat_map(|f| f.flags.keys()).collect();
+    for flag in flags {
+        rows.push(row(&format!("flag: {flag}"), &|f| {
+            f.flags.get(flag).copied().unwrap_or(0).to_string()
+        }));
+    }
+    rows
+}
+
+/// Principle names in the first file's order (best first), then any only later files use.
+fn principle_names(files: &[FileReport]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for g in files.iter().flat_map(|f| &f.principles) {
+        if !names.contains(&g.name) {
+            names.push(g.name.clone());
+        }
+    }
+    names
+}
+
+fn group_cell(group: Option<(Option<f64>, usize)>) -> String {
+    match group {
+        Some((agreement, n)) if n > 0 => format!("{} (n={n})", pct(agreement)),
+        _ => "–".to_string(),
+    }
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".to_string(), |x| format!("{:.1}%", 100.0 * x))
+}
+
+fn num(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".to_string(), |x| format!("{x:.3}"))
+}
+
+/// Points with a sign, using a true minus: "+3.1", "−1.2".
+fn signed_points(x: f64) -> String {
+    let points = 100.0 * x;
+    if points < -0.05 {
+        format!("−{:.1}", -points)
+    } else {
+        format!("+{:.1}", points.abs())
+    }
+}
+
+/// "L2 vs L1: +3.1 points [−1.2, +7.4], p = 0.16 — not significant at 0.05".
+fn paired_line(candidate: &str, baseline: &str, test: Option<&PairedTest>) -> String {
+    let Some(t) = test else {
+        return format!("{candidate} vs {baseline}: no pairs scored in both files");
+    };
+    let p = if t.p_value < 0.001 {
+        "p < 0.001".to_string()
+    } else {
+        format!("p = {:.3}", t.p_value)
+    };
+    let verdict = if t.p_value < ALPHA {
+        "significant"
+    } else {
+        "not significant"
+    };
+    format!(
+        "{candidate} vs {baseline}: {} points [{}, {}], {p} — {verdict} at {ALPHA} (n={})",
+        signed_points(t.diff),
+        signed_points(t.ci_low),
+        signed_points(t.ci_high),
+        t.n
+    )
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// An aligned terminal table: one column per AI file, a row per metric, then the paired tests
+/// and any warnings.
+pub fn render_table(report: &CompareReport) -> String {
+    let mut header = Row {
+        name: format!("human: {}", file_name(&report.human.path)),
+        cells: report
+            .files
+            .iter()
+            .map(|f| format!("{} {}", f.label, file_name(&f.path)))
+            .collect(),
+    };
+    let rows = metric_rows(report);
+    let width = |s: &str| s.chars().count();
+    let name_w = rows
+        .iter()
+        .chain([&header])
+        .map(|r| width(&r.name))
+        .max()
+        .unwrap_or(0);
+    let cell_w: Vec<usize> = (0..report.files.len())
+        .map(|i| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| width(&r.cells[i]))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |r: &Row| {
+        let mut s = format!("{}{}", r.name, " ".repeat(name_w - width(&r.name)));
+        for (cell, w) in r.cells.iter().zip(&cell_w) {
+            let _ = write!(s, "  {cell}{}", " ".repeat(w - width(cell)));
+        }
+        let _ = writeln!(out, "{}", s.trim_end());
+    };
+    line(&header);
+    header.name = "-".repeat(name_w);
+    header.cells = cell_w.iter().map(|&w| "-".repeat(w)).collect();
+    line(&header);
+    rows.iter().for_each(&mut line);
+    for p in &report.paired {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            paired_line(&p.candidate, &p.baseline, p.test.as_ref())
+        );
+    }
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+/// Writes `report.md`, `metrics.json`, `reliability.svg`, `principles.svg` and `p_a_hist.svg`
+/// into `dir` (created if missing).
+pub fn write_report(dir: &Path, report: &CompareReport) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create report folder {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(report).context("cannot serialize the metrics")?;
+    write(&dir.join("metrics.json"), &(json + "\n"))?;
+    plot::write_svg(&dir.join("reliability.svg"), &reliability_svg(report))?;
+    plot::write_svg(&dir.join("principles.svg"), &principles_svg(report))?;
+    plot::write_svg(&dir.join("p_a_hist.svg"), &histogram_svg(report))?;
+    write(&dir.join("report.md"), &markdown(report))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn markdown(report: &CompareReport) -> String {
+    let h = &report.human;
+    let mut md = String::from("# AI preference labels vs human labels\n\n");
+    let _ = writeln!(
+        md,
+        "Human labels: `{}` ({} rows, {} distinct pairs, {} labelled). \
+         Bootstrap: {} resamples, seed {}.\n",
+        h.path.display(),
+        h.rows,
+        h.unique,
+        h.labelled,
+        report.bootstrap,
+        report.seed
+    );
+    for f in &report.files {
+        let _ = writeln!(md, "- **{}**: `{}`", f.label, f.path.display());
+    }
+    let cell = |s: &str| s.replace('|', "\\|");
+    let _ = write!(md, "\n| metric |");
+    for f in &report.files {
+        let _ = write!(md, " {} |", f.label);
+    }
+    let _ = writeln!(md, "\n|---|{}", "---|".repeat(report.files.len()));
+    for r in metric_rows(report) {
+        let cells: Vec<String> = r.cells.iter().map(|c| cell(c)).collect();
+        let _ = writeln!(md, "| {} | {} |", cell(r.name.trim()), cells.join(" | "));
+    }
+    md.push_str(
+        "\nAgreement counts an AI tie (p_a = 0.5) as half; kappa leaves ties out. \
+         Log-loss, Brier and ECE use soft human labels where given.\n",
+    );
+    if !report.paired.is_empty() {
+        md.push_str("\n## Paired bootstrap tests\n\n");
+        for p in &report.paired {
+            let _ = writeln!(
+                md,
+                "- {}",
+                paired_line(&p.candidate, &p.baseline, p.test.as_ref())
+            );
+        }
+    }
+    md.push_str("\n## Plots\n\n");
+    for (alt, file) in PLOTS {
+        let _ = writeln!(md, "![{alt}]({file})\n");
+    }
+    if !report.warnings.is_empty() {
+        md.push_str("\n## Warnings\n\n");
+        for w in &report.warnings {
+            let _ = writeln!(md, "- {}", cell(w));
+        }
+    }
+    md
+}
+
+fn reliability_svg(report: &CompareReport) -> String {
+    let series: Vec<LineSeries> = report
+        .files
+        .iter()
+        .map(|f| {
+            let bins: Vec<_> = f
+                .calibration
+                .bins
+                .iter()
+                .filter_map(|b| Some((b.mean_pred?, b.freq?, b.count as f64)))
+                .collect();
+            LineSeries::new(f.label.clone(), bins.iter().map(|b| (b.0, b.1)).collect())
+                .with_marker_weights(bins.iter().map(|b| b.2).collect())
+        })
+        .collect();
+    let mut chart = LineChart::new(
+        "Reliability diagram",
+        "mean predicted P(A)",
+        "human chose A (share)",
+        &series,
+    );
+    chart.x_range = Some((0.0, 1.0));
+    chart.y_range = Some((0.0, 1.0));
+    chart.diagonal = true;
+    chart.render()
+}
+
+fn principles_svg(report: &CompareReport) -> String {
+    let names = principle_names(&report.files);
+    let series: Vec<BarSeries> = report
+        .files
+        .iter()
+        .map(|f| BarSeries {
+            name: f.label.clone(),
+            values: names
+                .iter()
+                .map(|n| {
+                    f.principles
+                        .iter()
+                        .find(|g| &g.name == n)
+                        .and_then(|g| g.agreement)
+                        .map_or(f64::NAN, |a| 100.0 * a)
+                })
+                .collect(),
+        })
+        .collect();
+    plot::bar_chart(
+        "Agreement with humans per principle",
+        "agreement (%)",
+        &names,
+        &series,
+        Some((0.0, 100.0)),
+        Some(50.0),
+    )
+}
+
+fn histogram_svg(report: &CompareReport) -> String {
+    let series: Vec<HistogramSeries> = report
+        .files
+        .iter()
+        .map(|f| HistogramSeries {
+            name: f.label.clone(),
+            values: f.p_a.clone(),
+        })
+        .collect();
+    plot::histogram(
+        "Distribution of AI P(A)",
+        "p_a",
+        &series,
+        HISTOGRAM_BINS,
+        Some((0.0, 1.0)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_line_wording() {
+        let t = PairedTest {
+            n: 200,
+            diff: 0.031,
+            ci_low: -0.012,
+            ci_high: 0.074,
+            p_value: 0.16,
+        };
+        assert_eq!(
+            paired_line("L2", "L1", Some(&t)),
+            "L2 vs L1: +3.1 points [−1.2, +7.4], p = 0.160 — not significant at 0.05 (n=200)"
+        );
+        let t = PairedTest {
+            n: 9,
+            diff: -0.2,
+            ci_low: -0.3,
+            ci_high: -0.1,
+            p_value: 0.0004,
+        };
+        assert!(paired_line("L3", "L1", Some(&t))
+            .contains("−20.0 points [−30.0, −10.0], p < 0.001 — significant"));
+        assert!(paired_line("L2", "L1", None).contains("no pairs scored in both"));
+    }
+
+    #[test]
+    fn formatting_helpers() {
+        assert_eq!(
+            (pct(Some(0.5833)), pct(None)),
+            ("58.3%".to_string(), "–".to_string())
+        );
+        assert_eq!(num(Some(1.0 / 6.0)), "0.167");
+        assert_eq!(signed_points(-0.0001), "+0.0", "no negative zero");
+        assert_eq!(file_name(Path::new("/a/b/labels.jsonl")), "labels.jsonl");
+    }
+}

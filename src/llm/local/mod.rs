@@ -1,0 +1,301 @@
+//! The local backend: our own candle model on quantized GGUF weights, on the CPU (or CUDA with
+//! the `cuda` feature).
+//!
+//! Prompts are processed in position-aligned chunks and their states kept in a small prefix
+//! cache, so requests that share a beginning (few-shot examples, the two orders of a
+//! comparison, several samples) compute it once. Alignment makes results independent of what
+//! the cache held: chunk k always covers the same positions with the same inputs.
+
+mod chat_template;
+mod gguf_llama;
+mod tokenizer;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+
+pub use chat_template::ChatTemplate;
+pub use gguf_llama::{GgufLlama, KvCache};
+pub use tokenizer::TextTokenizer;
+
+use super::{
+    Backend, Choice, ChoiceRequest, Completion, ContextOverflow, FinishReason, GenerateRequest,
+    Generation, ModelInfo, Prompt, Sampler,
+};
+use gguf_llama::{last_row, log_softmax, log_softmax_row};
+
+/// Prompt positions are computed in chunks aligned to multiples of this.
+const CHUNK: usize = 128;
+/// How many prompt states the prefix cache keeps.
+const PREFIX_SLOTS: usize = 8;
+
+struct PrefixEntry {
+    ids: Vec<u32>,
+    cache: KvCache,
+    last_logits: Vec<f32>,
+}
+
+/// A GGUF model run in-process.
+pub struct LocalBackend {
+    info: ModelInfo,
+    model: GgufLlama,
+    tokenizer: TextTokenizer,
+    template: ChatTemplate,
+    prefixes: Mutex<Vec<PrefixEntry>>,
+}
+
+impl LocalBackend {
+    /// Opens a GGUF file; `name` is how the user named the model, `sha256` its weights' hash.
+    pub fn open_gguf(path: &Path, name: &str, sha256: Option<String>) -> Result<Self> {
+        let device = device()?;
+        let mut file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open model file {}", path.display()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
+        let tokenizer = TextTokenizer::from_gguf(&content, path)?;
+        let model = GgufLlama::load(&content, path, &device)?;
+        let template_src = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok().cloned());
+        let token_text = |key: &str| {
+            content
+                .metadata
+                .get(key)
+                .and_then(|v| v.to_u32().ok())
+                .and_then(|id| tokenizer.decode(&[id]).ok())
+                .unwrap_or_default()
+        };
+        let template = ChatTemplate::new(
+            template_src,
+            &token_text("tokenizer.ggml.bos_token_id"),
+            &token_text("tokenizer.ggml.eos_token_id"),
+        )
+        .with_context(|| format!("{}: bad chat template", path.display()))?;
+        let info = ModelInfo {
+            backend: "local".into(),
+            name: name.to_string(),
+            sha256,
+            context: model.shape.context,
+        };
+        Ok(Self {
+            info,
+            model,
+            tokenizer,
+            template,
+            prefixes: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The exact text fed to the model for `prompt`.
+    pub fn prompt_text(&self, prompt: &Prompt) -> Result<String> {
+        let messages: Vec<_> = prompt
+            .messages
+            .iter()
+            .map(|m| crate::chat::ChatMessage::new(m.role, self.tokenizer.neutralize(&m.content)))
+            .collect();
+        let mut text = self.template.render(&messages)?;
+        text.push_str(&self.tokenizer.neutralize(&prompt.prefill));
+        Ok(text)
+    }
+
+    /// Model state after `ids`: the KV cache and the logits of the next token.
+    fn state_after(&self, ids: &[u32]) -> Result<(KvCache, Vec<f32>)> {
+        if ids.is_empty() {
+            bail!("empty prompt");
+        }
+        let (mut cache, mut logits) = {
+            let slots = self.prefixes.lock().expect("prefix cache poisoned");
+            let best = slots
+                .iter()
+                .map(|e| (common_prefix(&e.ids, ids), e))
+                .max_by_key(|(n, _)| *n);
+            match best {
+                Some((n, e)) if n == ids.len() && n == e.ids.len() => {
+                    return Ok((e.cache.clone(), e.last_logits.clone()));
+                }
+                Some((n, e)) if n >= CHUNK => {
+                    let keep = n / CHUNK * CHUNK;
+                    let keep = if keep == ids.len() {
+                        keep - CHUNK
+                    } else {
+                        keep
+                    };
+                    let mut c = e.cache.clone();
+                    c.truncate(keep)?;
+                    (c, Vec::new())
+                }
+                _ => (self.model.new_cache(), Vec::new()),
+            }
+        };
+        while cache.len() < ids.len() {
+            let start = cache.len();
+            let end = ((start / CHUNK + 1) * CHUNK).min(ids.len());
+            let out = self.model.forward(&ids[start..end], &mut cache, false)?;
+            logits = last_row(&out)?;
+        }
+        let mut slots = self.prefixes.lock().expect("prefix cache poisoned");
+        if slots.len() >= PREFIX_SLOTS {
+            slots.remove(0);
+        }
+        slots.push(PrefixEntry {
+            ids: ids.to_vec(),
+            cache: cache.clone(),
+            last_logits: logits.clone(),
+        });
+        Ok((cache, logits))
+    }
+
+    fn check_fits(&self, prompt_tokens: usize, extra: usize) -> Result<()> {
+        let needed = prompt_tokens + extra;
+        if needed > self.info.context {
+            return Err(ContextOverflow {
+                prompt_tokens,
+                needed,
+                context: self.info.context,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn generate_one(&self, req: &GenerateRequest) -> Result<Generation> {
+        let ids = self.tokenizer.encode(&self.prompt_text(&req.prompt)?)?;
+        self.check_fits(ids.len(), req.params.max_tokens)?;
+        let (cache0, logits0) = self.state_after(&ids)?;
+        let mut completions = Vec::with_capacity(req.n);
+        for s in 0..req.n {
+            let mut sampler = Sampler::new(&req.params, req.seed.wrapping_add(s as u64));
+            let mut cache = cache0.clone();
+            let mut logits = logits0.clone();
+            let mut out: Vec<u32> = Vec::new();
+            let mut text = String::new();
+            let finish = loop {
+                if out.len() >= req.params.max_tokens {
+                    break FinishReason::Length;
+                }
+                let tok = sampler.sample(&logits);
+                if self.tokenizer.stop_ids.contains(&tok) {
+                    break FinishReason::Stop;
+                }
+                out.push(tok);
+                text = self.tokenizer.decode(&out)?;
+                if let Some(cut) = find_stop(&text, &req.params.stop) {
+                    text.truncate(cut);
+                    break FinishReason::Stop;
+                }
+                logits = last_row(&self.model.forward(&[tok], &mut cache, false)?)?;
+            };
+            completions.push(Completion {
+                text,
+                tokens: out.len(),
+                finish,
+            });
+        }
+        Ok(Generation {
+            prompt_tokens: ids.len(),
+            completions,
+        })
+    }
+
+    fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
+        let text = self.prompt_text(&req.prompt)?;
+        let ids = self.tokenizer.encode(&text)?;
+        let mut logprobs = Vec::with_capacity(req.options.len());
+        for option in &req.options {
+            if option.is_empty() {
+                bail!("empty option string");
+            }
+            // Tokenize prompt and option together: BPE may merge across the boundary, in
+            // which case the continuation is scored from the last shared token on.
+            let joint = self.tokenizer.encode(&format!("{text}{option}"))?;
+            let shared = common_prefix(&ids, &joint).min(joint.len() - 1);
+            if shared == 0 {
+                bail!("option {option:?} rewrites the whole prompt when tokenized");
+            }
+            self.check_fits(joint.len(), 0)?;
+            let (mut cache, logits) = self.state_after(&joint[..shared])?;
+            let cont = &joint[shared..];
+            let mut lp = log_softmax(&logits)[cont[0] as usize];
+            if cont.len() > 1 {
+                let rows = self
+                    .model
+                    .forward(&cont[..cont.len() - 1], &mut cache, true)?;
+                for (i, &tok) in cont[1..].iter().enumerate() {
+                    lp += log_softmax_row(&rows.get(i)?)?[tok as usize];
+                }
+            }
+            logprobs.push(lp);
+        }
+        Ok(Choice {
+            logprobs,
+            prompt_tokens: ids.len(),
+        })
+    }
+}
+
+impl Backend for LocalBackend {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn count_tokens(&self, prompt: &Prompt) -> Result<usize> {
+        Ok(self.tokenizer.encode(&self.prompt_text(prompt)?)?.len())
+    }
+
+    fn generate(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation>> {
+        requests.iter().map(|r| self.generate_one(r)).collect()
+    }
+
+    fn choose(&self, requests: &[ChoiceRequest]) -> Vec<Result<Choice>> {
+        requests.iter().map(|r| self.choose_one(r)).collect()
+    }
+}
+
+fn device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(d) = Device::new_cuda(0) {
+            return Ok(d);
+        }
+    }
+    Ok(Device::Cpu)
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Byte offset where the earliest stop string starts, if any occurs.
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_at_earliest() {
+        let stops = vec!["\nHuman:".to_string(), "END".to_string()];
+        assert_eq!(find_stop("abc END x\nHuman: y", &stops), Some(4));
+        assert_eq!(find_stop("abc", &stops), None);
+    }
+
+    #[test]
+    fn prefix_length() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+    }
+}

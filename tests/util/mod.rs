@@ -1,0 +1,77 @@
+//! Test helpers: run the real `cai` binary in a temporary folder.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `cai` command whose working directory is `dir`.
+pub fn cai(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cai"));
+    c.current_dir(dir);
+    c
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("cai runs");
+    assert!(
+        out.status.success(),
+        "cai failed: {}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs and asserts failure, returning stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().expect("cai runs");
+    assert!(!out.status.success(), "cai should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The default model, or `None` (then the test is skipped) unless CAI_REQUIRE_MODEL is set,
+/// in which case a missing model fails the test.
+pub fn default_model() -> Option<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("CAI_MODELS") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(root().join("models"));
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&h).join(".cache/cai/models"));
+    }
+    let found = dirs
+        .iter()
+        .map(|d| d.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CAI_REQUIRE_MODEL").is_none(),
+            "CAI_REQUIRE_MODEL is set but the default model is missing: run scripts/fetch-model.sh"
+        );
+        eprintln!("skipped: default model not installed (run scripts/fetch-model.sh)");
+    }
+    found
+}
+
+/// Compares `actual` with the golden file; `CAI_BLESS=1` rewrites it.
+pub fn golden(name: &str, actual: &str) {
+    let path = root().join("tests/golden").join(name);
+    if std::env::var_os("CAI_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {}; run with CAI_BLESS=1",
+            path.display()
+        )
+    });
+    assert_eq!(actual, want, "output differs from {}", path.display());
+}
