@@ -21,6 +21,11 @@ pub struct Cli {
 pub enum Command {
     /// Critique → revision loops on red-team prompts: writes an SFT data set.
     Revise(ReviseArgs),
+    /// AI preference labels against human labels: agreement, kappa, calibration, position
+    /// bias, per principle; optional Markdown report with plots.
+    Compare(CompareArgs),
+    /// Inference speed of the local backend (and of llama.cpp when installed), in one run.
+    Bench(BenchArgs),
     /// Check or list a constitution.
     #[command(subcommand)]
     Constitution(ConstitutionCommand),
@@ -101,4 +106,45 @@ pub struct ReviseArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Human-labelled pairs: HH-RLHF rows, TRL preference rows or our JSONL with `human`.
+    #[arg(long)]
+    pub human: PathBuf,
+    /// AI label file from `cai label`; repeat to compare several (paired test vs the first).
+    #[arg(long, required = true)]
+    pub ai: Vec<PathBuf>,
+    /// Folder for report.md, metrics.json and SVG plots.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Bootstrap resamples (0 skips intervals and tests).
+    #[arg(long, default_value_t = 2000)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Calibration bins.
+    #[arg(long, default_value_t = 10)]
+    pub bins: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model to measure (a GGUF file or `default`).
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Prompt length of the prompt-processing test.
+    #[arg(long, default_value_t = 256)]
+    pub prompt_tokens: usize,
+    /// Tokens generated in the generation test.
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Repetitions (the best is kept).
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }

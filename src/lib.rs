@@ -2,6 +2,7 @@
 //! language models: constitution → critique/revision SFT data → AI preference labels →
 //! reward model → PPO.
 
+pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod compare;
@@ -16,6 +17,7 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod revise;
+pub mod train;
 mod yaml_locate;
 
 use anyhow::Result;
@@ -42,6 +44,39 @@ pub fn run(cli: Cli) -> Result<()> {
                     s.written as f64 * 60.0 / s.seconds.max(1e-9),
                     s.generated_tokens as f64 / s.seconds.max(1e-9)
                 );
+            }
+            Ok(())
+        }
+        Command::Compare(a) => {
+            let cfg = compare::CompareConfig {
+                human: a.human,
+                ai: a.ai,
+                report: a.report,
+                bootstrap: a.bootstrap,
+                seed: a.seed,
+                bins: a.bins,
+            };
+            let report = compare::run(&cfg)?;
+            print!("{}", compare::report::render_table(&report));
+            if let Some(dir) = &cfg.report {
+                eprintln!(
+                    "cai: compare: report written to {}",
+                    dir.join("report.md").display()
+                );
+            }
+            Ok(())
+        }
+        Command::Bench(a) => {
+            let cfg = bench::BenchConfig {
+                model: a.model,
+                prompt_tokens: a.prompt_tokens,
+                gen_tokens: a.gen_tokens,
+                repeats: a.repeats,
+                json: a.json,
+                ..Default::default()
+            };
+            for f in bench::run(&cfg)? {
+                println!("{:<32} {:>9.1} tokens/s", f.name, f.tokens_per_s);
             }
             Ok(())
         }

@@ -13,6 +13,8 @@ use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::rotary_emb::rope_i;
 
+use super::qmatmul::{rows_matmul, RowsMatMul};
+
 /// Shape hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaShape {
@@ -27,16 +29,75 @@ pub struct LlamaShape {
     pub context: usize,
 }
 
+/// Rows at or above which a projection uses the f32 copy of its weights (a cache-blocked gemm)
+/// instead of the quantized dot products, which win only for one or a few rows.
+const GEMM_ROWS: usize = 8;
+
+/// A projection kept quantized (streams the least memory: best for one or a few rows) and,
+/// when `dense` is on, also as f32 weights (a cache-blocked gemm: best for prompt chunks).
+struct Linear {
+    quant: Quant,
+    dense: Option<Tensor>,
+    out_features: usize,
+}
+
+enum Quant {
+    /// Our batched CPU kernel (see `qmatmul`).
+    Rows(Box<dyn RowsMatMul>),
+    /// candle's own kernel (GPU, or a type without a batched kernel).
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn new(q: QTensor, dense: bool) -> Result<Self> {
+        let out_features = q.shape().dims2()?.0;
+        let dense = match dense {
+            true => Some(q.dequantize(&q.device())?),
+            false => None,
+        };
+        let quant = match (q.device().is_cpu(), rows_matmul(&q)?) {
+            (true, Some(k)) => Quant::Rows(k),
+            _ => Quant::Candle(QMatMul::from_qtensor(q)?),
+        };
+        Ok(Self {
+            quant,
+            dense,
+            out_features,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let k = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / k;
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().expect("rank >= 1") = self.out_features;
+        if let Some(w) = self.dense.as_ref().filter(|_| rows >= GEMM_ROWS) {
+            // 2-D product against the transposed view: gemm reads it in place, no copy.
+            let y = x.contiguous()?.reshape((rows, k))?.matmul(&w.t()?)?;
+            return Ok(y.reshape(shape)?);
+        }
+        match &self.quant {
+            Quant::Candle(q) => Ok(q.forward(x)?),
+            Quant::Rows(k) => {
+                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let mut dst = vec![0f32; rows * self.out_features];
+                k.matmul(&xs, rows, &mut dst);
+                Ok(Tensor::from_vec(dst, shape, x.device())?)
+            }
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 /// Keys and values of the positions processed so far, per layer.
@@ -62,7 +123,7 @@ pub struct GgufLlama {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -83,7 +144,14 @@ fn md_f32(c: &gguf_file::Content, key: &str) -> Option<f32> {
 
 impl GgufLlama {
     /// Loads the weights of a llama-architecture GGUF file already opened as `content`.
-    pub fn load(content: &gguf_file::Content, path: &Path, device: &Device) -> Result<Self> {
+    /// `dense` also keeps f32 copies of the weights for multi-row products (≈4 bytes per
+    /// parameter more memory, several times faster prompt processing on CPU).
+    pub fn load(
+        content: &gguf_file::Content,
+        path: &Path,
+        device: &Device,
+        dense: bool,
+    ) -> Result<Self> {
         let arch = content
             .metadata
             .get("general.architecture")
@@ -123,14 +191,14 @@ impl GgufLlama {
         let embed = embed_q.dequantize(device)?;
         let vocab = embed.dim(0)?;
         let output = match content.tensor_infos.contains_key("output.weight") {
-            true => QMatMul::from_qtensor(tensor("output.weight")?)?,
-            false => QMatMul::from_qtensor(embed_q)?,
+            true => Linear::new(tensor("output.weight")?, dense)?,
+            false => Linear::new(embed_q, dense)?,
         };
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(shape.layers);
         for i in 0..shape.layers {
             let p = format!("blk.{i}");
-            let qm = |t: QTensor| QMatMul::from_qtensor(t);
+            let qm = |t: QTensor| Linear::new(t, dense);
             layers.push(Layer {
                 attn_norm: tensor(&format!("{p}.attn_norm.weight"))?.dequantize(device)?,
                 q: qm(tensor(&format!("{p}.attn_q.weight"))?)?,
@@ -188,12 +256,10 @@ impl GgufLlama {
         }
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?; // [1, t, hidden]
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
         let mask = causal_mask(t, pos, &self.device)?;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
-            let a = self.attention(layer, &h, &cos, &sin, mask.as_ref(), slot)?;
+            let a = self.attention(layer, &h, pos, mask.as_ref(), slot)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
             let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
@@ -214,22 +280,39 @@ impl GgufLlama {
         &self,
         layer: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        pos: usize,
+        mask: Option<&Tensor>,
+        slot: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let q = layer.q.forward(x)?;
+        let k = layer.k.forward(x)?;
+        let v = layer.v.forward(x)?;
+        let y = self.attend(&q, &k, &v, pos, mask, slot)?;
+        layer.o.forward(&y)
+    }
+
+    /// Attention of one sequence's new positions `[1, t, ·]` over its cache plus themselves.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
         mask: Option<&Tensor>,
         slot: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let s = &self.shape;
-        let (b, t, _) = x.dims3()?;
-        let heads = |m: &QMatMul, n: usize| -> Result<Tensor> {
-            Ok(m.forward(x)?
-                .reshape((b, t, n, s.head_dim))?
+        let (b, t, _) = q.dims3()?;
+        let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(x.reshape((b, t, n, s.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = rope_i(&heads(&layer.q, s.heads)?, cos, sin)?;
-        let k = rope_i(&heads(&layer.k, s.kv_heads)?, cos, sin)?;
-        let v = heads(&layer.v, s.kv_heads)?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let q = rope_i(&heads(q, s.heads)?, &cos, &sin)?;
+        let k = rope_i(&heads(k, s.kv_heads)?, &cos, &sin)?;
+        let v = heads(v, s.kv_heads)?;
         let (k, v) = match slot.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
@@ -244,8 +327,52 @@ impl GgufLlama {
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v.contiguous()?)?; // [b, heads, t, head_dim]
-        let y = y.transpose(1, 2)?.reshape((b, t, s.heads * s.head_dim))?;
-        Ok(layer.o.forward(&y)?)
+        Ok(y.transpose(1, 2)?.reshape((b, t, s.heads * s.head_dim))?)
+    }
+
+    /// One new token for each of several sequences: the projections run as one batch, the
+    /// attention per sequence over its own cache. Returns logits `[caches.len(), vocab]`.
+    pub fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let b = tokens.len();
+        if b == 0 || b != caches.len() {
+            bail!("internal error: {b} tokens for {} caches", caches.len());
+        }
+        if let Some(c) = caches.iter().find(|c| c.len + 1 > self.shape.context) {
+            bail!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                c.len + 1,
+                self.shape.context
+            );
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(1)?; // [b, 1, hidden]
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
+            let q = layer.q.forward(&h)?;
+            let k = layer.k.forward(&h)?;
+            let v = layer.v.forward(&h)?;
+            let mut ys = Vec::with_capacity(b);
+            for (j, cache) in caches.iter_mut().enumerate() {
+                let one = |t: &Tensor| t.narrow(0, j, 1);
+                ys.push(self.attend(
+                    &one(&q)?,
+                    &one(&k)?,
+                    &one(&v)?,
+                    cache.len,
+                    None,
+                    &mut cache.layers[li],
+                )?);
+            }
+            x = (x + layer.o.forward(&Tensor::cat(&ys, 0)?)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
+            let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+            x = (x + layer.down.forward(&(g * layer.up.forward(&h)?)?)?)?;
+        }
+        for c in caches.iter_mut() {
+            c.len += 1;
+        }
+        let x = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.shape.rms_eps as f32)?;
+        Ok(self.output.forward(&x)?.squeeze(1)?)
     }
 }
 

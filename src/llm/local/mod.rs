@@ -8,6 +8,7 @@
 
 mod chat_template;
 mod gguf_llama;
+mod qmatmul;
 mod tokenizer;
 
 use std::path::Path;
@@ -31,6 +32,20 @@ use gguf_llama::{last_row, log_softmax, log_softmax_row};
 const CHUNK: usize = 128;
 /// How many prompt states the prefix cache keeps.
 const PREFIX_SLOTS: usize = 8;
+
+/// Most sequences advanced by one batched decoding step.
+const MAX_DECODE_BATCH: usize = 32;
+
+/// One sample being generated.
+struct Sequence {
+    request: usize,
+    sampler: Sampler,
+    cache: KvCache,
+    logits: Vec<f32>,
+    out: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+}
 
 struct PrefixEntry {
     ids: Vec<u32>,
@@ -56,7 +71,7 @@ impl LocalBackend {
         let content = gguf_file::Content::read(&mut file)
             .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
         let tokenizer = TextTokenizer::from_gguf(&content, path)?;
-        let model = GgufLlama::load(&content, path, &device)?;
+        let model = GgufLlama::load(&content, path, &device, true)?;
         let template_src = content
             .metadata
             .get("tokenizer.chat_template")
@@ -166,43 +181,103 @@ impl LocalBackend {
         Ok(())
     }
 
-    fn generate_one(&self, req: &GenerateRequest) -> Result<Generation> {
+    /// Generates every sample of every request together: prompts are processed one by one
+    /// (sharing prefixes), then all live sequences advance one token per batched step.
+    fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation>> {
+        let mut results: Vec<Result<Generation>> = Vec::with_capacity(requests.len());
+        let mut seqs: Vec<Sequence> = Vec::new();
+        for (r, req) in requests.iter().enumerate() {
+            match self.start_request(req) {
+                Ok((prompt_tokens, cache, logits)) => {
+                    results.push(Ok(Generation {
+                        prompt_tokens,
+                        completions: Vec::with_capacity(req.n),
+                    }));
+                    for s in 0..req.n {
+                        seqs.push(Sequence {
+                            request: r,
+                            sampler: Sampler::new(&req.params, req.seed.wrapping_add(s as u64)),
+                            cache: cache.clone(),
+                            logits: logits.clone(),
+                            out: Vec::new(),
+                            text: String::new(),
+                            finish: None,
+                        });
+                    }
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if let Err(e) = self.decode_all(requests, &mut seqs) {
+            let msg = format!("{e:#}");
+            return requests
+                .iter()
+                .map(|_| Err(anyhow::anyhow!("generation failed: {msg}")))
+                .collect();
+        }
+        for seq in seqs {
+            if let Some(Ok(g)) = results.get_mut(seq.request) {
+                g.completions.push(Completion {
+                    text: seq.text,
+                    tokens: seq.out.len(),
+                    finish: seq.finish.unwrap_or(FinishReason::Length),
+                });
+            }
+        }
+        results
+    }
+
+    fn start_request(&self, req: &GenerateRequest) -> Result<(usize, KvCache, Vec<f32>)> {
         let ids = self.tokenizer.encode(&self.prompt_text(&req.prompt)?)?;
         self.check_fits(ids.len(), req.params.max_tokens)?;
-        let (cache0, logits0) = self.state_after(&ids)?;
-        let mut completions = Vec::with_capacity(req.n);
-        for s in 0..req.n {
-            let mut sampler = Sampler::new(&req.params, req.seed.wrapping_add(s as u64));
-            let mut cache = cache0.clone();
-            let mut logits = logits0.clone();
-            let mut out: Vec<u32> = Vec::new();
-            let mut text = String::new();
-            let finish = loop {
-                if out.len() >= req.params.max_tokens {
-                    break FinishReason::Length;
+        let (cache, logits) = self.state_after(&ids)?;
+        Ok((ids.len(), cache, logits))
+    }
+
+    /// Samples until every sequence has finished.
+    fn decode_all(&self, requests: &[GenerateRequest], seqs: &mut [Sequence]) -> Result<()> {
+        loop {
+            let mut live: Vec<&mut Sequence> = Vec::new();
+            for seq in seqs.iter_mut().filter(|s| s.finish.is_none()) {
+                let params = &requests[seq.request].params;
+                if seq.out.len() >= params.max_tokens {
+                    seq.finish = Some(FinishReason::Length);
+                    continue;
                 }
-                let tok = sampler.sample(&logits);
+                let tok = seq.sampler.sample(&seq.logits);
                 if self.tokenizer.stop_ids.contains(&tok) {
-                    break FinishReason::Stop;
+                    seq.finish = Some(FinishReason::Stop);
+                    continue;
                 }
-                out.push(tok);
-                text = self.tokenizer.decode(&out)?;
-                if let Some(cut) = find_stop(&text, &req.params.stop) {
-                    text.truncate(cut);
-                    break FinishReason::Stop;
+                seq.out.push(tok);
+                seq.text = self.tokenizer.decode(&seq.out)?;
+                if let Some(cut) = find_stop(&seq.text, &params.stop) {
+                    seq.text.truncate(cut);
+                    seq.finish = Some(FinishReason::Stop);
+                    continue;
                 }
-                logits = last_row(&self.model.forward(&[tok], &mut cache, false)?)?;
-            };
-            completions.push(Completion {
-                text,
-                tokens: out.len(),
-                finish,
-            });
+                if seq.out.len() >= params.max_tokens {
+                    seq.finish = Some(FinishReason::Length);
+                    continue;
+                }
+                live.push(seq);
+            }
+            if live.is_empty() {
+                return Ok(());
+            }
+            for group in live.chunks_mut(MAX_DECODE_BATCH) {
+                let tokens: Vec<u32> = group
+                    .iter()
+                    .map(|s| *s.out.last().expect("token"))
+                    .collect();
+                let mut caches: Vec<&mut KvCache> =
+                    group.iter_mut().map(|s| &mut s.cache).collect();
+                let logits = self.model.decode_batch(&tokens, &mut caches)?;
+                for (j, seq) in group.iter_mut().enumerate() {
+                    seq.logits = logits.get(j)?.to_vec1()?;
+                }
+            }
         }
-        Ok(Generation {
-            prompt_tokens: ids.len(),
-            completions,
-        })
     }
 
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
@@ -251,7 +326,7 @@ impl Backend for LocalBackend {
     }
 
     fn generate(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation>> {
-        requests.iter().map(|r| self.generate_one(r)).collect()
+        self.generate_batch(requests)
     }
 
     fn choose(&self, requests: &[ChoiceRequest]) -> Vec<Result<Choice>> {

@@ -1,0 +1,52 @@
+//! Training core: a trainable llama-architecture causal LM on candle and supervised
+//! fine-tuning (full, top layers, or LoRA) with resumable checkpoints.
+//!
+//! Typical use: load base weights with [`load_gguf`] or [`load_hf_dir`] in f32, build
+//! [`TokenizedExample`]s, and call [`train_sft`] with an [`SftConfig`]. The trained
+//! model is written as a Hugging Face style folder that [`load_model_dir`] reads back;
+//! build a [`Llama`] from it for generation with [`CausalLm::forward_cached`].
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod log;
+pub mod lora;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod sft;
+pub mod trainer;
+pub mod weights;
+
+#[cfg(test)]
+mod real_model_tests;
+#[cfg(test)]
+mod sft_tests;
+#[cfg(test)]
+mod tests;
+
+pub use checkpoint::{load_model_dir, merge_checkpoint, save_model_dir};
+pub use config::LlamaConfig;
+pub use data::{Batch, TokenizedExample};
+pub use log::{StepStats, TrainEvent, TrainObserver};
+pub use lora::LoraConfig;
+pub use model::{CausalLm, KvCache, Llama};
+pub use optim::{AdamW, AdamWParams, LrSchedule, ScheduleKind};
+pub use params::{ParamStore, Trainable};
+pub use sft::{train_sft, NonFiniteError, SftConfig, SftStart, SftSummary};
+pub use trainer::{SftTrainer, TrainerState};
+pub use weights::{load_gguf, load_hf_dir, Weights};
+
+use candle_core::{DType, Device};
+
+/// Builds a [`Llama`] for inference from plain weights (no `Var`s, no LoRA).
+pub fn model_from_weights(cfg: &LlamaConfig, weights: &Weights) -> anyhow::Result<Llama> {
+    let (dtype, device) = weights
+        .values()
+        .next()
+        .map(|t| (t.dtype(), t.device().clone()))
+        .unwrap_or((DType::F32, Device::Cpu));
+    let vb = candle_nn::VarBuilder::from_tensors(weights.clone(), dtype, &device);
+    Ok(Llama::new(cfg, vb)?)
+}
