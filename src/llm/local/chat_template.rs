@@ -55,8 +55,22 @@ impl ChatTemplate {
 
     /// Prompt text for `messages`, ending where the assistant's next reply starts.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_with(messages, true)
+    }
+
+    /// Text of `messages`; with `add_generation_prompt` it ends where the next reply starts,
+    /// without it a final assistant message is closed as in training data.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let Some(env) = &self.env else {
-            return Ok(plain_transcript(messages));
+            let mut text = plain_transcript(messages);
+            if !add_generation_prompt {
+                text.truncate(text.len() - "\n\nAssistant:".len());
+            }
+            return Ok(text);
         };
         let msgs: Vec<Msg> = messages
             .iter()
@@ -68,7 +82,7 @@ impl ChatTemplate {
         let tmpl = env.get_template(TEMPLATE_NAME)?;
         tmpl.render(context! {
             messages => msgs,
-            add_generation_prompt => true,
+            add_generation_prompt => add_generation_prompt,
             bos_token => self.bos,
             eos_token => self.eos,
         })

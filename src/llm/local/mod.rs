@@ -7,6 +7,7 @@
 //! the cache held: chunk k always covers the same positions with the same inputs.
 
 mod chat_template;
+mod chat_tokenizer;
 mod gguf_llama;
 mod qmatmul;
 mod tokenizer;
@@ -19,6 +20,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
 pub use chat_template::ChatTemplate;
+pub use chat_tokenizer::ChatTokenizer;
 pub use gguf_llama::{GgufLlama, KvCache};
 pub use tokenizer::TextTokenizer;
 
@@ -57,8 +59,7 @@ struct PrefixEntry {
 pub struct LocalBackend {
     info: ModelInfo,
     model: GgufLlama,
-    tokenizer: TextTokenizer,
-    template: ChatTemplate,
+    chat: ChatTokenizer,
     prefixes: Mutex<Vec<PrefixEntry>>,
 }
 
@@ -70,26 +71,8 @@ impl LocalBackend {
             .with_context(|| format!("cannot open model file {}", path.display()))?;
         let content = gguf_file::Content::read(&mut file)
             .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
-        let tokenizer = TextTokenizer::from_gguf(&content, path)?;
+        let chat = ChatTokenizer::from_gguf(&content, path)?;
         let model = GgufLlama::load(&content, path, &device, true)?;
-        let template_src = content
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok().cloned());
-        let token_text = |key: &str| {
-            content
-                .metadata
-                .get(key)
-                .and_then(|v| v.to_u32().ok())
-                .and_then(|id| tokenizer.decode(&[id]).ok())
-                .unwrap_or_default()
-        };
-        let template = ChatTemplate::new(
-            template_src,
-            &token_text("tokenizer.ggml.bos_token_id"),
-            &token_text("tokenizer.ggml.eos_token_id"),
-        )
-        .with_context(|| format!("{}: bad chat template", path.display()))?;
         let info = ModelInfo {
             backend: "local".into(),
             name: name.to_string(),
@@ -99,26 +82,18 @@ impl LocalBackend {
         Ok(Self {
             info,
             model,
-            tokenizer,
-            template,
+            chat,
             prefixes: Mutex::new(Vec::new()),
         })
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
+        &self.chat.tokenizer
     }
 
     /// The exact text fed to the model for `prompt`.
     pub fn prompt_text(&self, prompt: &Prompt) -> Result<String> {
-        let messages: Vec<_> = prompt
-            .messages
-            .iter()
-            .map(|m| crate::chat::ChatMessage::new(m.role, self.tokenizer.neutralize(&m.content)))
-            .collect();
-        let mut text = self.template.render(&messages)?;
-        text.push_str(&self.tokenizer.neutralize(&prompt.prefill));
-        Ok(text)
+        self.chat.prompt_text(prompt)
     }
 
     /// Model state after `ids`: the KV cache and the logits of the next token.
@@ -228,7 +203,10 @@ impl LocalBackend {
     }
 
     fn start_request(&self, req: &GenerateRequest) -> Result<(usize, KvCache, Vec<f32>)> {
-        let ids = self.tokenizer.encode(&self.prompt_text(&req.prompt)?)?;
+        let ids = self
+            .chat
+            .tokenizer
+            .encode(&self.prompt_text(&req.prompt)?)?;
         self.check_fits(ids.len(), req.params.max_tokens)?;
         let (cache, logits) = self.state_after(&ids)?;
         Ok((ids.len(), cache, logits))
@@ -245,12 +223,12 @@ impl LocalBackend {
                     continue;
                 }
                 let tok = seq.sampler.sample(&seq.logits);
-                if self.tokenizer.stop_ids.contains(&tok) {
+                if self.chat.tokenizer.stop_ids.contains(&tok) {
                     seq.finish = Some(FinishReason::Stop);
                     continue;
                 }
                 seq.out.push(tok);
-                seq.text = self.tokenizer.decode(&seq.out)?;
+                seq.text = self.chat.tokenizer.decode(&seq.out)?;
                 if let Some(cut) = find_stop(&seq.text, &params.stop) {
                     seq.text.truncate(cut);
                     seq.finish = Some(FinishReason::Stop);
@@ -282,7 +260,7 @@ impl LocalBackend {
 
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
         let text = self.prompt_text(&req.prompt)?;
-        let ids = self.tokenizer.encode(&text)?;
+        let ids = self.chat.tokenizer.encode(&text)?;
         let mut logprobs = Vec::with_capacity(req.options.len());
         for option in &req.options {
             if option.is_empty() {
@@ -290,7 +268,7 @@ impl LocalBackend {
             }
             // Tokenize prompt and option together: BPE may merge across the boundary, in
             // which case the continuation is scored from the last shared token on.
-            let joint = self.tokenizer.encode(&format!("{text}{option}"))?;
+            let joint = self.chat.tokenizer.encode(&format!("{text}{option}"))?;
             let shared = common_prefix(&ids, &joint).min(joint.len() - 1);
             if shared == 0 {
                 bail!("option {option:?} rewrites the whole prompt when tokenized");
@@ -322,7 +300,11 @@ impl Backend for LocalBackend {
     }
 
     fn count_tokens(&self, prompt: &Prompt) -> Result<usize> {
-        Ok(self.tokenizer.encode(&self.prompt_text(prompt)?)?.len())
+        Ok(self
+            .chat
+            .tokenizer
+            .encode(&self.prompt_text(prompt)?)?
+            .len())
     }
 
     fn generate(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation>> {
