@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::label::LabelMode;
 use crate::llm::BackendKind;
 use crate::revise::{LongPrompt, SftFormat};
 
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Critique → revision loops on red-team prompts: writes an SFT data set.
     Revise(ReviseArgs),
+    /// AI preference labels: which of two responses is better under sampled principles.
+    Label(LabelArgs),
     /// AI preference labels against human labels: agreement, kappa, calibration, position
     /// bias, per principle; optional Markdown report with plots.
     Compare(CompareArgs),
@@ -147,4 +150,77 @@ pub struct BenchArgs {
     /// Write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// YAML file with any LabelConfig fields; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Constitution YAML (comparison principles, few-shot comparisons).
+    #[arg(long)]
+    pub constitution: Option<PathBuf>,
+    /// Pairs: our JSONL (prompt|conversation, response_a, response_b), HH-RLHF or TRL rows.
+    #[arg(long)]
+    pub pairs: Option<PathBuf>,
+    /// Output JSONL; an existing file is resumed.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder with template overrides (feedback.txt, feedback_cot.txt).
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// Chain-of-thought mode (same as --mode cot).
+    #[arg(long)]
+    pub cot: bool,
+    /// direct (option log-probabilities) or cot (reasoning first).
+    #[arg(long, value_enum)]
+    pub mode: Option<LabelMode>,
+    /// Comparison principles sampled per pair and averaged (ensemble).
+    #[arg(long)]
+    pub principles: Option<usize>,
+    /// Ask only with response_a in slot (A) (default: both orders, averaged).
+    #[arg(long)]
+    pub one_order: bool,
+    /// Divide out the model's slot prior measured on a content-free pair.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Few-shot comparison examples [default: 4].
+    #[arg(long)]
+    pub few_shot: Option<usize>,
+    /// CoT reasoning samples (self-consistency) [default: 4].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// CoT sampling temperature [default: 0.7].
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Clamp per-sample probabilities to LO,HI (default 0.4,0.6 for CoT, none for direct).
+    #[arg(long, value_parser = parse_range)]
+    pub clamp: Option<(f64, f64)>,
+    /// Longest accepted question in tokens [default: 2048].
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
+    /// Drop the oldest turns of long conversations instead of skipping them.
+    #[arg(long)]
+    pub truncate_long: bool,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Only the first N pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s.split_once(',').ok_or("expected LO,HI")?;
+    let lo: f64 = a.trim().parse().map_err(|e| format!("{e}"))?;
+    let hi: f64 = b.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo > hi {
+        return Err("need 0 <= LO <= HI <= 1".into());
+    }
+    Ok((lo, hi))
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 
-use crate::cli::ReviseArgs;
+use crate::cli::{LabelArgs, ReviseArgs};
+use crate::label::{LabelConfig, LabelMode};
 use crate::revise::ReviseConfig;
 
 /// Reads a stage config file; unknown keys and type errors name file:line:column.
@@ -55,6 +56,42 @@ impl ReviseConfig {
         if !args.formats.is_empty() {
             c.formats = args.formats;
         }
+        c.quiet |= args.quiet;
+        Ok(c)
+    }
+}
+
+impl LabelConfig {
+    /// The config of a `cai label` invocation.
+    pub fn resolve(args: LabelArgs) -> Result<Self> {
+        let mut c: LabelConfig = match &args.config {
+            Some(p) => read_yaml(p)?,
+            None => LabelConfig::default(),
+        };
+        set(&mut c.constitution, args.constitution);
+        set(&mut c.pairs, args.pairs);
+        set(&mut c.out, args.out);
+        set(&mut c.seed, args.seed);
+        set(&mut c.backend, args.model.backend);
+        set(&mut c.model, args.model.model);
+        c.templates = args.templates.or(c.templates);
+        set(&mut c.mode, args.mode);
+        if args.cot {
+            c.mode = LabelMode::Cot;
+        }
+        set(&mut c.principles, args.principles);
+        if args.one_order {
+            c.both_orders = false;
+        }
+        c.calibrate |= args.calibrate;
+        set(&mut c.few_shot, args.few_shot);
+        set(&mut c.samples, args.samples);
+        set(&mut c.reasoning.temperature, args.temperature);
+        c.clamp = args.clamp.or(c.clamp);
+        set(&mut c.max_prompt_tokens, args.max_prompt_tokens);
+        c.truncate_long |= args.truncate_long;
+        set(&mut c.batch_size, args.batch_size);
+        c.limit = args.limit.or(c.limit);
         c.quiet |= args.quiet;
         Ok(c)
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod constitution;
 pub mod inputs;
 pub mod jsonl;
+pub mod label;
 pub mod llm;
 pub mod manifest;
 pub mod pairs;
@@ -17,6 +18,7 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod revise;
+pub mod stage;
 pub mod train;
 mod yaml_locate;
 
@@ -43,6 +45,25 @@ pub fn run(cli: Cli) -> Result<()> {
                     "cai: revise: {:.1} prompts/min, {:.1} generated tokens/s",
                     s.written as f64 * 60.0 / s.seconds.max(1e-9),
                     s.generated_tokens as f64 / s.seconds.max(1e-9)
+                );
+            }
+            Ok(())
+        }
+        Command::Label(args) => {
+            let cfg = label::LabelConfig::resolve(args)?;
+            let s = label::run(&cfg)?;
+            eprintln!(
+                "cai: label: {} written, {} already done, {} skipped (too long), {} identical -> {}",
+                s.written,
+                s.resumed,
+                s.skipped_long,
+                s.identical,
+                cfg.out.display()
+            );
+            if s.written > 0 {
+                eprintln!(
+                    "cai: label: {:.3} pairs/s",
+                    s.written as f64 / s.seconds.max(1e-9)
                 );
             }
             Ok(())

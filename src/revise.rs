@@ -22,8 +22,9 @@ use crate::llm::mock::fnv1a;
 use crate::llm::{
     open_backend, Backend, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
 };
-use crate::manifest::{fingerprint, now_unix, ConstitutionRef, Manifest};
+use crate::manifest::fingerprint;
 use crate::prompts::{PromptSet, TemplateKind, Vars};
+use crate::stage::StageOutput;
 use crate::{jsonl, progress};
 
 /// What to do with a prompt longer than `max_prompt_tokens`.
@@ -301,12 +302,11 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
     }
     let backend = open_backend(cfg.backend, &cfg.model)?;
     let fp = run_fingerprint(cfg, &loaded, &templates, backend.as_ref())?;
-    Manifest::check_resume(&cfg.out, &fp)?;
-    let done: Vec<RevisionRecord> = jsonl::read_resumable(&cfg.out)?;
-    let done_ids: std::collections::HashSet<&str> = done.iter().map(|r| r.id.as_str()).collect();
+    let mut output =
+        StageOutput::open("revise", &cfg.out, cfg, Some(&loaded), backend.as_ref(), fp)?;
     let todo: Vec<PromptItem> = items
         .iter()
-        .filter(|i| !done_ids.contains(i.id.as_str()))
+        .filter(|i| !output.done.contains(&i.id))
         .cloned()
         .collect();
     let mut stats = ReviseStats {
@@ -314,24 +314,7 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
         resumed: items.len() - todo.len(),
         ..Default::default()
     };
-    let mut manifest = Manifest {
-        cai_version: env!("CARGO_PKG_VERSION").into(),
-        command: "revise".into(),
-        fingerprint: fp,
-        config: serde_json::to_value(cfg)?,
-        constitution: Some(ConstitutionRef {
-            path: loaded.path.clone(),
-            name: loaded.constitution.name.clone(),
-            version: loaded.constitution.version.clone(),
-            sha256: loaded.sha256.clone(),
-        }),
-        model: backend.info().clone(),
-        started_unix: now_unix(),
-        finished_unix: None,
-        stats: serde_json::to_value(&stats)?,
-    };
-    manifest.write(&cfg.out)?;
-    let mut out = jsonl::Appender::open(&cfg.out)?;
+    output.update(&stats, false)?;
     let prompts = RevisePrompts::new(&loaded.constitution, &templates, cfg.few_shot);
     let pb = progress::bar(
         items.len() as u64,
@@ -380,7 +363,7 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
         for w in work {
             match w.record {
                 Some(r) => {
-                    out.append(&r)?;
+                    output.appender.append(&r)?;
                     stats.written += 1;
                 }
                 None => stats.skipped_long += 1,
@@ -392,13 +375,10 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
             "{:.1} tok/s",
             stats.generated_tokens as f64 / stats.seconds.max(1e-9)
         ));
-        manifest.stats = serde_json::to_value(&stats)?;
-        manifest.write(&cfg.out)?;
+        output.update(&stats, false)?;
     }
     pb.finish_and_clear();
-    manifest.finished_unix = Some(now_unix());
-    manifest.stats = serde_json::to_value(&stats)?;
-    manifest.write(&cfg.out)?;
+    output.update(&stats, true)?;
     if cfg.formats.contains(&SftFormat::Trl) {
         write_trl(cfg)?;
     }

@@ -1,0 +1,778 @@
+//! `cai label`: AI preference labels (RL-CAI, Bai et al. 2022 §4; RLAIF, Lee et al. 2023).
+//!
+//! A feedback model answers "which response is better under this principle, (A) or (B)?".
+//! Direct mode reads the soft label from the exact log-probabilities of the options; both
+//! presentation orders are asked and averaged to cancel position bias; optional content-free
+//! calibration divides out the model's prior for each slot; chain-of-thought mode samples
+//! reasoning first and averages (clamped) answer probabilities over the samples.
+
+mod prompt;
+pub mod soft;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::chat::{ChatMessage, Role};
+use crate::constitution::{ComparisonPrinciple, Loaded};
+use crate::llm::mock::fnv1a;
+use crate::llm::{
+    open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow, GenerateRequest, Prompt,
+    SamplingParams,
+};
+use crate::manifest::fingerprint;
+use crate::pairs::{read_pairs, PreferencePair};
+use crate::progress;
+use crate::prompts::{PromptSet, TemplateKind};
+use crate::stage::StageOutput;
+pub use prompt::{escape, transcript, FeedbackPrompts, ANSWER_CUE, OPTIONS};
+
+/// How the feedback model is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelMode {
+    /// Log-probabilities of "A"/"B" right after the question.
+    #[default]
+    Direct,
+    /// Sampled step-by-step reasoning, then the answer's probabilities (self-consistency).
+    Cot,
+    /// No question asked: how much more likely each response becomes when the principle is
+    /// stated as a system message; P(a) = σ(Δa − Δb). Free of position bias by construction.
+    Likelihood,
+}
+
+/// Everything `cai label` needs; defaults < `--config` YAML < flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LabelConfig {
+    pub constitution: PathBuf,
+    /// Pairs: our JSONL, HH-RLHF rows or TRL preference rows.
+    pub pairs: PathBuf,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub backend: BackendKind,
+    pub model: String,
+    pub templates: Option<PathBuf>,
+    pub mode: LabelMode,
+    /// Comparison principles sampled per pair; their soft labels are averaged.
+    pub principles: usize,
+    /// Ask with the responses in both orders and average.
+    pub both_orders: bool,
+    /// Divide out the model's slot prior measured on a content-free pair (responses "N/A").
+    pub calibrate: bool,
+    /// Few-shot comparison examples from the constitution.
+    pub few_shot: usize,
+    /// CoT reasoning samples per question.
+    pub samples: usize,
+    /// Sampling of the CoT reasoning.
+    pub reasoning: SamplingParams,
+    /// Clamp per-sample probabilities to [lo, hi]; default (0.4, 0.6) in CoT mode, none in
+    /// direct mode.
+    pub clamp: Option<(f64, f64)>,
+    /// Longest accepted question prompt in tokens (longer: oldest turns dropped or skipped).
+    pub max_prompt_tokens: usize,
+    pub truncate_long: bool,
+    pub batch_size: usize,
+    pub limit: Option<usize>,
+    pub quiet: bool,
+}
+
+impl Default for LabelConfig {
+    fn default() -> Self {
+        Self {
+            constitution: PathBuf::from("constitutions/harmless.yaml"),
+            pairs: PathBuf::from("data/sample-pairs.jsonl"),
+            out: PathBuf::from("runs/labels.jsonl"),
+            seed: 0,
+            backend: BackendKind::Local,
+            model: "default".into(),
+            templates: None,
+            mode: LabelMode::Direct,
+            principles: 1,
+            both_orders: true,
+            calibrate: false,
+            few_shot: 4,
+            samples: 4,
+            reasoning: SamplingParams {
+                temperature: 0.7,
+                top_p: 0.95,
+                max_tokens: 96,
+                stop: vec!["So the better response".into(), "\n\n\n".into()],
+            },
+            clamp: None,
+            max_prompt_tokens: 2048,
+            truncate_long: false,
+            batch_size: 8,
+            limit: None,
+            quiet: false,
+        }
+    }
+}
+
+impl LabelConfig {
+    /// The clamp range in force: the configured one, or 40–60 % for CoT.
+    pub fn clamp_range(&self) -> Option<(f64, f64)> {
+        match (self.clamp, self.mode) {
+            (Some(r), _) => Some(r),
+            (None, LabelMode::Cot) => Some((0.4, 0.6)),
+            (None, LabelMode::Direct | LabelMode::Likelihood) => None,
+        }
+    }
+}
+
+/// The labels of one principle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrincipleLabel {
+    pub principle: String,
+    /// P(response_a better) with response_a in slot (A).
+    pub p_a_first: f64,
+    /// P(response_a better) with response_a in slot (B), mapped back; absent with one order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_a_second: Option<f64>,
+    /// Content-free P(slot A) used for calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_a: Option<f64>,
+    /// CoT: per-sample P(response_a better), first order then second.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rationales: Vec<String>,
+}
+
+/// The output record of one pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelRecord {
+    pub id: String,
+    pub conversation: Vec<ChatMessage>,
+    pub response_a: String,
+    pub response_b: String,
+    pub principles: Vec<String>,
+    /// Mean over principles of the first-order probability.
+    pub p_a_first: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_a_second: Option<f64>,
+    /// The soft label: P(response_a is better).
+    pub p_a: f64,
+    pub position_flip: bool,
+    /// CoT: (votes for a, votes for b) over all samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub votes: Option<(usize, usize)>,
+    pub per_principle: Vec<PrincipleLabel>,
+    pub mode: LabelMode,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelStats {
+    pub pairs: usize,
+    pub resumed: usize,
+    pub written: usize,
+    pub skipped_long: usize,
+    pub truncated: usize,
+    pub identical: usize,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub seconds: f64,
+}
+
+/// One pair in flight.
+struct Job {
+    pair: PreferencePair,
+    principles: Vec<ComparisonPrinciple>,
+    flags: Vec<String>,
+}
+
+/// Runs `cai label`; returns the counters.
+pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
+    let loaded = Loaded::read_valid(&cfg.constitution)?;
+    if loaded.constitution.comparison_principles.is_empty() {
+        bail!(
+            "{}: no comparison_principles: AI feedback needs at least one",
+            cfg.constitution.display()
+        );
+    }
+    if cfg.principles == 0
+        || cfg.batch_size == 0
+        || (cfg.mode == LabelMode::Cot && cfg.samples == 0)
+    {
+        bail!("principles, batch_size and samples must be at least 1");
+    }
+    let templates = PromptSet::load(&loaded, cfg.templates.as_deref())?;
+    let mut pairs = read_pairs(&cfg.pairs)?;
+    if let Some(n) = cfg.limit {
+        pairs.truncate(n);
+    }
+    unique_ids(&mut pairs);
+    let backend = open_backend(cfg.backend, &cfg.model)?;
+    let fp = label_fingerprint(cfg, &loaded, &templates, backend.as_ref())?;
+    let mut output =
+        StageOutput::open("label", &cfg.out, cfg, Some(&loaded), backend.as_ref(), fp)?;
+    let todo: Vec<PreferencePair> = pairs
+        .iter()
+        .filter(|p| !output.done.contains(&p.id))
+        .cloned()
+        .collect();
+    let mut stats = LabelStats {
+        pairs: pairs.len(),
+        resumed: pairs.len() - todo.len(),
+        ..Default::default()
+    };
+    output.update(&stats, false)?;
+    let prompts = FeedbackPrompts::new(&loaded.constitution, &templates, cfg.few_shot);
+    let pb = progress::bar(pairs.len() as u64, stats.resumed as u64, "label", cfg.quiet);
+    let start = Instant::now();
+    for chunk in todo.chunks(cfg.batch_size) {
+        let mut jobs = Vec::new();
+        for pair in chunk {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(fnv1a(&[&cfg.seed.to_le_bytes(), pair.id.as_bytes()]));
+            let principles: Vec<ComparisonPrinciple> = loaded
+                .constitution
+                .sample_comparisons(&mut rng, cfg.principles)?
+                .into_iter()
+                .cloned()
+                .collect();
+            match fit(cfg, backend.as_ref(), &prompts, pair, &principles[0])? {
+                Fit::Fits(pair, truncated) => {
+                    stats.truncated += truncated as usize;
+                    let mut flags = Vec::new();
+                    if truncated {
+                        flags.push("truncated".to_string());
+                    }
+                    if pair.response_a.trim().is_empty() || pair.response_b.trim().is_empty() {
+                        flags.push("empty-response".into());
+                    }
+                    jobs.push(Job {
+                        pair,
+                        principles,
+                        flags,
+                    });
+                }
+                Fit::TooLong => {
+                    stats.skipped_long += 1;
+                    progress::warn(
+                        &pb,
+                        &format!(
+                            "{}:{}: conversation longer than {} tokens, skipped",
+                            cfg.pairs.display(),
+                            pair.source_line,
+                            cfg.max_prompt_tokens
+                        ),
+                    );
+                    pb.inc(1);
+                }
+            }
+        }
+        let records = match cfg.mode {
+            LabelMode::Direct => label_direct(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
+            LabelMode::Cot => label_cot(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
+            LabelMode::Likelihood => label_likelihood(cfg, backend.as_ref(), &jobs, &mut stats)?,
+        };
+        for (job, rec) in jobs.iter().zip(records) {
+            match rec {
+                Some(r) => {
+                    output.appender.append(&r)?;
+                    stats.written += 1;
+                }
+                None => {
+                    stats.skipped_long += 1;
+                    progress::warn(
+                        &pb,
+                        &format!(
+                            "{}:{}: prompt overflows the model's context, skipped",
+                            cfg.pairs.display(),
+                            job.pair.source_line
+                        ),
+                    );
+                }
+            }
+            pb.inc(1);
+        }
+        stats.seconds = start.elapsed().as_secs_f64();
+        pb.set_message(format!(
+            "{:.2} pairs/s",
+            stats.written as f64 / stats.seconds.max(1e-9)
+        ));
+        output.update(&stats, false)?;
+    }
+    pb.finish_and_clear();
+    output.update(&stats, true)?;
+    Ok(stats)
+}
+
+/// Repeated pairs get `-1`, `-2`… so every record has its own id.
+fn unique_ids(pairs: &mut [PreferencePair]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for p in pairs {
+        let n = seen.entry(p.id.clone()).or_insert(0);
+        if *n > 0 {
+            p.id = format!("{}-{n}", p.id);
+        }
+        *n += 1;
+    }
+}
+
+enum Fit {
+    Fits(PreferencePair, bool),
+    TooLong,
+}
+
+/// Checks the question's length; drops oldest turns when allowed.
+fn fit(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    prompts: &FeedbackPrompts,
+    pair: &PreferencePair,
+    p: &ComparisonPrinciple,
+) -> Result<Fit> {
+    let count = |conv: &[ChatMessage]| {
+        backend.count_tokens(&prompts.direct(conv, &pair.response_a, &pair.response_b, p)?)
+    };
+    if count(&pair.conversation)? <= cfg.max_prompt_tokens {
+        return Ok(Fit::Fits(pair.clone(), false));
+    }
+    if !cfg.truncate_long {
+        return Ok(Fit::TooLong);
+    }
+    let mut conv = pair.conversation.clone();
+    while conv.len() > 1 && count(&conv)? > cfg.max_prompt_tokens {
+        conv.remove(0);
+        while conv.len() > 1 && conv[0].role != Role::User {
+            conv.remove(0);
+        }
+    }
+    if count(&conv)? > cfg.max_prompt_tokens {
+        return Ok(Fit::TooLong);
+    }
+    Ok(Fit::Fits(
+        PreferencePair {
+            conversation: conv,
+            ..pair.clone()
+        },
+        true,
+    ))
+}
+
+/// The question of one (pair, principle, order): `swapped` puts response_b in slot (A).
+fn question(
+    prompts: &FeedbackPrompts,
+    job: &Job,
+    p: &ComparisonPrinciple,
+    swapped: bool,
+    cot: bool,
+) -> Result<Prompt> {
+    let (a, b) = match swapped {
+        false => (&job.pair.response_a, &job.pair.response_b),
+        true => (&job.pair.response_b, &job.pair.response_a),
+    };
+    match cot {
+        false => prompts.direct(&job.pair.conversation, a, b, p),
+        true => prompts.cot(&job.pair.conversation, a, b, p),
+    }
+}
+
+fn orders(cfg: &LabelConfig) -> &'static [bool] {
+    if cfg.both_orders {
+        &[false, true]
+    } else {
+        &[false]
+    }
+}
+
+fn is_identical(job: &Job) -> bool {
+    job.pair.response_a.trim() == job.pair.response_b.trim()
+}
+
+/// Runs choose requests; `None` for the ones that overflow the context.
+fn choose_all(
+    backend: &dyn Backend,
+    reqs: Vec<Prompt>,
+    stats: &mut LabelStats,
+) -> Result<Vec<Option<(f64, usize)>>> {
+    let requests: Vec<ChoiceRequest> = reqs
+        .into_iter()
+        .map(|prompt| ChoiceRequest {
+            prompt,
+            options: OPTIONS.iter().map(|s| s.to_string()).collect(),
+        })
+        .collect();
+    backend
+        .choose(&requests)
+        .into_iter()
+        .map(|r| match r {
+            Ok(c) => {
+                stats.prompt_tokens += c.prompt_tokens;
+                Ok(Some((
+                    soft::normalize_pair(c.logprobs[0], c.logprobs[1]),
+                    c.prompt_tokens,
+                )))
+            }
+            Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => Ok(None),
+            Err(e) => Err(e.context("feedback model failed")),
+        })
+        .collect()
+}
+
+/// Direct mode for a batch of pairs.
+fn label_direct(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    prompts: &FeedbackPrompts,
+    jobs: &[Job],
+    stats: &mut LabelStats,
+) -> Result<Vec<Option<LabelRecord>>> {
+    // Requests in a fixed layout: per job, per principle: each order, then the content-free one.
+    let mut reqs = Vec::new();
+    for job in jobs.iter().filter(|j| !is_identical(j)) {
+        for p in &job.principles {
+            for &swapped in orders(cfg) {
+                reqs.push(question(prompts, job, p, swapped, false)?);
+            }
+            if cfg.calibrate {
+                reqs.push(prompts.direct(&job.pair.conversation, "N/A", "N/A", p)?);
+            }
+        }
+    }
+    let mut answers = choose_all(backend, reqs, stats)?.into_iter();
+    let mut out = Vec::new();
+    for job in jobs {
+        if is_identical(job) {
+            stats.identical += 1;
+            out.push(Some(identical_record(cfg, backend, job)));
+            continue;
+        }
+        let mut labels = Vec::new();
+        let mut overflow = false;
+        let mut used = 0;
+        let mut next = || {
+            answers.next().flatten().map(|(p, n)| {
+                used += n;
+                p
+            })
+        };
+        for p in &job.principles {
+            let per_order: Vec<Option<f64>> = orders(cfg).iter().map(|_| next()).collect();
+            let prior = if cfg.calibrate { next() } else { None };
+            if per_order.iter().any(Option::is_none) || (cfg.calibrate && prior.is_none()) {
+                overflow = true;
+                continue;
+            }
+            let cal = |p_slot_a: f64| prior.map_or(p_slot_a, |c| soft::calibrate(p_slot_a, c));
+            let first = soft::clamp(cal(per_order[0].expect("checked")), cfg.clamp_range());
+            let second = per_order.get(1).map(|p| {
+                soft::clamp(
+                    soft::from_swapped(cal(p.expect("checked"))),
+                    cfg.clamp_range(),
+                )
+            });
+            labels.push(PrincipleLabel {
+                principle: p.id.clone(),
+                p_a_first: first,
+                p_a_second: second,
+                prior_a: prior,
+                samples: Vec::new(),
+                rationales: Vec::new(),
+            });
+        }
+        out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
+    }
+    Ok(out)
+}
+
+/// Chain-of-thought mode with self-consistency for a batch of pairs.
+fn label_cot(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    prompts: &FeedbackPrompts,
+    jobs: &[Job],
+    stats: &mut LabelStats,
+) -> Result<Vec<Option<LabelRecord>>> {
+    let mut gen = Vec::new();
+    for job in jobs.iter().filter(|j| !is_identical(j)) {
+        for p in &job.principles {
+            for &swapped in orders(cfg) {
+                let prompt = question(prompts, job, p, swapped, true)?;
+                let seed = fnv1a(&[
+                    &cfg.seed.to_le_bytes(),
+                    job.pair.id.as_bytes(),
+                    p.id.as_bytes(),
+                    &[swapped as u8],
+                ]);
+                gen.push(GenerateRequest {
+                    prompt,
+                    params: cfg.reasoning.clone(),
+                    n: cfg.samples,
+                    seed,
+                });
+            }
+        }
+    }
+    let mut gens = Vec::new();
+    let mut answer_prompts = Vec::new();
+    for (req, res) in gen.iter().zip(backend.generate(&gen)) {
+        match res {
+            Ok(g) => {
+                stats.prompt_tokens += g.prompt_tokens;
+                let texts: Vec<String> = g
+                    .completions
+                    .iter()
+                    .map(|c| c.text.trim().to_string())
+                    .collect();
+                let tokens: usize = g.completions.iter().map(|c| c.tokens).sum();
+                stats.generated_tokens += tokens;
+                for t in &texts {
+                    answer_prompts.push(FeedbackPrompts::cot_answer(&req.prompt, t));
+                }
+                gens.push(Some((texts, tokens)));
+            }
+            Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => gens.push(None),
+            Err(e) => return Err(e.context("feedback model failed to reason")),
+        }
+    }
+    let mut answers = choose_all(backend, answer_prompts, stats)?.into_iter();
+    let mut gens = gens.into_iter();
+    let mut out = Vec::new();
+    for job in jobs {
+        if is_identical(job) {
+            stats.identical += 1;
+            out.push(Some(identical_record(cfg, backend, job)));
+            continue;
+        }
+        let mut labels = Vec::new();
+        let mut overflow = false;
+        let mut generated = 0;
+        let mut used = 0;
+        let mut all_samples = Vec::new();
+        for p in &job.principles {
+            let mut per_order = Vec::new();
+            let mut rationales = Vec::new();
+            let mut samples = Vec::new();
+            for &swapped in orders(cfg) {
+                let Some((texts, tokens)) = gens.next().flatten() else {
+                    overflow = true;
+                    continue;
+                };
+                generated += tokens;
+                let ps: Vec<f64> = texts
+                    .iter()
+                    .map(|_| {
+                        answers.next().flatten().map(|(p, n)| {
+                            used += n;
+                            p
+                        })
+                    })
+                    .collect::<Option<_>>()
+                    .unwrap_or_default();
+                if ps.len() != texts.len() {
+                    overflow = true;
+                    continue;
+                }
+                let ps: Vec<f64> = ps
+                    .into_iter()
+                    .map(|p| {
+                        soft::clamp(
+                            if swapped { soft::from_swapped(p) } else { p },
+                            cfg.clamp_range(),
+                        )
+                    })
+                    .collect();
+                per_order.push(soft::mean(&ps));
+                samples.extend(ps);
+                rationales.extend(texts);
+            }
+            if overflow {
+                continue;
+            }
+            all_samples.extend(samples.iter().copied());
+            labels.push(PrincipleLabel {
+                principle: p.id.clone(),
+                p_a_first: per_order[0],
+                p_a_second: per_order.get(1).copied(),
+                prior_a: None,
+                samples,
+                rationales,
+            });
+        }
+        let votes = soft::votes(&all_samples);
+        out.push(
+            (!overflow).then(|| record(cfg, backend, job, labels, Some(votes), (used, generated))),
+        );
+    }
+    Ok(out)
+}
+
+/// `tokens` = (prompt tokens, generated tokens) spent on the pair.
+/// The conversation with the principle stated as guidance in a system message.
+fn guided(conversation: &[ChatMessage], p: &ComparisonPrinciple) -> Prompt {
+    let mut messages = vec![ChatMessage::system(format!(
+        "You are an AI assistant. Answer in the way this question prefers: {}",
+        p.question
+    ))];
+    messages.extend(
+        conversation
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .cloned(),
+    );
+    Prompt::new(messages)
+}
+
+/// Likelihood mode for a batch of pairs.
+fn label_likelihood(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    jobs: &[Job],
+    stats: &mut LabelStats,
+) -> Result<Vec<Option<LabelRecord>>> {
+    let mut reqs = Vec::new();
+    for job in jobs.iter().filter(|j| !is_identical(j)) {
+        let options = vec![job.pair.response_a.clone(), job.pair.response_b.clone()];
+        reqs.push(ChoiceRequest {
+            prompt: Prompt::new(job.pair.conversation.clone()),
+            options: options.clone(),
+        });
+        for p in &job.principles {
+            reqs.push(ChoiceRequest {
+                prompt: guided(&job.pair.conversation, p),
+                options: options.clone(),
+            });
+        }
+    }
+    let mut answers = backend.choose(&reqs).into_iter();
+    let mut out = Vec::new();
+    for job in jobs {
+        if is_identical(job) {
+            stats.identical += 1;
+            out.push(Some(identical_record(cfg, backend, job)));
+            continue;
+        }
+        let mut take = || -> Result<Option<(Vec<f64>, usize)>> {
+            match answers.next().expect("one answer per request") {
+                Ok(c) => {
+                    stats.prompt_tokens += c.prompt_tokens;
+                    Ok(Some((c.logprobs, c.prompt_tokens)))
+                }
+                Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => Ok(None),
+                Err(e) => Err(e.context("feedback model failed to score the responses")),
+            }
+        };
+        let plain = take()?;
+        let mut labels = Vec::new();
+        let mut used = plain.as_ref().map_or(0, |p| p.1);
+        let mut overflow = plain.is_none();
+        for p in &job.principles {
+            let g = take()?;
+            let (Some((u, _)), Some((g, n))) = (&plain, g) else {
+                overflow = true;
+                continue;
+            };
+            used += n;
+            let delta = (g[0] - u[0]) - (g[1] - u[1]);
+            labels.push(PrincipleLabel {
+                principle: p.id.clone(),
+                p_a_first: soft::clamp(soft::normalize_pair(delta, 0.0), cfg.clamp_range()),
+                p_a_second: None,
+                prior_a: None,
+                samples: Vec::new(),
+                rationales: Vec::new(),
+            });
+        }
+        out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
+    }
+    Ok(out)
+}
+
+fn record(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    job: &Job,
+    labels: Vec<PrincipleLabel>,
+    votes: Option<(usize, usize)>,
+    tokens: (usize, usize),
+) -> LabelRecord {
+    let firsts: Vec<f64> = labels.iter().map(|l| l.p_a_first).collect();
+    let seconds: Vec<f64> = labels.iter().filter_map(|l| l.p_a_second).collect();
+    let p_a_first = soft::mean(&firsts);
+    let p_a_second = (!seconds.is_empty()).then(|| soft::mean(&seconds));
+    let p_a = match p_a_second {
+        Some(s) => soft::mean(&[p_a_first, s]),
+        None => p_a_first,
+    };
+    LabelRecord {
+        id: job.pair.id.clone(),
+        conversation: job.pair.conversation.clone(),
+        response_a: job.pair.response_a.clone(),
+        response_b: job.pair.response_b.clone(),
+        principles: labels.iter().map(|l| l.principle.clone()).collect(),
+        p_a_first,
+        p_a_second,
+        p_a,
+        position_flip: p_a_second.is_some_and(|s| soft::position_flip(p_a_first, s)),
+        votes,
+        per_principle: labels,
+        mode: cfg.mode,
+        model: backend.info().name.clone(),
+        prompt_tokens: tokens.0,
+        generated_tokens: tokens.1,
+        flags: job.flags.clone(),
+    }
+}
+
+/// Identical responses: no question to ask; the label is 0.5 and flagged.
+fn identical_record(cfg: &LabelConfig, backend: &dyn Backend, job: &Job) -> LabelRecord {
+    let labels = job
+        .principles
+        .iter()
+        .map(|p| PrincipleLabel {
+            principle: p.id.clone(),
+            p_a_first: 0.5,
+            p_a_second: cfg.both_orders.then_some(0.5),
+            prior_a: None,
+            samples: Vec::new(),
+            rationales: Vec::new(),
+        })
+        .collect();
+    let mut r = record(cfg, backend, job, labels, None, (0, 0));
+    r.flags.push("identical".into());
+    r
+}
+
+fn label_fingerprint(
+    cfg: &LabelConfig,
+    loaded: &Loaded,
+    templates: &PromptSet,
+    backend: &dyn Backend,
+) -> Result<String> {
+    let mut shaping = serde_json::to_value(cfg)?;
+    if let Some(o) = shaping.as_object_mut() {
+        for k in [
+            "out",
+            "batch_size",
+            "limit",
+            "quiet",
+            "pairs",
+            "constitution",
+        ] {
+            o.remove(k);
+        }
+    }
+    let info = backend.info();
+    let model = json!({"backend": info.backend, "sha256": info.sha256, "name": if info.sha256.is_some() { None } else { Some(&info.name) }});
+    let t = json!([
+        format!("{:?}", templates.get(TemplateKind::Feedback)),
+        format!("{:?}", templates.get(TemplateKind::FeedbackCot))
+    ]);
+    Ok(fingerprint(&[&shaping, &json!(loaded.sha256), &model, &t]))
+}

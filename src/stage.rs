@@ -1,0 +1,77 @@
+//! What every record-writing stage (revise, label, sample) shares: the manifest next to the
+//! output, refusing to resume under another configuration, and the ids already written.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::constitution::Loaded;
+use crate::jsonl::{self, Appender};
+use crate::llm::Backend;
+use crate::manifest::{now_unix, ConstitutionRef, Manifest};
+
+/// An output file opened for appending, with its manifest.
+pub struct StageOutput {
+    pub manifest: Manifest,
+    pub appender: Appender,
+    /// `id` of every complete record already in the file.
+    pub done: HashSet<String>,
+    path: std::path::PathBuf,
+}
+
+impl StageOutput {
+    /// Opens `out` (creating or resuming it) after checking the fingerprint.
+    pub fn open<C: Serialize>(
+        command: &str,
+        out: &Path,
+        config: &C,
+        constitution: Option<&Loaded>,
+        backend: &dyn Backend,
+        fingerprint: String,
+    ) -> Result<Self> {
+        Manifest::check_resume(out, &fingerprint)?;
+        let records: Vec<Value> = jsonl::read_resumable(out)?;
+        let mut done = HashSet::new();
+        for (i, r) in records.iter().enumerate() {
+            let id = r["id"]
+                .as_str()
+                .with_context(|| format!("{}:{}: record without an `id`", out.display(), i + 1))?;
+            done.insert(id.to_string());
+        }
+        let manifest = Manifest {
+            cai_version: env!("CARGO_PKG_VERSION").into(),
+            command: command.into(),
+            fingerprint,
+            config: serde_json::to_value(config)?,
+            constitution: constitution.map(|l| ConstitutionRef {
+                path: l.path.clone(),
+                name: l.constitution.name.clone(),
+                version: l.constitution.version.clone(),
+                sha256: l.sha256.clone(),
+            }),
+            model: backend.info().clone(),
+            started_unix: now_unix(),
+            finished_unix: None,
+            stats: Value::Null,
+        };
+        manifest.write(out)?;
+        Ok(Self {
+            manifest,
+            appender: Appender::open(out)?,
+            done,
+            path: out.to_path_buf(),
+        })
+    }
+
+    /// Rewrites the manifest with the current counters.
+    pub fn update<S: Serialize>(&mut self, stats: &S, finished: bool) -> Result<()> {
+        self.manifest.stats = serde_json::to_value(stats)?;
+        if finished {
+            self.manifest.finished_unix = Some(now_unix());
+        }
+        self.manifest.write(&self.path)
+    }
+}
