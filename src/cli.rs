@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Critique → revision loops on red-team prompts: writes an SFT data set.
     Revise(ReviseArgs),
+    /// K responses per prompt from a policy model, and the pairs among them for labelling.
+    Sample(SampleArgs),
     /// AI preference labels: which of two responses is better under sampled principles.
     Label(LabelArgs),
     /// AI preference labels against human labels: agreement, kappa, calibration, position
@@ -223,4 +225,36 @@ fn parse_range(s: &str) -> Result<(f64, f64), String> {
         return Err("need 0 <= LO <= HI <= 1".into());
     }
     Ok((lo, hi))
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// Prompts: JSONL (`prompt`, `messages`, HH-RLHF rows) or text, one per line.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output JSONL (one record per prompt); pairs go to X.pairs.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Responses per prompt.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    /// Pairs kept per prompt (default: all K(K-1)/2).
+    #[arg(long)]
+    pub pairs_per_prompt: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, short)]
+    pub quiet: bool,
 }

@@ -18,6 +18,7 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod revise;
+pub mod sample;
 pub mod stage;
 pub mod train;
 mod yaml_locate;
@@ -47,6 +48,37 @@ pub fn run(cli: Cli) -> Result<()> {
                     s.generated_tokens as f64 / s.seconds.max(1e-9)
                 );
             }
+            Ok(())
+        }
+        Command::Sample(a) => {
+            let d = sample::SampleConfig::default();
+            let cfg = sample::SampleConfig {
+                prompts: a.prompts,
+                out: a.out,
+                backend: a.model.backend.unwrap_or(d.backend),
+                model: a.model.model.unwrap_or(d.model),
+                k: a.k,
+                pairs_per_prompt: a.pairs_per_prompt,
+                sampling: llm::SamplingParams {
+                    temperature: a.temperature,
+                    top_p: a.top_p,
+                    max_tokens: a.max_tokens,
+                    stop: Vec::new(),
+                },
+                seed: a.seed,
+                batch_size: a.batch_size,
+                limit: a.limit,
+                quiet: a.quiet,
+            };
+            let s = sample::run(&cfg)?;
+            eprintln!(
+                "cai: sample: {} written, {} already done, {} skipped -> {} (pairs: {})",
+                s.written,
+                s.resumed,
+                s.skipped_long,
+                cfg.out.display(),
+                cfg.out.with_extension("pairs.jsonl").display()
+            );
             Ok(())
         }
         Command::Label(args) => {

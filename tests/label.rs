@@ -207,3 +207,30 @@ fn real_model_labels_obvious_pairs() {
 fn r_prior(r: &Value) -> f64 {
     r["per_principle"][0]["prior_a"].as_f64().unwrap()
 }
+
+#[test]
+fn sample_then_label_with_mock() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut cmd = cai(d);
+    cmd.args([
+        "sample",
+        "--backend",
+        "mock",
+        "-q",
+        "--k",
+        "3",
+        "--limit",
+        "2",
+        "--out",
+        "s.jsonl",
+        "--prompts",
+    ])
+    .arg(root().join("data/sample-prompts.jsonl"));
+    ok(&mut cmd);
+    let pairs = records(&std::fs::read_to_string(d.join("s.pairs.jsonl")).unwrap());
+    assert_eq!(pairs.len(), 6, "2 prompts x 3 pairs");
+    assert_ne!(pairs[0]["response_a"], pairs[0]["response_b"]);
+    let recs = records(&label(d, "l.jsonl", &["--pairs", "s.pairs.jsonl"]));
+    assert_eq!(recs.len(), 6);
+}
