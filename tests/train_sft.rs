@@ -256,11 +256,10 @@ fn bad_data_is_refused_with_its_location() {
     .unwrap();
     let err = fails(&mut train(dir, &model, &bad, "b", &[]));
     assert!(err.contains("bad.jsonl:2:"), "{err}");
-    let err = fails(
-        &mut cai(dir)
-            .args(["train", "sft", "--out", "c"])
-            .arg("--model")
-            .arg(&model),
-    );
+    let mut no_data = cai(dir);
+    no_data
+        .args(["train", "sft", "--out", "c", "--model"])
+        .arg(&model);
+    let err = fails(&mut no_data);
     assert!(err.contains("--data"), "{err}");
 }
