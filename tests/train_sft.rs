@@ -235,7 +235,7 @@ fn lora_run_lowers_the_loss() {
     ));
     let rows = losses(&dir.join("lora/train_log.csv"));
     let loss = |i: usize| rows[i].1.parse::<f64>().unwrap();
-    assert!(loss(5) < loss(0) - 0.5, "loss {} -> {}", loss(0), loss(5));
+    assert!(loss(5) < loss(0) - 0.3, "loss {} -> {}", loss(0), loss(5));
     assert!(dir.join("lora/checkpoint-3/adapter.safetensors").exists());
 }
 
