@@ -31,6 +31,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// Inference speed of the local backend (and of llama.cpp when installed), in one run.
     Bench(BenchArgs),
+    /// Fine-tune a model: `cai train sft` (SL-CAI).
+    #[command(subcommand)]
+    Train(crate::cli_train::TrainCommand),
     /// Check or list a constitution.
     #[command(subcommand)]
     Constitution(ConstitutionCommand),

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod cli_train;
 pub mod compare;
 pub mod config;
 pub mod constitution;
@@ -19,6 +20,8 @@ pub mod progress;
 pub mod prompts;
 pub mod revise;
 pub mod sample;
+pub mod sft_data;
+pub mod sft_run;
 pub mod stage;
 pub mod train;
 mod yaml_locate;
@@ -131,6 +134,23 @@ pub fn run(cli: Cli) -> Result<()> {
             for f in bench::run(&cfg)? {
                 println!("{:<32} {:>9.1} tokens/s", f.name, f.tokens_per_s);
             }
+            Ok(())
+        }
+        Command::Train(cli_train::TrainCommand::Sft(args)) => {
+            let cfg = sft_run::SftRunConfig::resolve(args)?;
+            let s = sft_run::run(&cfg)?;
+            let loss = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("{l:.4}"));
+            eprintln!(
+                "cai: train sft: {} steps on {} examples ({} held out), held-out loss {} -> {}, \
+                 {:.0} tokens/s -> {}",
+                s.steps,
+                s.train_examples,
+                s.eval_examples,
+                loss(s.eval_loss_before),
+                loss(s.eval_loss_after),
+                s.tokens_per_s,
+                s.final_dir.display()
+            );
             Ok(())
         }
         Command::Constitution(ConstitutionCommand::Check { files }) => constitution_check(&files),

@@ -133,9 +133,19 @@ pub fn open_backend(kind: BackendKind, model: &str) -> Result<Box<dyn Backend>> 
                         let sha = sha256_file(&path)?;
                         Ok(Box::new(LocalBackend::open_gguf(&path, model, Some(sha))?))
                     }
+                    None if dir.join("config.json").is_file() => {
+                        let weights = dir.join("model.safetensors");
+                        let sha = weights
+                            .is_file()
+                            .then(|| sha256_file(&weights))
+                            .transpose()?;
+                        let backend = LocalBackend::open_folder(&dir, model, sha)
+                            .with_context(|| format!("cannot load model {}", dir.display()))?;
+                        Ok(Box::new(backend))
+                    }
                     None => bail!(
-                        "{}: no .gguf file in this folder; the local backend runs GGUF models \
-                         (convert safetensors with llama.cpp's convert_hf_to_gguf.py)",
+                        "{}: neither a .gguf file nor config.json + model.safetensors in this \
+                         folder",
                         dir.display()
                     ),
                 }

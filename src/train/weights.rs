@@ -148,7 +148,7 @@ pub fn unpermute_from_gguf(w: &Tensor, n_head: usize) -> Result<Tensor> {
 }
 
 /// Hugging Face name of a GGUF llama tensor, `None` for tensors the model does not use.
-fn hf_name(gguf_name: &str) -> Option<String> {
+pub fn hf_name(gguf_name: &str) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),

@@ -12,6 +12,7 @@ const TEMPLATE_NAME: &str = "chat";
 /// Turns a conversation into the exact prompt text the model was trained on.
 pub struct ChatTemplate {
     env: Option<Environment<'static>>,
+    source: Option<String>,
     bos: String,
     eos: String,
 }
@@ -25,7 +26,7 @@ struct Msg<'a> {
 impl ChatTemplate {
     /// `source` is the Jinja template, `None` for models without one (base models).
     pub fn new(source: Option<String>, bos: &str, eos: &str) -> Result<Self> {
-        let env = match source {
+        let env = match source.clone() {
             Some(src) => {
                 let mut env = Environment::new();
                 minijinja_contrib::add_to_environment(&mut env);
@@ -43,6 +44,7 @@ impl ChatTemplate {
         };
         Ok(Self {
             env,
+            source,
             bos: bos.to_string(),
             eos: eos.to_string(),
         })
@@ -51,6 +53,16 @@ impl ChatTemplate {
     /// Whether the model ships a chat template (an instruct model) or not (a base model).
     pub fn is_native(&self) -> bool {
         self.env.is_some()
+    }
+
+    /// The Jinja source, `None` for models without a template.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// Beginning- and end-of-sequence token texts the template sees as `bos_token`/`eos_token`.
+    pub fn special_tokens(&self) -> (&str, &str) {
+        (&self.bos, &self.eos)
     }
 
     /// Prompt text for `messages`, ending where the assistant's next reply starts.

@@ -134,6 +134,24 @@ impl ChatTokenizer {
         })
     }
 
+    /// `tokenizer.json` and `tokenizer_config.json` (chat template, bos/eos token texts) for
+    /// a model folder, so that [`ChatTokenizer::from_folder`] reads this tokenizer back.
+    pub fn folder_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let (bos, eos) = self.template.special_tokens();
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "chat_template": self.template.source(),
+            "bos_token": bos,
+            "eos_token": eos,
+            "add_bos_token": self.tokenizer.bos_id.is_some(),
+            "model_max_length": self.context,
+        });
+        Ok(vec![
+            ("tokenizer.json", self.tokenizer.to_json()?.into_bytes()),
+            ("tokenizer_config.json", serde_json::to_vec_pretty(&config)?),
+        ])
+    }
+
     /// The exact text fed to the model for `prompt` (special-token literals in user text
     /// neutralized, so they cannot pose as turn markers).
     pub fn prompt_text(&self, prompt: &Prompt) -> Result<String> {

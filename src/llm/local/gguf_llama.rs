@@ -187,12 +187,26 @@ impl GgufLlama {
                 .tensor(&mut file, name, device)
                 .with_context(|| format!("{}: cannot read tensor `{name}`", path.display()))
         };
+        let tied = !content.tensor_infos.contains_key("output.weight");
+        Self::from_tensors(shape, tied, &mut tensor, device, dense)
+    }
+
+    /// Builds the model from tensors in GGUF naming (`token_embd.weight`, `blk.N.attn_q.weight`,
+    /// ...; q/k rows in llama.cpp's interleaved rotary order) handed out by `tensor`.
+    /// `tied`: the output projection reuses the token embeddings (no `output.weight`).
+    pub(super) fn from_tensors(
+        shape: LlamaShape,
+        tied: bool,
+        tensor: &mut dyn FnMut(&str) -> Result<QTensor>,
+        device: &Device,
+        dense: bool,
+    ) -> Result<Self> {
         let embed_q = tensor("token_embd.weight")?;
         let embed = embed_q.dequantize(device)?;
         let vocab = embed.dim(0)?;
-        let output = match content.tensor_infos.contains_key("output.weight") {
-            true => Linear::new(tensor("output.weight")?, dense)?,
-            false => Linear::new(embed_q, dense)?,
+        let output = match tied {
+            false => Linear::new(tensor("output.weight")?, dense)?,
+            true => Linear::new(embed_q, dense)?,
         };
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(shape.layers);

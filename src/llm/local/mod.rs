@@ -9,6 +9,7 @@
 mod chat_template;
 mod chat_tokenizer;
 mod gguf_llama;
+mod hf_folder;
 mod qmatmul;
 mod tokenizer;
 
@@ -73,6 +74,26 @@ impl LocalBackend {
             .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
         let chat = ChatTokenizer::from_gguf(&content, path)?;
         let model = GgufLlama::load(&content, path, &device, true)?;
+        let info = ModelInfo {
+            backend: "local".into(),
+            name: name.to_string(),
+            sha256,
+            context: model.shape.context,
+        };
+        Ok(Self {
+            info,
+            model,
+            chat,
+            prefixes: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Opens a Hugging Face style folder (a `cai train` checkpoint, LoRA merged, or a hub
+    /// model): `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`.
+    pub fn open_folder(dir: &Path, name: &str, sha256: Option<String>) -> Result<Self> {
+        let device = device()?;
+        let chat = ChatTokenizer::from_folder(dir)?;
+        let model = GgufLlama::load_hf_folder(dir, &device, true)?;
         let info = ModelInfo {
             backend: "local".into(),
             name: name.to_string(),

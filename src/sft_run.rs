@@ -1,0 +1,482 @@
+//! `cai train sft`: the supervised stage of Constitutional AI (SL-CAI, Bai et al. 2022 §3.1).
+//!
+//! Reads revision records or TRL SFT rows, tokenizes them with the base model's chat template
+//! (loss on response tokens only), holds out an eval set, fine-tunes with the training core
+//! ([`crate::train::train_sft`]) and writes, into `--out`: `checkpoint-N/` and `final/` model
+//! folders (loadable as `--model` by every stage), `train_log.csv`, `loss.svg` and
+//! `manifest.json` (resolved config, data and base model sha256, losses, throughput).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cli_train::{SftArgs, TrainableKind};
+use crate::config::read_yaml;
+use crate::llm::local::ChatTokenizer;
+use crate::llm::spec::{sha256_file, ModelSpec};
+use crate::llm::ModelInfo;
+use crate::manifest::{fingerprint, now_unix, Manifest};
+use crate::plot::{line_chart, write_svg, LineSeries};
+use crate::progress;
+use crate::sft_data::{read_pairs, tokenize, RoundChoice};
+use crate::train::checkpoint::latest_checkpoint;
+use crate::train::data::eval_loss;
+use crate::train::{
+    load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, SftConfig, SftStart,
+    TokenizedExample, TrainEvent, Trainable, Weights,
+};
+
+/// Settings of `cai train sft`. Every field has a default; unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftRunConfig {
+    /// Base model: `default`, a GGUF file, a model folder or a Hugging Face id.
+    pub model: String,
+    /// Training data (required): `cai revise` output or TRL SFT rows.
+    pub data: Option<PathBuf>,
+    /// Target revision of `cai revise` records: `final`, `all` or a round number.
+    pub round: RoundChoice,
+    /// Output folder (default `runs/sft`).
+    pub out: PathBuf,
+    /// Fraction of the data held out when `eval` is not set (default 0.1).
+    pub eval_split: f64,
+    /// Held-out data file instead of a split.
+    pub eval: Option<PathBuf>,
+    /// Continue from the latest checkpoint in `out`.
+    pub resume: bool,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Optimizer, schedule, batching and what is trained.
+    pub train: SftConfig,
+}
+
+impl Default for SftRunConfig {
+    fn default() -> Self {
+        Self {
+            model: "default".into(),
+            data: None,
+            round: RoundChoice::Final,
+            out: PathBuf::from("runs/sft"),
+            eval_split: 0.1,
+            eval: None,
+            resume: false,
+            quiet: false,
+            train: SftConfig::default(),
+        }
+    }
+}
+
+fn set<T>(target: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *target = v;
+    }
+}
+
+impl SftRunConfig {
+    /// The config of a `cai train sft` invocation: defaults < `--config` < flags.
+    pub fn resolve(a: SftArgs) -> Result<Self> {
+        let mut c: Self = match &a.config {
+            Some(p) => read_yaml(p)?,
+            None => Self::default(),
+        };
+        set(&mut c.model, a.model);
+        c.data = a.data.or(c.data);
+        set(&mut c.round, a.round);
+        set(&mut c.out, a.out);
+        if a.eval.is_some() {
+            c.eval = a.eval;
+        }
+        if let Some(f) = a.eval_split {
+            c.eval_split = f;
+            c.eval = None;
+        }
+        c.resume |= a.resume;
+        c.quiet |= a.quiet;
+        let t = &mut c.train;
+        set(&mut t.lr, a.lr);
+        set(&mut t.weight_decay, a.weight_decay);
+        set(&mut t.epochs, a.epochs);
+        t.max_steps = a.max_steps.or(t.max_steps);
+        set(&mut t.batch_size, a.batch_size);
+        set(&mut t.grad_accum, a.grad_accum);
+        set(&mut t.warmup_steps, a.warmup_steps);
+        set(&mut t.schedule, a.schedule);
+        set(&mut t.min_lr_ratio, a.min_lr_ratio);
+        set(&mut t.max_grad_norm, a.max_grad_norm);
+        set(&mut t.eval_every, a.eval_every);
+        set(&mut t.save_every, a.save_every);
+        set(&mut t.max_len, a.max_len);
+        set(&mut t.seed, a.seed);
+        let lora_flags =
+            a.lora_rank.is_some() || a.lora_alpha.is_some() || a.lora_targets.is_some();
+        let kind = match (a.trainable, a.top_layers, lora_flags) {
+            (Some(k), _, _) => Some(k),
+            (None, Some(_), _) => Some(TrainableKind::TopLayers),
+            (None, None, true) => Some(TrainableKind::Lora),
+            (None, None, false) => None,
+        };
+        match kind {
+            None => {}
+            Some(TrainableKind::All) => t.trainable = Trainable::All,
+            Some(TrainableKind::TopLayers) => {
+                let n = match (a.top_layers, &t.trainable) {
+                    (Some(n), _) => n,
+                    (None, Trainable::TopLayers(n)) => *n,
+                    _ => bail!("--trainable top-layers needs --top-layers N"),
+                };
+                t.trainable = Trainable::TopLayers(n);
+            }
+            Some(TrainableKind::Lora) => {
+                let mut lora = t.trainable.lora().cloned().unwrap_or_default();
+                set(&mut lora.rank, a.lora_rank);
+                set(&mut lora.alpha, a.lora_alpha);
+                set(&mut lora.targets, a.lora_targets);
+                t.trainable = Trainable::Lora(lora);
+            }
+        }
+        ensure!(
+            (0.0..1.0).contains(&c.eval_split),
+            "eval_split must be within [0, 1), got {}",
+            c.eval_split
+        );
+        c.train.validate()?;
+        Ok(c)
+    }
+}
+
+/// Outcome of a run, for the summary line.
+#[derive(Debug, Clone)]
+pub struct SftRunSummary {
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    pub steps: usize,
+    pub eval_loss_before: Option<f64>,
+    pub eval_loss_after: Option<f64>,
+    pub tokens_per_s: f64,
+    pub final_dir: PathBuf,
+}
+
+/// Runs `cai train sft`.
+pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
+    let started = now_unix();
+    let data = cfg
+        .data
+        .as_deref()
+        .context("no training data: pass --data FILE (cai revise output or TRL SFT rows)")?;
+    let tok = ChatTokenizer::open(&cfg.model)?;
+    let (mut train, mut eval) = (load_examples(data, cfg, &tok)?, Vec::new());
+    match &cfg.eval {
+        Some(path) => eval = load_examples(path, cfg, &tok)?,
+        None => {
+            let n_eval = (train.len() as f64 * cfg.eval_split).floor() as usize;
+            if n_eval > 0 && n_eval < train.len() {
+                let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
+                train.shuffle(&mut rng);
+                eval = train.split_off(train.len() - n_eval);
+            }
+        }
+    }
+
+    let resume_from = latest_checkpoint(&cfg.out)?;
+    let (start, model_sha, before) = match (cfg.resume, resume_from) {
+        (true, Some(checkpoint)) => {
+            let sha = sha256_file(&checkpoint.join("model.safetensors")).ok();
+            let start = SftStart::Resume {
+                checkpoint,
+                device: Device::Cpu,
+            };
+            (start, sha, None)
+        }
+        (true, None) => bail!(
+            "--resume: no checkpoint-N folder in {} to continue from",
+            cfg.out.display()
+        ),
+        (false, Some(found)) => bail!(
+            "{} already holds {}: pass --resume to continue that run, or choose another --out",
+            cfg.out.display(),
+            found.display()
+        ),
+        (false, None) => {
+            let (model_config, weights, sha) = load_base(&cfg.model)?;
+            let before = match eval.is_empty() {
+                true => None,
+                false => {
+                    let model = model_from_weights(&model_config, &weights)?;
+                    Some(eval_loss(&model, &eval, cfg.train.batch_size, &Device::Cpu)?.0)
+                }
+            };
+            let start = SftStart::Fresh {
+                model_config,
+                weights,
+                config: cfg.train.clone(),
+            };
+            (start, sha, before)
+        }
+    };
+    if let Some(loss) = before {
+        eprintln!(
+            "cai: train sft: held-out loss before training {loss:.4} ({} examples)",
+            eval.len()
+        );
+    }
+
+    let total = cfg.train.total_steps(train.len()) as u64;
+    let pb = progress::bar(total, 0, "train", cfg.quiet);
+    let (mut tokens, mut seconds) = (0usize, 0f64);
+    let t0 = Instant::now();
+    let mut observer = |e: &TrainEvent| match e {
+        TrainEvent::Step(s) => {
+            tokens += s.tokens;
+            seconds += s.tokens as f64 / s.tokens_per_s.max(1e-9);
+            pb.set_length(s.total_steps as u64);
+            pb.set_position(s.step as u64);
+            pb.set_message(format!(
+                "loss {:.4} · {:.0} tokens/s",
+                s.loss, s.tokens_per_s
+            ));
+        }
+        TrainEvent::Eval { step, loss } => {
+            progress::warn(&pb, &format!("step {step}: held-out loss {loss:.4}"));
+        }
+        TrainEvent::Checkpoint { .. } => {}
+    };
+    let files = tok.folder_files()?;
+    let extra: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (*n, b.clone())).collect();
+    let summary = train_sft(start, &train, &eval, &cfg.out, &extra, &mut observer)
+        .with_context(|| format!("training into {}", cfg.out.display()))?;
+    pb.finish_and_clear();
+    if summary.truncated > 0 {
+        eprintln!(
+            "cai: warning: {} of {} training examples were longer than max_len {} tokens and \
+             were cut",
+            summary.truncated,
+            train.len(),
+            cfg.train.max_len
+        );
+    }
+
+    let log = cfg.out.join("train_log.csv");
+    write_loss_chart(&log, before, &cfg.out.join("loss.svg"))?;
+    let tokens_per_s = tokens as f64 / seconds.max(1e-9);
+    let data_sha = sha256_file(data)?;
+    let config = serde_json::to_value(cfg)?;
+    let manifest = Manifest {
+        cai_version: env!("CARGO_PKG_VERSION").to_string(),
+        command: "train sft".into(),
+        fingerprint: fingerprint(&[&config, &json!(data_sha), &json!(model_sha)]),
+        config,
+        constitution: None,
+        model: ModelInfo {
+            backend: "local".into(),
+            name: cfg.model.clone(),
+            sha256: model_sha,
+            context: tok.context,
+        },
+        started_unix: started,
+        finished_unix: Some(now_unix()),
+        stats: json!({
+            "data_sha256": data_sha,
+            "train_examples": train.len(),
+            "eval_examples": eval.len(),
+            "truncated": summary.truncated,
+            "dropped": summary.dropped,
+            "steps": summary.steps,
+            "final_loss": summary.final_loss,
+            "eval_loss_before": before,
+            "eval_loss_after": summary.final_eval_loss,
+            "train_tokens": tokens,
+            "train_tokens_per_s": tokens_per_s,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }),
+    };
+    let path = cfg.out.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(SftRunSummary {
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        steps: summary.steps,
+        eval_loss_before: before,
+        eval_loss_after: summary.final_eval_loss,
+        tokens_per_s,
+        final_dir: summary.final_dir,
+    })
+}
+
+/// Reads and tokenizes one data file; an empty result is an error.
+fn load_examples(
+    path: &Path,
+    cfg: &SftRunConfig,
+    tok: &ChatTokenizer,
+) -> Result<Vec<TokenizedExample>> {
+    let set = read_pairs(path, cfg.round)?;
+    if set.skipped > 0 {
+        eprintln!(
+            "cai: warning: {}: {} revise record(s) have no usable revision for --round {}",
+            path.display(),
+            set.skipped,
+            cfg.round
+        );
+    }
+    ensure!(
+        !set.pairs.is_empty(),
+        "{}: no training examples (empty file, or no record has round {})",
+        path.display(),
+        cfg.round
+    );
+    let tokenized = tokenize(&set.pairs, tok, cfg.train.max_len)?;
+    if tokenized.too_long > 0 {
+        eprintln!(
+            "cai: warning: {}: {} of {} examples are longer than max_len {} tokens and will be cut",
+            path.display(),
+            tokenized.too_long,
+            tokenized.examples.len(),
+            cfg.train.max_len
+        );
+    }
+    Ok(tokenized.examples)
+}
+
+/// Base weights in f32 with the sha256 of their file.
+fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> {
+    let cpu = Device::Cpu;
+    match ModelSpec::resolve(model)? {
+        ModelSpec::GgufFile(p) => {
+            let (cfg, w) = load_gguf(&p, DType::F32, &cpu)
+                .with_context(|| format!("cannot load {}", p.display()))?;
+            Ok((cfg, w, Some(sha256_file(&p)?)))
+        }
+        ModelSpec::Folder(dir) => {
+            let gguf = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "gguf"));
+            if let Some(p) = gguf {
+                let (cfg, w) = load_gguf(&p, DType::F32, &cpu)?;
+                return Ok((cfg, w, Some(sha256_file(&p)?)));
+            }
+            let (cfg, w) = load_model_dir(&dir, DType::F32, &cpu)
+                .with_context(|| format!("cannot load {}", dir.display()))?;
+            Ok((cfg, w, sha256_file(&dir.join("model.safetensors")).ok()))
+        }
+    }
+}
+
+/// Train and held-out loss against step, from `train_log.csv`.
+fn write_loss_chart(log: &Path, before: Option<f64>, svg: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
+    let (mut train, mut eval) = (Vec::new(), Vec::from_iter(before.map(|l| (0.0, l))));
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        let num = |k: usize| cols.get(k).and_then(|s| s.parse::<f64>().ok());
+        let step = num(0).with_context(|| format!("{}:{}: no step", log.display(), i + 1))?;
+        if let Some(loss) = num(2) {
+            train.push((step, loss));
+        }
+        if let Some(loss) = num(3) {
+            eval.push((step, loss));
+        }
+    }
+    let mut series = vec![LineSeries::new("train", train)];
+    if !eval.is_empty() {
+        series.push(LineSeries::new("held-out", eval));
+    }
+    write_svg(
+        svg,
+        &line_chart("SFT loss", "step", "loss (nats/token)", &series),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::LoraConfig;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: SftArgs,
+    }
+
+    fn resolve(argv: &[&str]) -> Result<SftRunConfig> {
+        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
+        SftRunConfig::resolve(w.args)
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let yaml = dir.path().join("sft.yaml");
+        std::fs::write(
+            &yaml,
+            "model: m.gguf\nround: all\neval_split: 0.2\ntrain:\n  lr: 0.001\n  epochs: 3\n  \
+             trainable: !lora {rank: 4, alpha: 8, targets: [all]}\n",
+        )?;
+        let y = yaml.to_str().unwrap();
+        let c = resolve(&["--config", y])?;
+        assert_eq!(
+            (c.model.as_str(), c.round, c.eval_split),
+            ("m.gguf", RoundChoice::All, 0.2)
+        );
+        assert_eq!(
+            (c.train.lr, c.train.epochs, c.train.batch_size),
+            (1e-3, 3, 4)
+        );
+        let c = resolve(&[
+            "--config",
+            y,
+            "--lr",
+            "2e-4",
+            "--lora-rank",
+            "16",
+            "--round",
+            "1",
+        ])?;
+        let lora = c.train.trainable.lora().unwrap();
+        assert_eq!((c.train.lr, lora.rank, lora.alpha), (2e-4, 16, 8.0));
+        assert_eq!(c.round, RoundChoice::Round(1));
+        let c = resolve(&["--config", y, "--top-layers", "2"])?;
+        assert_eq!(c.train.trainable, Trainable::TopLayers(2));
+        let c = resolve(&["--lora-alpha", "32"])?;
+        assert_eq!(
+            c.train.trainable,
+            Trainable::Lora(LoraConfig {
+                alpha: 32.0,
+                ..LoraConfig::default()
+            })
+        );
+        assert!(resolve(&["--trainable", "top-layers"]).is_err());
+        assert!(resolve(&["--eval-split", "1.5"]).is_err());
+        std::fs::write(&yaml, "train:\n  learning_rate: 1\n")?;
+        let err = format!("{:#}", resolve(&["--config", y]).unwrap_err());
+        assert!(err.contains("sft.yaml:2:"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn loss_chart_reads_the_log() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("train_log.csv");
+        std::fs::write(
+            &log,
+            "step,epoch,loss,eval_loss,lr,grad_norm,tokens_per_s\n1,0,2.5,,1e-4,1.0,100.0\n\
+             2,0,2.0,1.9,1e-4,1.0,100.0\n",
+        )?;
+        let svg = dir.path().join("loss.svg");
+        write_loss_chart(&log, Some(2.7), &svg)?;
+        let text = std::fs::read_to_string(&svg)?;
+        crate::plot::assert_well_formed(&text);
+        assert!(text.contains("held-out") && text.contains("SFT loss"));
+        Ok(())
+    }
+}
