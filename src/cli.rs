@@ -152,6 +152,25 @@ pub struct BenchArgs {
     /// Repetitions (the best is kept).
     #[arg(long, default_value_t = 2)]
     pub repeats: usize,
+    /// Concurrent sequences of the batched generation tests.
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    pub batches: Vec<usize>,
+    /// Preference pairs (JSONL) for the labelling test.
+    #[arg(long, default_value = "/work/shared/data/hh-harmless-dev.jsonl")]
+    pub pairs: PathBuf,
+    /// Pairs labelled (both orders each) with and without prefix reuse; 0 skips.
+    #[arg(long, default_value_t = 8)]
+    pub label_pairs: usize,
+    /// Training steps measured (batch 2 x 128 tokens, full fine-tuning); 0 skips.
+    #[arg(long, default_value_t = 2)]
+    pub train_steps: usize,
+    /// Also measure with quantized kernels only (no f32 weight copies).
+    #[arg(long)]
+    pub quantized_only: bool,
+    /// Folder with llama.cpp's llama-bench and llama-batched-bench (default:
+    /// ~/.cache/cai-peer/llama.cpp/build/bin, where /work/shared/tools/peer-llamacpp.sh builds).
+    #[arg(long)]
+    pub peer_bin: Option<PathBuf>,
     /// Write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -128,12 +128,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 prompt_tokens: a.prompt_tokens,
                 gen_tokens: a.gen_tokens,
                 repeats: a.repeats,
+                batches: a.batches,
+                pairs: a.pairs,
+                label_pairs: a.label_pairs,
+                train_steps: a.train_steps,
+                compare_quantized: a.quantized_only,
+                peer_bin: a.peer_bin,
                 json: a.json,
-                ..Default::default()
             };
-            for f in bench::run(&cfg)? {
-                println!("{:<32} {:>9.1} tokens/s", f.name, f.tokens_per_s);
-            }
+            print!("{}", bench::render(&bench::run(&cfg)?));
             Ok(())
         }
         Command::Train(cli_train::TrainCommand::Sft(args)) => {

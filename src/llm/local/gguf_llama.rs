@@ -67,11 +67,25 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, true)
+    }
+
+    /// Always the quantized kernel, whatever the row count: batched decoding uses it so that a
+    /// sequence's numbers do not depend on how many others share its batch.
+    fn forward_quant(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    fn forward_with(&self, x: &Tensor, allow_dense: bool) -> Result<Tensor> {
         let k = x.dim(candle_core::D::Minus1)?;
         let rows = x.elem_count() / k;
         let mut shape = x.dims().to_vec();
         *shape.last_mut().expect("rank >= 1") = self.out_features;
-        if let Some(w) = self.dense.as_ref().filter(|_| rows >= GEMM_ROWS) {
+        let dense = self
+            .dense
+            .as_ref()
+            .filter(|_| allow_dense && rows >= GEMM_ROWS);
+        if let Some(w) = dense {
             // 2-D product against the transposed view: gemm reads it in place, no copy.
             let y = x.contiguous()?.reshape((rows, k))?.matmul(&w.t()?)?;
             return Ok(y.reshape(shape)?);
@@ -332,15 +346,23 @@ impl GgufLlama {
             None => (k, v),
         };
         *slot = Some((k.clone(), v.clone()));
-        let k = repeat_kv(&k, s.heads / s.kv_heads)?;
-        let v = repeat_kv(&v, s.heads / s.kv_heads)?;
+        // Grouped-query attention without copying keys and values per query head: the `n`
+        // query heads sharing a key/value head become `n * t` query rows of that head.
+        let n = s.heads / s.kv_heads;
+        let q = q.reshape((b, s.kv_heads, n * t, s.head_dim))?;
         let scale = 1.0 / (s.head_dim as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        let mut att = (q.matmul(&k.t()?)? * scale)?; // [b, kv, n * t, keys]
         if let Some(mask) = mask {
-            att = att.broadcast_add(mask)?;
+            let keys = mask.dim(1)?;
+            let mask = mask
+                .unsqueeze(0)?
+                .expand((n, t, keys))?
+                .reshape((n * t, keys))?;
+            att = att.broadcast_add(&mask)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?; // [b, heads, t, head_dim]
+        let y = att.matmul(&v.contiguous()?)?; // [b, kv, n * t, head_dim]
+        let y = y.reshape((b, s.heads, t, s.head_dim))?;
         Ok(y.transpose(1, 2)?.reshape((b, t, s.heads * s.head_dim))?)
     }
 
@@ -362,9 +384,9 @@ impl GgufLlama {
         let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(1)?; // [b, 1, hidden]
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
-            let q = layer.q.forward(&h)?;
-            let k = layer.k.forward(&h)?;
-            let v = layer.v.forward(&h)?;
+            let q = layer.q.forward_quant(&h)?;
+            let k = layer.k.forward_quant(&h)?;
+            let v = layer.v.forward_quant(&h)?;
             let mut ys = Vec::with_capacity(b);
             for (j, cache) in caches.iter_mut().enumerate() {
                 let one = |t: &Tensor| t.narrow(0, j, 1);
@@ -377,16 +399,18 @@ impl GgufLlama {
                     &mut cache.layers[li],
                 )?);
             }
-            x = (x + layer.o.forward(&Tensor::cat(&ys, 0)?)?)?;
+            x = (x + layer.o.forward_quant(&Tensor::cat(&ys, 0)?)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
-            let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            x = (x + layer.down.forward(&(g * layer.up.forward(&h)?)?)?)?;
+            let g = candle_nn::ops::silu(&layer.gate.forward_quant(&h)?)?;
+            x = (x + layer
+                .down
+                .forward_quant(&(g * layer.up.forward_quant(&h)?)?)?)?;
         }
         for c in caches.iter_mut() {
             c.len += 1;
         }
         let x = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.shape.rms_eps as f32)?;
-        Ok(self.output.forward(&x)?.squeeze(1)?)
+        Ok(self.output.forward_quant(&x)?.squeeze(1)?)
     }
 }
 
@@ -414,17 +438,6 @@ fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> 
         .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
-}
-
-/// Repeats each key/value head `n` times for grouped-query attention.
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, kv, n, s, d))?
-        .reshape((b, kv * n, s, d))?)
 }
 
 /// Log-softmax of a logits row, in f64 for exact option probabilities.

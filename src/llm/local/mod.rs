@@ -8,12 +8,15 @@
 
 mod chat_template;
 mod chat_tokenizer;
+#[cfg(test)]
+mod decode_tests;
 mod gguf_llama;
 mod hf_folder;
 mod qmatmul;
 mod tokenizer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
@@ -62,6 +65,8 @@ pub struct LocalBackend {
     model: GgufLlama,
     chat: ChatTokenizer,
     prefixes: Mutex<Vec<PrefixEntry>>,
+    /// Whether prompt states are kept and reused across requests (on by default).
+    prefix_reuse: AtomicBool,
 }
 
 impl LocalBackend {
@@ -85,6 +90,7 @@ impl LocalBackend {
             model,
             chat,
             prefixes: Mutex::new(Vec::new()),
+            prefix_reuse: AtomicBool::new(true),
         })
     }
 
@@ -117,10 +123,21 @@ impl LocalBackend {
         self.chat.prompt_text(prompt)
     }
 
+    /// Turns reuse of computed prompt prefixes across requests on or off, and empties the
+    /// prefix cache. Off, every prompt (and every option of a choice) is computed in full: the
+    /// baseline `cai bench` compares prefix reuse against. Results are the same either way.
+    pub fn set_prefix_reuse(&self, on: bool) {
+        self.prefix_reuse.store(on, Ordering::Relaxed);
+        self.prefixes.lock().expect("prefix cache poisoned").clear();
+    }
+
     /// Model state after `ids`: the KV cache and the logits of the next token.
     fn state_after(&self, ids: &[u32]) -> Result<(KvCache, Vec<f32>)> {
         if ids.is_empty() {
             bail!("empty prompt");
+        }
+        if !self.prefix_reuse.load(Ordering::Relaxed) {
+            return self.compute_from(self.model.new_cache(), ids);
         }
         let (mut cache, mut logits) = {
             let slots = self.prefixes.lock().expect("prefix cache poisoned");
@@ -146,11 +163,8 @@ impl LocalBackend {
                 _ => (self.model.new_cache(), Vec::new()),
             }
         };
-        while cache.len() < ids.len() {
-            let start = cache.len();
-            let end = ((start / CHUNK + 1) * CHUNK).min(ids.len());
-            let out = self.model.forward(&ids[start..end], &mut cache, false)?;
-            logits = last_row(&out)?;
+        if cache.len() < ids.len() {
+            (cache, logits) = self.compute_from(cache, ids)?;
         }
         let mut slots = self.prefixes.lock().expect("prefix cache poisoned");
         if slots.len() >= PREFIX_SLOTS {
@@ -161,6 +175,18 @@ impl LocalBackend {
             cache: cache.clone(),
             last_logits: logits.clone(),
         });
+        Ok((cache, logits))
+    }
+
+    /// Runs the positions of `ids` after those already in `cache`, in aligned chunks.
+    fn compute_from(&self, mut cache: KvCache, ids: &[u32]) -> Result<(KvCache, Vec<f32>)> {
+        let mut logits = Vec::new();
+        while cache.len() < ids.len() {
+            let start = cache.len();
+            let end = ((start / CHUNK + 1) * CHUNK).min(ids.len());
+            let out = self.model.forward(&ids[start..end], &mut cache, false)?;
+            logits = last_row(&out)?;
+        }
         Ok((cache, logits))
     }
 
