@@ -322,12 +322,11 @@ fn run_peer(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// llama.cpp's pp/tg (batch 1) and batched generation rates: (pp, tg, [(batch, rate)]).
-fn peer_figures(
-    bin: &Path,
-    model: &Path,
-    cfg: &BenchConfig,
-) -> Result<(f64, f64, Vec<(usize, f64)>)> {
+/// llama.cpp's prompt and batch-1 generation rates, and (batch, rate) of batched generation.
+type PeerFigures = (f64, f64, Vec<(usize, f64)>);
+
+/// llama.cpp's pp/tg (batch 1) and batched generation rates.
+fn peer_figures(bin: &Path, model: &Path, cfg: &BenchConfig) -> Result<PeerFigures> {
     let json = run_peer(Command::new(bin.join("llama-bench")).args([
         "-m".as_ref(),
         model.as_os_str(),

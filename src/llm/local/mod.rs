@@ -111,6 +111,7 @@ impl LocalBackend {
             model,
             chat,
             prefixes: Mutex::new(Vec::new()),
+            prefix_reuse: AtomicBool::new(true),
         })
     }
 
