@@ -52,7 +52,7 @@ impl Default for BenchConfig {
             gen_tokens: 64,
             repeats: 2,
             batches: vec![8, 32],
-            pairs: PathBuf::from("/work/shared/data/hh-harmless-dev.jsonl"),
+            pairs: PathBuf::from("../shared/data/hh-harmless-dev.jsonl"),
             label_pairs: 8,
             train_steps: 2,
             compare_quantized: false,

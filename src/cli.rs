@@ -156,7 +156,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "8,32")]
     pub batches: Vec<usize>,
     /// Preference pairs (JSONL) for the labelling test.
-    #[arg(long, default_value = "/work/shared/data/hh-harmless-dev.jsonl")]
+    #[arg(long, default_value = "../shared/data/hh-harmless-dev.jsonl")]
     pub pairs: PathBuf,
     /// Pairs labelled (both orders each) with and without prefix reuse; 0 skips.
     #[arg(long, default_value_t = 8)]
