@@ -22,7 +22,6 @@ use crate::llm::mock::fnv1a;
 use crate::llm::{
     open_backend, Backend, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
 };
-use crate::manifest::fingerprint;
 use crate::prompts::{PromptSet, TemplateKind, Vars};
 use crate::stage::StageOutput;
 use crate::{jsonl, progress};
@@ -558,32 +557,20 @@ fn run_fingerprint(
     templates: &PromptSet,
     backend: &dyn Backend,
 ) -> Result<String> {
-    let mut shaping = serde_json::to_value(cfg)?;
-    if let Some(o) = shaping.as_object_mut() {
-        for k in [
-            "out",
-            "batch_size",
-            "limit",
-            "quiet",
-            "formats",
-            "prompts",
-            "constitution",
-        ] {
-            o.remove(k);
-        }
-    }
-    let info = backend.info();
-    let model = json!({"backend": info.backend, "sha256": info.sha256, "name": if info.sha256.is_some() { None } else { Some(&info.name) }});
+    let ignore = [
+        "out",
+        "batch_size",
+        "limit",
+        "quiet",
+        "formats",
+        "prompts",
+        "constitution",
+    ];
     let templates = json!(TemplateKind::ALL
         .iter()
         .map(|k| format!("{:?}", templates.get(*k)))
         .collect::<Vec<_>>());
-    Ok(fingerprint(&[
-        &shaping,
-        &json!(loaded.sha256),
-        &model,
-        &templates,
-    ]))
+    crate::stage::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), templates])
 }
 
 /// `X.jsonl` -> `X.trl.jsonl` with TRL conversational SFT rows of every record in `X`.

@@ -21,7 +21,6 @@ use crate::llm::mock::fnv1a;
 use crate::llm::{
     open_backend, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
 };
-use crate::manifest::fingerprint;
 use crate::stage::StageOutput;
 use crate::{jsonl, progress};
 
@@ -110,14 +109,8 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
         items.truncate(n);
     }
     let backend = open_backend(cfg.backend, &cfg.model)?;
-    let mut shaping = serde_json::to_value(cfg)?;
-    if let Some(o) = shaping.as_object_mut() {
-        for k in ["out", "batch_size", "limit", "quiet", "prompts"] {
-            o.remove(k);
-        }
-    }
-    let info = backend.info();
-    let fp = fingerprint(&[&shaping, &json!([info.backend, info.sha256, info.name])]);
+    let ignore = ["out", "batch_size", "limit", "quiet", "prompts"];
+    let fp = crate::stage::fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
     let mut output = StageOutput::open("sample", &cfg.out, cfg, None, backend.as_ref(), fp)?;
     let todo: Vec<&PromptItem> = items
         .iter()

@@ -75,3 +75,31 @@ impl StageOutput {
         self.manifest.write(&self.path)
     }
 }
+
+/// Fingerprint of everything that shapes a stage's records: the config minus the fields in
+/// `ignore` (output paths, batch sizes…), the model's identity and `extra` (hashes of the
+/// constitution, template sources).
+pub fn fingerprint<C: Serialize>(
+    config: &C,
+    ignore: &[&str],
+    backend: &dyn Backend,
+    extra: &[Value],
+) -> Result<String> {
+    let mut shaping = serde_json::to_value(config)?;
+    if let Some(o) = shaping.as_object_mut() {
+        for k in ignore {
+            o.remove(*k);
+        }
+    }
+    let info = backend.info();
+    // A model file is identified by its hash; only hash-less models (servers, mock) by name.
+    let name = if info.sha256.is_some() {
+        None
+    } else {
+        Some(&info.name)
+    };
+    let model = serde_json::json!({"backend": info.backend, "sha256": info.sha256, "name": name});
+    let mut parts = vec![&shaping, &model];
+    parts.extend(extra);
+    Ok(crate::manifest::fingerprint(&parts))
+}

@@ -27,7 +27,6 @@ use crate::llm::{
     open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow, GenerateRequest, Prompt,
     SamplingParams,
 };
-use crate::manifest::fingerprint;
 use crate::pairs::{read_pairs, PreferencePair};
 use crate::progress;
 use crate::prompts::{PromptSet, TemplateKind};
@@ -755,24 +754,17 @@ fn label_fingerprint(
     templates: &PromptSet,
     backend: &dyn Backend,
 ) -> Result<String> {
-    let mut shaping = serde_json::to_value(cfg)?;
-    if let Some(o) = shaping.as_object_mut() {
-        for k in [
-            "out",
-            "batch_size",
-            "limit",
-            "quiet",
-            "pairs",
-            "constitution",
-        ] {
-            o.remove(k);
-        }
-    }
-    let info = backend.info();
-    let model = json!({"backend": info.backend, "sha256": info.sha256, "name": if info.sha256.is_some() { None } else { Some(&info.name) }});
+    let ignore = [
+        "out",
+        "batch_size",
+        "limit",
+        "quiet",
+        "pairs",
+        "constitution",
+    ];
     let t = json!([
         format!("{:?}", templates.get(TemplateKind::Feedback)),
         format!("{:?}", templates.get(TemplateKind::FeedbackCot))
     ]);
-    Ok(fingerprint(&[&shaping, &json!(loaded.sha256), &model, &t]))
+    crate::stage::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), t])
 }
