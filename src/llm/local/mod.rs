@@ -79,19 +79,7 @@ impl LocalBackend {
             .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
         let chat = ChatTokenizer::from_gguf(&content, path)?;
         let model = GgufLlama::load(&content, path, &device, true)?;
-        let info = ModelInfo {
-            backend: "local".into(),
-            name: name.to_string(),
-            sha256,
-            context: model.shape.context,
-        };
-        Ok(Self {
-            info,
-            model,
-            chat,
-            prefixes: Mutex::new(Vec::new()),
-            prefix_reuse: AtomicBool::new(true),
-        })
+        Ok(Self::new(model, chat, name, sha256))
     }
 
     /// Opens a Hugging Face style folder (a `cai train` checkpoint, LoRA merged, or a hub
@@ -100,19 +88,23 @@ impl LocalBackend {
         let device = device()?;
         let chat = ChatTokenizer::from_folder(dir)?;
         let model = GgufLlama::load_hf_folder(dir, &device, true)?;
+        Ok(Self::new(model, chat, name, sha256))
+    }
+
+    fn new(model: GgufLlama, chat: ChatTokenizer, name: &str, sha256: Option<String>) -> Self {
         let info = ModelInfo {
             backend: "local".into(),
             name: name.to_string(),
             sha256,
             context: model.shape.context,
         };
-        Ok(Self {
+        Self {
             info,
             model,
             chat,
             prefixes: Mutex::new(Vec::new()),
             prefix_reuse: AtomicBool::new(true),
-        })
+        }
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
