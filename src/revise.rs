@@ -303,11 +303,7 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
     let fp = run_fingerprint(cfg, &loaded, &templates, backend.as_ref())?;
     let mut output =
         StageOutput::open("revise", &cfg.out, cfg, Some(&loaded), backend.as_ref(), fp)?;
-    let todo: Vec<PromptItem> = items
-        .iter()
-        .filter(|i| !output.done.contains(&i.id))
-        .cloned()
-        .collect();
+    let todo = output.pending(&items, |i| &i.id);
     let mut stats = ReviseStats {
         prompts: items.len(),
         resumed: items.len() - todo.len(),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::chat::ChatMessage;
-use crate::inputs::{read_prompts, PromptItem};
+use crate::inputs::read_prompts;
 use crate::llm::mock::fnv1a;
 use crate::llm::{
     open_backend, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
@@ -112,10 +112,7 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
     let ignore = ["out", "batch_size", "limit", "quiet", "prompts"];
     let fp = crate::stage::fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
     let mut output = StageOutput::open("sample", &cfg.out, cfg, None, backend.as_ref(), fp)?;
-    let todo: Vec<&PromptItem> = items
-        .iter()
-        .filter(|i| !output.done.contains(&i.id))
-        .collect();
+    let todo = output.pending(&items, |i| &i.id);
     let mut stats = SampleStats {
         prompts: items.len(),
         resumed: items.len() - todo.len(),

@@ -66,6 +66,15 @@ impl StageOutput {
         })
     }
 
+    /// The items whose record is not in the file yet, in input order.
+    pub fn pending<T: Clone>(&self, items: &[T], id: impl Fn(&T) -> &str) -> Vec<T> {
+        items
+            .iter()
+            .filter(|i| !self.done.contains(id(i)))
+            .cloned()
+            .collect()
+    }
+
     /// Rewrites the manifest with the current counters.
     pub fn update<S: Serialize>(&mut self, stats: &S, finished: bool) -> Result<()> {
         self.manifest.stats = serde_json::to_value(stats)?;

@@ -218,11 +218,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
     let fp = label_fingerprint(cfg, &loaded, &templates, backend.as_ref())?;
     let mut output =
         StageOutput::open("label", &cfg.out, cfg, Some(&loaded), backend.as_ref(), fp)?;
-    let todo: Vec<PreferencePair> = pairs
-        .iter()
-        .filter(|p| !output.done.contains(&p.id))
-        .cloned()
-        .collect();
+    let todo = output.pending(&pairs, |p| &p.id);
     let mut stats = LabelStats {
         pairs: pairs.len(),
         resumed: pairs.len() - todo.len(),
