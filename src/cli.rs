@@ -31,12 +31,14 @@ pub enum Command {
     Compare(CompareArgs),
     /// Inference speed of the local backend (and of llama.cpp when installed), in one run.
     Bench(BenchArgs),
-    /// Fine-tune a model: `cai train sft` (SL-CAI).
+    /// Train a model: `cai train sft` (SL-CAI) or `cai train rm` (reward model).
     #[command(subcommand)]
     Train(crate::cli_train::TrainCommand),
     /// Check or list a constitution.
     #[command(subcommand)]
     Constitution(ConstitutionCommand),
+    /// Rewards of pairs or single responses from a trained reward model, as JSONL.
+    Score(crate::cli_rm::ScoreArgs),
 }
 
 #[derive(Debug, Subcommand)]

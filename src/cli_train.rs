@@ -13,6 +13,8 @@ use crate::train::ScheduleKind;
 pub enum TrainCommand {
     /// Supervised fine-tuning on critique → revision data (SL-CAI) or TRL SFT rows.
     Sft(SftArgs),
+    /// Reward model on AI and/or human preference labels, evaluated on held-out human labels.
+    Rm(crate::cli_rm::RmArgs),
 }
 
 /// What `--trainable` names; `--top-layers` and `--lora-*` give the details.

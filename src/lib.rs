@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod cli_train;
+pub mod cli_rm;
 pub mod compare;
 pub mod config;
 pub mod constitution;
@@ -23,6 +24,8 @@ pub mod sample;
 pub mod sft_data;
 pub mod sft_run;
 pub mod stage;
+pub mod rm;
+pub mod score;
 pub mod train;
 mod yaml_locate;
 
@@ -154,6 +157,40 @@ pub fn run(cli: Cli) -> Result<()> {
                 s.tokens_per_s,
                 s.final_dir.display()
             );
+            Ok(())
+        }
+        Command::Train(cli_train::TrainCommand::Rm(args)) => {
+            let cfg = rm::TrainRmConfig::resolve(args)?;
+            let s = rm::run(&cfg)?;
+            eprintln!(
+                "cai: train rm: {} steps on {} pairs ({:.2} pairs/s, {:.0} tokens/s) -> {}",
+                s.steps,
+                s.train_pairs,
+                s.pairs_per_s,
+                s.tokens_per_s,
+                s.final_dir.display()
+            );
+            if let Some(e) = &s.eval {
+                println!(
+                    "held-out: {} pairs, accuracy {:.4}, ECE {}, loss {:.4}, reward chosen {:.3}±{:.3}, rejected {:.3}±{:.3}",
+                    e.pairs,
+                    e.accuracy,
+                    e.ece.map_or("-".into(), |x| format!("{x:.4}")),
+                    e.loss,
+                    e.chosen.mean,
+                    e.chosen.std,
+                    e.rejected.mean,
+                    e.rejected.std
+                );
+            }
+            Ok(())
+        }
+        Command::Score(args) => {
+            let s = score::run(&args)?;
+            eprintln!("cai: score: {} rows -> {}", s.rows, args.out.display());
+            if let Some(acc) = s.accuracy {
+                println!("accuracy against human labels: {acc:.4}");
+            }
             Ok(())
         }
         Command::Constitution(ConstitutionCommand::Check { files }) => constitution_check(&files),

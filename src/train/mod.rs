@@ -5,6 +5,9 @@
 //! [`TokenizedExample`]s, and call [`train_sft`] with an [`SftConfig`]. The trained
 //! model is written as a Hugging Face style folder that [`load_model_dir`] reads back;
 //! build a [`Llama`] from it for generation with [`CausalLm::forward_cached`].
+//!
+//! Reward models ([`reward`], [`reward_trainer`]) reuse the same core with a scalar head
+//! and the pairwise losses of [`reward_loss`].
 
 pub mod checkpoint;
 pub mod config;
@@ -15,12 +18,18 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod reward;
+pub mod reward_data;
+pub mod reward_loss;
+pub mod reward_trainer;
 pub mod sft;
 pub mod trainer;
 pub mod weights;
 
 #[cfg(test)]
 mod real_model_tests;
+#[cfg(test)]
+mod reward_tests;
 #[cfg(test)]
 mod sft_tests;
 #[cfg(test)]

@@ -1,0 +1,348 @@
+//! `cai train rm`: reward-model training on AI and/or human preference labels
+//! (Bai et al. 2022 §4.1; Lee et al. 2023 §2.2 "distilled RLAIF"), with held-out human
+//! evaluation, metrics and plots. `cai score` lives in [`crate::score`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::cli_rm::RmArgs;
+use crate::config::read_yaml;
+use crate::llm::local::ChatTokenizer;
+use crate::llm::ModelSpec;
+use crate::plot::{self, HistogramSeries, LineSeries};
+use crate::train::reward::{RewardModelInfo, MARKER_FILE};
+use crate::train::reward_data::{read_source, tokenize_pairs, DataSource, TextPair};
+use crate::train::reward_trainer::{RewardTrainConfig, RewardTrainer, RewardTrainerState};
+use crate::train::{checkpoint, LoraConfig, SftConfig, TrainEvent, Trainable};
+
+/// Settings of `cai train rm`. Every field has a default; unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainRmConfig {
+    /// Backbone model (default `default`).
+    pub model: String,
+    /// Training sources with weights: `[{path: labels.jsonl, weight: 1.0}]`.
+    pub data: Vec<DataSource>,
+    /// Held-out labelled pairs; without it the last `eval_fraction` of the training
+    /// conversations are held out.
+    pub eval: Option<PathBuf>,
+    /// See `eval` (default 0.1).
+    pub eval_fraction: f64,
+    /// Round labels to 0/1 (default false).
+    pub hard: bool,
+    /// Output folder (default `runs/rm`).
+    pub out: PathBuf,
+    /// Optimizer, steps, batch, trainable part, seed, `max_len`, cadence (see SftConfig);
+    /// reward-model defaults: lr 1e-5, batch_size 8, grad_accum 1, max_len 512.
+    pub train: SftConfig,
+    /// Bradley–Terry margin (default 0).
+    pub margin: f64,
+    /// Reward-centering coefficient (default 0).
+    pub center_coef: f64,
+    /// Calibration bins (default 10).
+    pub ece_bins: usize,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Continue from the latest checkpoint in `out` (flag only).
+    #[serde(skip)]
+    pub resume: bool,
+}
+
+impl Default for TrainRmConfig {
+    fn default() -> Self {
+        let rm = RewardTrainConfig::default();
+        Self {
+            model: "default".into(),
+            data: Vec::new(),
+            eval: None,
+            eval_fraction: 0.1,
+            hard: false,
+            out: PathBuf::from("runs/rm"),
+            train: rm.train,
+            margin: rm.margin,
+            center_coef: rm.center_coef,
+            ece_bins: rm.ece_bins,
+            quiet: false,
+            resume: false,
+        }
+    }
+}
+
+fn set<T>(target: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *target = v;
+    }
+}
+
+impl TrainRmConfig {
+    /// Defaults < `--config` YAML < flags.
+    pub fn resolve(a: RmArgs) -> Result<Self> {
+        let mut c: Self = match &a.config {
+            Some(p) => read_yaml(p)?,
+            None => Self::default(),
+        };
+        set(&mut c.model, a.model);
+        if !a.data.is_empty() {
+            c.data = a.data;
+        }
+        c.eval = a.eval.or(c.eval);
+        set(&mut c.eval_fraction, a.eval_fraction);
+        c.hard |= a.hard;
+        set(&mut c.out, a.out);
+        let t = &mut c.train;
+        set(&mut t.lr, a.lr);
+        t.max_steps = a.max_steps.or(t.max_steps);
+        set(&mut t.epochs, a.epochs);
+        set(&mut t.batch_size, a.batch_size);
+        set(&mut t.grad_accum, a.grad_accum);
+        set(&mut t.warmup_steps, a.warmup_steps);
+        set(&mut t.max_len, a.max_len);
+        set(&mut t.eval_every, a.eval_every);
+        set(&mut t.save_every, a.save_every);
+        set(&mut t.seed, a.seed);
+        if let Some(rank) = a.lora {
+            t.trainable = Trainable::Lora(LoraConfig {
+                rank,
+                alpha: 2.0 * rank as f64,
+                targets: vec!["all".into()],
+            });
+        }
+        if let Some(n) = a.top_layers {
+            t.trainable = Trainable::TopLayers(n);
+        }
+        set(&mut c.margin, a.margin);
+        set(&mut c.center_coef, a.center_coef);
+        c.quiet |= a.quiet;
+        c.resume = a.resume;
+        ensure!(
+            !c.data.is_empty(),
+            "no training data: give --data FILE[:WEIGHT] or `data:` in the config"
+        );
+        ensure!(
+            (0.0..1.0).contains(&c.eval_fraction),
+            "eval_fraction must be within [0, 1)"
+        );
+        Ok(c)
+    }
+
+    fn trainer_config(&self) -> RewardTrainConfig {
+        RewardTrainConfig {
+            train: self.train.clone(),
+            margin: self.margin,
+            center_coef: self.center_coef,
+            ece_bins: self.ece_bins,
+        }
+    }
+}
+
+/// Splits off the last conversations holding about `fraction` of the pairs.
+fn split_by_conversation(pairs: Vec<TextPair>, fraction: f64) -> (Vec<TextPair>, Vec<TextPair>) {
+    let want = (pairs.len() as f64 * fraction).ceil() as usize;
+    let mut held: Vec<&[crate::chat::ChatMessage]> = Vec::new();
+    let mut count = 0;
+    for p in pairs.iter().rev() {
+        if count >= want && !held.contains(&p.conversation.as_slice()) {
+            break;
+        }
+        if !held.contains(&p.conversation.as_slice()) {
+            held.push(&p.conversation);
+        }
+        count += 1;
+    }
+    let held: Vec<Vec<_>> = held.into_iter().map(<[_]>::to_vec).collect();
+    pairs
+        .into_iter()
+        .partition(|p| !held.contains(&p.conversation))
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RmSummary {
+    pub train_pairs: usize,
+    pub eval_pairs: usize,
+    pub skipped_rows: usize,
+    pub truncated_sequences: usize,
+    pub steps: usize,
+    pub final_dir: PathBuf,
+    pub eval: Option<crate::train::reward::RewardEval>,
+    pub pairs_per_s: f64,
+    pub tokens_per_s: f64,
+}
+
+/// The backbone weights in f32 for `model` (GGUF or model folder, LoRA merged).
+fn load_backbone(
+    model: &str,
+    device: &Device,
+) -> Result<(crate::train::LlamaConfig, crate::train::Weights)> {
+    match ModelSpec::resolve(model)? {
+        ModelSpec::GgufFile(p) => crate::train::load_gguf(&p, DType::F32, device),
+        ModelSpec::Folder(d) => checkpoint::load_model_dir(&d, DType::F32, device),
+    }
+}
+
+/// Tokenizer files of a model folder, copied into every reward-model folder.
+fn tokenizer_files(model: &str) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let ModelSpec::Folder(d) = ModelSpec::resolve(model)? {
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
+            let p = d.join(name);
+            if p.is_file() {
+                out.push((
+                    name,
+                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `cai train rm`.
+pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
+    let tok = ChatTokenizer::open(&cfg.model)?;
+    let mut text_pairs = Vec::new();
+    let mut skipped = 0;
+    for src in &cfg.data {
+        let (pairs, s) = read_source(src, cfg.hard)?;
+        text_pairs.extend(pairs);
+        skipped += s;
+    }
+    let (train_text, eval_text) = match &cfg.eval {
+        Some(path) => {
+            let src = DataSource {
+                path: path.clone(),
+                weight: 1.0,
+            };
+            let (eval, s) = read_source(&src, false)?;
+            skipped += s;
+            (text_pairs, eval)
+        }
+        None => split_by_conversation(text_pairs, cfg.eval_fraction),
+    };
+    let max_len = cfg.train.max_len;
+    let (train, cut_a) = tokenize_pairs(&tok, &train_text, max_len)?;
+    let (eval, cut_b) = tokenize_pairs(&tok, &eval_text, max_len)?;
+    let device = Device::cuda_if_available(0)?;
+    let base_model = match ModelSpec::resolve(&cfg.model)? {
+        ModelSpec::GgufFile(p) | ModelSpec::Folder(p) => std::path::absolute(p)?,
+    };
+    let mut trainer = match checkpoint::latest_checkpoint(&cfg.out)?.filter(|_| cfg.resume) {
+        Some(dir) => {
+            eprintln!("cai: train rm: resuming from {}", dir.display());
+            RewardTrainer::resume(&dir, train.clone(), eval.clone(), &device)?
+        }
+        None => {
+            let (model_cfg, weights) = load_backbone(&cfg.model, &device)?;
+            RewardTrainer::new(
+                &model_cfg,
+                weights,
+                train.clone(),
+                eval.clone(),
+                cfg.trainer_config(),
+            )?
+        }
+    };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let resolved = cfg.out.join("rm_config.yaml");
+    std::fs::write(&resolved, serde_yaml::to_string(cfg)?)
+        .with_context(|| format!("writing {}", resolved.display()))?;
+
+    let hidden = trainer.model().0.config().hidden_size;
+    let marker = RewardModelInfo::new(hidden, &base_model.to_string_lossy()).to_bytes();
+    let mut extra = tokenizer_files(&cfg.model)?;
+    extra.push((MARKER_FILE, marker));
+    let state = trainer.state();
+    let pb = crate::progress::bar(
+        state.total_steps as u64,
+        state.step as u64,
+        "train rm",
+        cfg.quiet,
+    );
+    let mut observer = |e: &TrainEvent| match e {
+        TrainEvent::Step(s) => {
+            pb.set_position(s.step as u64);
+            pb.set_message(format!("loss {:.4}", s.loss));
+        }
+        TrainEvent::Eval { step, loss } => {
+            crate::progress::warn(&pb, &format!("step {step}: held-out pair loss {loss:.4}"))
+        }
+        TrainEvent::Checkpoint { .. } => {}
+    };
+    let final_dir = trainer.run(&cfg.out, &extra, &mut observer)?;
+    pb.finish_and_clear();
+    let state = trainer.state().clone();
+    let (pairs, tokens, seconds) = state.history.iter().fold((0, 0, 0.0), |acc, p| {
+        (acc.0 + p.pairs, acc.1 + p.tokens, acc.2 + p.seconds)
+    });
+    let summary = RmSummary {
+        train_pairs: train.len(),
+        eval_pairs: eval.len(),
+        skipped_rows: skipped,
+        truncated_sequences: cut_a + cut_b,
+        steps: state.step,
+        final_dir,
+        eval: trainer.last_eval().cloned(),
+        pairs_per_s: pairs as f64 / f64::max(seconds, 1e-9),
+        tokens_per_s: tokens as f64 / f64::max(seconds, 1e-9),
+    };
+    write_report(&cfg.out, &state, &summary)?;
+    Ok(summary)
+}
+
+/// `metrics.json`, `loss.svg`, `accuracy.svg` and `rewards.svg` in `out`.
+fn write_report(out: &Path, state: &RewardTrainerState, s: &RmSummary) -> Result<()> {
+    let path = out.join("metrics.json");
+    std::fs::write(&path, serde_json::to_string_pretty(s)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let train_loss = state.history.iter().map(|p| (p.step as f64, p.loss));
+    let eval_loss = state.evals.iter().map(|e| (e.step as f64, e.loss));
+    let loss = plot::line_chart(
+        "Reward-model loss",
+        "step",
+        "pair loss",
+        &[
+            LineSeries::new("train", train_loss.collect()),
+            LineSeries::new("held-out", eval_loss.collect()),
+        ],
+    );
+    plot::write_svg(&out.join("loss.svg"), &loss)?;
+    let train_acc = state.history.iter().map(|p| (p.step as f64, p.accuracy));
+    let eval_acc = state.evals.iter().map(|e| (e.step as f64, e.accuracy));
+    let acc = plot::line_chart(
+        "Reward-model accuracy (r_chosen > r_rejected)",
+        "step",
+        "accuracy",
+        &[
+            LineSeries::new("train batch", train_acc.collect()),
+            LineSeries::new("held-out", eval_acc.collect()),
+        ],
+    );
+    plot::write_svg(&out.join("accuracy.svg"), &acc)?;
+    if let Some(e) = &s.eval {
+        let hist = plot::histogram(
+            "Held-out rewards",
+            "reward",
+            &[
+                HistogramSeries {
+                    name: "chosen".into(),
+                    values: e.rewards.iter().map(|r| r.0).collect(),
+                },
+                HistogramSeries {
+                    name: "rejected".into(),
+                    values: e.rewards.iter().map(|r| r.1).collect(),
+                },
+            ],
+            30,
+            None,
+        );
+        plot::write_svg(&out.join("rewards.svg"), &hist)?;
+    }
+    Ok(())
+}
