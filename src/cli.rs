@@ -34,6 +34,8 @@ pub enum Command {
     /// Train a model: `cai train sft` (SL-CAI) or `cai train rm` (reward model).
     #[command(subcommand)]
     Train(crate::cli_train::TrainCommand),
+    /// Stage outputs as TRL / OpenRLHF training sets (SFT or preference).
+    Export(crate::cli_export::ExportArgs),
     /// Check or list a constitution.
     #[command(subcommand)]
     Constitution(ConstitutionCommand),
@@ -62,6 +64,37 @@ pub struct ModelArgs {
     /// Hugging Face id from the local cache.
     #[arg(long)]
     pub model: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Settings of `--backend openai` (an OpenAI-compatible server).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerArgs {
+    /// Server root, e.g. http://127.0.0.1:8000; repeat to spread requests over several.
+    #[arg(long = "base-url")]
+    pub base_urls: Vec<String>,
+    /// Environment variable with the API key [default: OPENAI_API_KEY].
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once [default: 64].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Per-request timeout in seconds [default: 600].
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Retries of a failed request (timeouts, connection errors, 429, 5xx) [default: 6].
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// First retry backoff in seconds, doubled each retry [default: 0.5].
+    #[arg(long)]
+    pub backoff: Option<f64>,
+    /// Request cache folder [default: ~/.cache/cai/requests].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the request cache.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,8 +5,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 
-use crate::cli::{LabelArgs, ReviseArgs};
+use crate::cli::{LabelArgs, ReviseArgs, ServerArgs};
 use crate::label::{LabelConfig, LabelMode};
+use crate::llm::openai::OpenaiConfig;
 use crate::revise::ReviseConfig;
 
 /// Reads a stage config file; unknown keys and type errors name file:line:column.
@@ -43,6 +44,7 @@ impl ReviseConfig {
         set(&mut c.seed, args.seed);
         set(&mut c.backend, args.model.backend);
         set(&mut c.model, args.model.model);
+        args.model.server.apply(&mut c.openai);
         c.templates = args.templates.or(c.templates);
         set(&mut c.batch_size, args.batch_size);
         c.limit = args.limit.or(c.limit);
@@ -74,6 +76,7 @@ impl LabelConfig {
         set(&mut c.seed, args.seed);
         set(&mut c.backend, args.model.backend);
         set(&mut c.model, args.model.model);
+        args.model.server.apply(&mut c.openai);
         c.templates = args.templates.or(c.templates);
         set(&mut c.mode, args.mode);
         if args.cot {
@@ -94,5 +97,21 @@ impl LabelConfig {
         c.limit = args.limit.or(c.limit);
         c.quiet |= args.quiet;
         Ok(c)
+    }
+}
+
+impl ServerArgs {
+    /// Overrides the fields of `cfg` given on the command line.
+    pub fn apply(self, cfg: &mut OpenaiConfig) {
+        if !self.base_urls.is_empty() {
+            cfg.base_urls = self.base_urls;
+        }
+        set(&mut cfg.api_key_env, self.api_key_env);
+        set(&mut cfg.concurrency, self.concurrency);
+        set(&mut cfg.timeout_s, self.timeout);
+        set(&mut cfg.retry.retries, self.retries);
+        set(&mut cfg.retry.backoff_s, self.backoff);
+        cfg.cache_dir = self.cache_dir.or(cfg.cache_dir.take());
+        cfg.no_cache |= self.no_cache;
     }
 }

@@ -5,11 +5,13 @@
 pub mod bench;
 pub mod chat;
 pub mod cli;
-pub mod cli_train;
+pub mod cli_export;
 pub mod cli_rm;
+pub mod cli_train;
 pub mod compare;
 pub mod config;
 pub mod constitution;
+pub mod export;
 pub mod inputs;
 pub mod jsonl;
 pub mod label;
@@ -20,12 +22,12 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod revise;
+pub mod rm;
 pub mod sample;
+pub mod score;
 pub mod sft_data;
 pub mod sft_run;
 pub mod stage;
-pub mod rm;
-pub mod score;
 pub mod train;
 mod yaml_locate;
 
@@ -63,6 +65,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 out: a.out,
                 backend: a.model.backend.unwrap_or(d.backend),
                 model: a.model.model.unwrap_or(d.model),
+                openai: {
+                    let mut o = d.openai;
+                    a.model.server.apply(&mut o);
+                    o
+                },
                 k: a.k,
                 pairs_per_prompt: a.pairs_per_prompt,
                 sampling: llm::SamplingParams {
@@ -193,6 +200,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Export(a) => cli_export::run(a),
         Command::Constitution(ConstitutionCommand::Check { files }) => constitution_check(&files),
         Command::Constitution(ConstitutionCommand::Show { file }) => {
             let loaded = constitution::Loaded::read_valid(&file)?;

@@ -19,8 +19,10 @@ use crate::chat::ChatMessage;
 use crate::constitution::{Constitution, Loaded, Principle};
 use crate::inputs::{read_prompts, PromptItem};
 use crate::llm::mock::fnv1a;
+use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
-    open_backend, Backend, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
+    open_backend_with, Backend, BackendKind, ContextOverflow, GenerateRequest, Prompt,
+    SamplingParams,
 };
 use crate::prompts::{PromptSet, TemplateKind, Vars};
 use crate::stage::StageOutput;
@@ -61,6 +63,8 @@ pub struct ReviseConfig {
     pub backend: BackendKind,
     /// `default`, a GGUF path, a model folder or a Hugging Face id.
     pub model: String,
+    /// Server settings of `--backend openai`.
+    pub openai: OpenaiConfig,
     /// Folder with template overrides (`critique.txt`, …).
     pub templates: Option<PathBuf>,
     /// Prompts handed to the backend together.
@@ -94,6 +98,7 @@ impl Default for ReviseConfig {
             seed: 0,
             backend: BackendKind::Local,
             model: "default".into(),
+            openai: OpenaiConfig::default(),
             templates: None,
             batch_size: 8,
             limit: None,
@@ -299,7 +304,7 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
     if cfg.batch_size == 0 {
         bail!("batch_size must be at least 1");
     }
-    let backend = open_backend(cfg.backend, &cfg.model)?;
+    let backend = open_backend_with(cfg.backend, &cfg.model, &cfg.openai)?;
     let fp = run_fingerprint(cfg, &loaded, &templates, backend.as_ref())?;
     let mut output =
         StageOutput::open("revise", &cfg.out, cfg, Some(&loaded), backend.as_ref(), fp)?;
@@ -309,7 +314,7 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
         resumed: items.len() - todo.len(),
         ..Default::default()
     };
-    output.update(&stats, false)?;
+    output.update(&stats, backend.as_ref(), false)?;
     let prompts = RevisePrompts::new(&loaded.constitution, &templates, cfg.few_shot);
     let pb = progress::bar(
         items.len() as u64,
@@ -370,10 +375,10 @@ pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
             "{:.1} tok/s",
             stats.generated_tokens as f64 / stats.seconds.max(1e-9)
         ));
-        output.update(&stats, false)?;
+        output.update(&stats, backend.as_ref(), false)?;
     }
     pb.finish_and_clear();
-    output.update(&stats, true)?;
+    output.update(&stats, backend.as_ref(), true)?;
     if cfg.formats.contains(&SftFormat::Trl) {
         write_trl(cfg)?;
     }
@@ -546,6 +551,7 @@ fn revise_batch(
     Ok(())
 }
 
+/// The run's counters, with the backend's own (requests, retries, cache) under `backend`.
 /// Fingerprint of everything that shapes the records (not output paths or batch sizes).
 fn run_fingerprint(
     cfg: &ReviseConfig,

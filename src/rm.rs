@@ -142,15 +142,13 @@ impl TrainRmConfig {
 fn split_by_conversation(pairs: Vec<TextPair>, fraction: f64) -> (Vec<TextPair>, Vec<TextPair>) {
     let want = (pairs.len() as f64 * fraction).ceil() as usize;
     let mut held: Vec<&[crate::chat::ChatMessage]> = Vec::new();
-    let mut count = 0;
-    for p in pairs.iter().rev() {
-        if count >= want && !held.contains(&p.conversation.as_slice()) {
-            break;
-        }
+    for (count, p) in pairs.iter().rev().enumerate() {
         if !held.contains(&p.conversation.as_slice()) {
+            if count >= want {
+                break;
+            }
             held.push(&p.conversation);
         }
-        count += 1;
     }
     let held: Vec<Vec<_>> = held.into_iter().map(<[_]>::to_vec).collect();
     pairs

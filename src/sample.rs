@@ -18,8 +18,9 @@ use serde_json::json;
 use crate::chat::ChatMessage;
 use crate::inputs::read_prompts;
 use crate::llm::mock::fnv1a;
+use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
-    open_backend, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
+    open_backend_with, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
 };
 use crate::stage::StageOutput;
 use crate::{jsonl, progress};
@@ -32,6 +33,8 @@ pub struct SampleConfig {
     pub out: PathBuf,
     pub backend: BackendKind,
     pub model: String,
+    /// Server settings of `--backend openai`.
+    pub openai: OpenaiConfig,
     /// Responses per prompt.
     pub k: usize,
     /// Pairs kept per prompt (drawn at random); `None` keeps all K·(K−1)/2.
@@ -50,6 +53,7 @@ impl Default for SampleConfig {
             out: PathBuf::from("runs/samples.jsonl"),
             backend: BackendKind::Local,
             model: "default".into(),
+            openai: OpenaiConfig::default(),
             k: 2,
             pairs_per_prompt: None,
             sampling: SamplingParams {
@@ -108,7 +112,7 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
     if let Some(n) = cfg.limit {
         items.truncate(n);
     }
-    let backend = open_backend(cfg.backend, &cfg.model)?;
+    let backend = open_backend_with(cfg.backend, &cfg.model, &cfg.openai)?;
     let ignore = ["out", "batch_size", "limit", "quiet", "prompts"];
     let fp = crate::stage::fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
     let mut output = StageOutput::open("sample", &cfg.out, cfg, None, backend.as_ref(), fp)?;
@@ -174,10 +178,10 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
             pb.inc(1);
         }
         stats.seconds = start.elapsed().as_secs_f64();
-        output.update(&stats, false)?;
+        output.update(&stats, backend.as_ref(), false)?;
     }
     pb.finish_and_clear();
-    output.update(&stats, true)?;
+    output.update(&stats, backend.as_ref(), true)?;
     write_pairs(cfg)?;
     Ok(stats)
 }

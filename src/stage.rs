@@ -76,8 +76,17 @@ impl StageOutput {
     }
 
     /// Rewrites the manifest with the current counters.
-    pub fn update<S: Serialize>(&mut self, stats: &S, finished: bool) -> Result<()> {
+    /// The backend's own counters (retries, cache hits) go under `stats.backend`.
+    pub fn update<S: Serialize>(
+        &mut self,
+        stats: &S,
+        backend: &dyn Backend,
+        finished: bool,
+    ) -> Result<()> {
         self.manifest.stats = serde_json::to_value(stats)?;
+        if let Some(b) = backend.stats() {
+            self.manifest.stats["backend"] = b;
+        }
         if finished {
             self.manifest.finished_unix = Some(now_unix());
         }
@@ -96,7 +105,8 @@ pub fn fingerprint<C: Serialize>(
 ) -> Result<String> {
     let mut shaping = serde_json::to_value(config)?;
     if let Some(o) = shaping.as_object_mut() {
-        for k in ignore {
+        // Where and how fast a server is asked (`openai`) never changes the records.
+        for k in ignore.iter().chain(&["openai"]) {
             o.remove(*k);
         }
     }

@@ -83,7 +83,7 @@ fn write_pairs(path: &Path, n: usize, seed: usize) {
         let w = |k: usize| words[(i * 7 + k * 3 + seed) % words.len()];
         let good = format!("{} good {}", w(1), w(2));
         let bad = format!("{} {} {}", w(3), w(4), w(5));
-        let a_wins = (i + seed) % 2 == 0;
+        let a_wins = (i + seed).is_multiple_of(2);
         let (a, b) = if a_wins { (&good, &bad) } else { (&bad, &good) };
         let row = json!({"prompt": format!("tell me {}", w(0)), "response_a": a,
                          "response_b": b, "human": if a_wins { "a" } else { "b" }});

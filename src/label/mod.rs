@@ -23,9 +23,10 @@ use serde_json::json;
 use crate::chat::{ChatMessage, Role};
 use crate::constitution::{ComparisonPrinciple, Loaded};
 use crate::llm::mock::fnv1a;
+use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
-    open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow, GenerateRequest, Prompt,
-    SamplingParams,
+    open_backend_with, Backend, BackendKind, ChoiceRequest, ContextOverflow, GenerateRequest,
+    Prompt, SamplingParams,
 };
 use crate::pairs::{read_pairs, PreferencePair};
 use crate::progress;
@@ -58,6 +59,8 @@ pub struct LabelConfig {
     pub seed: u64,
     pub backend: BackendKind,
     pub model: String,
+    /// Server settings of `--backend openai`.
+    pub openai: OpenaiConfig,
     pub templates: Option<PathBuf>,
     pub mode: LabelMode,
     /// Comparison principles sampled per pair; their soft labels are averaged.
@@ -92,6 +95,7 @@ impl Default for LabelConfig {
             seed: 0,
             backend: BackendKind::Local,
             model: "default".into(),
+            openai: OpenaiConfig::default(),
             templates: None,
             mode: LabelMode::Direct,
             principles: 1,
@@ -214,7 +218,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
         pairs.truncate(n);
     }
     unique_ids(&mut pairs);
-    let backend = open_backend(cfg.backend, &cfg.model)?;
+    let backend = open_backend_with(cfg.backend, &cfg.model, &cfg.openai)?;
     let fp = label_fingerprint(cfg, &loaded, &templates, backend.as_ref())?;
     let mut output =
         StageOutput::open("label", &cfg.out, cfg, Some(&loaded), backend.as_ref(), fp)?;
@@ -224,7 +228,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
         resumed: pairs.len() - todo.len(),
         ..Default::default()
     };
-    output.update(&stats, false)?;
+    output.update(&stats, backend.as_ref(), false)?;
     let prompts = FeedbackPrompts::new(&loaded.constitution, &templates, cfg.few_shot);
     let pb = progress::bar(pairs.len() as u64, stats.resumed as u64, "label", cfg.quiet);
     let start = Instant::now();
@@ -300,10 +304,10 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
             "{:.2} pairs/s",
             stats.written as f64 / stats.seconds.max(1e-9)
         ));
-        output.update(&stats, false)?;
+        output.update(&stats, backend.as_ref(), false)?;
     }
     pb.finish_and_clear();
-    output.update(&stats, true)?;
+    output.update(&stats, backend.as_ref(), true)?;
     Ok(stats)
 }
 

@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod mock;
+pub mod openai;
 mod sampling;
 pub mod spec;
 
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::ChatMessage;
 
 pub use sampling::{sample_token, Sampler};
-pub use spec::{open_backend, BackendKind, ModelSpec};
+pub use spec::{open_backend, open_backend_with, BackendKind, ModelSpec};
 
 /// A prompt: the conversation so far, plus optional text the assistant's reply starts with.
 ///
@@ -165,4 +166,10 @@ pub trait Backend: Send + Sync {
 
     /// Exact log-probabilities of the options for every request.
     fn choose(&self, requests: &[ChoiceRequest]) -> Vec<Result<Choice>>;
+
+    /// Counters a stage writes into its manifest (requests, retries, cache hits, …), for
+    /// backends that have any.
+    fn stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::local::LocalBackend;
 use super::mock::MockBackend;
+use super::openai::{OpenaiBackend, OpenaiConfig};
 use super::Backend;
 
 /// File name of the embedded default model.
@@ -30,6 +31,9 @@ pub enum BackendKind {
     Local,
     /// Deterministic fake model, for tests.
     Mock,
+    /// An OpenAI-compatible server (vLLM, llama.cpp server, mistralrs-server, Ollama) at
+    /// `--base-url`.
+    Openai,
 }
 
 /// A resolved model location.
@@ -111,10 +115,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Opens the backend a stage asked for.
+/// Opens the backend a stage asked for, with default server settings.
 pub fn open_backend(kind: BackendKind, model: &str) -> Result<Box<dyn Backend>> {
+    open_backend_with(kind, model, &OpenaiConfig::default())
+}
+
+/// Opens the backend a stage asked for; `openai` configures `--backend openai`.
+pub fn open_backend_with(
+    kind: BackendKind,
+    model: &str,
+    openai: &OpenaiConfig,
+) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Mock => Ok(Box::new(MockBackend::new())),
+        BackendKind::Openai => Ok(Box::new(OpenaiBackend::open(openai, model)?)),
         BackendKind::Local => match ModelSpec::resolve(model)? {
             ModelSpec::GgufFile(path) => {
                 let sha = sha256_file(&path)?;

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Manual check of `--backend openai` against a real llama.cpp server on loopback (not run in CI).
+#
+# Starts llama-server with the default model on 127.0.0.1, runs `cai revise --limit 4` through
+# it at concurrency 1, 4 and 16 (cache off) and prints requests/s from the manifests, then
+# repeats one run twice with the cache on to show the requests it saves.
+#
+# usage: scripts/real-server-check.sh [LLAMA_BIN_DIR]   (default: built by peer-llamacpp.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-$(bash /work/shared/tools/peer-llamacpp.sh)}
+model=${CAI_MODEL:-$HOME/.cache/cai/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+port=${PORT:-8089}
+work=$(mktemp -d)
+cargo build -q
+cai=${CARGO_TARGET_DIR:-target}/debug/cai
+
+"$bin/llama-server" -m "$model" --host 127.0.0.1 --port "$port" -np 16 -c 32768 \
+  >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  sleep 1
+done
+
+revise() { # OUT CONCURRENCY EXTRA...
+  local out=$1 conc=$2; shift 2
+  "$cai" revise --backend openai --base-url "http://127.0.0.1:$port" --concurrency "$conc" \
+    --limit 4 --rounds 1 --batch-size 4 --seed 1 --quiet --out "$work/$out" "$@"
+}
+stats() { # OUT
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); s=m["stats"]; b=s["backend"]
+print(f"{sys.argv[2]}: {b[\"requests\"]} requests in {s[\"seconds\"]:.2f} s = {b[\"requests\"]/s[\"seconds\"]:.2f} requests/s; retries {b[\"retries\"]}, failures {b[\"failures\"]}, cache {b[\"cache\"]}")' \
+    "$work/$1.manifest.json" "$1"
+}
+
+echo "uptime: $(uptime)"
+for c in 1 4 16; do
+  revise "c$c.jsonl" "$c" --no-cache
+  stats "c$c.jsonl"
+done
+revise cached-1.jsonl 16 --cache-dir "$work/cache"
+stats cached-1.jsonl
+revise cached-2.jsonl 16 --cache-dir "$work/cache"
+stats cached-2.jsonl
+cmp <(python3 -c 'import json,sys;[print(json.dumps({k:v for k,v in json.loads(l).items()})) for l in open(sys.argv[1])]' "$work/cached-1.jsonl") \
+    <(python3 -c 'import json,sys;[print(json.dumps({k:v for k,v in json.loads(l).items()})) for l in open(sys.argv[1])]' "$work/cached-2.jsonl") \
+  && echo "repeated run: identical records"
+echo "uptime: $(uptime)"
+echo "records: $work/c1.jsonl"

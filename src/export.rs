@@ -1,0 +1,222 @@
+//! `cai export`: our stage outputs as training sets for TRL and OpenRLHF.
+//!
+//! - SFT (from `cai revise` records): conversational `{"messages": [...]}` rows, or
+//!   prompt/completion rows (`prompt` = the conversation, `completion` = the final revision).
+//! - Preference (from `cai label` rows with `conversation`, `response_a`, `response_b`, `p_a`):
+//!   `prompt`/`chosen`/`rejected`, chosen = the response the AI feedback prefers, with the soft
+//!   label kept as `p_chosen` (RLAIF's distilled soft labels, Lee et al. 2023 §2.1) for trainers
+//!   that use it.
+//!
+//! `conversational` style keeps role-tagged messages (TRL's conversational formats; OpenRLHF
+//! with `--apply_chat_template`); `standard` writes plain text, the conversation as an
+//! HH-RLHF transcript ("\n\nHuman: …\n\nAssistant:").
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::chat::{ChatMessage, Role};
+use crate::jsonl;
+
+/// Message lists or plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    #[default]
+    Conversational,
+    Standard,
+}
+
+/// Which training set to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportKind {
+    /// `messages` rows (SFT, from `cai revise`).
+    Messages,
+    /// `prompt`/`completion` rows (SFT, from `cai revise`).
+    PromptCompletion,
+    /// `prompt`/`chosen`/`rejected` rows (preference, from `cai label`).
+    Preference,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub input: PathBuf,
+    pub out: PathBuf,
+    pub kind: ExportKind,
+    pub style: Style,
+}
+
+/// The fields of a `cai revise` record that export reads.
+#[derive(Debug, Deserialize)]
+struct SftRow {
+    id: Option<String>,
+    conversation: Vec<ChatMessage>,
+    #[serde(rename = "final")]
+    final_response: String,
+}
+
+/// The fields of a `cai label` row that export reads.
+#[derive(Debug, Deserialize)]
+struct LabelRow {
+    id: Option<String>,
+    conversation: Vec<ChatMessage>,
+    response_a: String,
+    response_b: String,
+    p_a: f64,
+}
+
+/// Writes the export; returns the number of rows written.
+pub fn run(cfg: &ExportConfig) -> Result<usize> {
+    let rows = match cfg.kind {
+        ExportKind::Messages | ExportKind::PromptCompletion => {
+            read::<SftRow>(&cfg.input, "a `cai revise` record (conversation, final)")?
+                .into_iter()
+                .map(|r| sft_row(r, cfg.kind, cfg.style))
+                .collect::<Vec<_>>()
+        }
+        ExportKind::Preference => read::<LabelRow>(
+            &cfg.input,
+            "a `cai label` row (conversation, response_a, response_b, p_a)",
+        )?
+        .into_iter()
+        .map(|r| preference_row(r, cfg.style))
+        .collect::<Result<Vec<_>>>()?,
+    };
+    jsonl::write_all(&cfg.out, &rows).with_context(|| format!("writing {}", cfg.out.display()))?;
+    Ok(rows.len())
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
+    let lines: Vec<jsonl::Line<Value>> = jsonl::read(path)?;
+    lines
+        .into_iter()
+        .map(|l| {
+            serde_json::from_value(l.value)
+                .with_context(|| format!("{}:{}: not {what}", path.display(), l.number))
+        })
+        .collect()
+}
+
+fn sft_row(r: SftRow, kind: ExportKind, style: Style) -> Value {
+    let mut row = match (kind, style) {
+        (ExportKind::Messages, _) => {
+            let mut messages = r.conversation;
+            messages.push(ChatMessage::assistant(r.final_response));
+            json!({ "messages": messages })
+        }
+        (_, Style::Conversational) => json!({
+            "prompt": r.conversation,
+            "completion": [ChatMessage::assistant(r.final_response)],
+        }),
+        (_, Style::Standard) => json!({
+            "prompt": transcript(&r.conversation),
+            "completion": format!(" {}", r.final_response),
+        }),
+    };
+    if let Some(id) = r.id {
+        row["id"] = json!(id);
+    }
+    row
+}
+
+fn preference_row(r: LabelRow, style: Style) -> Result<Value> {
+    if !(0.0..=1.0).contains(&r.p_a) {
+        bail!(
+            "record {}: p_a = {} is not a probability",
+            r.id.as_deref().unwrap_or("?"),
+            r.p_a
+        );
+    }
+    // Ties (p_a = 0.5) keep A as chosen; p_chosen = 0.5 lets a trainer weight them out.
+    let (chosen, rejected, p) = if r.p_a >= 0.5 {
+        (r.response_a, r.response_b, r.p_a)
+    } else {
+        (r.response_b, r.response_a, 1.0 - r.p_a)
+    };
+    let mut row = match style {
+        Style::Conversational => json!({
+            "prompt": r.conversation,
+            "chosen": [ChatMessage::assistant(chosen)],
+            "rejected": [ChatMessage::assistant(rejected)],
+        }),
+        Style::Standard => json!({
+            "prompt": transcript(&r.conversation),
+            "chosen": format!(" {chosen}"),
+            "rejected": format!(" {rejected}"),
+        }),
+    };
+    row["p_chosen"] = json!(p);
+    if let Some(id) = r.id {
+        row["id"] = json!(id);
+    }
+    Ok(row)
+}
+
+/// A conversation as an HH-RLHF transcript ending with the assistant's turn to speak.
+fn transcript(messages: &[ChatMessage]) -> String {
+    let mut s = String::new();
+    for m in messages {
+        let who = match m.role {
+            Role::System => "System",
+            Role::User => "Human",
+            Role::Assistant => "Assistant",
+        };
+        s.push_str(&format!("\n\n{who}: {}", m.content));
+    }
+    s.push_str("\n\nAssistant:");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(p_a: f64) -> LabelRow {
+        LabelRow {
+            id: Some("x".into()),
+            conversation: vec![ChatMessage::user("Hi")],
+            response_a: "A".into(),
+            response_b: "B".into(),
+            p_a,
+        }
+    }
+
+    #[test]
+    fn preference_orders_by_soft_label_and_keeps_it() {
+        let r = preference_row(label(0.2), Style::Conversational).unwrap();
+        assert_eq!(r["chosen"][0]["content"], "B");
+        assert_eq!(r["rejected"][0]["content"], "A");
+        assert!((r["p_chosen"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+        assert_eq!(r["prompt"][0]["role"], "user");
+        let s = preference_row(label(0.9), Style::Standard).unwrap();
+        assert_eq!(s["prompt"], "\n\nHuman: Hi\n\nAssistant:");
+        assert_eq!(
+            (s["chosen"].as_str(), s["rejected"].as_str()),
+            (Some(" A"), Some(" B"))
+        );
+        assert!(preference_row(label(1.5), Style::Standard).is_err());
+    }
+
+    #[test]
+    fn sft_rows_in_each_shape() {
+        let row = || SftRow {
+            id: Some("p1".into()),
+            conversation: vec![ChatMessage::user("Hi")],
+            final_response: "Hello".into(),
+        };
+        let m = sft_row(row(), ExportKind::Messages, Style::Conversational);
+        assert_eq!(
+            m["messages"][1],
+            json!({"role": "assistant", "content": "Hello"})
+        );
+        assert_eq!(m["id"], "p1");
+        let c = sft_row(row(), ExportKind::PromptCompletion, Style::Conversational);
+        assert_eq!(c["completion"][0]["content"], "Hello");
+        let s = sft_row(row(), ExportKind::PromptCompletion, Style::Standard);
+        assert_eq!(s["completion"], " Hello");
+    }
+}

@@ -1,0 +1,339 @@
+//! `--backend openai`: any OpenAI-compatible server (vLLM, llama.cpp server, mistralrs-server,
+//! Ollama) as a [`Backend`], so every stage can label or revise at data-centre scale.
+//!
+//! - generate → `/v1/chat/completions`, one sample per HTTP request (see [`wire`]).
+//! - choose → the first token's `top_logprobs` of a chat completion; each option must be one
+//!   token the server lists, else a clear error (never "missing = 0").
+//! - count_tokens → llama.cpp's `/apply-template` + `/tokenize`, or vLLM's chat `/tokenize`;
+//!   without either, an estimate ([`wire::estimate_tokens`]), counted in [`Backend::stats`].
+//!
+//! Requests run on at most `concurrency` threads, spread over the servers, with retries
+//! ([`client`]) and a disk cache ([`cache`]). The API key is read from an environment variable
+//! and never stored or printed.
+
+mod cache;
+mod client;
+mod http;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+pub use cache::default_dir as default_cache_dir;
+pub use client::RetryPolicy;
+
+use super::{Backend, Choice, ChoiceRequest, GenerateRequest, Generation, ModelInfo, Prompt};
+use cache::RequestCache;
+use client::{Client, HttpStatus};
+use http::BaseUrl;
+
+/// Settings of the openai backend (`--base-url`, `--concurrency`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenaiConfig {
+    /// Server roots (`http://host:port`, a trailing `/v1` is accepted); requests are spread
+    /// over them in turn.
+    pub base_urls: Vec<String>,
+    /// Environment variable holding the API key (sent as a bearer token when set).
+    pub api_key_env: String,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Per-request timeout in seconds (connect, and every read and write).
+    pub timeout_s: f64,
+    pub retry: RetryPolicy,
+    /// Request cache folder [default: ~/.cache/cai/requests].
+    pub cache_dir: Option<PathBuf>,
+    pub no_cache: bool,
+}
+
+impl Default for OpenaiConfig {
+    fn default() -> Self {
+        Self {
+            base_urls: Vec::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            concurrency: 64,
+            timeout_s: 600.0,
+            retry: RetryPolicy::default(),
+            cache_dir: None,
+            no_cache: false,
+        }
+    }
+}
+
+/// How this server counts tokens, found on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tokenizer {
+    /// llama.cpp: `/apply-template` renders the chat, `/tokenize` counts it.
+    ApplyTemplate,
+    /// vLLM: `/tokenize` with `messages`.
+    ChatTokenize,
+    /// Neither: [`wire::estimate_tokens`].
+    Estimate,
+}
+
+pub struct OpenaiBackend {
+    info: ModelInfo,
+    client: Client,
+    cache: Option<RequestCache>,
+    concurrency: usize,
+    tokenizer: OnceLock<Tokenizer>,
+    estimated_counts: AtomicU64,
+}
+
+impl OpenaiBackend {
+    /// Connects to the servers; `model` = `default` takes the first model the server lists.
+    pub fn open(cfg: &OpenaiConfig, model: &str) -> Result<Self> {
+        if cfg.base_urls.is_empty() {
+            bail!("--backend openai needs at least one --base-url (e.g. http://127.0.0.1:8000)");
+        }
+        if cfg.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        let servers = cfg
+            .base_urls
+            .iter()
+            .map(|u| BaseUrl::parse(u).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        let api_key = std::env::var(&cfg.api_key_env)
+            .ok()
+            .filter(|k| !k.is_empty());
+        let timeout = Duration::from_secs_f64(cfg.timeout_s.max(0.001));
+        let client = Client::new(servers, api_key, timeout, cfg.retry.clone());
+        let server = client.server_name();
+        let models = client
+            .call("/v1/models", None)
+            .with_context(|| format!("cannot list the models of {server}"))?;
+        let listed = models["data"].as_array().cloned().unwrap_or_default();
+        let entry = if model == "default" {
+            listed
+                .first()
+                .cloned()
+                .with_context(|| format!("{server}/v1/models lists no model; pass --model NAME"))?
+        } else {
+            listed
+                .iter()
+                .find(|m| m["id"].as_str() == Some(model))
+                .cloned()
+                .unwrap_or_else(|| json!({"id": model}))
+        };
+        let name = entry["id"].as_str().unwrap_or(model).to_string();
+        let cache = match (cfg.no_cache, &cfg.cache_dir) {
+            (true, _) => None,
+            (false, Some(d)) => Some(RequestCache::open(d)?),
+            (false, None) => Some(RequestCache::open(&cache::default_dir())?),
+        };
+        let context = context_size(&client, &entry);
+        Ok(Self {
+            info: ModelInfo {
+                backend: "openai".into(),
+                name,
+                sha256: None,
+                context,
+            },
+            client,
+            cache,
+            concurrency: cfg.concurrency,
+            tokenizer: OnceLock::new(),
+            estimated_counts: AtomicU64::new(0),
+        })
+    }
+
+    /// A cached or fresh answer of `path` for `body`.
+    fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        let key = self
+            .cache
+            .as_ref()
+            .map(|_| RequestCache::key(&self.info.name, path, body));
+        if let (Some(c), Some(k)) = (&self.cache, &key) {
+            if let Some(hit) = c.get(k) {
+                return Ok(hit);
+            }
+        }
+        let answer = self.client.call(path, Some(body))?;
+        if let (Some(c), Some(k)) = (&self.cache, &key) {
+            c.put(k, &answer)?;
+        }
+        Ok(answer)
+    }
+
+    /// Runs `f` over `items` on at most `concurrency` threads, results in input order.
+    fn fan_out<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: Vec<std::sync::Mutex<Option<R>>> =
+            items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..self.concurrency.min(items.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *slots[i].lock().expect("no thread panics holding a slot") = Some(r);
+                });
+            }
+        });
+        slots
+            .into_iter()
+            .map(|m| {
+                m.into_inner()
+                    .expect("no thread panics holding a slot")
+                    .expect("every slot is filled")
+            })
+            .collect()
+    }
+
+    fn generate_one(&self, req: &GenerateRequest) -> Result<Generation> {
+        let mut completions = Vec::with_capacity(req.n);
+        let mut prompt_tokens = 0;
+        for i in 0..req.n.max(1) {
+            let body = wire::chat_body(&self.info.name, req, i);
+            let answer = self.call("/v1/chat/completions", &body)?;
+            let (c, p) = wire::parse_chat(&answer)
+                .with_context(|| format!("{}/v1/chat/completions", self.client.server_name()))?;
+            completions.push(c);
+            prompt_tokens = p;
+        }
+        Ok(Generation {
+            prompt_tokens,
+            completions,
+        })
+    }
+
+    fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
+        let body = wire::choice_body(&self.info.name, &req.prompt);
+        let answer = self.call("/v1/chat/completions", &body)?;
+        let server = format!("{}/v1/chat/completions", self.client.server_name());
+        let logprobs = wire::parse_choice(&answer, &req.options, &server)?;
+        Ok(Choice {
+            logprobs,
+            prompt_tokens: answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+        })
+    }
+
+    fn tokenizer(&self, probe: &Prompt) -> Result<Tokenizer> {
+        if let Some(t) = self.tokenizer.get() {
+            return Ok(*t);
+        }
+        let mut found = Tokenizer::Estimate;
+        for how in [Tokenizer::ApplyTemplate, Tokenizer::ChatTokenize] {
+            match self.count_with(how, probe) {
+                Ok(_) => {
+                    found = how;
+                    break;
+                }
+                // A server that is down is an error, not a reason to estimate.
+                Err(e) if !is_refusal(&e) && e.downcast_ref::<MissingField>().is_none() => {
+                    return Err(e)
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(*self.tokenizer.get_or_init(|| found))
+    }
+
+    fn count_with(&self, how: Tokenizer, prompt: &Prompt) -> Result<usize> {
+        match how {
+            Tokenizer::ApplyTemplate => {
+                let rendered = self.call(
+                    "/apply-template",
+                    &json!({"messages": wire::messages(&Prompt::new(prompt.messages.clone()))}),
+                )?;
+                let text = rendered["prompt"].as_str().ok_or(MissingField("prompt"))?;
+                let toks = self.call(
+                    "/tokenize",
+                    &json!({"content": format!("{text}{}", prompt.prefill), "add_special": false}),
+                )?;
+                toks["tokens"]
+                    .as_array()
+                    .map(|t| t.len())
+                    .ok_or(MissingField("tokens").into())
+            }
+            Tokenizer::ChatTokenize => {
+                let mut body = json!({"model": self.info.name, "messages": wire::messages(prompt)});
+                if prompt.prefill.is_empty() {
+                    body["add_generation_prompt"] = json!(true);
+                } else {
+                    body["continue_final_message"] = json!(true);
+                    body["add_generation_prompt"] = json!(false);
+                }
+                let toks = self.call("/tokenize", &body)?;
+                toks["count"]
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .ok_or(MissingField("count").into())
+            }
+            Tokenizer::Estimate => {
+                self.estimated_counts.fetch_add(1, Ordering::Relaxed);
+                Ok(wire::estimate_tokens(prompt))
+            }
+        }
+    }
+}
+
+/// Context window from the model entry (vLLM `max_model_len`) or llama.cpp's `/props`;
+/// 0 when the server does not say.
+fn context_size(client: &Client, entry: &Value) -> usize {
+    if let Some(n) = entry["max_model_len"].as_u64() {
+        return n as usize;
+    }
+    client
+        .call("/props", None)
+        .ok()
+        .and_then(|p| p["default_generation_settings"]["n_ctx"].as_u64())
+        .or_else(|| entry["meta"]["n_ctx_train"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+impl Backend for OpenaiBackend {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn count_tokens(&self, prompt: &Prompt) -> Result<usize> {
+        let how = self.tokenizer(prompt)?;
+        self.count_with(how, prompt)
+            .with_context(|| format!("counting tokens on {}", self.client.server_name()))
+    }
+
+    fn generate(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation>> {
+        self.fan_out(requests, |r| self.generate_one(r))
+    }
+
+    fn choose(&self, requests: &[ChoiceRequest]) -> Vec<Result<Choice>> {
+        self.fan_out(requests, |r| self.choose_one(r))
+    }
+
+    fn stats(&self) -> Option<Value> {
+        let mut s = self.client.counters.to_json();
+        s["servers"] = json!(self.client.server_name());
+        s["estimated_token_counts"] = json!(self.estimated_counts.load(Ordering::Relaxed));
+        s["cache"] = match &self.cache {
+            Some(c) => c.to_json(),
+            None => json!(null),
+        };
+        Some(s)
+    }
+}
+
+/// Is this error a server's refusal (4xx) of an endpoint or body it does not support?
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<HttpStatus>()
+        .is_some_and(|s| (400..500).contains(&s.status) && s.status != 429)
+}
+
+/// A tokenizer endpoint answered without the field we read.
+#[derive(Debug)]
+struct MissingField(&'static str);
+
+impl std::fmt::Display for MissingField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "answer has no `{}`", self.0)
+    }
+}
+
+impl std::error::Error for MissingField {}

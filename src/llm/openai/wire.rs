@@ -1,0 +1,236 @@
+//! The OpenAI chat-completions wire format: our requests to JSON bodies, JSON answers back to
+//! our types. Pure functions, so every quirk is unit-tested without a server.
+//!
+//! Prefill (`Prompt::prefill`) is sent as a final, partial assistant message. llama.cpp's
+//! server and Ollama continue such a message; vLLM does with `continue_final_message` and
+//! `add_generation_prompt: false`, which we always send alongside (other servers ignore
+//! unknown fields). The returned text is the continuation only, as with the local backend.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::llm::{Completion, FinishReason, GenerateRequest, Prompt};
+
+/// Number of first-token alternatives asked for when scoring options (the OpenAI maximum).
+pub const TOP_LOGPROBS: usize = 20;
+
+/// `messages` of a prompt, with the prefill as a final assistant message.
+pub fn messages(prompt: &Prompt) -> Vec<Value> {
+    let mut out: Vec<Value> = prompt
+        .messages
+        .iter()
+        .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+        .collect();
+    if !prompt.prefill.is_empty() {
+        out.push(json!({"role": "assistant", "content": prompt.prefill}));
+    }
+    out
+}
+
+/// Fields that make a server continue the prefill instead of starting a new reply.
+fn prefill_fields(body: &mut Value, prompt: &Prompt) {
+    if !prompt.prefill.is_empty() {
+        body["continue_final_message"] = json!(true);
+        body["add_generation_prompt"] = json!(false);
+    }
+}
+
+/// Chat-completions body for sample `index` of `req`.
+///
+/// One sample per HTTP request (seed `req.seed + index`): not every server honours `n`, and
+/// one sample per request makes each cacheable and retryable on its own.
+pub fn chat_body(model: &str, req: &GenerateRequest, index: usize) -> Value {
+    let p = &req.params;
+    let mut body = json!({
+        "model": model,
+        "messages": messages(&req.prompt),
+        "n": 1,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "max_tokens": p.max_tokens,
+        "seed": req.seed.wrapping_add(index as u64),
+        "stream": false,
+    });
+    if !p.stop.is_empty() {
+        body["stop"] = json!(p.stop);
+    }
+    prefill_fields(&mut body, &req.prompt);
+    body
+}
+
+/// Chat-completions body asking for the first token's top log-probabilities.
+pub fn choice_body(model: &str, prompt: &Prompt) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": messages(prompt),
+        "n": 1,
+        "temperature": 0.0,
+        "max_tokens": 1,
+        "seed": 0,
+        "logprobs": true,
+        "top_logprobs": TOP_LOGPROBS,
+        "stream": false,
+    });
+    prefill_fields(&mut body, prompt);
+    body
+}
+
+/// The completion and prompt size of a chat-completions answer.
+pub fn parse_chat(answer: &Value) -> Result<(Completion, usize)> {
+    let choice = answer["choices"]
+        .get(0)
+        .context("answer has no `choices[0]`")?;
+    let text = choice["message"]["content"]
+        .as_str()
+        .context("answer has no `choices[0].message.content` string")?
+        .to_string();
+    let finish = match choice["finish_reason"].as_str() {
+        Some("length") => FinishReason::Length,
+        _ => FinishReason::Stop,
+    };
+    let usage = &answer["usage"];
+    let tokens = usage["completion_tokens"].as_u64().unwrap_or(0) as usize;
+    let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+    Ok((
+        Completion {
+            text,
+            tokens,
+            finish,
+        },
+        prompt_tokens,
+    ))
+}
+
+/// Log-probability of each option as the whole first token, from the answer's
+/// `top_logprobs`. An option outside the top list is an error, never a guessed value.
+pub fn parse_choice(answer: &Value, options: &[String], server: &str) -> Result<Vec<f64>> {
+    let top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        .as_array()
+        .ok_or_else(|| {
+            anyhow!(
+                "{server} returned no `choices[0].logprobs.content[0].top_logprobs`: it does not \
+                 support `logprobs`/`top_logprobs` on chat completions, which option scoring needs"
+            )
+        })?;
+    let mut out = Vec::with_capacity(options.len());
+    for opt in options {
+        let lp = top
+            .iter()
+            .find(|t| t["token"].as_str() == Some(opt.as_str()))
+            .and_then(|t| t["logprob"].as_f64());
+        match lp {
+            Some(lp) => out.push(lp),
+            None => bail!(
+                "{server}: option `{opt}` is not among the {} first-token alternatives the server \
+                 returned ({}); the openai backend scores options only when each is a single \
+                 token the server lists — use one-token option labels or the local backend",
+                top.len(),
+                top.iter()
+                    .filter_map(|t| t["token"].as_str())
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Rough token count when the server offers no tokenizer: about 4 characters per token plus
+/// 4 tokens of chat-template overhead per message (typical of English text with BPE
+/// vocabularies; off by tens of percent on other text).
+pub fn estimate_tokens(prompt: &Prompt) -> usize {
+    let chars: usize = prompt
+        .messages
+        .iter()
+        .map(|m| m.content.chars().count())
+        .sum::<usize>()
+        + prompt.prefill.chars().count();
+    chars.div_ceil(4) + 4 * prompt.messages.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::ChatMessage;
+    use crate::llm::SamplingParams;
+
+    fn prompt(prefill: &str) -> Prompt {
+        Prompt {
+            messages: vec![ChatMessage::user("Hi")],
+            prefill: prefill.into(),
+        }
+    }
+
+    #[test]
+    fn chat_body_carries_sampling_seed_stop_and_prefill() {
+        let req = GenerateRequest {
+            prompt: prompt("Sure,"),
+            params: SamplingParams {
+                temperature: 0.5,
+                top_p: 0.9,
+                max_tokens: 7,
+                stop: vec!["\n".into()],
+            },
+            n: 2,
+            seed: 10,
+        };
+        let b = chat_body("m", &req, 1);
+        assert_eq!(b["seed"], 11);
+        assert_eq!(b["max_tokens"], 7);
+        assert_eq!(b["stop"], json!(["\n"]));
+        assert_eq!(
+            b["messages"][1],
+            json!({"role": "assistant", "content": "Sure,"})
+        );
+        assert_eq!(b["continue_final_message"], true);
+        let plain = chat_body(
+            "m",
+            &GenerateRequest {
+                prompt: prompt(""),
+                ..req
+            },
+            0,
+        );
+        assert_eq!(plain["messages"].as_array().unwrap().len(), 1);
+        assert!(plain.get("continue_final_message").is_none());
+        assert!(plain.get("stop").is_some());
+    }
+
+    #[test]
+    fn parses_chat_answers() {
+        let a = json!({"choices": [{"message": {"content": "Yo"}, "finish_reason": "length"}],
+                       "usage": {"prompt_tokens": 5, "completion_tokens": 2}});
+        let (c, p) = parse_chat(&a).unwrap();
+        assert_eq!(
+            (c.text.as_str(), c.tokens, c.finish, p),
+            ("Yo", 2, FinishReason::Length, 5)
+        );
+        assert!(parse_chat(&json!({"choices": []})).is_err());
+    }
+
+    #[test]
+    fn options_come_from_top_logprobs_or_fail_clearly() {
+        let a = json!({"choices": [{"logprobs": {"content": [{"token": "A", "logprob": -0.1,
+            "top_logprobs": [{"token": "A", "logprob": -0.1}, {"token": "B", "logprob": -2.5}]}]}}]});
+        let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_choice(&a, &opts(&["B", "A"]), "S").unwrap(),
+            vec![-2.5, -0.1]
+        );
+        let e = parse_choice(&a, &opts(&["A", "C"]), "http://s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://s") && e.contains("`C`"), "{e}");
+        let e = parse_choice(&json!({"choices": [{}]}), &opts(&["A"]), "http://s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not support"), "{e}");
+    }
+
+    #[test]
+    fn estimate_is_chars_over_four_plus_overhead() {
+        // "Hi" + "Sure," = 7 chars -> 2 tokens, + 4 for one message.
+        assert_eq!(estimate_tokens(&prompt("Sure,")), 6);
+    }
+}
