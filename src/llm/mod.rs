@@ -8,7 +8,7 @@
 pub mod local;
 pub mod mock;
 pub mod openai;
-mod sampling;
+pub mod sampling;
 pub mod spec;
 
 use std::fmt;

@@ -18,6 +18,10 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod ppo;
+pub mod ppo_config;
+pub mod ppo_math;
+pub mod ppo_rollout;
 pub mod reward;
 pub mod reward_data;
 pub mod reward_loss;
@@ -26,6 +30,8 @@ pub mod sft;
 pub mod trainer;
 pub mod weights;
 
+#[cfg(test)]
+mod ppo_tests;
 #[cfg(test)]
 mod real_model_tests;
 #[cfg(test)]

@@ -114,8 +114,12 @@ impl RewardHead {
 
     /// Reads [`HEAD_FILE`] from `dir` and checks its shape against `hidden`.
     pub fn load(dir: &Path, hidden: usize, device: &Device) -> Result<Self> {
-        let path = dir.join(HEAD_FILE);
-        let mut t = candle_core::safetensors::load(&path, device)
+        Self::load_file(&dir.join(HEAD_FILE), hidden, device)
+    }
+
+    /// Reads a head saved by [`RewardHead::save_file`] and checks its shape.
+    pub fn load_file(path: &Path, hidden: usize, device: &Device) -> Result<Self> {
+        let mut t = candle_core::safetensors::load(path, device)
             .with_context(|| format!("reading {}", path.display()))?;
         let (Some(w), Some(b)) = (t.remove(HEAD_WEIGHT), t.remove(HEAD_BIAS)) else {
             bail!("{}: needs {HEAD_WEIGHT} and {HEAD_BIAS}", path.display());
@@ -132,13 +136,17 @@ impl RewardHead {
 
     /// Writes the head to `dir/HEAD_FILE`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(HEAD_FILE);
+        self.save_file(&dir.join(HEAD_FILE))
+    }
+
+    /// Writes the head to the safetensors file `path`.
+    pub fn save_file(&self, path: &Path) -> Result<()> {
         let tensors: std::collections::HashMap<String, Tensor> = self
             .vars()
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().detach()))
             .collect();
-        candle_core::safetensors::save(&tensors, &path)
+        candle_core::safetensors::save(&tensors, path)
             .with_context(|| format!("writing {}", path.display()))
     }
 

@@ -1,0 +1,599 @@
+//! The PPO loop for language models (Ziegler et al. 2019; Ouyang et al. 2022; the RL stage of
+//! Bai et al. 2022 §4): sample responses from the policy, score them with a reward model,
+//! penalize each token's KL to the frozen reference (the SFT model), estimate advantages with
+//! a value head and GAE, and take several clipped-objective updates per batch of rollouts.
+//!
+//! Every random draw of step `s` comes from a generator seeded by `(seed, s, purpose)` and the
+//! prompt order of an epoch is a pure function of `(seed, epoch)`, so the checkpoint (weights,
+//! value head, optimizer moments, β, step, prompt cursor) is all a resumed run needs to
+//! continue the same curve.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
+use super::data::{Batch, TokenizedExample};
+use super::lora;
+use super::model::Llama;
+use super::optim::{AdamW, Gradients};
+use super::params::ParamStore;
+use super::ppo_config::{PpoConfig, PpoStepStats};
+use super::ppo_math::{
+    explained_variance, gae, kl_per_token, policy_loss, token_rewards, value_loss, whiten_ragged,
+};
+use super::ppo_rollout::{generate, split_rows, token_outputs, Rollout, RolloutSampling};
+use super::reward::RewardHead;
+use super::trainer::epoch_order;
+use super::{model_from_weights, LlamaConfig, NonFiniteError, Weights};
+
+/// Trainer state file of a PPO checkpoint.
+pub const PPO_STATE_FILE: &str = "ppo_state.json";
+/// Value-head file of a PPO checkpoint.
+pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
+
+/// Scores finished responses (the reward model, or a synthetic reward in tests).
+pub trait Scorer {
+    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>>;
+}
+
+/// Where a PPO run stands; saved as [`PPO_STATE_FILE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PpoState {
+    pub step: usize,
+    /// Epoch over the prompt set and the index of the next prompt in its order.
+    pub epoch: usize,
+    pub cursor: usize,
+    /// Current KL coefficient.
+    pub beta: f64,
+    /// FNV-1a hash of the tokenized prompts, checked on resume.
+    pub prompts_fingerprint: String,
+    pub history: Vec<PpoStepStats>,
+    pub config: PpoConfig,
+}
+
+/// One step's statistics and the rollouts it trained on.
+pub struct PpoStep {
+    pub stats: PpoStepStats,
+    pub rollouts: Vec<Rollout>,
+    pub scores: Vec<f64>,
+}
+
+/// The PPO trainer (see the module docs).
+pub struct PpoTrainer {
+    cfg: PpoConfig,
+    params: ParamStore,
+    policy: Llama,
+    reference: Llama,
+    value_head: RewardHead,
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+    prompts: Vec<Vec<u32>>,
+    stop_ids: Vec<u32>,
+    ptx: Vec<TokenizedExample>,
+    state: PpoState,
+    device: Device,
+}
+
+/// The data a run trains on, besides the weights.
+pub struct PpoData {
+    /// Tokenized prompts (chat template applied, generation prompt open).
+    pub prompts: Vec<Vec<u32>>,
+    /// Tokens that end a response.
+    pub stop_ids: Vec<u32>,
+    /// SFT examples for PPO-ptx (may be empty when `ptx_coef` is 0).
+    pub ptx: Vec<TokenizedExample>,
+}
+
+impl PpoTrainer {
+    /// A fresh run: the policy starts from `weights` (f32), the reference is `reference`.
+    pub fn new(
+        model_config: &LlamaConfig,
+        mut weights: Weights,
+        reference: &Weights,
+        data: PpoData,
+        cfg: PpoConfig,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let device = device_of(&weights)?;
+        if let Some(lora_cfg) = cfg.trainable.lora() {
+            weights.extend(lora::init_adapters(
+                model_config,
+                lora_cfg,
+                cfg.seed,
+                DType::F32,
+                &device,
+            )?);
+        }
+        let params = ParamStore::new(model_config, weights, cfg.trainable.clone())?;
+        let head = RewardHead::init(model_config.hidden_size, cfg.seed ^ 0x7a1e, &device)?;
+        let state = PpoState {
+            step: 0,
+            epoch: 0,
+            cursor: 0,
+            beta: cfg.kl_coef,
+            prompts_fingerprint: prompts_fingerprint(&data.prompts),
+            history: Vec::new(),
+            config: cfg.clone(),
+        };
+        let opt = AdamW::new(cfg.adamw());
+        Self::assemble(model_config, params, head, opt, reference, data, state)
+    }
+
+    /// Continues the run saved in checkpoint folder `dir` (same prompts, same reference).
+    pub fn resume(dir: &Path, reference: &Weights, data: PpoData) -> Result<Self> {
+        let device = device_of(reference)?;
+        let path = dir.join(PPO_STATE_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let state: PpoState =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        ensure!(
+            state.prompts_fingerprint == prompts_fingerprint(&data.prompts),
+            "{}: the prompts differ from those of the checkpoint",
+            dir.display()
+        );
+        let stored = checkpoint::load_model_dir_unmerged(dir, DType::F32, &device)?;
+        let (model_config, mut weights) = (stored.config, stored.base);
+        if let Some((_, adapters)) = stored.adapters {
+            weights.extend(adapters);
+        }
+        let cfg = state.config.clone();
+        let params = ParamStore::new(&model_config, weights, cfg.trainable.clone())?;
+        let head = RewardHead::load_file(
+            &dir.join(VALUE_HEAD_FILE),
+            model_config.hidden_size,
+            &device,
+        )?;
+        let opt = AdamW::load(cfg.adamw(), &dir.join(OPTIMIZER_FILE), &device)?;
+        Self::assemble(&model_config, params, head, opt, reference, data, state)
+    }
+
+    fn assemble(
+        model_config: &LlamaConfig,
+        params: ParamStore,
+        value_head: RewardHead,
+        opt: AdamW,
+        reference: &Weights,
+        data: PpoData,
+        state: PpoState,
+    ) -> Result<Self> {
+        ensure!(!data.prompts.is_empty(), "PPO needs at least one prompt");
+        let cfg = state.config.clone();
+        ensure!(
+            cfg.ptx_coef == 0.0 || !data.ptx.is_empty(),
+            "ptx_coef is {} but no SFT data was given for PPO-ptx",
+            cfg.ptx_coef
+        );
+        let longest = data.prompts.iter().map(Vec::len).max().unwrap_or(0);
+        ensure!(
+            longest + cfg.max_new_tokens <= model_config.max_position_embeddings,
+            "a prompt of {longest} tokens plus max_new_tokens {} exceeds the model's {} positions",
+            cfg.max_new_tokens,
+            model_config.max_position_embeddings
+        );
+        let policy = params.build_model()?;
+        let reference = model_from_weights(model_config, reference)?;
+        let mut vars = params.vars().to_vec();
+        vars.extend(
+            value_head
+                .vars()
+                .into_iter()
+                .map(|(n, v)| (format!("value_head.{n}"), v)),
+        );
+        let device = policy.device().clone();
+        Ok(Self {
+            cfg,
+            params,
+            policy,
+            reference,
+            value_head,
+            vars,
+            opt,
+            prompts: data.prompts,
+            stop_ids: data.stop_ids,
+            ptx: data.ptx,
+            state,
+            device,
+        })
+    }
+
+    pub fn state(&self) -> &PpoState {
+        &self.state
+    }
+
+    pub fn config(&self) -> &PpoConfig {
+        &self.cfg
+    }
+
+    /// The policy being trained.
+    pub fn policy(&self) -> &Llama {
+        &self.policy
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state.step >= self.cfg.steps
+    }
+
+    fn rng(&self, step: usize, purpose: u64) -> ChaCha8Rng {
+        let key = self.cfg.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ purpose;
+        ChaCha8Rng::seed_from_u64(key)
+    }
+
+    /// The prompts of the next step, in the epoch order of the prompt set.
+    fn next_prompts(&mut self) -> Vec<usize> {
+        let n = self.prompts.len();
+        let mut out = Vec::with_capacity(self.cfg.rollouts);
+        let mut order = epoch_order(self.cfg.seed, self.state.epoch, n);
+        while out.len() < self.cfg.rollouts {
+            out.push(order[self.state.cursor]);
+            self.state.cursor += 1;
+            if self.state.cursor == n {
+                self.state.epoch += 1;
+                self.state.cursor = 0;
+                order = epoch_order(self.cfg.seed, self.state.epoch, n);
+            }
+        }
+        out
+    }
+
+    /// Samples responses to the given prompts from the current policy.
+    pub fn sample(&self, prompts: &[usize], rng: &mut ChaCha8Rng) -> Result<Vec<Rollout>> {
+        let sampling = RolloutSampling {
+            temperature: self.cfg.temperature,
+            top_p: self.cfg.top_p,
+            max_new_tokens: self.cfg.max_new_tokens,
+        };
+        prompts
+            .iter()
+            .map(|&p| {
+                let ids = &self.prompts[p];
+                let (response_ids, ended) =
+                    generate(&self.policy, ids, &self.stop_ids, sampling, rng)?;
+                Ok(Rollout {
+                    prompt: p,
+                    prompt_ids: ids.clone(),
+                    response_ids,
+                    ended,
+                })
+            })
+            .collect()
+    }
+
+    /// One PPO step: rollouts, scores, advantages, `ppo_epochs` passes of updates.
+    pub fn step(&mut self, scorer: &mut dyn Scorer) -> Result<PpoStep> {
+        let started = Instant::now();
+        let step = self.state.step + 1;
+        let lr = self.cfg.schedule().lr(step);
+        let prompts = self.next_prompts();
+        let rollouts = self.sample(&prompts, &mut self.rng(step, 1))?;
+        let scores = scorer.score(&rollouts).context("scoring the rollouts")?;
+        ensure!(
+            scores.len() == rollouts.len(),
+            "the scorer returned {} scores for {} responses",
+            scores.len(),
+            rollouts.len()
+        );
+        if let Some((i, s)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
+            return Err(self.non_finite(step, "reward-model score", *s))
+                .with_context(|| format!("response {i} of step {step}"));
+        }
+        let old = self.rollout_time_outputs(&rollouts)?;
+        let lens: Vec<usize> = rollouts.iter().map(|r| r.response_ids.len()).collect();
+
+        let beta = self.state.beta;
+        let mut kls = Vec::with_capacity(rollouts.len());
+        let mut rewards = Vec::with_capacity(rollouts.len());
+        let mut totals = Vec::with_capacity(rollouts.len());
+        for (i, r) in rollouts.iter().enumerate() {
+            let kl = kl_per_token(&old.logp[i], &old.logp_ref[i], self.cfg.kl_estimator);
+            let penalty = match (r.ended, self.cfg.no_eos_penalty) {
+                (false, Some(p)) => p,
+                _ => 0.0,
+            };
+            let rw = token_rewards(scores[i] - penalty, &kl, beta);
+            totals.push(rw.iter().sum::<f64>());
+            kls.push(kl.iter().sum::<f64>());
+            rewards.push(rw);
+        }
+        if self.cfg.whiten_rewards {
+            rewards = whiten_ragged(&rewards, true);
+        }
+        let (mut advantages, mut returns) = (Vec::new(), Vec::new());
+        for (rw, v) in rewards.iter().zip(&old.values) {
+            let (a, r) = gae(rw, v, self.cfg.gamma, self.cfg.lambda);
+            advantages.push(a);
+            returns.push(r);
+        }
+        let advantages = whiten_ragged(&advantages, false);
+        let flat = |rows: &[Vec<f64>]| rows.iter().flatten().copied().collect::<Vec<f64>>();
+        let explained = explained_variance(&flat(&old.values), &flat(&returns));
+
+        let mut acc = UpdateTotals::default();
+        for epoch in 0..self.cfg.ppo_epochs {
+            let mut order: Vec<usize> = (0..rollouts.len()).collect();
+            order.shuffle(&mut self.rng(step, 100 + epoch as u64));
+            for (mb_index, mb) in order.chunks(self.cfg.minibatch).enumerate() {
+                let part = Minibatch {
+                    rollouts: mb.iter().map(|&i| &rollouts[i]).collect(),
+                    logp_old: gather(&old.logp, mb),
+                    values_old: gather(&old.values, mb),
+                    advantages: gather(&advantages, mb),
+                    returns: gather(&returns, mb),
+                };
+                let ptx_pick = (step, epoch, mb_index);
+                acc.add(self.update(step, lr, &part, ptx_pick)?);
+            }
+        }
+
+        if let Some(ctrl) = self.cfg.adaptive() {
+            self.state.beta = ctrl.update(beta, mean(&kls), rollouts.len());
+        }
+        let n = rollouts.len() as f64;
+        let stats = PpoStepStats {
+            step,
+            score: mean(&scores),
+            reward: mean(&totals),
+            kl: mean(&kls),
+            beta,
+            entropy: mean(&flat(&old.entropy)),
+            clip_frac: acc.mean(acc.clip_frac),
+            approx_kl: acc.mean(acc.approx_kl),
+            policy_loss: acc.mean(acc.policy_loss),
+            value_loss: acc.mean(acc.value_loss),
+            value_clip_frac: acc.mean(acc.value_clip_frac),
+            explained_variance: explained,
+            response_len: lens.iter().sum::<usize>() as f64 / n,
+            ended: rollouts.iter().filter(|r| r.ended).count() as f64 / n,
+            ptx_loss: (self.cfg.ptx_coef > 0.0).then(|| acc.mean(acc.ptx_loss)),
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        self.state.step = step;
+        self.state.history.push(stats.clone());
+        Ok(PpoStep {
+            stats,
+            rollouts,
+            scores,
+        })
+    }
+
+    /// Log-probabilities (policy and reference), values and entropies at rollout time.
+    fn rollout_time_outputs(&self, rollouts: &[Rollout]) -> Result<OldOutputs> {
+        let mut out = OldOutputs::default();
+        for chunk in rollouts.chunks(self.cfg.minibatch) {
+            let refs: Vec<&Rollout> = chunk.iter().collect();
+            let lens: Vec<usize> = chunk.iter().map(|r| r.response_ids.len()).collect();
+            let t = self.cfg.temperature;
+            let pol = token_outputs(&self.policy, Some(&self.value_head), &refs, t, true)?;
+            let reference = token_outputs(&self.reference, None, &refs, t, false)?;
+            out.logp.extend(split_rows(&pol.logp.detach(), &lens)?);
+            out.logp_ref
+                .extend(split_rows(&reference.logp.detach(), &lens)?);
+            let values = pol.values.context("value head output")?.detach();
+            out.values.extend(split_rows(&values, &lens)?);
+            let entropy = pol.entropy.context("entropy output")?.detach();
+            out.entropy.extend(split_rows(&entropy, &lens)?);
+        }
+        Ok(out)
+    }
+
+    /// One optimizer update on a minibatch (plus an SFT batch for PPO-ptx).
+    fn update(
+        &mut self,
+        step: usize,
+        lr: f64,
+        mb: &Minibatch,
+        ptx_pick: (usize, usize, usize),
+    ) -> Result<UpdateStats> {
+        let t = self.cfg.temperature;
+        let new = token_outputs(&self.policy, Some(&self.value_head), &mb.rollouts, t, false)?;
+        let values = new.values.context("value head output")?;
+        let vec = |v: &[f64]| {
+            let v32: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+            Tensor::from_vec(v32, v.len(), &self.device)
+        };
+        let logp_old = vec(&mb.logp_old)?;
+        let mask = Tensor::ones(mb.logp_old.len(), DType::F32, &self.device)?;
+        let (pl, clip_frac) = policy_loss(
+            &new.logp,
+            &logp_old,
+            &vec(&mb.advantages)?,
+            &mask,
+            self.cfg.clip,
+        )?;
+        let (vl, value_clip_frac) = value_loss(
+            &values,
+            &vec(&mb.values_old)?,
+            &vec(&mb.returns)?,
+            &mask,
+            self.cfg.value_clip,
+        )?;
+        let mut loss = (&pl + (&vl * self.cfg.vf_coef)?)?;
+        let mut ptx_loss = 0.0;
+        if self.cfg.ptx_coef > 0.0 {
+            let ptx = self.ptx_loss(ptx_pick)?;
+            ptx_loss = scalar(&ptx)?;
+            loss = (loss + (ptx * self.cfg.ptx_coef)?)?;
+        }
+        let value = scalar(&loss)?;
+        if !value.is_finite() {
+            return Err(self.non_finite(step, "PPO loss", value));
+        }
+        let mut grads = Gradients::new();
+        grads.accumulate(&self.vars, &loss.backward()?)?;
+        let norm = match self.cfg.max_grad_norm > 0.0 {
+            true => grads.clip_global_norm(self.cfg.max_grad_norm)?,
+            false => grads.global_norm()?,
+        };
+        if !norm.is_finite() {
+            return Err(self.non_finite(step, "gradient norm", norm));
+        }
+        self.opt.step(&self.vars, &grads, lr)?;
+        let log_ratio = (new.logp.detach() - logp_old)?;
+        let approx_kl = scalar(&(log_ratio.sqr()?.mean_all()? * 0.5)?)?;
+        Ok(UpdateStats {
+            policy_loss: scalar(&pl)?,
+            value_loss: scalar(&vl)?,
+            clip_frac,
+            value_clip_frac,
+            approx_kl,
+            ptx_loss,
+        })
+    }
+
+    /// Mean next-token loss on `minibatch` SFT examples drawn for this update.
+    fn ptx_loss(&self, pick: (usize, usize, usize)) -> Result<Tensor> {
+        let (step, epoch, mb) = pick;
+        let mut rng = self.rng(step, 1000 + (epoch * 1000 + mb) as u64);
+        let chosen: Vec<&TokenizedExample> = self
+            .ptx
+            .choose_multiple(&mut rng, self.cfg.minibatch.min(self.ptx.len()))
+            .collect();
+        let batch = Batch::new(&chosen, &self.device)?;
+        Ok((batch.nll_sum(&self.policy)? / batch.num_targets.max(1) as f64)?)
+    }
+
+    fn non_finite(&self, step: usize, what: &'static str, value: f64) -> anyhow::Error {
+        anyhow::Error::new(NonFiniteError {
+            step,
+            what,
+            value,
+            last_checkpoint: None,
+        })
+    }
+
+    /// Writes a resumable checkpoint folder: policy (base weights, LoRA adapters), value
+    /// head, optimizer moments and [`PpoState`].
+    pub fn save_checkpoint(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
+        checkpoint::write_dir_atomically(dir, |tmp| {
+            let base = self.params.base_weights();
+            checkpoint::write_model_files(tmp, self.params.config(), &base, extra_files)?;
+            if let Some(lora_cfg) = self.cfg.trainable.lora() {
+                lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
+            }
+            self.value_head.save_file(&tmp.join(VALUE_HEAD_FILE))?;
+            self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
+            std::fs::write(
+                tmp.join(PPO_STATE_FILE),
+                serde_json::to_string_pretty(&self.state)?,
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Writes the policy as a plain model folder (LoRA merged) that every stage loads.
+    pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
+        let base = self.params.base_weights();
+        let weights = match self.cfg.trainable.lora() {
+            Some(l) => lora::merge_adapters(&base, &self.params.adapter_weights(), l)?,
+            None => base,
+        };
+        checkpoint::write_dir_atomically(dir, |tmp| {
+            checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
+            self.value_head.save_file(&tmp.join(VALUE_HEAD_FILE))?;
+            std::fs::write(
+                tmp.join(PPO_STATE_FILE),
+                serde_json::to_string_pretty(&self.state)?,
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Current values of every policy tensor, LoRA adapters included (for comparisons).
+    pub fn policy_weights(&self) -> Weights {
+        let mut w = self.params.base_weights();
+        w.extend(self.params.adapter_weights());
+        w
+    }
+}
+
+/// Per-token rollout-time outputs, one vector per rollout.
+#[derive(Default)]
+struct OldOutputs {
+    logp: Vec<Vec<f64>>,
+    logp_ref: Vec<Vec<f64>>,
+    values: Vec<Vec<f64>>,
+    entropy: Vec<Vec<f64>>,
+}
+
+struct Minibatch<'a> {
+    rollouts: Vec<&'a Rollout>,
+    logp_old: Vec<f64>,
+    values_old: Vec<f64>,
+    advantages: Vec<f64>,
+    returns: Vec<f64>,
+}
+
+struct UpdateStats {
+    policy_loss: f64,
+    value_loss: f64,
+    clip_frac: f64,
+    value_clip_frac: f64,
+    approx_kl: f64,
+    ptx_loss: f64,
+}
+
+#[derive(Default)]
+struct UpdateTotals {
+    n: usize,
+    policy_loss: f64,
+    value_loss: f64,
+    clip_frac: f64,
+    value_clip_frac: f64,
+    approx_kl: f64,
+    ptx_loss: f64,
+}
+
+impl UpdateTotals {
+    fn add(&mut self, u: UpdateStats) {
+        self.n += 1;
+        self.policy_loss += u.policy_loss;
+        self.value_loss += u.value_loss;
+        self.clip_frac += u.clip_frac;
+        self.value_clip_frac += u.value_clip_frac;
+        self.approx_kl += u.approx_kl;
+        self.ptx_loss += u.ptx_loss;
+    }
+
+    fn mean(&self, total: f64) -> f64 {
+        total / self.n.max(1) as f64
+    }
+}
+
+fn gather(rows: &[Vec<f64>], pick: &[usize]) -> Vec<f64> {
+    pick.iter().flat_map(|&i| rows[i].iter().copied()).collect()
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn device_of(weights: &Weights) -> Result<Device> {
+    weights
+        .values()
+        .next()
+        .map(|t| t.device().clone())
+        .context("no weights")
+}
+
+fn prompts_fingerprint(prompts: &[Vec<u32>]) -> String {
+    let mut bytes = Vec::new();
+    for p in prompts {
+        bytes.extend((p.len() as u32).to_le_bytes());
+        for t in p {
+            bytes.extend(t.to_le_bytes());
+        }
+    }
+    format!("{:016x}", crate::llm::mock::fnv1a(&[&bytes]))
+}
