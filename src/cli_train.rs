@@ -15,6 +15,8 @@ pub enum TrainCommand {
     Sft(SftArgs),
     /// Reward model on AI and/or human preference labels, evaluated on held-out human labels.
     Rm(crate::cli_rm::RmArgs),
+    /// PPO of the SFT policy against the reward model, with a KL penalty to the SFT model.
+    Ppo(PpoArgs),
 }
 
 /// What `--trainable` names; `--top-layers` and `--lora-*` give the details.
@@ -124,4 +126,72 @@ pub struct SftArgs {
 fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("unknown schedule `{s}` (cosine, linear or constant)"))
+}
+
+/// `cai train ppo`: the flags most runs change; every other setting (clip ranges, GAE,
+/// whitening, PPO-ptx, guards…) lives in the `--config` YAML (`PpoRunConfig`, PPO settings
+/// under `ppo:`).
+#[derive(Debug, Args)]
+pub struct PpoArgs {
+    /// YAML file with any PpoRunConfig fields; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Starting policy: the `final/` folder of `cai train sft`, or any model
+    /// [default: runs/sft/final].
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Reference model of the KL penalty [default: the starting policy].
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Reward model folder (the `final/` folder of `cai train rm`).
+    #[arg(long)]
+    pub reward_model: Option<PathBuf>,
+    /// Prompts to sample responses for [default: data/sample-prompts.jsonl].
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// SFT data for PPO-ptx (set `ppo.ptx_coef` > 0 to use it).
+    #[arg(long)]
+    pub ptx_data: Option<PathBuf>,
+    /// Output folder [default: runs/ppo].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// PPO steps [default: 20].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Responses sampled per step [default: 8].
+    #[arg(long)]
+    pub rollouts: Option<usize>,
+    /// Responses per optimizer update [default: 4].
+    #[arg(long)]
+    pub minibatch: Option<usize>,
+    /// Peak learning rate [default: 1e-5].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Initial KL coefficient β [default: 0.05].
+    #[arg(long)]
+    pub kl_coef: Option<f64>,
+    /// Adaptive β with this target KL per response (nats).
+    #[arg(long)]
+    pub kl_target: Option<f64>,
+    /// New tokens per response [default: 48].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Train only the last N blocks [default: 2].
+    #[arg(long, conflicts_with = "lora_rank")]
+    pub top_layers: Option<usize>,
+    /// Train LoRA adapters of this rank (alpha = 2·rank, targets q_proj,v_proj).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// Seed of prompt order, sampling and minibatches [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Checkpoint every N steps [default: 5].
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }

@@ -19,6 +19,7 @@ pub mod llm;
 pub mod manifest;
 pub mod pairs;
 pub mod plot;
+pub mod ppo_run;
 pub mod progress;
 pub mod prompts;
 pub mod revise;
@@ -189,6 +190,35 @@ pub fn run(cli: Cli) -> Result<()> {
                     e.rejected.mean,
                     e.rejected.std
                 );
+            }
+            Ok(())
+        }
+        Command::Train(cli_train::TrainCommand::Ppo(args)) => {
+            let cfg = ppo_run::PpoRunConfig::resolve(args)?;
+            let s = ppo_run::run(&cfg)?;
+            if let (Some(a), Some(b)) = (&s.first, &s.last) {
+                eprintln!(
+                    "cai: train ppo: {} steps on {} prompts; score {:.3} -> {:.3}, KL {:.3} -> \
+                     {:.3}, response length {:.1} -> {:.1}; {:.1} s/step -> {}",
+                    s.steps,
+                    s.prompts,
+                    a.score,
+                    b.score,
+                    a.kl,
+                    b.kl,
+                    a.response_len,
+                    b.response_len,
+                    s.seconds_per_step,
+                    s.final_dir.display()
+                );
+            }
+            if !s.repeated_phrases.is_empty() {
+                let top: Vec<String> = s
+                    .repeated_phrases
+                    .iter()
+                    .map(|(p, n)| format!("\"{p}\" ×{n}"))
+                    .collect();
+                eprintln!("cai: train ppo: most repeated phrases of the last step: {}", top.join(", "));
             }
             Ok(())
         }

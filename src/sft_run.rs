@@ -345,7 +345,7 @@ fn load_examples(
 }
 
 /// Base weights in f32 with the sha256 of their file.
-fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> {
+pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> {
     let cpu = Device::Cpu;
     match ModelSpec::resolve(model)? {
         ModelSpec::GgufFile(p) => {

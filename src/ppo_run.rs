@@ -1,0 +1,505 @@
+//! `cai train ppo`: the RL stage of Constitutional AI (RL-CAI, Bai et al. 2022 §4) — PPO of
+//! the SFT policy against the reward model, with a KL penalty to the SFT model.
+//!
+//! Writes, into `--out`: `checkpoint-N/` folders that resume exactly, `final/` (the policy as
+//! a model folder every stage loads), `ppo_log.csv` (one row per step), `reward.svg`,
+//! `kl.svg`, `samples.jsonl` (responses every `sample_every` steps), `manifest.json`.
+//! Reward-hacking guards stop (or warn) when the KL or the mean response length leave their
+//! bounds; the most repeated phrases of the last responses are reported.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cli_train::PpoArgs;
+use crate::config::read_yaml;
+use crate::inputs::{read_prompts, PromptItem};
+use crate::jsonl;
+use crate::llm::local::ChatTokenizer;
+use crate::llm::spec::sha256_file;
+use crate::llm::{ModelInfo, Prompt};
+use crate::manifest::{fingerprint, now_unix, Manifest};
+use crate::plot::{line_chart, write_svg, LineSeries};
+use crate::progress;
+use crate::sft_data::{read_pairs, tokenize, RoundChoice};
+use crate::sft_run::load_base;
+use crate::train::checkpoint::{checkpoint_dir, latest_checkpoint};
+use crate::train::data::prepare_examples;
+use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
+use crate::train::ppo_config::{PpoConfig, PpoStepStats};
+use crate::train::ppo_math::repeated_phrases;
+use crate::train::ppo_rollout::Rollout;
+use crate::train::reward::RewardModel;
+use crate::train::{LoraConfig, Trainable};
+
+/// SFT examples of PPO-ptx are cut to this many tokens.
+const PTX_MAX_LEN: usize = 512;
+
+/// What a guard does when its bound is crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardAction {
+    /// Print a warning and go on.
+    Warn,
+    /// Save a checkpoint and stop with an error.
+    Stop,
+}
+
+/// Reward-hacking guards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Guards {
+    /// Bound on the mean KL per response (nats) (default 20).
+    pub max_kl: Option<f64>,
+    /// Bound on the mean response length as a multiple of the first step's (default 3).
+    pub max_length_ratio: Option<f64>,
+    pub action: GuardAction,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self {
+            max_kl: Some(20.0),
+            max_length_ratio: Some(3.0),
+            action: GuardAction::Stop,
+        }
+    }
+}
+
+/// Settings of `cai train ppo`. Unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoRunConfig {
+    /// Starting policy: normally the `cai train sft` output's `final/` folder.
+    pub policy: String,
+    /// Reference of the KL penalty (default: the starting policy).
+    pub reference: Option<String>,
+    /// Reward model folder (`cai train rm` output's `final/`).
+    pub reward_model: Option<PathBuf>,
+    /// Prompts (red-team prompts: JSONL with `prompt`/`messages`, or plain lines).
+    pub prompts: PathBuf,
+    /// SFT data for PPO-ptx (`cai revise` output or TRL SFT rows).
+    pub ptx_data: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Prompts longer than this many tokens are left out (with a warning).
+    pub max_prompt_tokens: usize,
+    /// Longest sequence the reward model reads (the response end is kept).
+    pub rm_max_len: usize,
+    /// Checkpoint every N steps (0: only the final policy) (default 5).
+    pub save_every: usize,
+    /// Write the step's responses to `samples.jsonl` every N steps (0: never) (default 5).
+    pub sample_every: usize,
+    pub guards: Guards,
+    pub resume: bool,
+    pub quiet: bool,
+    pub ppo: PpoConfig,
+}
+
+impl Default for PpoRunConfig {
+    fn default() -> Self {
+        Self {
+            policy: "runs/sft/final".into(),
+            reference: None,
+            reward_model: None,
+            prompts: PathBuf::from("data/sample-prompts.jsonl"),
+            ptx_data: None,
+            out: PathBuf::from("runs/ppo"),
+            max_prompt_tokens: 256,
+            rm_max_len: 512,
+            save_every: 5,
+            sample_every: 5,
+            guards: Guards::default(),
+            resume: false,
+            quiet: false,
+            ppo: PpoConfig::default(),
+        }
+    }
+}
+
+impl PpoRunConfig {
+    /// The config of a `cai train ppo` invocation: defaults < `--config` < flags.
+    pub fn resolve(a: PpoArgs) -> Result<Self> {
+        let mut c: Self = match &a.config {
+            Some(p) => read_yaml(p)?,
+            None => Self::default(),
+        };
+        set(&mut c.policy, a.policy);
+        c.reference = a.reference.or(c.reference);
+        c.reward_model = a.reward_model.or(c.reward_model);
+        set(&mut c.prompts, a.prompts);
+        c.ptx_data = a.ptx_data.or(c.ptx_data);
+        set(&mut c.out, a.out);
+        set(&mut c.save_every, a.save_every);
+        c.resume |= a.resume;
+        c.quiet |= a.quiet;
+        let p = &mut c.ppo;
+        set(&mut p.steps, a.steps);
+        set(&mut p.rollouts, a.rollouts);
+        set(&mut p.minibatch, a.minibatch);
+        set(&mut p.lr, a.lr);
+        set(&mut p.kl_coef, a.kl_coef);
+        p.kl_target = a.kl_target.or(p.kl_target);
+        set(&mut p.max_new_tokens, a.max_new_tokens);
+        set(&mut p.seed, a.seed);
+        if let Some(n) = a.top_layers {
+            p.trainable = Trainable::TopLayers(n);
+        }
+        if let Some(rank) = a.lora_rank {
+            p.trainable = Trainable::Lora(LoraConfig {
+                rank,
+                alpha: 2.0 * rank as f64,
+                ..LoraConfig::default()
+            });
+        }
+        p.validate()?;
+        Ok(c)
+    }
+}
+
+fn set<T>(target: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *target = v;
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PpoRunSummary {
+    pub steps: usize,
+    pub prompts: usize,
+    pub skipped_long: usize,
+    pub first: Option<PpoStepStats>,
+    pub last: Option<PpoStepStats>,
+    pub seconds_per_step: f64,
+    pub repeated_phrases: Vec<(String, usize)>,
+    pub final_dir: PathBuf,
+}
+
+/// The reward model as a PPO scorer: responses are decoded and re-tokenized with the reward
+/// model's own chat template.
+struct RmScorer<'a> {
+    rm: RewardModel,
+    rm_tok: ChatTokenizer,
+    policy_tok: &'a ChatTokenizer,
+    prompts: &'a [PromptItem],
+    max_len: usize,
+}
+
+impl Scorer for RmScorer<'_> {
+    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>> {
+        let mut seqs = Vec::with_capacity(rollouts.len());
+        for r in rollouts {
+            let text = response_text(self.policy_tok, r)?;
+            let conv = &self.prompts[r.prompt].conversation;
+            let (mut ids, _) = self.rm_tok.encode_response(conv, &text)?;
+            if ids.len() > self.max_len {
+                ids.drain(..ids.len() - self.max_len);
+            }
+            seqs.push(ids);
+        }
+        self.rm.score(&seqs, 8)
+    }
+}
+
+/// The response's text without its stop token.
+fn response_text(tok: &ChatTokenizer, r: &Rollout) -> Result<String> {
+    let ids = match r.ended {
+        true => &r.response_ids[..r.response_ids.len() - 1],
+        false => &r.response_ids[..],
+    };
+    tok.tokenizer.decode(ids)
+}
+
+/// Runs `cai train ppo`.
+pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
+    let started = now_unix();
+    let rm_dir = cfg
+        .reward_model
+        .as_deref()
+        .context("no reward model: pass --reward-model DIR (the final/ folder of cai train rm)")?;
+    let policy_tok = ChatTokenizer::open(&cfg.policy)
+        .with_context(|| format!("opening the policy {}", cfg.policy))?;
+    let items = read_prompts(&cfg.prompts)?;
+    let (prompts, token_ids, skipped_long) = encode_prompts(&policy_tok, items, cfg)?;
+    let ptx = match &cfg.ptx_data {
+        Some(path) => {
+            let set = read_pairs(path, RoundChoice::Final)?;
+            let set = tokenize(&set.pairs, &policy_tok, PTX_MAX_LEN)
+                .with_context(|| format!("tokenizing {}", path.display()))?;
+            prepare_examples(&set.examples, PTX_MAX_LEN)?.examples
+        }
+        None => Vec::new(),
+    };
+    let data = PpoData {
+        prompts: token_ids,
+        stop_ids: policy_tok.tokenizer.stop_ids.clone(),
+        ptx,
+    };
+    let reference_name = cfg.reference.as_deref().unwrap_or(&cfg.policy);
+    let (ref_config, reference, ref_sha) = load_base(reference_name)
+        .with_context(|| format!("loading the reference model {reference_name}"))?;
+    let mut trainer = match (cfg.resume, latest_checkpoint(&cfg.out)?) {
+        (true, Some(dir)) => {
+            eprintln!("cai: train ppo: resuming from {}", dir.display());
+            PpoTrainer::resume(&dir, &reference, data)?
+        }
+        (true, None) => bail!(
+            "--resume: no checkpoint-N folder in {} to continue from",
+            cfg.out.display()
+        ),
+        (false, Some(found)) => bail!(
+            "{} already holds {}: pass --resume to continue that run, or choose another --out",
+            cfg.out.display(),
+            found.display()
+        ),
+        (false, None) => {
+            let (policy_config, weights, _) = load_base(&cfg.policy)
+                .with_context(|| format!("loading the policy {}", cfg.policy))?;
+            ensure!(
+                policy_config.vocab_size == ref_config.vocab_size,
+                "the policy and the reference have different vocabularies ({} vs {})",
+                policy_config.vocab_size,
+                ref_config.vocab_size
+            );
+            PpoTrainer::new(&policy_config, weights, &reference, data, cfg.ppo.clone())?
+        }
+    };
+    let rm = RewardModel::load(rm_dir, &Device::Cpu)
+        .with_context(|| format!("loading the reward model {}", rm_dir.display()))?;
+    let rm_tok = match rm_dir.join("tokenizer.json").is_file() {
+        true => ChatTokenizer::from_folder(rm_dir)?,
+        false => ChatTokenizer::open(&rm.info.base_model)?,
+    };
+    let mut scorer = RmScorer {
+        rm,
+        rm_tok,
+        policy_tok: &policy_tok,
+        prompts: &prompts,
+        max_len: cfg.rm_max_len,
+    };
+    std::fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    let files = policy_tok.folder_files()?;
+    let extra: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (*n, b.clone())).collect();
+    let samples_path = cfg.out.join("samples.jsonl");
+    let mut samples = jsonl::Appender::open(&samples_path)?;
+
+    let total = trainer.config().steps as u64;
+    let pb = progress::bar(total, trainer.state().step as u64, "ppo", cfg.quiet);
+    let t0 = Instant::now();
+    let mut steps_run = 0usize;
+    let mut last_texts = Vec::new();
+    while !trainer.is_done() {
+        let step = trainer.step(&mut scorer)?;
+        steps_run += 1;
+        let s = &step.stats;
+        pb.set_position(s.step as u64);
+        pb.set_message(format!(
+            "score {:.3} · KL {:.3} · len {:.0} · {:.1} s/step",
+            s.score, s.kl, s.response_len, s.seconds
+        ));
+        write_log(&cfg.out, &trainer.state().history)?;
+        last_texts = step
+            .rollouts
+            .iter()
+            .map(|r| response_text(&policy_tok, r))
+            .collect::<Result<_>>()?;
+        if cfg.sample_every > 0 && s.step % cfg.sample_every == 0 {
+            for ((r, text), score) in step.rollouts.iter().zip(&last_texts).zip(&step.scores) {
+                samples.append(&json!({
+                    "step": s.step,
+                    "prompt": prompts[r.prompt].conversation.last().map(|m| &m.content),
+                    "response": text,
+                    "score": score,
+                    "ended": r.ended,
+                }))?;
+            }
+        }
+        let is_last = trainer.is_done();
+        if cfg.save_every > 0 && (s.step % cfg.save_every == 0 || is_last) {
+            trainer.save_checkpoint(&checkpoint_dir(&cfg.out, s.step), &extra)?;
+        }
+        if let Some(problem) = guard_problem(&cfg.guards, &trainer.state().history) {
+            match cfg.guards.action {
+                GuardAction::Warn => progress::warn(&pb, &format!("warning: {problem}")),
+                GuardAction::Stop => {
+                    let dir = checkpoint_dir(&cfg.out, s.step);
+                    trainer.save_checkpoint(&dir, &extra)?;
+                    pb.finish_and_clear();
+                    bail!(
+                        "step {}: {problem}; stopped (guards.action: stop). The state is in {}; \
+                         raise the bound or set guards.action to warn, then --resume",
+                        s.step,
+                        dir.display()
+                    );
+                }
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let final_dir = cfg.out.join("final");
+    trainer.save_final(&final_dir, &extra)?;
+    let history = trainer.state().history.clone();
+    write_charts(&cfg.out, &history)?;
+    let repeated = repeated_phrases(&last_texts, 3, 5);
+    let seconds_per_step = match steps_run {
+        0 => 0.0,
+        n => t0.elapsed().as_secs_f64() / n as f64,
+    };
+    let summary = PpoRunSummary {
+        steps: history.len(),
+        prompts: prompts.len(),
+        skipped_long,
+        first: history.first().cloned(),
+        last: history.last().cloned(),
+        seconds_per_step,
+        repeated_phrases: repeated,
+        final_dir,
+    };
+    write_manifest(cfg, &summary, started, ref_sha, &policy_tok)?;
+    Ok(summary)
+}
+
+/// Tokenizes the prompts with the generation prompt open; drops those over the limit.
+fn encode_prompts(
+    tok: &ChatTokenizer,
+    items: Vec<PromptItem>,
+    cfg: &PpoRunConfig,
+) -> Result<(Vec<PromptItem>, Vec<Vec<u32>>, usize)> {
+    let (mut kept, mut ids, mut skipped) = (Vec::new(), Vec::new(), 0);
+    for item in items {
+        let prompt = Prompt {
+            messages: item.conversation.clone(),
+            prefill: String::new(),
+        };
+        let t = tok
+            .encode_prompt(&prompt)
+            .with_context(|| format!("{}:{}", cfg.prompts.display(), item.line))?;
+        if t.len() > cfg.max_prompt_tokens {
+            skipped += 1;
+            continue;
+        }
+        kept.push(item);
+        ids.push(t);
+    }
+    if skipped > 0 {
+        eprintln!(
+            "cai: train ppo: {skipped} prompt(s) of {} longer than max_prompt_tokens {} left out",
+            cfg.prompts.display(),
+            cfg.max_prompt_tokens
+        );
+    }
+    ensure!(
+        !kept.is_empty(),
+        "{}: no prompt fits in max_prompt_tokens {}",
+        cfg.prompts.display(),
+        cfg.max_prompt_tokens
+    );
+    Ok((kept, ids, skipped))
+}
+
+/// The first guard the latest step breaks, if any.
+fn guard_problem(g: &Guards, history: &[PpoStepStats]) -> Option<String> {
+    let (first, last) = (history.first()?, history.last()?);
+    if let Some(max) = g.max_kl.filter(|m| last.kl > *m) {
+        return Some(format!(
+            "mean KL to the reference {:.3} nats exceeds guards.max_kl {max}",
+            last.kl
+        ));
+    }
+    if let Some(ratio) = g.max_length_ratio {
+        if last.response_len > ratio * first.response_len.max(1.0) {
+            return Some(format!(
+                "mean response length {:.1} tokens is over {ratio}× the first step's {:.1}",
+                last.response_len, first.response_len
+            ));
+        }
+    }
+    None
+}
+
+const LOG_HEADER: &str = "step,score,reward,kl,beta,entropy,clip_frac,approx_kl,policy_loss,\
+value_loss,value_clip_frac,explained_variance,response_len,ended,ptx_loss,lr,seconds";
+
+/// Rewrites `ppo_log.csv` from the run's history (a resumed run's history is complete).
+fn write_log(out: &Path, history: &[PpoStepStats]) -> Result<()> {
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    let mut text = format!("{LOG_HEADER}\n");
+    for s in history {
+        text.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.2},{:.3},{},{:.3e},{:.3}\n",
+            s.step,
+            s.score,
+            s.reward,
+            s.kl,
+            s.beta,
+            s.entropy,
+            s.clip_frac,
+            s.approx_kl,
+            s.policy_loss,
+            s.value_loss,
+            s.value_clip_frac,
+            opt(s.explained_variance),
+            s.response_len,
+            s.ended,
+            opt(s.ptx_loss),
+            s.lr,
+            s.seconds
+        ));
+    }
+    let path = out.join("ppo_log.csv");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_charts(out: &Path, history: &[PpoStepStats]) -> Result<()> {
+    let pts = |f: &dyn Fn(&PpoStepStats) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|s| (s.step as f64, f(s))).collect()
+    };
+    let reward = [
+        LineSeries::new("reward-model score", pts(&|s| s.score)),
+        LineSeries::new("total reward (score − β·KL)", pts(&|s| s.reward)),
+    ];
+    write_svg(
+        &out.join("reward.svg"),
+        &line_chart("PPO reward", "step", "mean per response", &reward),
+    )?;
+    let kl = [LineSeries::new("KL to the reference", pts(&|s| s.kl))];
+    write_svg(
+        &out.join("kl.svg"),
+        &line_chart("PPO KL", "step", "nats per response", &kl),
+    )
+}
+
+fn write_manifest(
+    cfg: &PpoRunConfig,
+    summary: &PpoRunSummary,
+    started: u64,
+    ref_sha: Option<String>,
+    tok: &ChatTokenizer,
+) -> Result<()> {
+    let config = serde_json::to_value(cfg)?;
+    let prompts_sha = sha256_file(&cfg.prompts)?;
+    let manifest = Manifest {
+        cai_version: env!("CARGO_PKG_VERSION").to_string(),
+        command: "train ppo".into(),
+        fingerprint: fingerprint(&[&config, &json!(prompts_sha), &json!(ref_sha)]),
+        config,
+        constitution: None,
+        model: ModelInfo {
+            backend: "local".into(),
+            name: cfg.policy.clone(),
+            sha256: ref_sha,
+            context: tok.context,
+        },
+        started_unix: started,
+        finished_unix: Some(now_unix()),
+        stats: serde_json::to_value(summary)?,
+    };
+    let path = cfg.out.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
