@@ -31,6 +31,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// Inference speed of the local backend (and of llama.cpp when installed), in one run.
     Bench(BenchArgs),
+    /// Two policies answer held-out prompts; the AI labeler (both orders) and the reward
+    /// model judge: win rates with 95 % intervals and a Markdown report.
+    Eval(crate::cli_eval::EvalArgs),
     /// Train a model: `cai train sft` (SL-CAI) or `cai train rm` (reward model).
     #[command(subcommand)]
     Train(crate::cli_train::TrainCommand),

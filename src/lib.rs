@@ -5,12 +5,14 @@
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod cli_eval;
 pub mod cli_export;
 pub mod cli_rm;
 pub mod cli_train;
 pub mod compare;
 pub mod config;
 pub mod constitution;
+pub mod eval;
 pub mod export;
 pub mod inputs;
 pub mod jsonl;
@@ -218,8 +220,33 @@ pub fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|(p, n)| format!("\"{p}\" ×{n}"))
                     .collect();
-                eprintln!("cai: train ppo: most repeated phrases of the last step: {}", top.join(", "));
+                eprintln!(
+                    "cai: train ppo: most repeated phrases of the last step: {}",
+                    top.join(", ")
+                );
             }
+            Ok(())
+        }
+        Command::Eval(args) => {
+            let cfg = eval::EvalConfig::resolve(args)?;
+            let r = eval::run(&cfg)?;
+            let w = r.labeler_win_rate;
+            eprintln!(
+                "cai: eval: {} pairs; A wins {:.1} % [{:.1}, {:.1}] by the AI labeler{} -> {}",
+                r.pairs,
+                100.0 * w.rate,
+                100.0 * w.low,
+                100.0 * w.high,
+                r.reward_win_rate
+                    .map(|w| format!(
+                        ", {:.1} % [{:.1}, {:.1}] by reward",
+                        100.0 * w.rate,
+                        100.0 * w.low,
+                        100.0 * w.high
+                    ))
+                    .unwrap_or_default(),
+                cfg.out.join("report.md").display()
+            );
             Ok(())
         }
         Command::Score(args) => {

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -25,6 +24,7 @@ use crate::llm::{ModelInfo, Prompt};
 use crate::manifest::{fingerprint, now_unix, Manifest};
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
+use crate::score::TextRewardModel;
 use crate::sft_data::{read_pairs, tokenize, RoundChoice};
 use crate::sft_run::load_base;
 use crate::train::checkpoint::{checkpoint_dir, latest_checkpoint};
@@ -33,7 +33,6 @@ use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
 use crate::train::ppo_config::{PpoConfig, PpoStepStats};
 use crate::train::ppo_math::repeated_phrases;
 use crate::train::ppo_rollout::Rollout;
-use crate::train::reward::RewardModel;
 use crate::train::{LoraConfig, Trainable};
 
 /// SFT examples of PPO-ptx are cut to this many tokens.
@@ -179,29 +178,26 @@ pub struct PpoRunSummary {
     pub final_dir: PathBuf,
 }
 
-/// The reward model as a PPO scorer: responses are decoded and re-tokenized with the reward
-/// model's own chat template.
+/// The reward model as a PPO scorer: responses are decoded and scored as text, so the
+/// reward model may use another tokenizer than the policy.
 struct RmScorer<'a> {
-    rm: RewardModel,
-    rm_tok: ChatTokenizer,
+    rm: TextRewardModel,
     policy_tok: &'a ChatTokenizer,
     prompts: &'a [PromptItem],
-    max_len: usize,
 }
 
 impl Scorer for RmScorer<'_> {
     fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>> {
-        let mut seqs = Vec::with_capacity(rollouts.len());
-        for r in rollouts {
-            let text = response_text(self.policy_tok, r)?;
-            let conv = &self.prompts[r.prompt].conversation;
-            let (mut ids, _) = self.rm_tok.encode_response(conv, &text)?;
-            if ids.len() > self.max_len {
-                ids.drain(..ids.len() - self.max_len);
-            }
-            seqs.push(ids);
-        }
-        self.rm.score(&seqs, 8)
+        let texts: Vec<String> = rollouts
+            .iter()
+            .map(|r| response_text(self.policy_tok, r))
+            .collect::<Result<_>>()?;
+        let items: Vec<(&[crate::chat::ChatMessage], &str)> = rollouts
+            .iter()
+            .zip(&texts)
+            .map(|(r, t)| (self.prompts[r.prompt].conversation.as_slice(), t.as_str()))
+            .collect();
+        self.rm.score(&items, 8)
     }
 }
 
@@ -268,18 +264,10 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
             PpoTrainer::new(&policy_config, weights, &reference, data, cfg.ppo.clone())?
         }
     };
-    let rm = RewardModel::load(rm_dir, &Device::Cpu)
-        .with_context(|| format!("loading the reward model {}", rm_dir.display()))?;
-    let rm_tok = match rm_dir.join("tokenizer.json").is_file() {
-        true => ChatTokenizer::from_folder(rm_dir)?,
-        false => ChatTokenizer::open(&rm.info.base_model)?,
-    };
     let mut scorer = RmScorer {
-        rm,
-        rm_tok,
+        rm: TextRewardModel::open(rm_dir, cfg.rm_max_len)?,
         policy_tok: &policy_tok,
         prompts: &prompts,
-        max_len: cfg.rm_max_len,
     };
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;

@@ -35,7 +35,7 @@ pub struct SampleConfig {
     pub model: String,
     /// Server settings of `--backend openai`.
     pub openai: OpenaiConfig,
-    /// Responses per prompt.
+    /// Responses per prompt (1 samples responses without pairs, as `cai eval` does).
     pub k: usize,
     /// Pairs kept per prompt (drawn at random); `None` keeps all K·(K−1)/2.
     pub pairs_per_prompt: Option<usize>,
@@ -105,8 +105,8 @@ pub fn choose_pairs(k: usize, keep: Option<usize>, seed: u64) -> Vec<(usize, usi
 
 /// Runs `cai sample`.
 pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
-    if cfg.k < 2 {
-        bail!("k must be at least 2 to make pairs");
+    if cfg.k == 0 {
+        bail!("k must be at least 1 (2 or more to make pairs)");
     }
     let mut items = read_prompts(&cfg.prompts)?;
     if let Some(n) = cfg.limit {

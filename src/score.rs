@@ -45,22 +45,43 @@ pub struct ScoreSummary {
     pub accuracy: Option<f64>,
 }
 
-/// The tokenizer of a reward-model folder: its own `tokenizer.json`, else its base model's.
-fn tokenizer_of(rm: &RewardModel, dir: &Path) -> Result<ChatTokenizer> {
-    if dir.join("tokenizer.json").is_file() {
-        ChatTokenizer::from_folder(dir)
-    } else {
-        ChatTokenizer::open(&rm.info.base_model)
-            .with_context(|| format!("opening the base model {}", rm.info.base_model))
-    }
+/// A reward model that scores (conversation, response) texts: the model folder, its
+/// tokenizer (its own `tokenizer.json`, else its base model's) and the longest sequence read
+/// (the end of a longer one is kept: that is where the reward is read).
+pub struct TextRewardModel {
+    rm: RewardModel,
+    tok: ChatTokenizer,
+    max_len: usize,
 }
 
-/// Keeps the last `max_len` tokens, where the reward is read.
-fn tail(mut ids: Vec<u32>, max_len: usize) -> Vec<u32> {
-    if ids.len() > max_len {
-        ids.drain(..ids.len() - max_len);
+impl TextRewardModel {
+    pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
+        let rm = RewardModel::load(dir, &Device::cuda_if_available(0)?)
+            .with_context(|| format!("loading the reward model {}", dir.display()))?;
+        let tok = if dir.join("tokenizer.json").is_file() {
+            ChatTokenizer::from_folder(dir)?
+        } else {
+            ChatTokenizer::open(&rm.info.base_model)
+                .with_context(|| format!("opening the base model {}", rm.info.base_model))?
+        };
+        Ok(Self { rm, tok, max_len })
     }
-    ids
+
+    /// Rewards of `(conversation, response)` items, `batch_size` sequences at a time.
+    pub fn score(&self, items: &[(&[ChatMessage], &str)], batch_size: usize) -> Result<Vec<f64>> {
+        let mut seqs = Vec::with_capacity(items.len());
+        for (i, (conversation, response)) in items.iter().enumerate() {
+            let (mut ids, _) = self
+                .tok
+                .encode_response(conversation, response)
+                .with_context(|| format!("item {}", i + 1))?;
+            if ids.len() > self.max_len {
+                ids.drain(..ids.len() - self.max_len);
+            }
+            seqs.push(ids);
+        }
+        self.rm.score(&seqs, batch_size)
+    }
 }
 
 /// A single-response row: its conversation and response.
@@ -79,22 +100,24 @@ fn single_row(v: &Value) -> Result<(Vec<ChatMessage>, String)> {
 
 /// Runs `cai score`.
 pub fn run(a: &ScoreArgs) -> Result<ScoreSummary> {
-    let device = Device::cuda_if_available(0)?;
-    let rm = RewardModel::load(&a.rm, &device)?;
-    let tok = tokenizer_of(&rm, &a.rm)?;
+    let rm = TextRewardModel::open(&a.rm, a.max_len)?;
     let rows = jsonl::read::<Value>(&a.pairs)?;
     let singles = rows
         .first()
         .is_some_and(|r| r.value.get("response").is_some());
     if singles {
-        let mut seqs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let at = || format!("{}:{}", a.pairs.display(), row.number);
-            let (conv, response) = single_row(&row.value).with_context(at)?;
-            let (ids, _) = tok.encode_response(&conv, &response).with_context(at)?;
-            seqs.push(tail(ids, a.max_len));
-        }
-        let rewards = rm.score(&seqs, a.batch_size)?;
+        let parsed: Vec<(Vec<ChatMessage>, String)> = rows
+            .iter()
+            .map(|row| {
+                single_row(&row.value)
+                    .with_context(|| format!("{}:{}", a.pairs.display(), row.number))
+            })
+            .collect::<Result<_>>()?;
+        let items: Vec<(&[ChatMessage], &str)> = parsed
+            .iter()
+            .map(|(c, r)| (c.as_slice(), r.as_str()))
+            .collect();
+        let rewards = rm.score(&items, a.batch_size)?;
         let out = rows.iter().zip(rewards).map(|(row, reward)| ResponseScore {
             line: row.number,
             reward,
@@ -106,16 +129,16 @@ pub fn run(a: &ScoreArgs) -> Result<ScoreSummary> {
         });
     }
     let pairs = read_pairs(&a.pairs)?;
-    let mut seqs = Vec::with_capacity(2 * pairs.len());
-    for p in &pairs {
-        for r in [&p.response_a, &p.response_b] {
-            let (ids, _) = tok
-                .encode_response(&p.conversation, r)
-                .with_context(|| format!("{}:{}", a.pairs.display(), p.source_line))?;
-            seqs.push(tail(ids, a.max_len));
-        }
-    }
-    let rewards = rm.score(&seqs, a.batch_size)?;
+    let items: Vec<(&[ChatMessage], &str)> = pairs
+        .iter()
+        .flat_map(|p| {
+            [
+                (p.conversation.as_slice(), p.response_a.as_str()),
+                (p.conversation.as_slice(), p.response_b.as_str()),
+            ]
+        })
+        .collect();
+    let rewards = rm.score(&items, a.batch_size)?;
     let (mut correct, mut decided) = (0.0, 0usize);
     let out: Vec<PairScore> = pairs
         .iter()

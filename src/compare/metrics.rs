@@ -41,6 +41,20 @@ pub fn agreement_score(ai_p: f64, human_p: f64) -> Option<f64> {
     })
 }
 
+/// The 95 % Wilson score interval of a proportion: `successes` of `n` (successes may be
+/// fractional, e.g. ties counted as half). `(0, 1)` when `n` is 0.
+pub fn wilson_interval(successes: f64, n: f64) -> (f64, f64) {
+    if n <= 0.0 {
+        return (0.0, 1.0);
+    }
+    const Z: f64 = 1.959_963_984_540_054;
+    let p = successes / n;
+    let denom = 1.0 + Z * Z / n;
+    let centre = (p + Z * Z / (2.0 * n)) / denom;
+    let half = Z * (p * (1.0 - p) / n + Z * Z / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 /// Mean of `xs`, `None` when empty.
 pub fn mean(xs: &[f64]) -> Option<f64> {
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
@@ -441,5 +455,15 @@ mod tests {
             got,
             [(1, Some(1.0)), (2, Some(0.5)), (0, None), (1, Some(0.5))]
         );
+    }
+
+    #[test]
+    fn wilson_interval_matches_hand_values() {
+        let (lo, hi) = wilson_interval(5.0, 10.0);
+        assert!((lo - 0.236_593).abs() < 1e-5 && (hi - 0.763_407).abs() < 1e-5);
+        let (lo, hi) = wilson_interval(0.0, 10.0);
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.277_535).abs() < 1e-5);
+        assert_eq!(wilson_interval(0.0, 0.0), (0.0, 1.0));
     }
 }
