@@ -138,19 +138,29 @@ impl TrainRmConfig {
     }
 }
 
-/// Splits off the last conversations holding about `fraction` of the pairs.
+/// Splits off the last conversations (in order of last appearance) holding about `fraction`
+/// of the pairs; at least one conversation always stays for training.
 fn split_by_conversation(pairs: Vec<TextPair>, fraction: f64) -> (Vec<TextPair>, Vec<TextPair>) {
     let want = (pairs.len() as f64 * fraction).ceil() as usize;
-    let mut held: Vec<&[crate::chat::ChatMessage]> = Vec::new();
-    for (count, p) in pairs.iter().rev().enumerate() {
-        if !held.contains(&p.conversation.as_slice()) {
-            if count >= want {
-                break;
-            }
-            held.push(&p.conversation);
+    let mut convs: Vec<(&[crate::chat::ChatMessage], usize)> = Vec::new();
+    for p in pairs.iter().rev() {
+        match convs
+            .iter_mut()
+            .find(|(c, _)| *c == p.conversation.as_slice())
+        {
+            Some((_, n)) => *n += 1,
+            None => convs.push((&p.conversation, 1)),
         }
     }
-    let held: Vec<Vec<_>> = held.into_iter().map(<[_]>::to_vec).collect();
+    let mut held: Vec<Vec<crate::chat::ChatMessage>> = Vec::new();
+    let mut count = 0;
+    for (conv, n) in convs.iter().take(convs.len().saturating_sub(1)) {
+        if count >= want {
+            break;
+        }
+        held.push(conv.to_vec());
+        count += n;
+    }
     pairs
         .into_iter()
         .partition(|p| !held.contains(&p.conversation))
@@ -343,4 +353,37 @@ fn write_report(out: &Path, state: &RewardTrainerState, s: &RmSummary) -> Result
         plot::write_svg(&out.join("rewards.svg"), &hist)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::ChatMessage;
+
+    fn pair(conv: &str) -> TextPair {
+        TextPair {
+            conversation: vec![ChatMessage::user(conv)],
+            response_a: "a".into(),
+            response_b: "b".into(),
+            p_a: 1.0,
+            weight: 1.0,
+            origin: conv.into(),
+        }
+    }
+
+    #[test]
+    fn the_split_keeps_conversations_whole_and_one_for_training() {
+        // 8 pairs over conversations x (3), y (3), z (2), interleaved; 25 % = 2 pairs.
+        let names = ["x", "y", "z", "x", "y", "z", "x", "y"];
+        let (train, held) = split_by_conversation(names.map(pair).to_vec(), 0.25);
+        // The last conversation to appear is y (3 pairs): enough.
+        assert_eq!(held.len(), 3);
+        assert!(held.iter().all(|p| p.origin == "y"));
+        assert_eq!(train.len(), 5);
+        // Even a fraction of 1 leaves one conversation to train on.
+        let (train, held) = split_by_conversation(names.map(pair).to_vec(), 1.0);
+        // (by last appearance: y, x, then z, which stays).
+        assert_eq!((train.len(), held.len()), (2, 6));
+        assert!(train.iter().all(|p| p.origin == "z"));
+    }
 }

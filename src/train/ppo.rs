@@ -33,8 +33,9 @@ use super::reward::RewardHead;
 use super::trainer::epoch_order;
 use super::{model_from_weights, LlamaConfig, NonFiniteError, Weights};
 
-/// Trainer state file of a PPO checkpoint.
-pub const PPO_STATE_FILE: &str = "ppo_state.json";
+/// Trainer state file of a PPO checkpoint (the name every checkpoint folder uses, so
+/// [`checkpoint::latest_checkpoint`] finds it).
+pub const PPO_STATE_FILE: &str = checkpoint::TRAINER_STATE_FILE;
 /// Value-head file of a PPO checkpoint.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
 

@@ -183,7 +183,10 @@ impl RewardTrainer {
         saved: Option<RewardTrainerState>,
     ) -> Result<Self> {
         cfg.train.validate()?;
-        ensure!(!train.is_empty(), "no training pairs");
+        ensure!(
+            !train.is_empty(),
+            "no training pairs (every pair is held out or was dropped as a tie)"
+        );
         let t = &cfg.train;
         let first = group_batches(&train, t.batch_size, t.seed, 0);
         let fingerprint = fingerprint(&train);
