@@ -309,6 +309,13 @@ pub struct SampleArgs {
     pub top_p: f64,
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
+    /// Best-of-N: sample N responses per prompt (sets --k), score them with
+    /// --reward-model and mark the best; writes X.best.jsonl and no pairs.
+    #[arg(long, requires = "reward_model")]
+    pub best_of: Option<usize>,
+    /// Reward model folder (`final/` of `cai train rm`) for --best-of.
+    #[arg(long, requires = "best_of")]
+    pub reward_model: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 8)]

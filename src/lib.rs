@@ -73,8 +73,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     a.model.server.apply(&mut o);
                     o
                 },
-                k: a.k,
+                k: a.best_of.unwrap_or(a.k),
                 pairs_per_prompt: a.pairs_per_prompt,
+                best_of_rm: a.reward_model,
                 sampling: llm::SamplingParams {
                     temperature: a.temperature,
                     top_p: a.top_p,

@@ -22,6 +22,7 @@ use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
     open_backend_with, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
 };
+use crate::score::TextRewardModel;
 use crate::stage::StageOutput;
 use crate::{jsonl, progress};
 
@@ -40,6 +41,9 @@ pub struct SampleConfig {
     /// Pairs kept per prompt (drawn at random); `None` keeps all K·(K−1)/2.
     pub pairs_per_prompt: Option<usize>,
     pub sampling: SamplingParams,
+    /// Best-of-N: score the K responses with this reward model folder, record their
+    /// rewards and the best one's index, write `X.best.jsonl` and make no pairs.
+    pub best_of_rm: Option<PathBuf>,
     pub seed: u64,
     pub batch_size: usize,
     pub limit: Option<usize>,
@@ -62,6 +66,7 @@ impl Default for SampleConfig {
                 max_tokens: 128,
                 stop: Vec::new(),
             },
+            best_of_rm: None,
             seed: 0,
             batch_size: 8,
             limit: None,
@@ -78,6 +83,11 @@ pub struct SampleRecord {
     pub responses: Vec<String>,
     /// Index pairs (i, j) offered for labelling.
     pub pairs: Vec<(usize, usize)>,
+    /// Best-of-N: the reward of each response, and the index of the highest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -113,6 +123,10 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
         items.truncate(n);
     }
     let backend = open_backend_with(cfg.backend, &cfg.model, &cfg.openai)?;
+    let rm = match &cfg.best_of_rm {
+        Some(dir) => Some(TextRewardModel::open(dir, 512)?),
+        None => None,
+    };
     let ignore = ["out", "batch_size", "limit", "quiet", "prompts"];
     let fp = crate::stage::fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
     let mut output = StageOutput::open("sample", &cfg.out, cfg, None, backend.as_ref(), fp)?;
@@ -143,20 +157,28 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
             match res {
                 Ok(g) => {
                     stats.generated_tokens += g.completions.iter().map(|c| c.tokens).sum::<usize>();
-                    let record = SampleRecord {
+                    let responses: Vec<String> = g
+                        .completions
+                        .iter()
+                        .map(|c| c.text.trim().to_string())
+                        .collect();
+                    let mut record = SampleRecord {
                         id: item.id.clone(),
                         conversation: item.conversation.clone(),
-                        responses: g
-                            .completions
-                            .iter()
-                            .map(|c| c.text.trim().to_string())
-                            .collect(),
                         pairs: choose_pairs(
                             cfg.k,
                             cfg.pairs_per_prompt,
                             fnv1a(&[&cfg.seed.to_le_bytes(), item.id.as_bytes(), b"pairs"]),
                         ),
+                        responses,
+                        rewards: None,
+                        best: None,
                     };
+                    if let Some(rm) = &rm {
+                        best_of(rm, &mut record).with_context(|| {
+                            format!("{}:{}: scoring", cfg.prompts.display(), item.line)
+                        })?;
+                    }
                     output.appender.append(&record)?;
                     stats.written += 1;
                 }
@@ -183,7 +205,47 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
     pb.finish_and_clear();
     output.update(&stats, backend.as_ref(), true)?;
     write_pairs(cfg)?;
+    if rm.is_some() {
+        write_best(cfg)?;
+    }
     Ok(stats)
+}
+
+/// Scores every response of `record`, keeps the rewards and the best index, drops the pairs.
+fn best_of(rm: &TextRewardModel, record: &mut SampleRecord) -> Result<()> {
+    let items: Vec<(&[ChatMessage], &str)> = record
+        .responses
+        .iter()
+        .map(|r| (record.conversation.as_slice(), r.as_str()))
+        .collect();
+    let rewards = rm.score(&items, 8)?;
+    record.best = rewards
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i);
+    record.rewards = Some(rewards);
+    record.pairs.clear();
+    Ok(())
+}
+
+/// `X.jsonl` -> `X.best.jsonl`: the best response of each prompt with its reward (rows that
+/// `cai score` and `cai train sft` read).
+fn write_best(cfg: &SampleConfig) -> Result<()> {
+    let records: Vec<SampleRecord> = jsonl::read_resumable(&cfg.out)?;
+    let rows = records.iter().filter_map(|r| {
+        let best = r.best?;
+        Some(json!({
+            "id": r.id,
+            "conversation": r.conversation,
+            "messages": r.conversation.iter().cloned()
+                .chain([ChatMessage::assistant(r.responses[best].as_str())])
+                .collect::<Vec<_>>(),
+            "response": r.responses[best],
+            "reward": r.rewards.as_ref().map(|w| w[best]),
+        }))
+    });
+    jsonl::write_all(&cfg.out.with_extension("best.jsonl"), rows)
 }
 
 /// `X.jsonl` -> `X.pairs.jsonl`: rows `cai label` reads (conversation, response_a, response_b).

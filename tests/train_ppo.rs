@@ -80,7 +80,7 @@ fn curve(path: &Path) -> Vec<String> {
 }
 
 #[test]
-fn ppo_trains_resumes_exactly_and_eval_compares_policies() {
+fn best_of_n_ppo_with_exact_resume_and_eval() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     tiny::tiny_model(d);
@@ -106,6 +106,45 @@ fn ppo_trains_resumes_exactly_and_eval_compares_policies() {
         "0.25",
         "--quiet",
     ]));
+
+    // Best-of-N with the same reward model: all N rewards kept, the best marked.
+    ok(cai(d).args([
+        "sample",
+        "--prompts",
+        "prompts.jsonl",
+        "--out",
+        "bo.jsonl",
+        "--model",
+        "base",
+        "--best-of",
+        "3",
+        "--reward-model",
+        "rm/final",
+        "--max-tokens",
+        "6",
+        "--quiet",
+    ]));
+    let text = std::fs::read_to_string(d.join("bo.jsonl")).unwrap();
+    for line in text.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let rewards: Vec<f64> = serde_json::from_value(r["rewards"].clone()).unwrap();
+        assert_eq!(rewards.len(), 3);
+        let best = r["best"].as_u64().unwrap() as usize;
+        assert!(rewards.iter().all(|w| *w <= rewards[best]), "{line}");
+        assert!(r["pairs"].as_array().unwrap().is_empty());
+    }
+    let best = std::fs::read_to_string(d.join("bo.best.jsonl")).unwrap();
+    assert_eq!(best.lines().count(), 4);
+    let err = fails(cai(d).args([
+        "sample",
+        "--prompts",
+        "prompts.jsonl",
+        "--out",
+        "x.jsonl",
+        "--best-of",
+        "2",
+    ]));
+    assert!(err.contains("--reward-model"), "{err}");
 
     // Missing reward model and a resume without checkpoint are clear errors.
     let err = fails(cai(d).args(["train", "ppo", "--policy", "base", "--out", "x", "--quiet"]));
