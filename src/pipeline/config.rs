@@ -150,8 +150,8 @@ impl PipelineConfig {
         let mut cfg: Self = crate::config::read_yaml(path)?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        let value: serde_yaml::Value = serde_yaml::from_str(&text)
-            .with_context(|| format!("{}: not YAML", path.display()))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(&text).with_context(|| format!("{}: not YAML", path.display()))?;
         collect_keys(&value, "", &mut cfg.written);
         cfg.source = Some((path.to_path_buf(), text));
         cfg.validate()?;
@@ -165,10 +165,7 @@ impl PipelineConfig {
 
     /// Stages with a section, in pipeline order.
     pub fn enabled(&self) -> Vec<Stage> {
-        Stage::ALL
-            .into_iter()
-            .filter(|s| self.has(*s))
-            .collect()
+        Stage::ALL.into_iter().filter(|s| self.has(*s)).collect()
     }
 
     /// Whether the stage's section is present.
@@ -227,7 +224,8 @@ impl PipelineConfig {
             }
         }
         self.check_inputs()?;
-        let weights = std::iter::once(self.mix.ai_labels).chain(self.mix.human.iter().map(|d| d.weight));
+        let weights =
+            std::iter::once(self.mix.ai_labels).chain(self.mix.human.iter().map(|d| d.weight));
         for w in weights {
             if !(w.is_finite() && w > 0.0) {
                 bail!(
@@ -313,19 +311,37 @@ mod tests {
     fn unknown_and_wired_keys_are_refused_with_their_place() {
         let err = format!("{:#}", parse("seed: 1\nlabel:\n  sed: 2\n").unwrap_err());
         assert!(err.contains("p.yaml:3:") && err.contains("sed"), "{err}");
-        assert!(err.contains("expected one of") && err.contains("`seed`"), "{err}");
+        assert!(
+            err.contains("expected one of") && err.contains("`seed`"),
+            "{err}"
+        );
         let err = format!("{:#}", parse("runs: x\n").unwrap_err());
-        assert!(err.contains("run_dir") && err.contains("p.yaml:1:"), "{err}");
+        assert!(
+            err.contains("run_dir") && err.contains("p.yaml:1:"),
+            "{err}"
+        );
         let err = format!("{:#}", parse("revise:\n  out: x.jsonl\n").unwrap_err());
-        assert!(err.contains("p.yaml:2:3") && err.contains("`revise.out`"), "{err}");
-        let err = format!("{:#}", parse("revise:\nsft:\n  data: d.jsonl\n").unwrap_err());
-        assert!(err.contains("`sft.data` comes from the `revise` stage"), "{err}");
+        assert!(
+            err.contains("p.yaml:2:3") && err.contains("`revise.out`"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse("revise:\nsft:\n  data: d.jsonl\n").unwrap_err()
+        );
+        assert!(
+            err.contains("`sft.data` comes from the `revise` stage"),
+            "{err}"
+        );
         let err = format!("{:#}", parse("sft:\n").unwrap_err());
         assert!(err.contains("`sft.data`"), "{err}");
         let err = format!("{:#}", parse("rm:\n").unwrap_err());
         assert!(err.contains("mix.human"), "{err}");
         let err = format!("{:#}", parse("revise:\nppo:\n  steps: 3\n").unwrap_err());
-        assert!(err.contains("not available") && err.contains("p.yaml:2:"), "{err}");
+        assert!(
+            err.contains("not available") && err.contains("p.yaml:2:"),
+            "{err}"
+        );
         let err = format!("{:#}", parse("seed: 1\n").unwrap_err());
         assert!(err.contains("no stage enabled"), "{err}");
         let err = format!(

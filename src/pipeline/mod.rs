@@ -9,11 +9,9 @@
 //! fingerprint left them (records already written, the latest training checkpoint), or from
 //! an emptied stage folder when the fingerprint changed.
 //!
-//! - [`config`]: the YAML file and its checks;
-//! - [`plan`]: the stage configs with their wiring (inputs, outputs in the run folder);
-//! - [`state`]: hashes, fingerprints, done and attempt files;
-//! - [`runner`]: skip, resume or run each stage;
-//! - [`report`]: `report.md`.
+//! Modules: [`config`] (the YAML file and its checks), [`plan`] (the stage configs with their
+//! wiring: inputs, outputs in the run folder), [`state`] (hashes, fingerprints, done and
+//! attempt files), [`runner`] (skip, resume or run each stage) and [`report`] (`report.md`).
 
 pub mod config;
 pub mod plan;

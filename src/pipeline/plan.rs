@@ -19,9 +19,9 @@ use crate::sample::SampleConfig;
 use crate::sft_run::SftRunConfig;
 use crate::train::reward_data::DataSource;
 
-/// What one stage runs.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What one stage runs (built once per invocation: the size of a variant does not matter).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
 pub enum Job {
     Revise(ReviseConfig),
     Sft(SftRunConfig),
@@ -38,7 +38,14 @@ pub enum Job {
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelJob {
     pub label: LabelConfig,
-    pub human: Option<(LabelConfig, CompareConfig)>,
+    pub human: Option<HumanCheck>,
+}
+
+/// Labels of the human-labelled pairs and their comparison with the human labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct HumanCheck {
+    pub label: LabelConfig,
+    pub compare: CompareConfig,
 }
 
 /// Something a stage reads.
@@ -64,7 +71,13 @@ pub struct StagePlan {
 impl StagePlan {
     /// The resolved config as JSON (for the fingerprint and `pipeline.yaml`).
     pub fn config_json(&self) -> Result<Value> {
-        Ok(serde_json::to_value(&self.job)?)
+        Ok(match &self.job {
+            Job::Revise(c) => serde_json::to_value(c)?,
+            Job::Sft(c) => serde_json::to_value(c)?,
+            Job::Sample(c) => serde_json::to_value(c)?,
+            Job::Label(c) => serde_json::to_value(c)?,
+            Job::Rm(c) => serde_json::to_value(c)?,
+        })
     }
 }
 
@@ -116,7 +129,13 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
         }
         c.out = run.stage_dir(Stage::Sft);
         c.quiet |= quiet;
-        let mut inputs: Vec<Input> = c.data.iter().chain(&c.eval).cloned().map(Input::Path).collect();
+        let mut inputs: Vec<Input> = c
+            .data
+            .iter()
+            .chain(&c.eval)
+            .cloned()
+            .map(Input::Path)
+            .collect();
         inputs.push(Input::Model(c.model.clone()));
         out.push(StagePlan {
             stage: Stage::Sft,
@@ -176,12 +195,7 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
     Ok(out)
 }
 
-fn label_plan(
-    cfg: &PipelineConfig,
-    section: &LabelConfig,
-    run: &RunDir,
-    quiet: bool,
-) -> StagePlan {
+fn label_plan(cfg: &PipelineConfig, section: &LabelConfig, run: &RunDir, quiet: bool) -> StagePlan {
     let mut c = section.clone();
     if !cfg.is_set("label.seed") {
         c.seed = cfg.seed;
@@ -223,7 +237,10 @@ fn label_plan(
         inputs.push(Input::Path(h.path.clone()));
         outputs.push(check.out.clone());
         outputs.push(run.compare_dir().join("metrics.json"));
-        (check, compare)
+        HumanCheck {
+            label: check,
+            compare,
+        }
     });
     StagePlan {
         stage: Stage::Label,
@@ -264,7 +281,10 @@ mod tests {
         let Job::Revise(rev) = &plans[0].job else {
             panic!()
         };
-        assert_eq!((rev.seed, rev.backend, rev.quiet), (1, BackendKind::Mock, true));
+        assert_eq!(
+            (rev.seed, rev.backend, rev.quiet),
+            (1, BackendKind::Mock, true)
+        );
         assert_eq!(rev.out, PathBuf::from("r/revise/revisions.jsonl"));
         let Job::Sft(sft) = &plans[1].job else {
             panic!()
@@ -280,12 +300,11 @@ mod tests {
             panic!()
         };
         assert_eq!(l.label.pairs, run.sample_pairs());
-        let (check, cmp) = l.human.as_ref().unwrap();
+        let h = l.human.as_ref().unwrap();
+        let (check, cmp) = (&h.label, &h.compare);
         assert_eq!((check.limit, check.seed), (Some(3), 5));
         assert_eq!(cmp.ai, vec![run.human_check()]);
-        let Job::Rm(rm) = &plans[4].job else {
-            panic!()
-        };
+        let Job::Rm(rm) = &plans[4].job else { panic!() };
         let data: Vec<(String, f64)> = rm
             .data
             .iter()
@@ -293,7 +312,10 @@ mod tests {
             .collect();
         assert_eq!(
             data,
-            vec![("r/label/labels.jsonl".into(), 2.0), ("help.jsonl".into(), 0.5)]
+            vec![
+                ("r/label/labels.jsonl".into(), 2.0),
+                ("help.jsonl".into(), 0.5)
+            ]
         );
         assert_eq!(rm.model, "other");
         Ok(())

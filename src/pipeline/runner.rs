@@ -63,7 +63,11 @@ pub fn run(opts: &PipelineOptions) -> Result<Outcome> {
             bail!(
                 "stage `{s}` is not enabled in {} (enabled: {})",
                 opts.config.display(),
-                enabled.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                enabled
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -133,8 +137,8 @@ fn run_stages(
             statuses.push((p.stage, StageStatus::UpToDate));
         } else {
             statuses.push((p.stage, StageStatus::Failed));
-            let (seconds, resumed) = attempt(run, p, &fp, inputs, opts.force, &tag)
-                .with_context(|| {
+            let (seconds, resumed) =
+                attempt(run, p, &fp, inputs, opts.force, &tag).with_context(|| {
                     format!(
                         "stage `{}` failed; the run folder {} is consistent: run the same \
                          command again to resume",
@@ -239,9 +243,9 @@ fn execute(job: &Job) -> Result<Value> {
         Job::Sample(c) => Ok(serde_json::to_value(crate::sample::run(c)?)?),
         Job::Label(j) => {
             let mut out = json!({"labels": crate::label::run(&j.label)?});
-            if let Some((check, compare)) = &j.human {
-                out["human_check"] = serde_json::to_value(crate::label::run(check)?)?;
-                let r = crate::compare::run(compare)?;
+            if let Some(h) = &j.human {
+                out["human_check"] = serde_json::to_value(crate::label::run(&h.label)?)?;
+                let r = crate::compare::run(&h.compare)?;
                 let f = &r.files[0];
                 out["human_agreement"] = json!({"n": f.n_scored, "agreement": f.agreement});
             }

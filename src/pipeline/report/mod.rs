@@ -42,7 +42,12 @@ pub fn write(cfg: &PipelineConfig, run: &RunDir, statuses: &[(Stage, StageStatus
     std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn stages_table(md: &mut String, cfg: &PipelineConfig, run: &RunDir, statuses: &[(Stage, StageStatus)]) {
+fn stages_table(
+    md: &mut String,
+    cfg: &PipelineConfig,
+    run: &RunDir,
+    statuses: &[(Stage, StageStatus)],
+) {
     md.push_str(
         "## Stages\n\n| stage | state | this invocation | seconds | finished (UTC) | source |\n\
          |---|---|---|---:|---|---|\n",

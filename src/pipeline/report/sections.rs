@@ -109,7 +109,11 @@ pub(super) fn sft(md: &mut String, run: &RunDir) {
         num(&m, "/stats/train_tokens_per_s", 0),
         rel(run, &path)
     );
-    images(md, run, &[("SFT loss", run.stage_dir(Stage::Sft).join("loss.svg"))]);
+    images(
+        md,
+        run,
+        &[("SFT loss", run.stage_dir(Stage::Sft).join("loss.svg"))],
+    );
 }
 
 pub(super) fn sample(md: &mut String, run: &RunDir) {
@@ -120,7 +124,12 @@ pub(super) fn sample(md: &mut String, run: &RunDir) {
     }
     let m = json_file(&manifest_of(&out)).unwrap_or(Value::Null);
     let pairs = std::fs::read_to_string(run.sample_pairs())
-        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count().to_string())
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+                .to_string()
+        })
         .unwrap_or_else(|_| "–".into());
     let _ = writeln!(
         md,
@@ -128,7 +137,9 @@ pub(super) fn sample(md: &mut String, run: &RunDir) {
          (lines of `{}`).\n",
         num(&m, "/stats/written", 0),
         num(&m, "/stats/prompts", 0),
-        m.pointer("/model/name").and_then(Value::as_str).unwrap_or("–"),
+        m.pointer("/model/name")
+            .and_then(Value::as_str)
+            .unwrap_or("–"),
         num(&m, "/stats/generated_tokens", 0),
         num(&m, "/stats/seconds", 1),
         rel(run, &manifest_of(&out)),
@@ -174,7 +185,11 @@ pub(super) fn label(md: &mut String, run: &RunDir) {
          | pairs scored | agreement | 95% interval | Cohen's kappa | log-loss | Brier | ECE | \
          order consistency |\n|---:|---:|---|---:|---:|---:|---:|---:|\n\
          | {} | {} | {} – {} | {} | {} | {} | {} | {} |\n",
-        cell(c.pointer("/human/path").and_then(Value::as_str).unwrap_or("–")),
+        cell(
+            c.pointer("/human/path")
+                .and_then(Value::as_str)
+                .unwrap_or("–")
+        ),
         rel(run, &run.human_check()),
         rel(run, &metrics),
         rel(run, &run.compare_dir().join("report.md")),
@@ -222,7 +237,11 @@ pub(super) fn rm(md: &mut String, run: &RunDir) {
             (rel(run, Path::new(path)), weight.to_string())
         })
         .collect();
-    let _ = writeln!(md, "Training data (`{}`: `data`):\n\n| source | weight |\n|---|---:|", rel(run, &resolved));
+    let _ = writeln!(
+        md,
+        "Training data (`{}`: `data`):\n\n| source | weight |\n|---|---:|",
+        rel(run, &resolved)
+    );
     for (path, weight) in data {
         let _ = writeln!(md, "| `{}` | {weight} |", cell(&path));
     }
