@@ -303,6 +303,15 @@ fn bad_configs_and_missing_inputs_are_refused() {
         "{err}"
     );
 
+    // One pipeline per run folder: a live lock is respected.
+    write(&good);
+    let lock = dir.join("run/stages/lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    let err = run(&[]);
+    assert!(err.contains("another cai pipeline"), "{err}");
+    std::fs::remove_file(&lock).unwrap();
+
     // A stage failing half way leaves a consistent run folder that a fixed config resumes.
     let bad_eval = dir.join("bad.jsonl");
     std::fs::write(&bad_eval, "{\"prompt\": \"x\"}\nnot json\n").unwrap();
@@ -327,7 +336,10 @@ fn bad_configs_and_missing_inputs_are_refused() {
         "{report}"
     );
     write(&good);
+    // A lock left by a process that is gone is taken over.
+    std::fs::write(&lock, "4000000000").unwrap();
     let fixed = pipeline(dir, &[]);
+    assert!(!lock.exists());
     assert_eq!(status(&fixed, "label"), "up to date", "{fixed}");
     assert_ne!(status(&fixed, "rm"), "up to date", "{fixed}");
 }

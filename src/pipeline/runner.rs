@@ -78,6 +78,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Outcome> {
     let plans = plan(&cfg, &run, opts.quiet)?;
     std::fs::create_dir_all(run.state_dir())
         .with_context(|| format!("cannot create run folder {}", run.root.display()))?;
+    let _lock = state::Lock::acquire(&run.state_dir().join("lock"))?;
     write_resolved(&cfg, &run, &plans)?;
     eprintln!("cai: pipeline: run folder {}", run.root.display());
 

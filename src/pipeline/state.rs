@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -126,9 +126,9 @@ pub fn hash_outputs(plan: &StagePlan) -> Result<Option<Vec<FileHash>>> {
     Ok(Some(out))
 }
 
-/// sha256 over the stage, its resolved config (progress-bar and resume flags left out, paths in
-/// the run folder made relative to it), its inputs' hashes and the fingerprints of the stages
-/// before it: a change anywhere upstream reruns every later stage.
+/// sha256 over the stage, its resolved config (without the keys that never change its outputs,
+/// paths in the run folder made relative to it), its inputs' hashes and the fingerprints of the
+/// stages before it: a change anywhere upstream reruns every later stage.
 pub fn fingerprint(
     plan: &StagePlan,
     run_root: &Path,
@@ -136,7 +136,11 @@ pub fn fingerprint(
     upstream: &[String],
 ) -> Result<String> {
     let mut config = plan.config_json()?;
-    normalize(&mut config, &run_root.to_string_lossy());
+    normalize(
+        &mut config,
+        &run_root.to_string_lossy(),
+        neutral_keys(plan.stage),
+    );
     let hashes: Vec<&str> = inputs.iter().map(|f| f.sha256.as_str()).collect();
     let doc = json!({
         "stage": plan.stage,
@@ -147,14 +151,25 @@ pub fn fingerprint(
     Ok(crate::manifest::fingerprint(&[&doc]))
 }
 
-fn normalize(v: &mut Value, run_root: &str) {
+/// Config keys, at any depth, that do not change a stage's outputs: progress bars, the resume
+/// flag, and the batch size of the record stages (whose records are the same whatever the
+/// batching; in training it changes the steps).
+fn neutral_keys(stage: Stage) -> &'static [&'static str] {
+    match stage {
+        Stage::Revise | Stage::Sample | Stage::Label => &["quiet", "batch_size"],
+        _ => &["quiet", "resume"],
+    }
+}
+
+fn normalize(v: &mut Value, run_root: &str, neutral: &[&str]) {
     match v {
         Value::Object(m) => {
-            m.remove("quiet");
-            m.remove("resume");
-            m.values_mut().for_each(|c| normalize(c, run_root));
+            for k in neutral {
+                m.remove(*k);
+            }
+            m.values_mut().for_each(|c| normalize(c, run_root, neutral));
         }
-        Value::Array(a) => a.iter_mut().for_each(|c| normalize(c, run_root)),
+        Value::Array(a) => a.iter_mut().for_each(|c| normalize(c, run_root, neutral)),
         Value::String(s) => {
             if let Some(rest) = s.strip_prefix(run_root) {
                 *s = format!("$RUN{rest}");
@@ -179,6 +194,54 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `<run>/stages/lock`, held while a pipeline runs in the folder: a second one is refused
+/// instead of interleaving writes. A lock left by a process that no longer runs is taken over.
+#[derive(Debug)]
+pub struct Lock(PathBuf);
+
+impl Lock {
+    pub fn acquire(path: &Path) -> Result<Self> {
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    write!(f, "{}", std::process::id())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    return Ok(Self(path.to_path_buf()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(path).unwrap_or_default();
+                    let pid = pid.trim();
+                    // Without /proc (not Linux) a lock cannot be checked and is respected.
+                    let gone =
+                        Path::new("/proc/self").exists() && !Path::new("/proc").join(pid).exists();
+                    if !gone || pid.is_empty() {
+                        bail!(
+                            "another cai pipeline (pid {pid}) is running in this run folder; if                              none is, remove {}",
+                            path.display()
+                        );
+                    }
+                    remove(path)?;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
+                }
+            }
+        }
+        bail!("cannot take the lock {}", path.display())
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Removes a file if present.
@@ -213,11 +276,15 @@ mod tests {
 
     #[test]
     fn run_folder_paths_and_flags_do_not_change_the_fingerprint() {
-        let mut a = json!({"out": "/x/run/label/labels.jsonl", "quiet": true, "k": 2});
-        let mut b = json!({"out": "/y/r2/label/labels.jsonl", "quiet": false, "k": 2});
-        normalize(&mut a, "/x/run");
-        normalize(&mut b, "/y/r2");
+        let keys = neutral_keys(Stage::Label);
+        let mut a = json!({"out": "/x/run/label/labels.jsonl", "quiet": true, "batch_size": 8});
+        let mut b = json!({"out": "/y/r2/label/labels.jsonl", "quiet": false, "batch_size": 2});
+        normalize(&mut a, "/x/run", keys);
+        normalize(&mut b, "/y/r2", keys);
         assert_eq!(a, b);
         assert_eq!(a["out"], "$RUN/label/labels.jsonl");
+        let mut sft = json!({"train": {"batch_size": 8}, "quiet": true});
+        normalize(&mut sft, "/x/run", neutral_keys(Stage::Sft));
+        assert_eq!(sft, json!({"train": {"batch_size": 8}}));
     }
 }

@@ -62,6 +62,7 @@ fn stages_table(
             Some(StageStatus::NotSelected) => "not selected".into(),
             Some(StageStatus::Failed) => "**failed**".into(),
             None if matches!(stage, Stage::Ppo | Stage::Eval) => "not in this build".into(),
+            None if cfg.has(stage) => "not reached".into(),
             None => "not enabled".into(),
         };
         let done: Option<Done> = state::read(&run.done_file(stage));
