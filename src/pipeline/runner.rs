@@ -85,8 +85,9 @@ pub fn run(opts: &PipelineOptions) -> Result<Outcome> {
     let mut statuses = Vec::new();
     let result = run_stages(&run, &plans, opts, &mut statuses);
     let report = run.report();
-    report::write(&cfg, &run, &statuses).context("writing the run report")?;
+    let written = report::write(&cfg, &run, &statuses);
     result?;
+    written.context("writing the run report")?;
     Ok(Outcome {
         run_dir: run.root.clone(),
         report,
