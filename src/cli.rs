@@ -44,6 +44,9 @@ pub enum Command {
     Constitution(ConstitutionCommand),
     /// Rewards of pairs or single responses from a trained reward model, as JSONL.
     Score(crate::cli_rm::ScoreArgs),
+    /// The whole run in one command: revise → sft → sample → label → rm, each stage's outputs
+    /// in a run folder, done stages skipped on re-run, and a report.md.
+    Pipeline(crate::cli_pipeline::PipelineArgs),
 }
 
 #[derive(Debug, Subcommand)]

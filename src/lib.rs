@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cli;
 pub mod cli_eval;
 pub mod cli_export;
+pub mod cli_pipeline;
 pub mod cli_rm;
 pub mod cli_train;
 pub mod compare;
@@ -20,6 +21,7 @@ pub mod label;
 pub mod llm;
 pub mod manifest;
 pub mod pairs;
+pub mod pipeline;
 pub mod plot;
 pub mod ppo_run;
 pub mod progress;
@@ -259,6 +261,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export(a) => cli_export::run(a),
+        Command::Pipeline(a) => cli_pipeline::run(a),
         Command::Constitution(ConstitutionCommand::Check { files }) => constitution_check(&files),
         Command::Constitution(ConstitutionCommand::Show { file }) => {
             let loaded = constitution::Loaded::read_valid(&file)?;

@@ -1,0 +1,353 @@
+//! The pipeline config file: shared settings, then one optional section per stage holding that
+//! stage's own config (the fields of `cai revise --config`, `cai train sft --config`, …).
+//!
+//! A section that is present (even empty) enables its stage. Paths are relative to the working
+//! directory, like every other cai config. The fields that connect stages (outputs, inputs made
+//! by an earlier stage) are set by the pipeline; setting one in a section is an error that names
+//! its place in the file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::Stage;
+use crate::label::LabelConfig;
+use crate::llm::BackendKind;
+use crate::revise::ReviseConfig;
+use crate::rm::TrainRmConfig;
+use crate::sample::SampleConfig;
+use crate::sft_run::SftRunConfig;
+use crate::train::reward_data::DataSource;
+use crate::yaml_locate::{locate, Seg};
+
+/// `cai pipeline --config FILE`: every field has a default; unknown keys are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Run folder: each stage's outputs, `stages/*.done.json`, `report.md`
+    /// (default `runs/pipeline`).
+    pub run_dir: PathBuf,
+    /// Seed of every stage whose section does not set its own (default 0).
+    pub seed: u64,
+    /// Constitution of revise and label (default `constitutions/harmless.yaml`).
+    pub constitution: PathBuf,
+    /// Backend of revise, sample and label unless their section sets `backend` (default local).
+    pub backend: BackendKind,
+    /// Model of every stage whose section does not set `model`: revise and label run it, SFT
+    /// and the reward model start from it. Sample runs the SFT model (default `default`).
+    pub model: String,
+    /// Human-labelled pairs: the label stage labels them too and compares (`cai compare`).
+    pub human_pairs: Option<HumanPairs>,
+    /// Reward-model data: the AI labels' weight and human pairs mixed in.
+    pub mix: Mix,
+    #[serde(deserialize_with = "section")]
+    pub revise: Option<ReviseConfig>,
+    #[serde(deserialize_with = "section")]
+    pub sft: Option<SftRunConfig>,
+    #[serde(deserialize_with = "section")]
+    pub sample: Option<SampleConfig>,
+    #[serde(deserialize_with = "section")]
+    pub label: Option<LabelConfig>,
+    #[serde(deserialize_with = "section")]
+    pub rm: Option<TrainRmConfig>,
+    /// Not available in this build: PPO is wired in with `cai train ppo`.
+    pub ppo: Option<serde_yaml::Value>,
+    /// Not available in this build: evaluation is wired in with `cai eval`.
+    pub eval: Option<serde_yaml::Value>,
+    /// Keys written in the file, as dotted paths (`label.seed`, `sft.train.seed`).
+    #[serde(skip)]
+    pub written: BTreeSet<String>,
+    /// The file's text, to locate keys in error messages.
+    #[serde(skip)]
+    pub source: Option<(PathBuf, String)>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            run_dir: PathBuf::from("runs/pipeline"),
+            seed: 0,
+            constitution: PathBuf::from("constitutions/harmless.yaml"),
+            backend: BackendKind::Local,
+            model: "default".into(),
+            human_pairs: None,
+            mix: Mix::default(),
+            revise: None,
+            sft: None,
+            sample: None,
+            label: None,
+            rm: None,
+            ppo: None,
+            eval: None,
+            written: BTreeSet::new(),
+            source: None,
+        }
+    }
+}
+
+/// Human-labelled pairs for measuring AI label quality.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HumanPairs {
+    /// Pairs with a human choice (HH-RLHF, TRL or our rows with `human`).
+    pub path: PathBuf,
+    /// Only the first N pairs are labelled (default all).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Bootstrap resamples of the agreement interval (default 1000).
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+}
+
+fn default_bootstrap() -> usize {
+    1000
+}
+
+/// What the reward model trains on, as in Bai et al. 2022 §4.1: AI harmlessness labels from the
+/// label stage mixed with human (helpfulness) comparisons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mix {
+    /// Weight of every AI-labelled pair in the loss (default 1).
+    pub ai_labels: f64,
+    /// Human pair files with their weights: `[{path: helpful.jsonl, weight: 1.0}]`.
+    pub human: Vec<DataSource>,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Self {
+            ai_labels: 1.0,
+            human: Vec::new(),
+        }
+    }
+}
+
+/// A section that is present enables its stage, even when empty (`revise:` alone).
+fn section<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
+}
+
+/// Fields each section may not set, because the pipeline wires them.
+fn wired(stage: Stage) -> &'static [&'static str] {
+    match stage {
+        Stage::Revise => &["out", "constitution"],
+        Stage::Sft => &["out", "resume"],
+        Stage::Sample => &["out"],
+        Stage::Label => &["out", "constitution"],
+        Stage::Rm => &["out", "data"],
+        Stage::Ppo | Stage::Eval => &[],
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and checks a pipeline file; errors name `file:line:column`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut cfg: Self = crate::config::read_yaml(path)?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(&text).with_context(|| format!("{}: not YAML", path.display()))?;
+        collect_keys(&value, "", &mut cfg.written);
+        cfg.source = Some((path.to_path_buf(), text));
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Whether the file sets the dotted key (`label.seed`).
+    pub fn is_set(&self, key: &str) -> bool {
+        self.written.contains(key)
+    }
+
+    /// Stages with a section, in pipeline order.
+    pub fn enabled(&self) -> Vec<Stage> {
+        Stage::ALL.into_iter().filter(|s| self.has(*s)).collect()
+    }
+
+    /// Whether the stage's section is present.
+    pub fn has(&self, stage: Stage) -> bool {
+        match stage {
+            Stage::Revise => self.revise.is_some(),
+            Stage::Sft => self.sft.is_some(),
+            Stage::Sample => self.sample.is_some(),
+            Stage::Label => self.label.is_some(),
+            Stage::Rm => self.rm.is_some(),
+            Stage::Ppo => self.ppo.is_some(),
+            Stage::Eval => self.eval.is_some(),
+        }
+    }
+
+    /// `file:line:column` of a dotted key, for messages (just the file without a source).
+    pub fn locate(&self, key: &str) -> String {
+        match &self.source {
+            Some((path, text)) => {
+                let segs: Vec<Seg> = key.split('.').map(Seg::Key).collect();
+                let (line, col) = locate(text, &segs);
+                format!("{}:{line}:{col}", path.display())
+            }
+            None => "pipeline config".into(),
+        }
+    }
+
+    /// Refuses wired fields, unavailable stages, missing inputs and bad weights.
+    pub fn validate(&self) -> Result<()> {
+        for stage in [Stage::Ppo, Stage::Eval] {
+            if self.has(stage) {
+                // TODO(ppo/eval): remove once `ppo::run` / `eval::run` are wired in
+                // `runner::execute`.
+                bail!(
+                    "{}: stage `{stage}` is not available in this build of cai (it arrives with \
+                     `cai {}`); remove the `{stage}:` section",
+                    self.locate(stage.name()),
+                    if stage == Stage::Ppo {
+                        "train ppo"
+                    } else {
+                        "eval"
+                    }
+                );
+            }
+        }
+        for stage in self.enabled() {
+            for field in wired(stage) {
+                let key = format!("{stage}.{field}");
+                if self.is_set(&key) {
+                    bail!(
+                        "{}: `{key}` is set by the pipeline (outputs go to the run folder, inputs \
+                         come from the stage before); remove it",
+                        self.locate(&key)
+                    );
+                }
+            }
+        }
+        self.check_inputs()?;
+        let weights =
+            std::iter::once(self.mix.ai_labels).chain(self.mix.human.iter().map(|d| d.weight));
+        for w in weights {
+            if !(w.is_finite() && w > 0.0) {
+                bail!(
+                    "{}: mix weights must be positive, got {w}",
+                    self.locate("mix")
+                );
+            }
+        }
+        if self.enabled().is_empty() {
+            bail!(
+                "no stage enabled: add at least one of the sections {}",
+                Stage::ALL.map(|s| format!("`{s}:`")).join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Each enabled stage's input comes from the stage before or from its own section.
+    fn check_inputs(&self) -> Result<()> {
+        let need = |stage: Stage, key: &str, producer: Stage| -> Result<()> {
+            let key = format!("{stage}.{key}");
+            match (self.has(stage), self.has(producer), self.is_set(&key)) {
+                (true, true, true) => bail!(
+                    "{}: `{key}` comes from the `{producer}` stage; remove it, or remove the \
+                     `{producer}:` section to use your own file",
+                    self.locate(&key)
+                ),
+                (true, false, false) => bail!(
+                    "stage `{stage}` needs an input: add a `{producer}:` section, or set `{key}`"
+                ),
+                _ => Ok(()),
+            }
+        };
+        need(Stage::Sft, "data", Stage::Revise)?;
+        need(Stage::Label, "pairs", Stage::Sample)?;
+        if self.has(Stage::Rm) && !self.has(Stage::Label) && self.mix.human.is_empty() {
+            bail!(
+                "stage `rm` needs training pairs: add a `label:` section or human pairs under \
+                 `mix.human`"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Every key path of a YAML mapping tree, dotted (`sft`, `sft.train`, `sft.train.seed`).
+fn collect_keys(v: &serde_yaml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let serde_yaml::Value::Mapping(m) = v {
+        for (k, child) in m {
+            if let Some(k) = k.as_str() {
+                let key = match prefix {
+                    "" => k.to_string(),
+                    p => format!("{p}.{k}"),
+                };
+                collect_keys(child, &key, out);
+                out.insert(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PipelineConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, text)?;
+        PipelineConfig::read(&path)
+    }
+
+    #[test]
+    fn sections_enable_stages_and_keys_are_recorded() -> Result<()> {
+        let c = parse("seed: 3\nrevise:\nsft:\n  train:\n    seed: 9\n")?;
+        assert_eq!(c.enabled(), vec![Stage::Revise, Stage::Sft]);
+        assert!(c.is_set("sft.train.seed") && c.is_set("seed") && !c.is_set("revise.seed"));
+        assert_eq!(c.revise, Some(ReviseConfig::default()));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_and_wired_keys_are_refused_with_their_place() {
+        let err = format!("{:#}", parse("seed: 1\nlabel:\n  sed: 2\n").unwrap_err());
+        assert!(err.contains("p.yaml:3:") && err.contains("sed"), "{err}");
+        assert!(
+            err.contains("expected one of") && err.contains("`seed`"),
+            "{err}"
+        );
+        let err = format!("{:#}", parse("runs: x\n").unwrap_err());
+        assert!(
+            err.contains("run_dir") && err.contains("p.yaml:1:"),
+            "{err}"
+        );
+        let err = format!("{:#}", parse("revise:\n  out: x.jsonl\n").unwrap_err());
+        assert!(
+            err.contains("p.yaml:2:3") && err.contains("`revise.out`"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse("revise:\nsft:\n  data: d.jsonl\n").unwrap_err()
+        );
+        assert!(
+            err.contains("`sft.data` comes from the `revise` stage"),
+            "{err}"
+        );
+        let err = format!("{:#}", parse("sft:\n").unwrap_err());
+        assert!(err.contains("`sft.data`"), "{err}");
+        let err = format!("{:#}", parse("rm:\n").unwrap_err());
+        assert!(err.contains("mix.human"), "{err}");
+        let err = format!("{:#}", parse("revise:\nppo:\n  steps: 3\n").unwrap_err());
+        assert!(
+            err.contains("not available") && err.contains("p.yaml:2:"),
+            "{err}"
+        );
+        let err = format!("{:#}", parse("seed: 1\n").unwrap_err());
+        assert!(err.contains("no stage enabled"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse("label:\n  pairs: p.jsonl\nmix:\n  ai_labels: 0\n").unwrap_err()
+        );
+        assert!(err.contains("positive"), "{err}");
+    }
+}

@@ -1,0 +1,162 @@
+//! `cai pipeline`: the whole Constitutional AI run in one command (Bai et al. 2022: SL-CAI then
+//! RL-CAI), each stage's outputs in one run folder, with a run report.
+//!
+//! Stages run in the order of [`Stage::ALL`]: revise → sft → sample → label → rm → ppo → eval.
+//! A completed stage writes `stages/<stage>.done.json` with its fingerprint (resolved config,
+//! sha256 of its inputs, fingerprints of the stages before it) and the sha256 of its outputs; a
+//! re-run skips a stage whose done file matches and whose outputs are intact. Otherwise the
+//! stage runs, resuming from its own outputs when an interrupted attempt with the same
+//! fingerprint left them (records already written, the latest training checkpoint), or from
+//! an emptied stage folder when the fingerprint changed.
+//!
+//! Modules: [`config`] (the YAML file and its checks), [`plan`] (the stage configs with their
+//! wiring: inputs, outputs in the run folder), [`state`] (hashes, fingerprints, done and
+//! attempt files), [`runner`] (skip, resume or run each stage) and [`report`] (`report.md`).
+
+pub mod config;
+pub mod plan;
+pub mod report;
+pub mod runner;
+pub mod state;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+pub use config::PipelineConfig;
+pub use runner::{run, Outcome, PipelineOptions, StageStatus};
+
+/// One stage of the pipeline, in run order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Critique → revision data (`cai revise`).
+    Revise,
+    /// Supervised fine-tuning on the revisions (`cai train sft`).
+    Sft,
+    /// K responses per prompt from the SFT model, and their pairs (`cai sample`).
+    Sample,
+    /// AI preference labels of the pairs (`cai label`), and agreement with human labels.
+    Label,
+    /// Reward model on AI labels mixed with human pairs (`cai train rm`).
+    Rm,
+    /// RL against the reward model (`cai train ppo`; not in this build).
+    Ppo,
+    /// Win rates of the policies (`cai eval`; not in this build).
+    Eval,
+}
+
+impl Stage {
+    /// Every stage, in run order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Revise,
+        Stage::Sft,
+        Stage::Sample,
+        Stage::Label,
+        Stage::Rm,
+        Stage::Ppo,
+        Stage::Eval,
+    ];
+
+    /// The section name in the config file and the folder name in the run folder.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Revise => "revise",
+            Stage::Sft => "sft",
+            Stage::Sample => "sample",
+            Stage::Label => "label",
+            Stage::Rm => "rm",
+            Stage::Ppo => "ppo",
+            Stage::Eval => "eval",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where things live in a run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `<run>/<stage>/`: everything the stage writes.
+    pub fn stage_dir(&self, stage: Stage) -> PathBuf {
+        self.root.join(stage.name())
+    }
+
+    /// `<run>/stages/`: done and attempt files.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("stages")
+    }
+
+    pub fn done_file(&self, stage: Stage) -> PathBuf {
+        self.state_dir().join(format!("{stage}.done.json"))
+    }
+
+    pub fn attempt_file(&self, stage: Stage) -> PathBuf {
+        self.state_dir().join(format!("{stage}.attempt.json"))
+    }
+
+    pub fn revisions(&self) -> PathBuf {
+        self.stage_dir(Stage::Revise).join("revisions.jsonl")
+    }
+
+    pub fn sft_final(&self) -> PathBuf {
+        self.stage_dir(Stage::Sft).join("final")
+    }
+
+    pub fn samples(&self) -> PathBuf {
+        self.stage_dir(Stage::Sample).join("samples.jsonl")
+    }
+
+    /// Written by `cai sample` next to [`Self::samples`].
+    pub fn sample_pairs(&self) -> PathBuf {
+        self.stage_dir(Stage::Sample).join("samples.pairs.jsonl")
+    }
+
+    pub fn labels(&self) -> PathBuf {
+        self.stage_dir(Stage::Label).join("labels.jsonl")
+    }
+
+    /// AI labels of the human-labelled pairs.
+    pub fn human_check(&self) -> PathBuf {
+        self.stage_dir(Stage::Label).join("human-check.jsonl")
+    }
+
+    /// `cai compare` report folder of [`Self::human_check`].
+    pub fn compare_dir(&self) -> PathBuf {
+        self.stage_dir(Stage::Label).join("compare")
+    }
+
+    pub fn rm_dir(&self) -> PathBuf {
+        self.stage_dir(Stage::Rm)
+    }
+
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report.md")
+    }
+
+    /// The fully resolved config of the last invocation.
+    pub fn resolved_config(&self) -> PathBuf {
+        self.root.join("pipeline.yaml")
+    }
+
+    /// A copy of the constitution the run used.
+    pub fn constitution(&self) -> PathBuf {
+        self.root.join("constitution.yaml")
+    }
+}

@@ -1,0 +1,337 @@
+//! The resolved config of every enabled stage: the section's own settings, the shared defaults
+//! it does not override (seed, backend, model), and the wiring (outputs in the run folder,
+//! inputs from the stage before), with the inputs and outputs the skip logic hashes.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::config::PipelineConfig;
+use super::{RunDir, Stage};
+use crate::compare::CompareConfig;
+use crate::label::LabelConfig;
+use crate::llm::BackendKind;
+use crate::revise::ReviseConfig;
+use crate::rm::TrainRmConfig;
+use crate::sample::SampleConfig;
+use crate::sft_run::SftRunConfig;
+use crate::train::reward_data::DataSource;
+
+/// What one stage runs (built once per invocation: the size of a variant does not matter).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Job {
+    Revise(ReviseConfig),
+    Sft(SftRunConfig),
+    Sample(SampleConfig),
+    Label(LabelJob),
+    Rm(TrainRmConfig),
+    // TODO(ppo/eval): `Ppo(PpoRunConfig)` and `Eval(EvalConfig)`, built in `plan` from
+    // `cfg.ppo` / `cfg.eval` (policy = the SFT `final/`, reward model = `rm/final`), run in
+    // `runner::execute`; then drop the "not available" check in `PipelineConfig::validate`.
+}
+
+/// The label stage: the sampled pairs, and optionally the human-labelled pairs with the same
+/// settings followed by `cai compare` against the human labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelJob {
+    pub label: LabelConfig,
+    pub human: Option<HumanCheck>,
+}
+
+/// Labels of the human-labelled pairs and their comparison with the human labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct HumanCheck {
+    pub label: LabelConfig,
+    pub compare: CompareConfig,
+}
+
+/// Something a stage reads.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Input {
+    /// A file or folder.
+    Path(PathBuf),
+    /// A model name (`default`, a path, a Hugging Face id), resolved when hashed.
+    Model(String),
+}
+
+/// One stage, ready to fingerprint and run.
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    pub stage: Stage,
+    pub job: Job,
+    /// Hashed into the fingerprint; a missing one stops the stage before it starts.
+    pub inputs: Vec<Input>,
+    /// What a complete stage leaves; hashed into its done file.
+    pub outputs: Vec<PathBuf>,
+}
+
+impl StagePlan {
+    /// The resolved config as JSON (for the fingerprint and `pipeline.yaml`).
+    pub fn config_json(&self) -> Result<Value> {
+        Ok(match &self.job {
+            Job::Revise(c) => serde_json::to_value(c)?,
+            Job::Sft(c) => serde_json::to_value(c)?,
+            Job::Sample(c) => serde_json::to_value(c)?,
+            Job::Label(c) => serde_json::to_value(c)?,
+            Job::Rm(c) => serde_json::to_value(c)?,
+        })
+    }
+}
+
+/// The plan of every enabled stage, in order. `quiet` turns progress bars off.
+pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<StagePlan>> {
+    let mut out = Vec::new();
+    let seed = |key: &str, target: &mut u64| {
+        if !cfg.is_set(key) {
+            *target = cfg.seed;
+        }
+    };
+    let model = |stage: Stage, target: &mut String| {
+        if !cfg.is_set(&format!("{stage}.model")) {
+            *target = cfg.model.clone();
+        }
+    };
+    let backend = |stage: Stage, target: &mut BackendKind| {
+        if !cfg.is_set(&format!("{stage}.backend")) {
+            *target = cfg.backend;
+        }
+    };
+    if let Some(section) = &cfg.revise {
+        let mut c = section.clone();
+        seed("revise.seed", &mut c.seed);
+        backend(Stage::Revise, &mut c.backend);
+        model(Stage::Revise, &mut c.model);
+        c.constitution = cfg.constitution.clone();
+        c.out = run.revisions();
+        c.quiet |= quiet;
+        let mut inputs = vec![
+            Input::Path(c.constitution.clone()),
+            Input::Path(c.prompts.clone()),
+        ];
+        inputs.extend(c.templates.clone().map(Input::Path));
+        inputs.extend(generation_model(c.backend, &c.model));
+        out.push(StagePlan {
+            stage: Stage::Revise,
+            outputs: vec![c.out.clone()],
+            job: Job::Revise(c),
+            inputs,
+        });
+    }
+    if let Some(section) = &cfg.sft {
+        let mut c = section.clone();
+        seed("sft.train.seed", &mut c.train.seed);
+        model(Stage::Sft, &mut c.model);
+        if cfg.has(Stage::Revise) {
+            c.data = Some(run.revisions());
+        }
+        c.out = run.stage_dir(Stage::Sft);
+        c.quiet |= quiet;
+        let mut inputs: Vec<Input> = c
+            .data
+            .iter()
+            .chain(&c.eval)
+            .cloned()
+            .map(Input::Path)
+            .collect();
+        inputs.push(Input::Model(c.model.clone()));
+        out.push(StagePlan {
+            stage: Stage::Sft,
+            outputs: vec![run.sft_final(), c.out.join("manifest.json")],
+            job: Job::Sft(c),
+            inputs,
+        });
+    }
+    if let Some(section) = &cfg.sample {
+        let mut c = section.clone();
+        seed("sample.seed", &mut c.seed);
+        backend(Stage::Sample, &mut c.backend);
+        if !cfg.is_set("sample.model") {
+            c.model = match cfg.has(Stage::Sft) && c.backend != BackendKind::Openai {
+                true => run.sft_final().to_string_lossy().into_owned(),
+                false => cfg.model.clone(),
+            };
+        }
+        c.out = run.samples();
+        c.quiet |= quiet;
+        let mut inputs = vec![Input::Path(c.prompts.clone())];
+        inputs.extend(generation_model(c.backend, &c.model));
+        out.push(StagePlan {
+            stage: Stage::Sample,
+            outputs: vec![c.out.clone(), run.sample_pairs()],
+            job: Job::Sample(c),
+            inputs,
+        });
+    }
+    if let Some(section) = &cfg.label {
+        out.push(label_plan(cfg, section, run, quiet));
+    }
+    if let Some(section) = &cfg.rm {
+        let mut c = section.clone();
+        seed("rm.train.seed", &mut c.train.seed);
+        model(Stage::Rm, &mut c.model);
+        c.data = Vec::new();
+        if cfg.has(Stage::Label) {
+            c.data.push(DataSource {
+                path: run.labels(),
+                weight: cfg.mix.ai_labels,
+            });
+        }
+        c.data.extend(cfg.mix.human.iter().cloned());
+        c.out = run.rm_dir();
+        c.quiet |= quiet;
+        let mut inputs: Vec<Input> = c.data.iter().map(|d| Input::Path(d.path.clone())).collect();
+        inputs.extend(c.eval.clone().map(Input::Path));
+        inputs.push(Input::Model(c.model.clone()));
+        out.push(StagePlan {
+            stage: Stage::Rm,
+            outputs: vec![c.out.join("final"), c.out.join("metrics.json")],
+            job: Job::Rm(c),
+            inputs,
+        });
+    }
+    Ok(out)
+}
+
+fn label_plan(cfg: &PipelineConfig, section: &LabelConfig, run: &RunDir, quiet: bool) -> StagePlan {
+    let mut c = section.clone();
+    if !cfg.is_set("label.seed") {
+        c.seed = cfg.seed;
+    }
+    if !cfg.is_set("label.backend") {
+        c.backend = cfg.backend;
+    }
+    if !cfg.is_set("label.model") {
+        c.model = cfg.model.clone();
+    }
+    c.constitution = cfg.constitution.clone();
+    if cfg.has(Stage::Sample) {
+        c.pairs = run.sample_pairs();
+    }
+    c.out = run.labels();
+    c.quiet |= quiet;
+    let mut inputs = vec![
+        Input::Path(c.constitution.clone()),
+        Input::Path(c.pairs.clone()),
+    ];
+    inputs.extend(c.templates.clone().map(Input::Path));
+    inputs.extend(generation_model(c.backend, &c.model));
+    let mut outputs = vec![c.out.clone()];
+    let human = cfg.human_pairs.as_ref().map(|h| {
+        let check = LabelConfig {
+            pairs: h.path.clone(),
+            out: run.human_check(),
+            limit: h.limit,
+            ..c.clone()
+        };
+        let compare = CompareConfig {
+            human: h.path.clone(),
+            ai: vec![check.out.clone()],
+            report: Some(run.compare_dir()),
+            bootstrap: h.bootstrap,
+            seed: cfg.seed,
+            ..CompareConfig::default()
+        };
+        inputs.push(Input::Path(h.path.clone()));
+        outputs.push(check.out.clone());
+        outputs.push(run.compare_dir().join("metrics.json"));
+        HumanCheck {
+            label: check,
+            compare,
+        }
+    });
+    StagePlan {
+        stage: Stage::Label,
+        job: Job::Label(LabelJob { label: c, human }),
+        inputs,
+        outputs,
+    }
+}
+
+/// The model file or folder of a generating stage (servers and the mock have none to hash).
+fn generation_model(backend: BackendKind, model: &str) -> Option<Input> {
+    (backend == BackendKind::Local).then(|| Input::Model(model.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> PipelineConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, text).unwrap();
+        PipelineConfig::read(&path).unwrap()
+    }
+
+    #[test]
+    fn stages_are_wired_through_the_run_folder() -> Result<()> {
+        let cfg = parse(
+            "seed: 5\nmodel: base\nbackend: mock\nhuman_pairs: {path: h.jsonl, limit: 3}\n\
+             mix: {ai_labels: 2, human: [{path: help.jsonl, weight: 0.5}]}\n\
+             revise: {seed: 1}\nsft: {train: {max_steps: 2}}\nsample: {backend: local}\n\
+             label: {}\nrm: {model: other}\n",
+        );
+        let run = RunDir::new("r");
+        let plans = plan(&cfg, &run, true)?;
+        let stages: Vec<Stage> = plans.iter().map(|p| p.stage).collect();
+        assert_eq!(stages, &Stage::ALL[..5]);
+        let Job::Revise(rev) = &plans[0].job else {
+            panic!()
+        };
+        assert_eq!(
+            (rev.seed, rev.backend, rev.quiet),
+            (1, BackendKind::Mock, true)
+        );
+        assert_eq!(rev.out, PathBuf::from("r/revise/revisions.jsonl"));
+        let Job::Sft(sft) = &plans[1].job else {
+            panic!()
+        };
+        assert_eq!(sft.data.as_deref(), Some(run.revisions().as_path()));
+        assert_eq!((sft.train.seed, sft.model.as_str()), (5, "base"));
+        let Job::Sample(s) = &plans[2].job else {
+            panic!()
+        };
+        assert_eq!(PathBuf::from(&s.model), PathBuf::from("r/sft/final"));
+        assert_eq!(plans[2].inputs[1], Input::Model(s.model.clone()));
+        let Job::Label(l) = &plans[3].job else {
+            panic!()
+        };
+        assert_eq!(l.label.pairs, run.sample_pairs());
+        let h = l.human.as_ref().unwrap();
+        let (check, cmp) = (&h.label, &h.compare);
+        assert_eq!((check.limit, check.seed), (Some(3), 5));
+        assert_eq!(cmp.ai, vec![run.human_check()]);
+        let Job::Rm(rm) = &plans[4].job else { panic!() };
+        let data: Vec<(String, f64)> = rm
+            .data
+            .iter()
+            .map(|d| (d.path.display().to_string(), d.weight))
+            .collect();
+        assert_eq!(
+            data,
+            vec![
+                ("r/label/labels.jsonl".into(), 2.0),
+                ("help.jsonl".into(), 0.5)
+            ]
+        );
+        assert_eq!(rm.model, "other");
+        Ok(())
+    }
+
+    #[test]
+    fn example_pipelines_parse_and_plan() -> Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir)? {
+            let path = e?.path();
+            let cfg = PipelineConfig::read(&path)?;
+            assert!(!plan(&cfg, &RunDir::new("r"), false)?.is_empty());
+            n += 1;
+        }
+        assert!(n >= 2, "examples in {}", dir.display());
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! One report section per stage, each read from that stage's files in the run folder.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{cell, json_file, num, quote, short};
+use crate::jsonl;
+use crate::label::LabelRecord;
+use crate::pipeline::{RunDir, Stage};
+use crate::revise::RevisionRecord;
+
+/// Revise examples shown in the report.
+const EXAMPLES: usize = 3;
+
+/// `path` relative to the run folder, for links and citations.
+fn rel(run: &RunDir, path: &Path) -> String {
+    path.strip_prefix(&run.root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn manifest_of(out: &Path) -> std::path::PathBuf {
+    crate::manifest::manifest_path(out)
+}
+
+/// "Not run yet" when the stage folder has nothing.
+fn absent(md: &mut String, what: &Path, run: &RunDir) -> bool {
+    if what.exists() {
+        return false;
+    }
+    let _ = writeln!(md, "No output yet (`{}` is missing).\n", rel(run, what));
+    true
+}
+
+fn images(md: &mut String, run: &RunDir, files: &[(&str, std::path::PathBuf)]) {
+    for (alt, path) in files {
+        if path.exists() {
+            let r = rel(run, path);
+            let _ = writeln!(md, "![{alt}]({r})\n");
+        }
+    }
+}
+
+pub(super) fn revise(md: &mut String, run: &RunDir) {
+    md.push_str("## 1. Revise: critique → revision data (SL-CAI)\n\n");
+    let out = run.revisions();
+    if absent(md, &out, run) {
+        return;
+    }
+    let m = json_file(&manifest_of(&out)).unwrap_or(Value::Null);
+    let _ = writeln!(
+        md,
+        "{} of {} prompts written, {} skipped as too long; {} tokens generated in {} s \
+         (`{}`: `stats`).\n",
+        num(&m, "/stats/written", 0),
+        num(&m, "/stats/prompts", 0),
+        num(&m, "/stats/skipped_long", 0),
+        num(&m, "/stats/generated_tokens", 0),
+        num(&m, "/stats/seconds", 1),
+        rel(run, &manifest_of(&out))
+    );
+    let records = jsonl::read::<RevisionRecord>(&out).unwrap_or_default();
+    for line in records.iter().take(EXAMPLES) {
+        let r = &line.value;
+        let _ = writeln!(
+            md,
+            "### Example `{}` (`{}` line {})\n\n**Prompt**\n\n{}\n**Initial answer**\n\n{}",
+            r.id,
+            rel(run, &out),
+            line.number,
+            quote(&short(&r.prompt, 600)),
+            quote(&short(&r.initial, 600))
+        );
+        for (i, round) in r.rounds.iter().enumerate() {
+            let _ = writeln!(
+                md,
+                "**Round {} — principle `{}`**\n\nCritique:\n\n{}\nRevision:\n\n{}",
+                i + 1,
+                round.principle,
+                quote(&short(&round.critique, 600)),
+                quote(&short(&round.revision, 600))
+            );
+        }
+    }
+}
+
+pub(super) fn sft(md: &mut String, run: &RunDir) {
+    md.push_str("## 2. SFT on the revisions\n\n");
+    let path = run.stage_dir(Stage::Sft).join("manifest.json");
+    if absent(md, &path, run) {
+        return;
+    }
+    let m = json_file(&path).unwrap_or(Value::Null);
+    let _ = writeln!(
+        md,
+        "| steps | train examples | held-out examples | held-out loss before | after | \
+         last train loss | tokens/s |\n|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} | {} | {} | {} | {} |\n\nSource: `{}` (`stats`); curve from \
+         `sft/train_log.csv`. The SFT model is `sft/final/`.\n",
+        num(&m, "/stats/steps", 0),
+        num(&m, "/stats/train_examples", 0),
+        num(&m, "/stats/eval_examples", 0),
+        num(&m, "/stats/eval_loss_before", 4),
+        num(&m, "/stats/eval_loss_after", 4),
+        num(&m, "/stats/final_loss", 4),
+        num(&m, "/stats/train_tokens_per_s", 0),
+        rel(run, &path)
+    );
+    images(
+        md,
+        run,
+        &[("SFT loss", run.stage_dir(Stage::Sft).join("loss.svg"))],
+    );
+}
+
+pub(super) fn sample(md: &mut String, run: &RunDir) {
+    md.push_str("## 3. Sample: responses of the SFT model\n\n");
+    let out = run.samples();
+    if absent(md, &out, run) {
+        return;
+    }
+    let m = json_file(&manifest_of(&out)).unwrap_or(Value::Null);
+    let pairs = std::fs::read_to_string(run.sample_pairs())
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+                .to_string()
+        })
+        .unwrap_or_else(|_| "–".into());
+    let _ = writeln!(
+        md,
+        "{} of {} prompts sampled with `{}` ({} tokens, {} s; `{}`), giving {} pairs \
+         (lines of `{}`).\n",
+        num(&m, "/stats/written", 0),
+        num(&m, "/stats/prompts", 0),
+        m.pointer("/model/name")
+            .and_then(Value::as_str)
+            .unwrap_or("–"),
+        num(&m, "/stats/generated_tokens", 0),
+        num(&m, "/stats/seconds", 1),
+        rel(run, &manifest_of(&out)),
+        pairs,
+        rel(run, &run.sample_pairs())
+    );
+}
+
+pub(super) fn label(md: &mut String, run: &RunDir) {
+    md.push_str("## 4. Label: AI preference labels\n\n");
+    let out = run.labels();
+    if absent(md, &out, run) {
+        return;
+    }
+    let m = json_file(&manifest_of(&out)).unwrap_or(Value::Null);
+    let rows: Vec<LabelRecord> = jsonl::read(&out)
+        .map(|r| r.into_iter().map(|l| l.value).collect())
+        .unwrap_or_default();
+    let n = rows.len().max(1) as f64;
+    let mean_p = rows.iter().map(|r| r.p_a).sum::<f64>() / n;
+    let confident = rows.iter().filter(|r| (r.p_a - 0.5).abs() >= 0.2).count();
+    let flips = rows.iter().filter(|r| r.position_flip).count();
+    let _ = writeln!(
+        md,
+        "{} pairs labelled in {} s (`{}`). From `{}`: mean P(response_a better) {mean_p:.3}; \
+         {confident} of {} labels at least 0.2 from a tie; {flips} position flips (the choice \
+         changed with the order).\n",
+        num(&m, "/stats/written", 0),
+        num(&m, "/stats/seconds", 1),
+        rel(run, &manifest_of(&out)),
+        rel(run, &out),
+        rows.len()
+    );
+    let metrics = run.compare_dir().join("metrics.json");
+    let Some(c) = json_file(&metrics) else {
+        md.push_str("No human labels given (`human_pairs`), so no agreement check.\n\n");
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "### Against human labels\n\nThe same feedback settings labelled the human-labelled \
+         pairs `{}` (AI labels: `{}`). From `{}` (full table: [{}]({})):\n\n\
+         | pairs scored | agreement | 95% interval | Cohen's kappa | log-loss | Brier | ECE | \
+         order consistency |\n|---:|---:|---|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} – {} | {} | {} | {} | {} | {} |\n",
+        cell(
+            c.pointer("/human/path")
+                .and_then(Value::as_str)
+                .unwrap_or("–")
+        ),
+        rel(run, &run.human_check()),
+        rel(run, &metrics),
+        rel(run, &run.compare_dir().join("report.md")),
+        rel(run, &run.compare_dir().join("report.md")),
+        num(&c, "/files/0/n_scored", 0),
+        num(&c, "/files/0/agreement", 3),
+        num(&c, "/files/0/agreement_ci/0", 3),
+        num(&c, "/files/0/agreement_ci/1", 3),
+        num(&c, "/files/0/kappa/value", 3),
+        num(&c, "/files/0/log_loss", 3),
+        num(&c, "/files/0/brier", 3),
+        num(&c, "/files/0/calibration/ece", 3),
+        num(&c, "/files/0/position/consistency", 3),
+    );
+    let dir = run.compare_dir();
+    images(
+        md,
+        run,
+        &[
+            ("Reliability diagram", dir.join("reliability.svg")),
+            ("Agreement per principle", dir.join("principles.svg")),
+            ("Distribution of p_a", dir.join("p_a_hist.svg")),
+        ],
+    );
+}
+
+pub(super) fn rm(md: &mut String, run: &RunDir) {
+    md.push_str("## 5. Reward model\n\n");
+    let dir = run.rm_dir();
+    let metrics = dir.join("metrics.json");
+    if absent(md, &metrics, run) {
+        return;
+    }
+    let resolved = dir.join("rm_config.yaml");
+    let data: Vec<(String, String)> = std::fs::read_to_string(&resolved)
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(&t).ok())
+        .and_then(|v| v.get("data").cloned())
+        .and_then(|d| d.as_sequence().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let path = d.get("path").and_then(|p| p.as_str()).unwrap_or("–");
+            let weight = d.get("weight").and_then(|w| w.as_f64()).unwrap_or(1.0);
+            (rel(run, Path::new(path)), weight.to_string())
+        })
+        .collect();
+    let _ = writeln!(
+        md,
+        "Training data (`{}`: `data`):\n\n| source | weight |\n|---|---:|",
+        rel(run, &resolved)
+    );
+    for (path, weight) in data {
+        let _ = writeln!(md, "| `{}` | {weight} |", cell(&path));
+    }
+    let m = json_file(&metrics).unwrap_or(Value::Null);
+    let _ = writeln!(
+        md,
+        "\n| steps | train pairs | held-out pairs | held-out accuracy | ECE | loss | reward \
+         chosen | reward rejected | pairs/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} | {} | {} | {} | {} ± {} | {} ± {} | {} |\n\nSource: `{}`. The \
+         reward model is `rm/final/`.\n",
+        num(&m, "/steps", 0),
+        num(&m, "/train_pairs", 0),
+        num(&m, "/eval_pairs", 0),
+        num(&m, "/eval/accuracy", 3),
+        num(&m, "/eval/ece", 3),
+        num(&m, "/eval/loss", 3),
+        num(&m, "/eval/chosen/mean", 3),
+        num(&m, "/eval/chosen/std", 3),
+        num(&m, "/eval/rejected/mean", 3),
+        num(&m, "/eval/rejected/std", 3),
+        num(&m, "/pairs_per_s", 2),
+        rel(run, &metrics)
+    );
+    images(
+        md,
+        run,
+        &[
+            ("Reward-model loss", dir.join("loss.svg")),
+            ("Reward-model accuracy", dir.join("accuracy.svg")),
+            ("Held-out rewards", dir.join("rewards.svg")),
+        ],
+    );
+}
