@@ -32,7 +32,12 @@ fn config(base: &Path, label_extra: &str) -> String {
          sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 6}}\n\
          label:\n  few_shot: 0\n{label_extra}\
          rm:\n  eval: {p}\n  train: {{max_steps: 4, lr: 0.003, warmup_steps: 0, batch_size: 4, \
-         grad_accum: 1, eval_every: 2, save_every: 2, max_len: 128}}\n",
+         grad_accum: 1, eval_every: 2, save_every: 2, max_len: 128}}\n\
+         ppo:\n  prompts: {q}\n  sample_every: 1\n  save_every: 1\n  \
+         ppo: {{steps: 2, rollouts: 2, minibatch: 2, max_new_tokens: 4, lr: 0.001}}\n\
+         eval:\n  prompts: {q}\n  limit: 3\n  \
+         sampling: {{temperature: 0.7, top_p: 0.95, max_tokens: 4}}\n  \
+         labeler: {{backend: local, few_shot: 0}}\n",
         c = constitution.display(),
         m = base.display(),
         p = pairs.display(),
@@ -81,7 +86,7 @@ fn done(run: &Path, stage: &str) -> Value {
     serde_json::from_slice(&read(&run.join(format!("stages/{stage}.done.json")))).unwrap()
 }
 
-const STAGES: [&str; 5] = ["revise", "sft", "sample", "label", "rm"];
+const STAGES: [&str; 7] = ["revise", "sft", "sample", "label", "rm", "ppo", "eval"];
 
 /// Files whose bytes must not depend on how the run went (no timings or paths inside).
 const FINAL_OUTPUTS: [&str; 7] = [
@@ -184,6 +189,12 @@ fn check_report(run: &Path) {
         "rm/metrics.json",
         "sft/manifest.json",
         "| `label/labels.jsonl` | 1 |",
+        "![PPO reward](ppo/reward.svg)",
+        "[ppo/ppo_log.csv](ppo/ppo_log.csv)",
+        "2 steps on ",
+        "| A wins, AI labeler, both orders (95 % interval) | ",
+        "[eval/report.md](eval/report.md)",
+        "on 3 held-out prompts",
     ] {
         assert!(report.contains(needle), "`{needle}` missing:\n{report}");
     }
@@ -285,12 +296,9 @@ fn bad_configs_and_missing_inputs_are_refused() {
     let err = run(&[]);
     assert!(err.contains("`label.out` is set by the pipeline"), "{err}");
 
-    write(&format!("{good}ppo: {{steps: 2}}\n"));
+    write(&good.replace("ppo:\n", "ppo:\n  out: mine\n"));
     let err = run(&[]);
-    assert!(
-        err.contains("`ppo` is not available in this build"),
-        "{err}"
-    );
+    assert!(err.contains("`ppo.out` is set by the pipeline"), "{err}");
 
     // A stage whose input is missing: the pairs to label are not there.
     write(&format!(

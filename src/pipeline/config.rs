@@ -13,8 +13,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Stage;
+use crate::eval::EvalConfig;
 use crate::label::LabelConfig;
 use crate::llm::BackendKind;
+use crate::ppo_run::PpoRunConfig;
 use crate::revise::ReviseConfig;
 use crate::rm::TrainRmConfig;
 use crate::sample::SampleConfig;
@@ -52,10 +54,10 @@ pub struct PipelineConfig {
     pub label: Option<LabelConfig>,
     #[serde(deserialize_with = "section")]
     pub rm: Option<TrainRmConfig>,
-    /// Not available in this build: PPO is wired in with `cai train ppo`.
-    pub ppo: Option<serde_yaml::Value>,
-    /// Not available in this build: evaluation is wired in with `cai eval`.
-    pub eval: Option<serde_yaml::Value>,
+    #[serde(deserialize_with = "section")]
+    pub ppo: Option<PpoRunConfig>,
+    #[serde(deserialize_with = "section")]
+    pub eval: Option<EvalConfig>,
     /// Keys written in the file, as dotted paths (`label.seed`, `sft.train.seed`).
     #[serde(skip)]
     pub written: BTreeSet<String>,
@@ -140,7 +142,8 @@ fn wired(stage: Stage) -> &'static [&'static str] {
         Stage::Sample => &["out"],
         Stage::Label => &["out", "constitution"],
         Stage::Rm => &["out", "data"],
-        Stage::Ppo | Stage::Eval => &[],
+        Stage::Ppo => &["out", "resume"],
+        Stage::Eval => &["out", "labeler.constitution"],
     }
 }
 
@@ -195,22 +198,6 @@ impl PipelineConfig {
 
     /// Refuses wired fields, unavailable stages, missing inputs and bad weights.
     pub fn validate(&self) -> Result<()> {
-        for stage in [Stage::Ppo, Stage::Eval] {
-            if self.has(stage) {
-                // TODO(ppo/eval): remove once `ppo::run` / `eval::run` are wired in
-                // `runner::execute`.
-                bail!(
-                    "{}: stage `{stage}` is not available in this build of cai (it arrives with \
-                     `cai {}`); remove the `{stage}:` section",
-                    self.locate(stage.name()),
-                    if stage == Stage::Ppo {
-                        "train ppo"
-                    } else {
-                        "eval"
-                    }
-                );
-            }
-        }
         for stage in self.enabled() {
             for field in wired(stage) {
                 let key = format!("{stage}.{field}");
@@ -261,6 +248,9 @@ impl PipelineConfig {
         };
         need(Stage::Sft, "data", Stage::Revise)?;
         need(Stage::Label, "pairs", Stage::Sample)?;
+        need(Stage::Ppo, "policy", Stage::Sft)?;
+        need(Stage::Ppo, "reward_model", Stage::Rm)?;
+        need(Stage::Eval, "policy_a", Stage::Ppo)?;
         if self.has(Stage::Rm) && !self.has(Stage::Label) && self.mix.human.is_empty() {
             bail!(
                 "stage `rm` needs training pairs: add a `label:` section or human pairs under \
@@ -337,9 +327,17 @@ mod tests {
         assert!(err.contains("`sft.data`"), "{err}");
         let err = format!("{:#}", parse("rm:\n").unwrap_err());
         assert!(err.contains("mix.human"), "{err}");
-        let err = format!("{:#}", parse("revise:\nppo:\n  steps: 3\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("revise:\nppo:\n  ppo: {steps: 3}\n").unwrap_err()
+        );
+        assert!(err.contains("`ppo.policy`"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse("ppo:\n  policy: p\n  reward_model: r\n  stepz: 3\n").unwrap_err()
+        );
         assert!(
-            err.contains("not available") && err.contains("p.yaml:2:"),
+            err.contains("p.yaml:4:") && err.contains("`stepz`"),
             "{err}"
         );
         let err = format!("{:#}", parse("seed: 1\n").unwrap_err());

@@ -44,9 +44,9 @@ pub enum Stage {
     Label,
     /// Reward model on AI labels mixed with human pairs (`cai train rm`).
     Rm,
-    /// RL against the reward model (`cai train ppo`; not in this build).
+    /// RL against the reward model (`cai train ppo`).
     Ppo,
-    /// Win rates of the policies (`cai eval`; not in this build).
+    /// Win rates of the PPO policy against the SFT policy (`cai eval`).
     Eval,
 }
 
@@ -144,6 +144,14 @@ impl RunDir {
 
     pub fn rm_dir(&self) -> PathBuf {
         self.stage_dir(Stage::Rm)
+    }
+
+    pub fn rm_final(&self) -> PathBuf {
+        self.rm_dir().join("final")
+    }
+
+    pub fn ppo_final(&self) -> PathBuf {
+        self.stage_dir(Stage::Ppo).join("final")
     }
 
     pub fn report(&self) -> PathBuf {

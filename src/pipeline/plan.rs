@@ -11,8 +11,10 @@ use serde_json::Value;
 use super::config::PipelineConfig;
 use super::{RunDir, Stage};
 use crate::compare::CompareConfig;
+use crate::eval::EvalConfig;
 use crate::label::LabelConfig;
 use crate::llm::BackendKind;
+use crate::ppo_run::PpoRunConfig;
 use crate::revise::ReviseConfig;
 use crate::rm::TrainRmConfig;
 use crate::sample::SampleConfig;
@@ -28,9 +30,8 @@ pub enum Job {
     Sample(SampleConfig),
     Label(LabelJob),
     Rm(TrainRmConfig),
-    // TODO(ppo/eval): `Ppo(PpoRunConfig)` and `Eval(EvalConfig)`, built in `plan` from
-    // `cfg.ppo` / `cfg.eval` (policy = the SFT `final/`, reward model = `rm/final`), run in
-    // `runner::execute`; then drop the "not available" check in `PipelineConfig::validate`.
+    Ppo(PpoRunConfig),
+    Eval(EvalConfig),
 }
 
 /// The label stage: the sampled pairs, and optionally the human-labelled pairs with the same
@@ -77,6 +78,8 @@ impl StagePlan {
             Job::Sample(c) => serde_json::to_value(c)?,
             Job::Label(c) => serde_json::to_value(c)?,
             Job::Rm(c) => serde_json::to_value(c)?,
+            Job::Ppo(c) => serde_json::to_value(c)?,
+            Job::Eval(c) => serde_json::to_value(c)?,
         })
     }
 }
@@ -192,7 +195,94 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
             inputs,
         });
     }
+    if let Some(section) = &cfg.ppo {
+        out.push(ppo_plan(cfg, section, run, quiet));
+    }
+    if let Some(section) = &cfg.eval {
+        out.push(eval_plan(cfg, section, run, quiet));
+    }
     Ok(out)
+}
+
+/// PPO of the SFT policy against the reward model of this run.
+fn ppo_plan(cfg: &PipelineConfig, section: &PpoRunConfig, run: &RunDir, quiet: bool) -> StagePlan {
+    let mut c = section.clone();
+    if !cfg.is_set("ppo.ppo.seed") {
+        c.ppo.seed = cfg.seed;
+    }
+    if cfg.has(Stage::Sft) {
+        c.policy = run.sft_final().to_string_lossy().into_owned();
+    }
+    if cfg.has(Stage::Rm) {
+        c.reward_model = Some(run.rm_final());
+    }
+    c.out = run.stage_dir(Stage::Ppo);
+    c.quiet |= quiet;
+    let mut inputs = vec![
+        Input::Path(c.prompts.clone()),
+        Input::Model(c.policy.clone()),
+    ];
+    inputs.extend(c.reference.clone().map(Input::Model));
+    inputs.extend(c.reward_model.clone().map(Input::Path));
+    inputs.extend(c.ptx_data.clone().map(Input::Path));
+    StagePlan {
+        stage: Stage::Ppo,
+        outputs: vec![
+            run.ppo_final(),
+            c.out.join("ppo_log.csv"),
+            c.out.join("manifest.json"),
+        ],
+        job: Job::Ppo(c),
+        inputs,
+    }
+}
+
+/// The PPO policy (A) against the SFT policy (B), judged by the labeler and the reward model.
+fn eval_plan(cfg: &PipelineConfig, section: &EvalConfig, run: &RunDir, quiet: bool) -> StagePlan {
+    let mut c = section.clone();
+    if !cfg.is_set("eval.seed") {
+        c.seed = cfg.seed;
+    }
+    let l = &mut c.labeler;
+    if !cfg.is_set("eval.labeler.seed") {
+        l.seed = cfg.seed;
+    }
+    if !cfg.is_set("eval.labeler.backend") {
+        l.backend = cfg.backend;
+    }
+    if !cfg.is_set("eval.labeler.model") {
+        l.model = cfg.model.clone();
+    }
+    l.constitution = cfg.constitution.clone();
+    if cfg.has(Stage::Ppo) {
+        c.policy_a = run.ppo_final().to_string_lossy().into_owned();
+    }
+    if !cfg.is_set("eval.policy_b") {
+        c.policy_b = match cfg.has(Stage::Sft) {
+            true => run.sft_final().to_string_lossy().into_owned(),
+            false => cfg.model.clone(),
+        };
+    }
+    if cfg.has(Stage::Rm) && !cfg.is_set("eval.reward_model") {
+        c.reward_model = Some(run.rm_final());
+    }
+    c.out = run.stage_dir(Stage::Eval);
+    c.quiet |= quiet;
+    let mut inputs = vec![
+        Input::Path(c.prompts.clone()),
+        Input::Path(c.labeler.constitution.clone()),
+    ];
+    inputs.extend(c.labeler.templates.clone().map(Input::Path));
+    inputs.extend(generation_model(c.labeler.backend, &c.policy_a));
+    inputs.extend(generation_model(c.labeler.backend, &c.policy_b));
+    inputs.extend(generation_model(c.labeler.backend, &c.labeler.model));
+    inputs.extend(c.reward_model.clone().map(Input::Path));
+    StagePlan {
+        stage: Stage::Eval,
+        outputs: vec![c.out.join("eval.json"), c.out.join("report.md")],
+        job: Job::Eval(c),
+        inputs,
+    }
 }
 
 fn label_plan(cfg: &PipelineConfig, section: &LabelConfig, run: &RunDir, quiet: bool) -> StagePlan {

@@ -265,6 +265,12 @@ fn execute(job: &Job) -> Result<Value> {
                 "pairs_per_s": s.pairs_per_s,
             }))
         }
+        Job::Ppo(c) => {
+            let mut c = c.clone();
+            c.resume = has_checkpoint(&c.out)?;
+            Ok(serde_json::to_value(crate::ppo_run::run(&c)?)?)
+        }
+        Job::Eval(c) => Ok(serde_json::to_value(crate::eval::run(c)?)?),
     }
 }
 

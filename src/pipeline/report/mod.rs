@@ -3,6 +3,7 @@
 //! number is read from a file in the run folder and cites it; links are relative to the run
 //! folder, so the report opens with its plots from there.
 
+mod rl;
 mod sections;
 
 use std::fmt::Write as _;
@@ -34,10 +35,8 @@ pub fn write(cfg: &PipelineConfig, run: &RunDir, statuses: &[(Stage, StageStatus
     sections::sample(&mut md, run);
     sections::label(&mut md, run);
     sections::rm(&mut md, run);
-    md.push_str(
-        "## PPO and evaluation\n\nNot available in this build of cai: the `ppo` and `eval` \
-         stages arrive with `cai train ppo` and `cai eval`.\n",
-    );
+    rl::ppo(&mut md, run);
+    rl::eval(&mut md, run);
     let path = run.report();
     std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -61,7 +60,6 @@ fn stages_table(
             Some(StageStatus::Ran { .. }) => "ran".into(),
             Some(StageStatus::NotSelected) => "not selected".into(),
             Some(StageStatus::Failed) => "**failed**".into(),
-            None if matches!(stage, Stage::Ppo | Stage::Eval) => "not in this build".into(),
             None if cfg.has(stage) => "not reached".into(),
             None => "not enabled".into(),
         };

@@ -15,7 +15,7 @@ use crate::revise::RevisionRecord;
 const EXAMPLES: usize = 3;
 
 /// `path` relative to the run folder, for links and citations.
-fn rel(run: &RunDir, path: &Path) -> String {
+pub(super) fn rel(run: &RunDir, path: &Path) -> String {
     path.strip_prefix(&run.root)
         .unwrap_or(path)
         .display()
@@ -27,7 +27,7 @@ fn manifest_of(out: &Path) -> std::path::PathBuf {
 }
 
 /// "Not run yet" when the stage folder has nothing.
-fn absent(md: &mut String, what: &Path, run: &RunDir) -> bool {
+pub(super) fn absent(md: &mut String, what: &Path, run: &RunDir) -> bool {
     if what.exists() {
         return false;
     }
@@ -35,7 +35,7 @@ fn absent(md: &mut String, what: &Path, run: &RunDir) -> bool {
     true
 }
 
-fn images(md: &mut String, run: &RunDir, files: &[(&str, std::path::PathBuf)]) {
+pub(super) fn images(md: &mut String, run: &RunDir, files: &[(&str, std::path::PathBuf)]) {
     for (alt, path) in files {
         if path.exists() {
             let r = rel(run, path);
