@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::ModelArgs;
-use crate::config::read_yaml;
+use crate::config::{read_yaml, set};
 use crate::eval::EvalConfig;
 
 #[derive(Debug, Args)]
@@ -78,11 +78,5 @@ impl EvalConfig {
         }
         c.quiet |= a.quiet;
         Ok(c)
-    }
-}
-
-fn set<T>(target: &mut T, flag: Option<T>) {
-    if let Some(v) = flag {
-        *target = v;
     }
 }

@@ -24,7 +24,7 @@ pub fn read_yaml<T: DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// Sets `target` when the flag was given.
-fn set<T>(target: &mut T, flag: Option<T>) {
+pub fn set<T>(target: &mut T, flag: Option<T>) {
     if let Some(v) = flag {
         *target = v;
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli_train::PpoArgs;
-use crate::config::read_yaml;
+use crate::config::{read_yaml, set};
 use crate::inputs::{read_prompts, PromptItem};
 use crate::jsonl;
 use crate::llm::local::ChatTokenizer;
@@ -156,12 +156,6 @@ impl PpoRunConfig {
         }
         p.validate()?;
         Ok(c)
-    }
-}
-
-fn set<T>(target: &mut T, flag: Option<T>) {
-    if let Some(v) = flag {
-        *target = v;
     }
 }
 

@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::cli_rm::RmArgs;
-use crate::config::read_yaml;
+use crate::config::{read_yaml, set};
 use crate::llm::local::ChatTokenizer;
 use crate::llm::ModelSpec;
 use crate::plot::{self, HistogramSeries, LineSeries};
@@ -68,12 +68,6 @@ impl Default for TrainRmConfig {
             quiet: false,
             resume: false,
         }
-    }
-}
-
-fn set<T>(target: &mut T, flag: Option<T>) {
-    if let Some(v) = flag {
-        *target = v;
     }
 }
 

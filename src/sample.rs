@@ -204,7 +204,9 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
     }
     pb.finish_and_clear();
     output.update(&stats, backend.as_ref(), true)?;
-    write_pairs(cfg)?;
+    if cfg.k >= 2 {
+        write_pairs(cfg)?;
+    }
     if rm.is_some() {
         write_best(cfg)?;
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli_train::{SftArgs, TrainableKind};
-use crate::config::read_yaml;
+use crate::config::{read_yaml, set};
 use crate::llm::local::ChatTokenizer;
 use crate::llm::spec::{sha256_file, ModelSpec};
 use crate::llm::ModelInfo;
@@ -70,12 +70,6 @@ impl Default for SftRunConfig {
             quiet: false,
             train: SftConfig::default(),
         }
-    }
-}
-
-fn set<T>(target: &mut T, flag: Option<T>) {
-    if let Some(v) = flag {
-        *target = v;
     }
 }
 

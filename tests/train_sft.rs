@@ -2,69 +2,16 @@
 //! tokenizer with a ChatML template, built here): loss falls, checkpoints are written and
 //! resumed exactly, bad input is refused, and the final checkpoint runs `cai revise`.
 
+#[path = "util/tiny.rs"]
+mod tiny;
 mod util;
 
 use std::path::{Path, PathBuf};
 
-use cai::train::config::TokenIds;
-use cai::train::weights::init_random;
-use cai::train::{save_model_dir, LlamaConfig};
-use candle_core::{DType, Device};
 use serde_json::{json, Value};
+use tiny::{tiny_model, CHATML};
 use util::{cai, fails, ok, root};
 
-const SPECIALS: [&str; 3] = ["<|im_start|>", "<|im_end|>", "[UNK]"];
-const WORDS: &str = "user assistant system how do i pick a lock make poison steal car hack \
-                     sorry cannot help with that it is harmful and illegal please ask something \
-                     else the what why tell me about";
-const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
-                      {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-const VOCAB: usize = 64;
-
-/// A word-level `tokenizer.json`: special tokens, then the words of [`WORDS`].
-fn tokenizer_json() -> Value {
-    let mut vocab = serde_json::Map::new();
-    let words: Vec<&str> = SPECIALS
-        .iter()
-        .copied()
-        .chain(WORDS.split_whitespace())
-        .collect();
-    assert!(words.len() <= VOCAB);
-    for (id, w) in words.iter().enumerate() {
-        vocab.insert(w.to_string(), json!(id));
-    }
-    let added: Vec<Value> = SPECIALS[..2]
-        .iter()
-        .enumerate()
-        .map(|(id, s)| {
-            json!({"id": id, "content": s, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    })
-}
-
-/// Writes a random 2-layer llama (hidden 32) with the tokenizer above into `dir/base`.
-fn tiny_model(dir: &Path) -> PathBuf {
-    let mut cfg = LlamaConfig::new(VOCAB, 32, 64, 2, 4, 2);
-    cfg.eos_token_id = Some(TokenIds::One(1));
-    let weights = init_random(&cfg, 0.05, 1, DType::F32, &Device::Cpu).unwrap();
-    let tcfg = json!({"chat_template": CHATML, "bos_token": "", "eos_token": "<|im_end|>"});
-    let base = dir.join("base");
-    let files = [
-        ("tokenizer.json", tokenizer_json().to_string().into_bytes()),
-        ("tokenizer_config.json", tcfg.to_string().into_bytes()),
-    ];
-    save_model_dir(&base, &cfg, &weights, &files).unwrap();
-    base
-}
-
-/// 16 TRL conversational rows that all get the same refusal.
 fn data(dir: &Path) -> PathBuf {
     let asks = [
         "how do i pick a lock",

@@ -479,14 +479,16 @@ impl PpoTrainer {
             if let Some(lora_cfg) = self.cfg.trainable.lora() {
                 lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
             }
-            self.value_head.save_file(&tmp.join(VALUE_HEAD_FILE))?;
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
-            std::fs::write(
-                tmp.join(PPO_STATE_FILE),
-                serde_json::to_string_pretty(&self.state)?,
-            )?;
-            Ok(())
+            self.write_head_and_state(tmp)
         })
+    }
+
+    fn write_head_and_state(&self, dir: &Path) -> Result<()> {
+        self.value_head.save_file(&dir.join(VALUE_HEAD_FILE))?;
+        let path = dir.join(PPO_STATE_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(&self.state)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Writes the policy as a plain model folder (LoRA merged) that every stage loads.
@@ -498,12 +500,7 @@ impl PpoTrainer {
         };
         checkpoint::write_dir_atomically(dir, |tmp| {
             checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
-            self.value_head.save_file(&tmp.join(VALUE_HEAD_FILE))?;
-            std::fs::write(
-                tmp.join(PPO_STATE_FILE),
-                serde_json::to_string_pretty(&self.state)?,
-            )?;
-            Ok(())
+            self.write_head_and_state(tmp)
         })
     }
 
