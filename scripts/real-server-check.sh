@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Manual check of `--backend openai` against a real llama.cpp server on loopback (not run in CI).
 #
-# Starts llama-server with the default model on 127.0.0.1, runs `cai revise --limit 4` through
-# it at concurrency 1, 4 and 16 (cache off) and prints requests/s from the manifests, then
-# repeats one run twice with the cache on to show the requests it saves.
+# Starts llama-server with the default model on 127.0.0.1, runs `cai revise --limit 4` and
+# `cai label` (the 12 sample pairs, both orders) through it at concurrency 1, 4 and 16 (cache
+# off) and prints requests/s and labels/s from the manifests, then repeats one revise run twice
+# with the cache on to show the requests it saves.
 #
 # usage: scripts/real-server-check.sh [LLAMA_BIN_DIR]   (default: built by peer-llamacpp.sh)
 set -euo pipefail
@@ -39,6 +40,16 @@ echo "uptime: $(uptime)"
 for c in 1 4 16; do
   revise "c$c.jsonl" "$c" --no-cache
   stats "c$c.jsonl"
+done
+label() { # OUT CONCURRENCY
+  "$cai" label --backend openai --base-url "http://127.0.0.1:$port" --concurrency "$2" \
+    --pairs data/sample-pairs.jsonl --few-shot 1 --seed 1 --quiet --no-cache --out "$work/$1"
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["stats"]
+print(f"{sys.argv[2]}: {s[\"written\"]} labels in {s[\"seconds\"]:.2f} s = {s[\"written\"]/s[\"seconds\"]:.2f} labels/s")' \
+    "$work/$1.manifest.json" "label $1"
+}
+for c in 1 4 16; do
+  label "l$c.jsonl" "$c"
 done
 revise cached-1.jsonl 16 --cache-dir "$work/cache"
 stats cached-1.jsonl
