@@ -27,7 +27,7 @@ use crate::progress;
 use crate::score::TextRewardModel;
 use crate::sft_data::{read_pairs, tokenize, RoundChoice};
 use crate::sft_run::load_base;
-use crate::train::checkpoint::{checkpoint_dir, latest_checkpoint};
+use crate::train::checkpoint::{checkpoint_dir, resume_point};
 use crate::train::data::prepare_examples;
 use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
 use crate::train::ppo_config::{PpoConfig, PpoStepStats};
@@ -232,21 +232,12 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
     let reference_name = cfg.reference.as_deref().unwrap_or(&cfg.policy);
     let (ref_config, reference, ref_sha) = load_base(reference_name)
         .with_context(|| format!("loading the reference model {reference_name}"))?;
-    let mut trainer = match (cfg.resume, latest_checkpoint(&cfg.out)?) {
-        (true, Some(dir)) => {
+    let mut trainer = match resume_point(&cfg.out, cfg.resume)? {
+        Some(dir) => {
             eprintln!("cai: train ppo: resuming from {}", dir.display());
             PpoTrainer::resume(&dir, &reference, data)?
         }
-        (true, None) => bail!(
-            "--resume: no checkpoint-N folder in {} to continue from",
-            cfg.out.display()
-        ),
-        (false, Some(found)) => bail!(
-            "{} already holds {}: pass --resume to continue that run, or choose another --out",
-            cfg.out.display(),
-            found.display()
-        ),
-        (false, None) => {
+        None => {
             let (policy_config, weights, _) = load_base(&cfg.policy)
                 .with_context(|| format!("loading the policy {}", cfg.policy))?;
             ensure!(

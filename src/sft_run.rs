@@ -26,7 +26,7 @@ use crate::manifest::{fingerprint, now_unix, Manifest};
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
 use crate::sft_data::{read_pairs, tokenize, RoundChoice};
-use crate::train::checkpoint::latest_checkpoint;
+use crate::train::checkpoint::resume_point;
 use crate::train::data::eval_loss;
 use crate::train::{
     load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, SftConfig, SftStart,
@@ -178,9 +178,8 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
         }
     }
 
-    let resume_from = latest_checkpoint(&cfg.out)?;
-    let (start, model_sha, before) = match (cfg.resume, resume_from) {
-        (true, Some(checkpoint)) => {
+    let (start, model_sha, before) = match resume_point(&cfg.out, cfg.resume)? {
+        Some(checkpoint) => {
             let sha = sha256_file(&checkpoint.join("model.safetensors")).ok();
             let start = SftStart::Resume {
                 checkpoint,
@@ -188,16 +187,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
             };
             (start, sha, None)
         }
-        (true, None) => bail!(
-            "--resume: no checkpoint-N folder in {} to continue from",
-            cfg.out.display()
-        ),
-        (false, Some(found)) => bail!(
-            "{} already holds {}: pass --resume to continue that run, or choose another --out",
-            cfg.out.display(),
-            found.display()
-        ),
-        (false, None) => {
+        None => {
             let (model_config, weights, sha) = load_base(&cfg.model)?;
             let before = match eval.is_empty() {
                 true => None,
