@@ -31,9 +31,27 @@ revise() { # OUT CONCURRENCY EXTRA...
     --limit 4 --rounds 1 --batch-size 4 --seed 1 --quiet --out "$work/$out" "$@"
 }
 stats() { # OUT
-  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); s=m["stats"]; b=s["backend"]
-print(f"{sys.argv[2]}: {b[\"requests\"]} requests in {s[\"seconds\"]:.2f} s = {b[\"requests\"]/s[\"seconds\"]:.2f} requests/s; retries {b[\"retries\"]}, failures {b[\"failures\"]}, cache {b[\"cache\"]}")' \
-    "$work/$1.manifest.json" "$1"
+  python3 - "$work/$1.manifest.json" "$1" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))["stats"]
+b = s["backend"]
+r, t = b["requests"], s["seconds"]
+print(f"{sys.argv[2]}: {r} requests in {t:.2f} s = {r / t:.2f} requests/s; "
+      f"retries {b['retries']}, failures {b['failures']}, cache {b['cache']}")
+PY
+}
+
+compare_labels() { # SERVER_LABELS LOCAL_LABELS
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+load = lambda p: {r["id"]: r for r in map(json.loads, open(p))}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+ids = sorted(set(a) & set(b))
+diff = [abs(a[i]["p_a"] - b[i]["p_a"]) for i in ids]
+same = sum((a[i]["p_a"] > 0.5) == (b[i]["p_a"] > 0.5) for i in ids)
+print(f"server vs local labels on {len(ids)} pairs: mean |p_a difference| "
+      f"{sum(diff) / len(diff):.4f}, max {max(diff):.4f}, same preferred response {same}/{len(ids)}")
+PY
 }
 
 echo "uptime: $(uptime)"
@@ -44,9 +62,12 @@ done
 label() { # OUT CONCURRENCY
   "$cai" label --backend openai --base-url "http://127.0.0.1:$port" --concurrency "$2" \
     --pairs data/sample-pairs.jsonl --few-shot 1 --seed 1 --quiet --no-cache --out "$work/$1"
-  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["stats"]
-print(f"{sys.argv[2]}: {s[\"written\"]} labels in {s[\"seconds\"]:.2f} s = {s[\"written\"]/s[\"seconds\"]:.2f} labels/s")' \
-    "$work/$1.manifest.json" "label $1"
+  python3 - "$work/$1.manifest.json" "label at concurrency $2" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))["stats"]
+n, t = s["written"], s["seconds"]
+print(f"{sys.argv[2]}: {n} labels in {t:.2f} s = {n / t:.2f} labels/s")
+PY
 }
 for c in 1 4 16; do
   label "l$c.jsonl" "$c"
@@ -58,5 +79,8 @@ stats cached-2.jsonl
 cmp <(python3 -c 'import json,sys;[print(json.dumps({k:v for k,v in json.loads(l).items()})) for l in open(sys.argv[1])]' "$work/cached-1.jsonl") \
     <(python3 -c 'import json,sys;[print(json.dumps({k:v for k,v in json.loads(l).items()})) for l in open(sys.argv[1])]' "$work/cached-2.jsonl") \
   && echo "repeated run: identical records"
+# The same labels from the local backend (cai's own model code on the same GGUF).
+"$cai" label --pairs data/sample-pairs.jsonl --few-shot 1 --seed 1 --quiet --out "$work/local.jsonl"
+compare_labels "$work/l1.jsonl" "$work/local.jsonl"
 echo "uptime: $(uptime)"
 echo "records: $work/c1.jsonl"
