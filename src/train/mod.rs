@@ -53,15 +53,9 @@ pub use sft::{train_sft, NonFiniteError, SftConfig, SftStart, SftSummary};
 pub use trainer::{SftTrainer, TrainerState};
 pub use weights::{load_gguf, load_hf_dir, Weights};
 
-use candle_core::{DType, Device};
-
 /// Builds a [`Llama`] for inference from plain weights (no `Var`s, no LoRA).
 pub fn model_from_weights(cfg: &LlamaConfig, weights: &Weights) -> anyhow::Result<Llama> {
-    let (dtype, device) = weights
-        .values()
-        .next()
-        .map(|t| (t.dtype(), t.device().clone()))
-        .unwrap_or((DType::F32, Device::Cpu));
+    let (dtype, device) = weights::dtype_device(weights)?;
     let vb = candle_nn::VarBuilder::from_tensors(weights.clone(), dtype, &device);
     Ok(Llama::new(cfg, vb)?)
 }

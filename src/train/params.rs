@@ -6,15 +6,17 @@
 //! cheap. The optimizer updates the `Var`s in place, so the model built from the store
 //! and the store's tensors always show the current values.
 
+use super::checkpoint;
 use super::config::LlamaConfig;
-use super::lora::LoraConfig;
+use super::lora::{self, LoraConfig};
 use super::model::Llama;
-use super::weights::Weights;
+use super::weights::{self, Weights};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 /// Which parameters a run trains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -101,6 +103,35 @@ impl ParamStore {
             tensors,
             vars,
         })
+    }
+
+    /// A fresh run's parameters: `weights` (f32) plus, for LoRA, adapters initialised from
+    /// `seed`.
+    pub fn fresh(
+        config: &LlamaConfig,
+        mut weights: Weights,
+        trainable: Trainable,
+        seed: u64,
+    ) -> Result<Self> {
+        let (dtype, device) = weights::dtype_device(&weights)?;
+        ensure!(
+            dtype == DType::F32,
+            "training needs f32 weights (got {dtype:?}); load them with DType::F32"
+        );
+        if let Some(lora_cfg) = trainable.lora() {
+            weights.extend(lora::init_adapters(config, lora_cfg, seed, dtype, &device)?);
+        }
+        Self::new(config, weights, trainable)
+    }
+
+    /// The parameters saved in a checkpoint folder (base weights and LoRA adapters), in f32.
+    pub fn restore(dir: &Path, trainable: Trainable, device: &Device) -> Result<Self> {
+        let stored = checkpoint::load_model_dir_unmerged(dir, DType::F32, device)?;
+        let mut weights = stored.base;
+        if let Some((_, adapters)) = stored.adapters {
+            weights.extend(adapters);
+        }
+        Self::new(&stored.config, weights, trainable)
     }
 
     /// The model configuration.

@@ -31,6 +31,7 @@ use super::ppo_math::{
 use super::ppo_rollout::{generate, split_rows, token_outputs, Rollout, RolloutSampling};
 use super::reward::RewardHead;
 use super::trainer::epoch_order;
+use super::weights::dtype_device;
 use super::{model_from_weights, LlamaConfig, NonFiniteError, Weights};
 
 /// Trainer state file of a PPO checkpoint (the name every checkpoint folder uses, so
@@ -96,23 +97,14 @@ impl PpoTrainer {
     /// A fresh run: the policy starts from `weights` (f32), the reference is `reference`.
     pub fn new(
         model_config: &LlamaConfig,
-        mut weights: Weights,
+        weights: Weights,
         reference: &Weights,
         data: PpoData,
         cfg: PpoConfig,
     ) -> Result<Self> {
         cfg.validate()?;
-        let device = device_of(&weights)?;
-        if let Some(lora_cfg) = cfg.trainable.lora() {
-            weights.extend(lora::init_adapters(
-                model_config,
-                lora_cfg,
-                cfg.seed,
-                DType::F32,
-                &device,
-            )?);
-        }
-        let params = ParamStore::new(model_config, weights, cfg.trainable.clone())?;
+        let (_, device) = dtype_device(&weights)?;
+        let params = ParamStore::fresh(model_config, weights, cfg.trainable.clone(), cfg.seed)?;
         let head = RewardHead::init(model_config.hidden_size, cfg.seed ^ 0x7a1e, &device)?;
         let state = PpoState {
             step: 0,
@@ -129,7 +121,7 @@ impl PpoTrainer {
 
     /// Continues the run saved in checkpoint folder `dir` (same prompts, same reference).
     pub fn resume(dir: &Path, reference: &Weights, data: PpoData) -> Result<Self> {
-        let device = device_of(reference)?;
+        let (_, device) = dtype_device(reference)?;
         let path = dir.join(PPO_STATE_FILE);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -140,13 +132,9 @@ impl PpoTrainer {
             "{}: the prompts differ from those of the checkpoint",
             dir.display()
         );
-        let stored = checkpoint::load_model_dir_unmerged(dir, DType::F32, &device)?;
-        let (model_config, mut weights) = (stored.config, stored.base);
-        if let Some((_, adapters)) = stored.adapters {
-            weights.extend(adapters);
-        }
         let cfg = state.config.clone();
-        let params = ParamStore::new(&model_config, weights, cfg.trainable.clone())?;
+        let params = ParamStore::restore(dir, cfg.trainable.clone(), &device)?;
+        let model_config = params.config().clone();
         let head = RewardHead::load_file(
             &dir.join(VALUE_HEAD_FILE),
             model_config.hidden_size,
@@ -575,14 +563,6 @@ fn mean(xs: &[f64]) -> f64 {
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-}
-
-fn device_of(weights: &Weights) -> Result<Device> {
-    weights
-        .values()
-        .next()
-        .map(|t| t.device().clone())
-        .context("no weights")
 }
 
 fn prompts_fingerprint(prompts: &[Vec<u32>]) -> String {

@@ -114,27 +114,14 @@ impl RewardTrainer {
     /// A fresh run on backbone `weights` (f32) with a new head.
     pub fn new(
         model_config: &LlamaConfig,
-        mut weights: Weights,
+        weights: Weights,
         train: Vec<TokenPair>,
         eval: Vec<TokenPair>,
         cfg: RewardTrainConfig,
     ) -> Result<Self> {
-        let device = weights
-            .values()
-            .next()
-            .map(|t| t.device().clone())
-            .context("no weights")?;
+        let (_, device) = super::weights::dtype_device(&weights)?;
         let t = &cfg.train;
-        if let Some(lora_cfg) = t.trainable.lora() {
-            weights.extend(lora::init_adapters(
-                model_config,
-                lora_cfg,
-                t.seed,
-                DType::F32,
-                &device,
-            )?);
-        }
-        let params = ParamStore::new(model_config, weights, t.trainable.clone())?;
+        let params = ParamStore::fresh(model_config, weights, t.trainable.clone(), t.seed)?;
         let head = RewardHead::init(model_config.hidden_size, t.seed, &device)?;
         let opt = AdamW::new(t.adamw());
         Self::assemble(params, head, opt, train, eval, cfg, None)
@@ -152,14 +139,9 @@ impl RewardTrainer {
             .with_context(|| format!("reading {}", path.display()))?;
         let state: RewardTrainerState =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let stored = checkpoint::load_model_dir_unmerged(dir, DType::F32, device)?;
-        let mut weights = stored.base;
-        if let Some((_, adapters)) = stored.adapters {
-            weights.extend(adapters);
-        }
         let cfg = state.config.clone();
-        let params = ParamStore::new(&stored.config, weights, cfg.train.trainable.clone())?;
-        let head = RewardHead::load(dir, stored.config.hidden_size, device)?;
+        let params = ParamStore::restore(dir, cfg.train.trainable.clone(), device)?;
+        let head = RewardHead::load(dir, params.config().hidden_size, device)?;
         let opt = AdamW::load(cfg.train.adamw(), &dir.join(OPTIMIZER_FILE), device)?;
         ensure!(
             opt.step_count() as usize == state.step,

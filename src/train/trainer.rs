@@ -66,25 +66,13 @@ impl SftTrainer {
     /// A fresh run on `weights` (LoRA adapters are initialised from the seed).
     pub fn new(
         model_config: &LlamaConfig,
-        mut weights: Weights,
+        weights: Weights,
         train: &[TokenizedExample],
         eval: &[TokenizedExample],
         cfg: SftConfig,
     ) -> Result<Self> {
-        let (dtype, device) = weights
-            .values()
-            .next()
-            .map(|t| (t.dtype(), t.device().clone()))
-            .context("no weights")?;
-        ensure!(
-            dtype == DType::F32,
-            "training needs f32 weights (got {dtype:?}); load them with DType::F32"
-        );
-        if let Some(lora_cfg) = cfg.trainable.lora() {
-            let fresh = lora::init_adapters(model_config, lora_cfg, cfg.seed, dtype, &device)?;
-            weights.extend(fresh);
-        }
-        let params = ParamStore::new(model_config, weights, cfg.trainable.clone())?;
+        let (_, device) = super::weights::dtype_device(&weights)?;
+        let params = ParamStore::fresh(model_config, weights, cfg.trainable.clone(), cfg.seed)?;
         let opt = AdamW::new(cfg.adamw());
         Self::assemble(params, opt, train, eval, cfg, None, &device)
     }
@@ -101,13 +89,8 @@ impl SftTrainer {
             .with_context(|| format!("reading {}", path.display()))?;
         let state: TrainerState =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let stored = checkpoint::load_model_dir_unmerged(dir, DType::F32, device)?;
-        let (model_config, mut weights) = (stored.config, stored.base);
-        if let Some((_, adapters)) = stored.adapters {
-            weights.extend(adapters);
-        }
         let cfg = state.config.clone();
-        let params = ParamStore::new(&model_config, weights, cfg.trainable.clone())?;
+        let params = ParamStore::restore(dir, cfg.trainable.clone(), device)?;
         let opt = AdamW::load(cfg.adamw(), &dir.join(OPTIMIZER_FILE), device)?;
         ensure!(
             opt.step_count() as usize == state.step,

@@ -19,6 +19,15 @@ use std::path::Path;
 /// Weight tensors by Hugging Face name.
 pub type Weights = HashMap<String, Tensor>;
 
+/// The dtype and device of a weight set (of any one tensor: they share both).
+pub fn dtype_device(weights: &Weights) -> Result<(DType, Device)> {
+    weights
+        .values()
+        .next()
+        .map(|t| (t.dtype(), t.device().clone()))
+        .context("no weights")
+}
+
 /// File name of single-file weights in a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// File name of the shard index of sharded weights.
