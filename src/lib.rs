@@ -13,6 +13,7 @@ pub mod cli_train;
 pub mod compare;
 pub mod config;
 pub mod constitution;
+pub mod device;
 pub mod eval;
 pub mod export;
 pub mod inputs;

@@ -231,7 +231,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
     let max_len = cfg.train.max_len;
     let (train, cut_a) = tokenize_pairs(&tok, &train_text, max_len)?;
     let (eval, cut_b) = tokenize_pairs(&tok, &eval_text, max_len)?;
-    let device = Device::cuda_if_available(0)?;
+    let device = crate::device::compute_device()?;
     let base_model = match ModelSpec::resolve(&cfg.model)? {
         ModelSpec::GgufFile(p) | ModelSpec::Folder(p) => std::path::absolute(p)?,
     };

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -56,7 +55,7 @@ pub struct TextRewardModel {
 
 impl TextRewardModel {
     pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
-        let rm = RewardModel::load(dir, &Device::cuda_if_available(0)?)
+        let rm = RewardModel::load(dir, &crate::device::compute_device()?)
             .with_context(|| format!("loading the reward model {}", dir.display()))?;
         let tok = if dir.join("tokenizer.json").is_file() {
             ChatTokenizer::from_folder(dir)?

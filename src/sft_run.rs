@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::cli_train::{SftArgs, TrainableKind};
 use crate::config::{read_yaml, set};
+use crate::device::compute_device;
 use crate::llm::local::ChatTokenizer;
 use crate::llm::spec::{sha256_file, ModelSpec};
 use crate::llm::ModelInfo;
@@ -28,6 +29,7 @@ use crate::progress;
 use crate::sft_data::{read_pairs, tokenize, RoundChoice};
 use crate::train::checkpoint::resume_point;
 use crate::train::data::eval_loss;
+use crate::train::weights::dtype_device;
 use crate::train::{
     load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, SftConfig, SftStart,
     TokenizedExample, TrainEvent, Trainable, Weights,
@@ -183,7 +185,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
             let sha = sha256_file(&checkpoint.join("model.safetensors")).ok();
             let start = SftStart::Resume {
                 checkpoint,
-                device: Device::Cpu,
+                device: compute_device()?,
             };
             (start, sha, None)
         }
@@ -193,7 +195,8 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
                 true => None,
                 false => {
                     let model = model_from_weights(&model_config, &weights)?;
-                    Some(eval_loss(&model, &eval, cfg.train.batch_size, &Device::Cpu)?.0)
+                    let (_, device) = dtype_device(&weights)?;
+                    Some(eval_loss(&model, &eval, cfg.train.batch_size, &device)?.0)
                 }
             };
             let start = SftStart::Fresh {
@@ -329,11 +332,12 @@ fn load_examples(
 }
 
 /// Base weights in f32 with the sha256 of their file.
+/// The weights sit on the compute device (`crate::device`), where training runs.
 pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> {
-    let cpu = Device::Cpu;
+    let device = compute_device()?;
     match ModelSpec::resolve(model)? {
         ModelSpec::GgufFile(p) => {
-            let (cfg, w) = load_gguf(&p, DType::F32, &cpu)
+            let (cfg, w) = load_gguf(&p, DType::F32, &device)
                 .with_context(|| format!("cannot load {}", p.display()))?;
             Ok((cfg, w, Some(sha256_file(&p)?)))
         }
@@ -344,10 +348,10 @@ pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> 
                 .map(|e| e.path())
                 .find(|p| p.extension().is_some_and(|e| e == "gguf"));
             if let Some(p) = gguf {
-                let (cfg, w) = load_gguf(&p, DType::F32, &cpu)?;
+                let (cfg, w) = load_gguf(&p, DType::F32, &device)?;
                 return Ok((cfg, w, Some(sha256_file(&p)?)));
             }
-            let (cfg, w) = load_model_dir(&dir, DType::F32, &cpu)
+            let (cfg, w) = load_model_dir(&dir, DType::F32, &device)
                 .with_context(|| format!("cannot load {}", dir.display()))?;
             Ok((cfg, w, sha256_file(&dir.join("model.safetensors")).ok()))
         }

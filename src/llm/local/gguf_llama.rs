@@ -129,6 +129,15 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Whether every stored key and value tensor is contiguous.
+    #[cfg(test)]
+    pub(crate) fn is_contiguous(&self) -> bool {
+        self.layers
+            .iter()
+            .flatten()
+            .all(|(k, v)| k.is_contiguous() && v.is_contiguous())
+    }
 }
 
 /// The loaded model.
@@ -345,6 +354,9 @@ impl GgufLlama {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
         };
+        // A cache cut back to a shared prefix (`truncate`) is a strided view, and `cat` of a
+        // view is strided too; CUDA's batched matmul needs contiguous keys and values.
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
         *slot = Some((k.clone(), v.clone()));
         // Grouped-query attention without copying keys and values per query head: the `n`
         // query heads sharing a key/value head become `n * t` query rows of that head.
@@ -361,7 +373,7 @@ impl GgufLlama {
             att = att.broadcast_add(&mask)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?; // [b, kv, n * t, head_dim]
+        let y = att.matmul(&v)?; // [b, kv, n * t, head_dim]
         let y = y.reshape((b, s.heads, t, s.head_dim))?;
         Ok(y.transpose(1, 2)?.reshape((b, t, s.heads * s.head_dim))?)
     }

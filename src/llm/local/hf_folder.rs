@@ -111,4 +111,27 @@ mod tests {
         assert!(worst < 0.15, "largest logit difference {worst}");
         Ok(())
     }
+
+    /// A cache cut back to a shared prefix and extended again keeps contiguous keys and
+    /// values (CUDA's batched matmul refuses strided ones; the CPU accepts both) and gives the
+    /// same logits as a cache that was never cut.
+    #[test]
+    fn truncated_cache_stays_contiguous_and_exact() -> Result<()> {
+        let cfg = LlamaConfig::new(40, 16, 32, 2, 4, 2);
+        let weights = init_random(&cfg, 0.2, 7, DType::F32, &Device::Cpu)?;
+        let model = GgufLlama::from_hf_weights(&cfg, &weights, &Device::Cpu, false)?;
+        let (prefix, tail) = ([1u32, 5, 9, 2], [30u32, 7, 11]);
+        let mut shared = model.new_cache();
+        model.forward(&prefix, &mut shared, false)?;
+        model.forward(&[3, 4], &mut shared, false)?;
+        shared.truncate(prefix.len())?;
+        let got = model.forward(&tail, &mut shared, true)?;
+        assert!(shared.is_contiguous(), "keys/values left strided after truncate + extend");
+        let mut fresh = model.new_cache();
+        model.forward(&prefix, &mut fresh, false)?;
+        let want = model.forward(&tail, &mut fresh, true)?;
+        let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
+    }
 }

@@ -357,13 +357,7 @@ impl Backend for LocalBackend {
 }
 
 fn device() -> Result<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        if let Ok(d) = Device::new_cuda(0) {
-            return Ok(d);
-        }
-    }
-    Ok(Device::Cpu)
+    crate::device::compute_device()
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
