@@ -20,7 +20,9 @@ fn pick(choice: &str) -> Result<Device> {
     match choice {
         "cpu" => Ok(Device::Cpu),
         "" | "auto" => Ok(cuda().unwrap_or(Device::Cpu)),
-        "cuda" | "gpu" => cuda().with_context(|| format!("{DEVICE_ENV}=cuda: no usable CUDA device")),
+        "cuda" | "gpu" => {
+            cuda().with_context(|| format!("{DEVICE_ENV}=cuda: no usable CUDA device"))
+        }
         other => bail!("{DEVICE_ENV}={other}: expected `auto`, `cpu` or `cuda`"),
     }
 }

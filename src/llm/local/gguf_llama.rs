@@ -9,10 +9,11 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::rotary_emb::rope_i;
 
+use super::kv_cache::KvCache;
 use super::qmatmul::{rows_matmul, RowsMatMul};
 
 /// Shape hyper-parameters read from the GGUF metadata.
@@ -102,41 +103,96 @@ impl Linear {
     }
 }
 
+/// Projections of the same input (q, k, v; or gate, up). When their weights share a quantized
+/// type they are stored as one matrix of stacked rows and run as one product: one pass over
+/// the activations and one parallel section instead of several. Each output value is the same
+/// row-by-row dot product either way.
+struct Fused {
+    linears: Vec<Linear>,
+    widths: Vec<usize>,
+}
+
+impl Fused {
+    fn new(parts: Vec<QTensor>, dense: bool) -> Result<Self> {
+        let widths = parts
+            .iter()
+            .map(|q| Ok(q.shape().dims2()?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let same_type = parts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
+        let linears = match same_type && parts.len() > 1 {
+            true => vec![Linear::new(stack_rows(&parts)?, dense)?],
+            false => parts
+                .into_iter()
+                .map(|q| Linear::new(q, dense))
+                .collect::<Result<_>>()?,
+        };
+        Ok(Self { linears, widths })
+    }
+
+    /// One output per part, in the order given to `new`.
+    fn forward_with(&self, x: &Tensor, allow_dense: bool) -> Result<Vec<Tensor>> {
+        if self.linears.len() == self.widths.len() {
+            return self
+                .linears
+                .iter()
+                .map(|l| l.forward_with(x, allow_dense))
+                .collect();
+        }
+        let y = self.linears[0].forward_with(x, allow_dense)?;
+        let mut start = 0;
+        self.widths
+            .iter()
+            .map(|&w| {
+                let part = y.narrow(D::Minus1, start, w)?;
+                start += w;
+                Ok(part)
+            })
+            .collect()
+    }
+}
+
+/// One quantized matrix holding the rows of `parts` (same type and row length) in order.
+fn stack_rows(parts: &[QTensor]) -> Result<QTensor> {
+    let k = parts[0].shape().dims2()?.1;
+    let mut rows = 0;
+    let mut bytes = Vec::new();
+    for q in parts {
+        let (n, kq) = q.shape().dims2()?;
+        if kq != k {
+            bail!("cannot stack projections with rows of {k} and {kq} values");
+        }
+        rows += n;
+        bytes.extend_from_slice(&q.data()?);
+    }
+    // candle reads the bytes in place as blocks: they must be borrowed (an owned buffer is
+    // dropped before it is read) and aligned for the block type (8 bytes covers them all).
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    // SAFETY: `words` spans at least `bytes.len()` bytes and u64 has no invalid bit patterns.
+    let aligned =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) };
+    aligned[..bytes.len()].copy_from_slice(&bytes);
+    let data = std::borrow::Cow::Borrowed(&aligned[..bytes.len()]);
+    let storage = QStorage::from_data(data, &parts[0].device(), parts[0].dtype())?;
+    Ok(QTensor::new(storage, (rows, k))?)
+}
+
 struct Layer {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k, v.
+    qkv: Fused,
     o: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// gate, up.
+    gate_up: Fused,
     down: Linear,
 }
 
-/// Keys and values of the positions processed so far, per layer.
-#[derive(Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl KvCache {
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Whether every stored key and value tensor is contiguous.
-    #[cfg(test)]
-    pub(crate) fn is_contiguous(&self) -> bool {
-        self.layers
-            .iter()
-            .flatten()
-            .all(|(k, v)| k.is_contiguous() && v.is_contiguous())
+impl Layer {
+    /// The feed-forward block: down(silu(gate(h)) · up(h)).
+    fn mlp(&self, h: &Tensor, allow_dense: bool) -> Result<Tensor> {
+        let gu = self.gate_up.forward_with(h, allow_dense)?;
+        let g = candle_nn::ops::silu(&gu[0])?;
+        self.down.forward_with(&(g * &gu[1])?, allow_dense)
     }
 }
 
@@ -235,17 +291,14 @@ impl GgufLlama {
         let mut layers = Vec::with_capacity(shape.layers);
         for i in 0..shape.layers {
             let p = format!("blk.{i}");
-            let qm = |t: QTensor| Linear::new(t, dense);
+            let mut w = |name: &str| tensor(&format!("{p}.{name}.weight"));
             layers.push(Layer {
-                attn_norm: tensor(&format!("{p}.attn_norm.weight"))?.dequantize(device)?,
-                q: qm(tensor(&format!("{p}.attn_q.weight"))?)?,
-                k: qm(tensor(&format!("{p}.attn_k.weight"))?)?,
-                v: qm(tensor(&format!("{p}.attn_v.weight"))?)?,
-                o: qm(tensor(&format!("{p}.attn_output.weight"))?)?,
-                ffn_norm: tensor(&format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
-                gate: qm(tensor(&format!("{p}.ffn_gate.weight"))?)?,
-                up: qm(tensor(&format!("{p}.ffn_up.weight"))?)?,
-                down: qm(tensor(&format!("{p}.ffn_down.weight"))?)?,
+                attn_norm: w("attn_norm")?.dequantize(device)?,
+                qkv: Fused::new(vec![w("attn_q")?, w("attn_k")?, w("attn_v")?], dense)?,
+                o: Linear::new(w("attn_output")?, dense)?,
+                ffn_norm: w("ffn_norm")?.dequantize(device)?,
+                gate_up: Fused::new(vec![w("ffn_gate")?, w("ffn_up")?], dense)?,
+                down: Linear::new(w("ffn_down")?, dense)?,
             });
         }
         let (cos, sin) = rope_tables(&shape, device)?;
@@ -263,10 +316,7 @@ impl GgufLlama {
 
     /// A cache for a new sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache {
-            layers: vec![None; self.shape.layers],
-            len: 0,
-        }
+        KvCache::new(self.shape.layers, self.shape.context)
     }
 
     /// Runs `tokens` after the positions already in `cache` and appends them to it.
@@ -283,7 +333,7 @@ impl GgufLlama {
         if t == 0 {
             bail!("internal error: forward over zero tokens");
         }
-        let pos = cache.len;
+        let pos = cache.len();
         if pos + t > self.shape.context {
             bail!(
                 "sequence of {} tokens exceeds the model's context of {}",
@@ -294,16 +344,14 @@ impl GgufLlama {
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?; // [1, t, hidden]
         let mask = causal_mask(t, pos, &self.device)?;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
-            let a = self.attention(layer, &h, pos, mask.as_ref(), slot)?;
+            let a = self.attention(layer, &h, pos, mask.as_ref(), cache, li)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
-            let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let m = layer.down.forward(&(g * layer.up.forward(&h)?)?)?;
-            x = (x + m)?;
+            x = (x + layer.mlp(&h, true)?)?;
         }
-        cache.len += t;
+        cache.advance(t);
         let x = if all_positions {
             x
         } else {
@@ -319,12 +367,11 @@ impl GgufLlama {
         x: &Tensor,
         pos: usize,
         mask: Option<&Tensor>,
-        slot: &mut Option<(Tensor, Tensor)>,
+        cache: &mut KvCache,
+        li: usize,
     ) -> Result<Tensor> {
-        let q = layer.q.forward(x)?;
-        let k = layer.k.forward(x)?;
-        let v = layer.v.forward(x)?;
-        let y = self.attend(&q, &k, &v, pos, mask, slot)?;
+        let qkv = layer.qkv.forward_with(x, true)?;
+        let y = self.attend(&qkv[0], &qkv[1], &qkv[2], pos, mask, cache, li)?;
         layer.o.forward(&y)
     }
 
@@ -336,7 +383,8 @@ impl GgufLlama {
         v: &Tensor,
         pos: usize,
         mask: Option<&Tensor>,
-        slot: &mut Option<(Tensor, Tensor)>,
+        cache: &mut KvCache,
+        li: usize,
     ) -> Result<Tensor> {
         let s = &self.shape;
         let (b, t, _) = q.dims3()?;
@@ -350,14 +398,7 @@ impl GgufLlama {
         let q = rope_i(&heads(q, s.heads)?, &cos, &sin)?;
         let k = rope_i(&heads(k, s.kv_heads)?, &cos, &sin)?;
         let v = heads(v, s.kv_heads)?;
-        let (k, v) = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        // A cache cut back to a shared prefix (`truncate`) is a strided view, and `cat` of a
-        // view is strided too; CUDA's batched matmul needs contiguous keys and values.
-        let (k, v) = (k.contiguous()?, v.contiguous()?);
-        *slot = Some((k.clone(), v.clone()));
+        let (k, v) = cache.append(li, &k, &v)?;
         // Grouped-query attention without copying keys and values per query head: the `n`
         // query heads sharing a key/value head become `n * t` query rows of that head.
         let n = s.heads / s.kv_heads;
@@ -385,10 +426,10 @@ impl GgufLlama {
         if b == 0 || b != caches.len() {
             bail!("internal error: {b} tokens for {} caches", caches.len());
         }
-        if let Some(c) = caches.iter().find(|c| c.len + 1 > self.shape.context) {
+        if let Some(c) = caches.iter().find(|c| c.len() + 1 > self.shape.context) {
             bail!(
                 "sequence of {} tokens exceeds the model's context of {}",
-                c.len + 1,
+                c.len() + 1,
                 self.shape.context
             );
         }
@@ -396,30 +437,18 @@ impl GgufLlama {
         let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(1)?; // [b, 1, hidden]
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
-            let q = layer.q.forward_quant(&h)?;
-            let k = layer.k.forward_quant(&h)?;
-            let v = layer.v.forward_quant(&h)?;
+            let qkv = layer.qkv.forward_with(&h, false)?;
             let mut ys = Vec::with_capacity(b);
             for (j, cache) in caches.iter_mut().enumerate() {
-                let one = |t: &Tensor| t.narrow(0, j, 1);
-                ys.push(self.attend(
-                    &one(&q)?,
-                    &one(&k)?,
-                    &one(&v)?,
-                    cache.len,
-                    None,
-                    &mut cache.layers[li],
-                )?);
+                let one = |i: usize| qkv[i].narrow(0, j, 1);
+                ys.push(self.attend(&one(0)?, &one(1)?, &one(2)?, cache.len(), None, cache, li)?);
             }
             x = (x + layer.o.forward_quant(&Tensor::cat(&ys, 0)?)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
-            let g = candle_nn::ops::silu(&layer.gate.forward_quant(&h)?)?;
-            x = (x + layer
-                .down
-                .forward_quant(&(g * layer.up.forward_quant(&h)?)?)?)?;
+            x = (x + layer.mlp(&h, false)?)?;
         }
         for c in caches.iter_mut() {
-            c.len += 1;
+            c.advance(1);
         }
         let x = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.shape.rms_eps as f32)?;
         Ok(self.output.forward_quant(&x)?.squeeze(1)?)
@@ -469,22 +498,4 @@ pub fn log_softmax(v: &[f32]) -> Vec<f64> {
 pub fn last_row(logits: &Tensor) -> Result<Vec<f32>> {
     let n = logits.dim(0)?;
     Ok(logits.get(n - 1)?.to_dtype(DType::F32)?.to_vec1()?)
-}
-
-impl KvCache {
-    /// Keeps only the first `n` positions (a shared prefix of another sequence).
-    pub fn truncate(&mut self, n: usize) -> Result<()> {
-        if n >= self.len {
-            return Ok(());
-        }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, 0, n)?;
-            *v = v.narrow(2, 0, n)?;
-        }
-        if n == 0 {
-            self.layers.iter_mut().for_each(|l| *l = None);
-        }
-        self.len = n;
-        Ok(())
-    }
 }

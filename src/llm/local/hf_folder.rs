@@ -112,26 +112,56 @@ mod tests {
         Ok(())
     }
 
-    /// A cache cut back to a shared prefix and extended again keeps contiguous keys and
-    /// values (CUDA's batched matmul refuses strided ones; the CPU accepts both) and gives the
-    /// same logits as a cache that was never cut.
+    /// Caches cloned from a shared prefix, cut back and extended give exactly the logits of
+    /// caches computed from scratch, and never write into each other's buffers.
     #[test]
-    fn truncated_cache_stays_contiguous_and_exact() -> Result<()> {
+    fn shared_and_truncated_caches_stay_exact() -> Result<()> {
         let cfg = LlamaConfig::new(40, 16, 32, 2, 4, 2);
         let weights = init_random(&cfg, 0.2, 7, DType::F32, &Device::Cpu)?;
         let model = GgufLlama::from_hf_weights(&cfg, &weights, &Device::Cpu, false)?;
-        let (prefix, tail) = ([1u32, 5, 9, 2], [30u32, 7, 11]);
-        let mut shared = model.new_cache();
-        model.forward(&prefix, &mut shared, false)?;
-        model.forward(&[3, 4], &mut shared, false)?;
-        shared.truncate(prefix.len())?;
-        let got = model.forward(&tail, &mut shared, true)?;
-        assert!(shared.is_contiguous(), "keys/values left strided after truncate + extend");
-        let mut fresh = model.new_cache();
-        model.forward(&prefix, &mut fresh, false)?;
-        let want = model.forward(&tail, &mut fresh, true)?;
-        let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert_eq!(diff, 0.0);
+        let fresh = |ids: &[u32]| -> Result<Tensor> {
+            let mut c = model.new_cache();
+            model.forward(&ids[..4], &mut c, false)?;
+            model.forward(&ids[4..], &mut c, true)
+        };
+        let same = |a: &Tensor, b: &Tensor| -> Result<bool> {
+            Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? == 0.0)
+        };
+        let prefix = [1u32, 5, 9, 2];
+        let mut a = model.new_cache();
+        model.forward(&prefix, &mut a, false)?;
+        let mut b = a.clone();
+        // Both sharers extend the same positions with different tokens.
+        let ya = model.forward(&[30, 7, 11], &mut a, true)?;
+        let yb = model.forward(&[3, 4], &mut b, true)?;
+        assert!(
+            !a.shares_buffers_with(&b),
+            "extending must copy shared buffers"
+        );
+        assert!(same(&ya, &fresh(&[1, 5, 9, 2, 30, 7, 11])?)?);
+        assert!(same(&yb, &fresh(&[1, 5, 9, 2, 3, 4])?)?);
+        // A cache cut back to the prefix overwrites its own stale positions.
+        a.truncate(prefix.len())?;
+        let yc = model.forward(&[8, 8], &mut a, true)?;
+        assert!(same(&yc, &fresh(&[1, 5, 9, 2, 8, 8])?)?);
+        // Growing past the first buffer keeps every earlier position.
+        let long: Vec<u32> = (0..300).map(|i| (i * 7 % 40) as u32).collect();
+        let mut g = model.new_cache();
+        model.forward(&long[..4], &mut g, false)?;
+        let mut last = None;
+        for &t in &long[4..] {
+            last = Some(model.forward(&[t], &mut g, true)?);
+        }
+        let mut whole = model.new_cache();
+        model.forward(&long[..4], &mut whole, false)?;
+        let want = model.forward(&long[4..], &mut whole, true)?;
+        let got = last.expect("tokens");
+        let diff = (got - want.get(want.dim(0)? - 1)?.unsqueeze(0)?)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "token-by-token vs chunk after growth: {diff}");
         Ok(())
     }
 }

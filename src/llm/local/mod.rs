@@ -12,6 +12,7 @@ mod chat_tokenizer;
 mod decode_tests;
 mod gguf_llama;
 mod hf_folder;
+mod kv_cache;
 mod qmatmul;
 mod tokenizer;
 
@@ -25,7 +26,8 @@ use candle_core::Device;
 
 pub use chat_template::ChatTemplate;
 pub use chat_tokenizer::ChatTokenizer;
-pub use gguf_llama::{GgufLlama, KvCache};
+pub use gguf_llama::GgufLlama;
+pub use kv_cache::KvCache;
 pub use tokenizer::TextTokenizer;
 
 use super::{
