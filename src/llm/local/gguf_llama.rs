@@ -12,7 +12,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::rotary_emb::rope_i;
+use rayon::prelude::*;
 
+use super::decode_attention::{attend_one, rope_interleaved, Heads};
 use super::kv_cache::KvCache;
 use super::qmatmul::{rows_matmul, RowsMatMul};
 
@@ -205,6 +207,8 @@ pub struct GgufLlama {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// On the CPU: the rotary tables as plain values for the decoding fast path.
+    rope_host: Option<(Vec<f32>, Vec<f32>)>,
     device: Device,
 }
 
@@ -302,6 +306,10 @@ impl GgufLlama {
             });
         }
         let (cos, sin) = rope_tables(&shape, device)?;
+        let rope_host = match device.is_cpu() {
+            true => Some((cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?)),
+            false => None,
+        };
         Ok(Self {
             shape: LlamaShape { vocab, ..shape },
             embed,
@@ -310,6 +318,7 @@ impl GgufLlama {
             output,
             cos,
             sin,
+            rope_host,
             device: device.clone(),
         })
     }
@@ -324,6 +333,19 @@ impl GgufLlama {
     /// Returns logits `[tokens.len(), vocab]` when `all_positions`, else `[1, vocab]` for the
     /// last position only (saves the output projection over the prompt).
     pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor> {
+        if tokens.len() == 1 && self.rope_host.is_some() {
+            // One token: the decoding path (same numbers as `decode_batch`).
+            return self.decode_batch(tokens, &mut [cache]);
+        }
+        on_pool(|| self.forward_on_pool(tokens, cache, all_positions))
+    }
+
+    fn forward_on_pool(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
@@ -422,6 +444,10 @@ impl GgufLlama {
     /// One new token for each of several sequences: the projections run as one batch, the
     /// attention per sequence over its own cache. Returns logits `[caches.len(), vocab]`.
     pub fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        on_pool(|| self.decode_batch_on_pool(tokens, caches))
+    }
+
+    fn decode_batch_on_pool(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let b = tokens.len();
         if b == 0 || b != caches.len() {
             bail!("internal error: {b} tokens for {} caches", caches.len());
@@ -438,6 +464,13 @@ impl GgufLlama {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
             let qkv = layer.qkv.forward_with(&h, false)?;
+            if let Some(rope) = &self.rope_host {
+                let y = self.attend_decode_cpu(&qkv, rope, caches, li)?;
+                x = (x + layer.o.forward_quant(&y)?)?;
+                let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
+                x = (x + layer.mlp(&h, false)?)?;
+                continue;
+            }
             let mut ys = Vec::with_capacity(b);
             for (j, cache) in caches.iter_mut().enumerate() {
                 let one = |i: usize| qkv[i].narrow(0, j, 1);
@@ -452,6 +485,62 @@ impl GgufLlama {
         }
         let x = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.shape.rms_eps as f32)?;
         Ok(self.output.forward_quant(&x)?.squeeze(1)?)
+    }
+}
+
+impl GgufLlama {
+    /// CPU decoding attention: each sequence's new position over its cache, on plain slices
+    /// (see `decode_attention`), sequences in parallel. `qkv`: `[b, 1, ·]` projections.
+    fn attend_decode_cpu(
+        &self,
+        qkv: &[Tensor],
+        (cos, sin): &(Vec<f32>, Vec<f32>),
+        caches: &mut [&mut KvCache],
+        li: usize,
+    ) -> Result<Tensor> {
+        let s = &self.shape;
+        let shape = Heads {
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+        };
+        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+        let (mut q, mut k, v) = (values(&qkv[0])?, values(&qkv[1])?, values(&qkv[2])?);
+        let (qw, kw, half) = (
+            s.heads * s.head_dim,
+            s.kv_heads * s.head_dim,
+            s.head_dim / 2,
+        );
+        let b = caches.len();
+        let mut y = vec![0f32; b * qw];
+        y.par_chunks_mut(qw)
+            .zip(q.par_chunks_mut(qw))
+            .zip(k.par_chunks_mut(kw))
+            .zip(v.par_chunks(kw))
+            .zip(caches.par_iter_mut())
+            .try_for_each(|((((y, q), k), v), cache)| -> Result<()> {
+                let angles = cache.len() * half..(cache.len() + 1) * half;
+                let (c, sn) = (&cos[angles.clone()], &sin[angles]);
+                rope_interleaved(q, s.head_dim, c, sn);
+                rope_interleaved(k, s.head_dim, c, sn);
+                let dims = (s.kv_heads, s.head_dim);
+                cache.append_one(li, (k, v), dims, |kb, vb, capacity, len| {
+                    attend_one(q, (kb, vb), shape, (capacity, len), y);
+                    Ok(())
+                })
+            })?;
+        Ok(Tensor::from_vec(y, (b, 1, qw), &self.device)?)
+    }
+}
+
+/// Runs `f` on a thread of rayon's pool. A forward pass holds a hundred or more parallel
+/// products; started from outside the pool, each would hand its work to the pool and put the
+/// caller to sleep until it is done (two thread switches per product). From inside, the
+/// calling worker takes part in the work and only the other workers are woken.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::current_thread_index() {
+        Some(_) => f(),
+        None => rayon::scope(|_| f()),
     }
 }
 

@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
-use candle_core::{Device, Tensor};
+use anyhow::{bail, Result};
+use candle_core::{CpuStorage, Device, Storage, Tensor};
 
-/// Positions a buffer grows by at least (it also at least doubles).
-const GROW: usize = 128;
+/// Positions of room a buffer gets beyond what it must hold when it is (re)allocated.
+const GROW: usize = 64;
 
 /// One layer's buffers `[1, kv_heads, capacity, head_dim]`, valid up to the cache's length.
 struct LayerKv {
@@ -73,6 +73,43 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let need = self.len + k.dim(2)?;
+        let l = self.write(layer, k, v)?;
+        let (k_all, v_all) = (l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?);
+        // The CPU's matmul reads the strided views in place; CUDA's batched matmul needs
+        // contiguous operands.
+        match k.device() {
+            Device::Cpu => Ok((k_all, v_all)),
+            _ => Ok((k_all.contiguous()?, v_all.contiguous()?)),
+        }
+    }
+
+    /// CPU decoding: writes one position's keys and values (`kv_heads · head_dim` values each,
+    /// head-major) to layer `layer` and hands `f` the buffers `[kv_heads, capacity, head_dim]`,
+    /// the capacity, and the number of valid positions (the cached ones plus this one).
+    pub(super) fn append_one<R>(
+        &mut self,
+        layer: usize,
+        (k, v): (&[f32], &[f32]),
+        (kv_heads, head_dim): (usize, usize),
+        f: impl FnOnce(&[f32], &[f32], usize, usize) -> Result<R>,
+    ) -> Result<R> {
+        let row = |x: &[f32]| Tensor::from_slice(x, (1, kv_heads, 1, head_dim), &Device::Cpu);
+        let need = self.len + 1;
+        let l = self.write(layer, &row(k)?, &row(v)?)?;
+        let (kg, _) = l.k.storage_and_layout();
+        let (vg, _) = l.v.storage_and_layout();
+        match (&*kg, &*vg) {
+            (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) => {
+                f(kd, vd, l.capacity(), need)
+            }
+            _ => bail!("internal error: CPU decoding on a cache that is not f32 on the CPU"),
+        }
+    }
+
+    /// Makes layer `layer`'s buffers this cache's own and large enough, and writes `k`, `v`
+    /// (`[1, kv_heads, t, head_dim]`, contiguous) at the positions after the cached ones.
+    fn write(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<&LayerKv> {
         let (pos, t) = (self.len, k.dim(2)?);
         let need = pos + t;
         let slot = &mut self.layers[layer];
@@ -82,11 +119,9 @@ impl KvCache {
             .is_some_and(|l| l.capacity() >= need);
         if !writable {
             let old = slot.take();
-            let capacity = match &old {
-                Some(l) => need.max(2 * l.capacity()).max(need + GROW),
-                None => need.max(GROW),
-            }
-            .min(self.limit.max(need));
+            // Room for GROW more positions, no doubling: many caches live at once (samples,
+            // orders, stored prompt prefixes) and each copy costs only what it holds.
+            let capacity = (need + GROW).min(self.limit.max(need));
             let (kv_heads, head_dim) = (k.dim(1)?, k.dim(3)?);
             let fresh = |like: &Tensor| {
                 Tensor::zeros(
@@ -109,16 +144,10 @@ impl KvCache {
             }
             *slot = Some(Arc::new(fresh));
         }
-        let l = slot.as_ref().expect("buffer set above");
+        let l = slot.as_deref().expect("buffer set above");
         l.k.slice_set(k, 2, pos)?;
         l.v.slice_set(v, 2, pos)?;
-        let (k_all, v_all) = (l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?);
-        // The CPU's matmul reads the strided views in place; CUDA's batched matmul needs
-        // contiguous operands.
-        match k.device() {
-            Device::Cpu => Ok((k_all, v_all)),
-            _ => Ok((k_all.contiguous()?, v_all.contiguous()?)),
-        }
+        Ok(l)
     }
 
     /// Whether the layers' buffers are distinct from `other`'s (no sharing left).

@@ -8,6 +8,7 @@
 
 mod chat_template;
 mod chat_tokenizer;
+mod decode_attention;
 #[cfg(test)]
 mod decode_tests;
 mod gguf_llama;

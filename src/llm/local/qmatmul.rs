@@ -312,6 +312,151 @@ impl RowsMatMul for Q4_1Avx2 {
     }
 }
 
+/// Q8_0 weights laid out for the AVX2 kernel: block scales as f32, the signed bytes as stored.
+struct Q8_0Avx2 {
+    qs: Vec<[i8; 32]>,
+    d: Vec<f32>,
+    n: usize,
+    k: usize,
+}
+
+/// Bytes of one Q8_0 block (f16 d, 32 signed bytes), as in GGUF files and candle's block type.
+const Q8_0_BYTES: usize = 34;
+
+/// Rows of Q8_0 blocks unpacked: signed bytes and scales as f32.
+struct Q8_0Rows {
+    qs: Vec<[i8; 32]>,
+    d: Vec<f32>,
+}
+
+fn unpack_q8_0(bytes: &[u8]) -> Q8_0Rows {
+    let blocks = bytes.chunks_exact(Q8_0_BYTES);
+    let mut rows = Q8_0Rows {
+        qs: Vec::with_capacity(blocks.len()),
+        d: Vec::with_capacity(blocks.len()),
+    };
+    for b in blocks {
+        rows.d.push(f16_at(b, 0));
+        rows.qs.push(std::array::from_fn(|i| b[2 + i] as i8));
+    }
+    rows
+}
+
+impl Q8_0Avx2 {
+    fn new(data: &[u8], n: usize, k: usize) -> Result<Self> {
+        if !k.is_multiple_of(32) || data.len() != n * k / 32 * Q8_0_BYTES {
+            bail!(
+                "Q8_0 tensor of {} bytes does not hold {n}x{k} values",
+                data.len()
+            );
+        }
+        let Q8_0Rows { qs, d } = unpack_q8_0(data);
+        Ok(Self { qs, d, n, k })
+    }
+}
+
+/// Activation rows quantized to Q8_0 by candle's own `from_float`, unpacked.
+fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> Q8_0Rows {
+    let kb = k / 32;
+    let mut blocks = vec![BlockQ8_0::zeros(); m * kb];
+    for r in 0..m {
+        BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut blocks[r * kb..(r + 1) * kb]);
+    }
+    // SAFETY: BlockQ8_0 is a `repr(C)` block of exactly Q8_0_BYTES plain bytes (candle asserts
+    // its size); reading it as bytes is sound.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * Q8_0_BYTES)
+    };
+    unpack_q8_0(bytes)
+}
+
+/// Q8_0 × Q8_0 for one weight row and `R` activation rows: llama.cpp's arithmetic (|w| times
+/// y with w's signs, integer sums scaled and accumulated in f32 vectors; even and odd blocks in
+/// two accumulators), one row's result independent of the others.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `qs`, `d` hold one weight row of `kb` blocks and `y`
+/// holds at least `first + R` rows of `kb` blocks each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q8_0_rows<const R: usize>(
+    qs: &[[i8; 32]],
+    d: &[f32],
+    y: &Q8_0Rows,
+    first: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let kb = qs.len();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); R]; 2];
+    let block = |b: usize, acc: &mut [__m256; R]| {
+        let w = _mm256_loadu_si256(qs[b].as_ptr() as *const __m256i);
+        let abs_w = _mm256_sign_epi8(w, w);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let i = (first + r) * kb + b;
+            let yv = _mm256_loadu_si256(y.qs[i].as_ptr() as *const __m256i);
+            let signed_y = _mm256_sign_epi8(yv, w);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs_w, signed_y), ones);
+            let scale = _mm256_set1_ps(d[b] * y.d[i]);
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *acc);
+        }
+    };
+    let [even, odd] = &mut acc;
+    let mut b = 0;
+    while b + 1 < kb {
+        block(b, even);
+        block(b + 1, odd);
+        b += 2;
+    }
+    if b < kb {
+        block(b, even);
+    }
+    for (r, o) in out.iter_mut().take(R).enumerate() {
+        *o = hsum(_mm256_add_ps(acc[0][r], acc[1][r]));
+    }
+}
+
+impl RowsMatMul for Q8_0Avx2 {
+    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let kb = k / 32;
+        let y = quantize_q8_0(x, m, k);
+        let mut out_t = vec![0f32; n * m];
+        out_t
+            .par_chunks_mut(COLS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first_col = task * COLS_PER_TASK;
+                for (c, col_out) in out.chunks_mut(m).enumerate() {
+                    let blocks = (first_col + c) * kb..(first_col + c + 1) * kb;
+                    let (qs, d) = (&self.qs[blocks.clone()], &self.d[blocks]);
+                    let mut first = 0;
+                    while first < m {
+                        let o = &mut col_out[first..];
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `rows_matmul` builds this kernel only when AVX2 and FMA are
+                        // detected; the slices have the sizes the kernel requires.
+                        unsafe {
+                            match o.len() {
+                                1 => dot_q8_0_rows::<1>(qs, d, &y, first, o),
+                                2 => dot_q8_0_rows::<2>(qs, d, &y, first, o),
+                                3 => dot_q8_0_rows::<3>(qs, d, &y, first, o),
+                                _ => dot_q8_0_rows::<4>(qs, d, &y, first, o),
+                            }
+                        }
+                        first += 4;
+                    }
+                }
+            });
+        for (c, col) in out_t.chunks(m).enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                dst[r * n + c] = *v;
+            }
+        }
+    }
+}
+
 fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -329,6 +474,7 @@ pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
     let data = q.data()?;
     Ok(Some(match q.dtype() {
         GgmlDType::Q4_1 if has_avx2_fma() => Box::new(Q4_1Avx2::new(&data, n, k)?),
+        GgmlDType::Q8_0 if has_avx2_fma() => Box::new(Q8_0Avx2::new(&data, n, k)?),
         GgmlDType::Q4_0 => typed::<BlockQ4_0>(data, n, k)?,
         GgmlDType::Q4_1 => typed::<BlockQ4_1>(data, n, k)?,
         GgmlDType::Q5_0 => typed::<BlockQ5_0>(data, n, k)?,
@@ -381,7 +527,7 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                if dtype == GgmlDType::Q4_1 {
+                if dtype != GgmlDType::Q4_0 {
                     // Our kernel sums candle's terms in another order: the dot products here
                     // are O(20); rounding leaves them within 2e-5 relative.
                     for (c, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -389,7 +535,7 @@ mod tests {
                         assert!((a - b).abs() <= tol, "{dtype:?} [{r},{c}]: {a} vs {b}");
                     }
                 } else {
-                    // The other types run candle's own `vec_dot`: bit for bit.
+                    // Types without a kernel of ours run candle's own `vec_dot`: bit for bit.
                     assert_eq!(got, want.as_slice(), "{dtype:?} row {r}");
                 }
             }

@@ -1,0 +1,109 @@
+//! Attention of one new position over a sequence's cache, on plain f32 slices (CPU decoding).
+//!
+//! With one query row per head the work is a few thousand multiply-adds per head; as tensor
+//! operations it would be some twenty small ops per sequence and layer, whose fixed cost is
+//! larger than the arithmetic. The formulas are candle's: `rope_i`'s rotation and
+//! `softmax_last_dim`'s max-subtracted exponentials.
+
+/// Rotates each head's pairs `(x[2i], x[2i + 1])` by the position's angles (`cos`, `sin`: one
+/// value per pair), in place; `x` holds whole heads of `head_dim` values.
+pub fn rope_interleaved(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cos[i] - b * sin[i];
+            pair[1] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+/// Head counts and size of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// `out[h] = softmax(q[h] · K[g]ᵀ / √d) · V[g]` for every query head `h` (key/value head
+/// `g = h / (heads / kv_heads)`), over the first `len` positions of buffers laid out
+/// `[kv_heads, capacity, head_dim]`. `q` and `out` hold `heads · head_dim` values.
+pub fn attend_one(
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    shape: Heads,
+    (capacity, len): (usize, usize),
+    out: &mut [f32],
+) {
+    let d = shape.head_dim;
+    let group = shape.heads / shape.kv_heads;
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let mut scores = vec![0f32; len];
+    for (h, (qh, oh)) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+        let base = (h / group) * capacity * d;
+        let keys = &k[base..base + len * d];
+        let values = &v[base..base + len * d];
+        for (s, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+            let dot: f32 = qh.iter().zip(key).map(|(a, b)| a * b).sum();
+            *s = dot * scale;
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        oh.fill(0.0);
+        for (s, value) in scores.iter().zip(values.chunks_exact(d)) {
+            let p = s / sum;
+            for (o, x) in oh.iter_mut().zip(value) {
+                *o += p * x;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_key_returns_its_value_and_equal_keys_average() {
+        let shape = Heads {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 2,
+        };
+        // Capacity 3, two valid positions; the third slot holds garbage that must be ignored.
+        let k = [1.0, 0.0, 1.0, 0.0, 9.0, 9.0];
+        let v = [2.0, 4.0, 6.0, 8.0, 100.0, 100.0];
+        let mut out = [0f32; 4];
+        attend_one(&[0.5, 0.5, -3.0, 1.0], (&k, &v), shape, (3, 2), &mut out);
+        // Equal keys: equal weights whatever the query, so both heads get the mean value.
+        assert_eq!(out, [4.0, 6.0, 4.0, 6.0]);
+        attend_one(&[0.5, 0.5, 0.0, 0.0], (&k, &v), shape, (3, 1), &mut out);
+        assert_eq!(out, [2.0, 4.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn scores_follow_the_softmax() {
+        let shape = Heads {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+        };
+        // Scores q·k/√1 = 0 and ln 3: weights 1/4 and 3/4.
+        let (k, v) = ([0.0f32, 3f32.ln()], [4.0f32, 8.0]);
+        let mut out = [0f32];
+        attend_one(&[1.0], (&k, &v), shape, (2, 2), &mut out);
+        assert!((out[0] - 7.0).abs() < 1e-5, "{}", out[0]);
+    }
+
+    #[test]
+    fn rope_rotates_pairs() {
+        let mut x = [1.0, 0.0, 0.0, 2.0];
+        let (c, s) = (0.0f32, 1.0f32); // a quarter turn
+        rope_interleaved(&mut x, 4, &[c, 1.0], &[s, 0.0]);
+        assert_eq!(x, [0.0, 1.0, 0.0, 2.0]);
+    }
+}
