@@ -368,7 +368,7 @@ impl GgufLlama {
         let mask = causal_mask(t, pos, &self.device)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
-            let a = self.attention(layer, &h, pos, mask.as_ref(), cache, li)?;
+            let a = self.attention(layer, &h, mask.as_ref(), cache, li)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
             x = (x + layer.mlp(&h, true)?)?;
@@ -387,13 +387,12 @@ impl GgufLlama {
         &self,
         layer: &Layer,
         x: &Tensor,
-        pos: usize,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
         li: usize,
     ) -> Result<Tensor> {
         let qkv = layer.qkv.forward_with(x, true)?;
-        let y = self.attend(&qkv[0], &qkv[1], &qkv[2], pos, mask, cache, li)?;
+        let y = self.attend(&qkv[0], &qkv[1], &qkv[2], mask, cache, li)?;
         layer.o.forward(&y)
     }
 
@@ -403,12 +402,12 @@ impl GgufLlama {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        pos: usize,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
         li: usize,
     ) -> Result<Tensor> {
         let s = &self.shape;
+        let pos = cache.len();
         let (b, t, _) = q.dims3()?;
         let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
             Ok(x.reshape((b, t, n, s.head_dim))?
@@ -474,7 +473,7 @@ impl GgufLlama {
             let mut ys = Vec::with_capacity(b);
             for (j, cache) in caches.iter_mut().enumerate() {
                 let one = |i: usize| qkv[i].narrow(0, j, 1);
-                ys.push(self.attend(&one(0)?, &one(1)?, &one(2)?, cache.len(), None, cache, li)?);
+                ys.push(self.attend(&one(0)?, &one(1)?, &one(2)?, None, cache, li)?);
             }
             x = (x + layer.o.forward_quant(&Tensor::cat(&ys, 0)?)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
