@@ -44,8 +44,7 @@ pub fn attend_one(
         let keys = &k[base..base + len * d];
         let values = &v[base..base + len * d];
         for (s, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
-            let dot: f32 = qh.iter().zip(key).map(|(a, b)| a * b).sum();
-            *s = dot * scale;
+            *s = dot(qh, key) * scale;
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -61,6 +60,31 @@ pub fn attend_one(
             }
         }
     }
+}
+
+/// `Σ a_i · b_i` with eight partial sums (lanes the compiler maps onto one vector register;
+/// a single running sum would be left scalar, float addition not being reassociable).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let pairs = [
+        lanes[0] + lanes[4],
+        lanes[1] + lanes[5],
+        lanes[2] + lanes[6],
+        lanes[3] + lanes[7],
+    ];
+    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
 }
 
 #[cfg(test)]
@@ -97,6 +121,15 @@ mod tests {
         let mut out = [0f32];
         attend_one(&[1.0], (&k, &v), shape, (2, 2), &mut out);
         assert!((out[0] - 7.0).abs() < 1e-5, "{}", out[0]);
+    }
+
+    #[test]
+    fn dot_matches_the_plain_sum() {
+        let a: Vec<f32> = (0..21).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..21).map(|i| 3.0 - i as f32).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(dot(&a, &b), plain); // small integers and halves: exact either way
+        assert_eq!(dot(&[], &[]), 0.0);
     }
 
     #[test]
