@@ -47,24 +47,31 @@ where
         for r in 0..m {
             T::VecDotType::from_float(&x[r * k..(r + 1) * k], &mut xq[r * kb..(r + 1) * kb]);
         }
-        // Column-major scratch so each task writes one contiguous slice.
-        let mut out_t = vec![0f32; n * m];
-        out_t
-            .par_chunks_mut(COLS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * COLS_PER_TASK;
-                for (c, col_out) in out.chunks_mut(m).enumerate() {
-                    let w = &self.blocks[(first + c) * kb..(first + c + 1) * kb];
-                    for (r, o) in col_out.iter_mut().enumerate() {
-                        *o = T::vec_dot(k, w, &xq[r * kb..(r + 1) * kb]);
-                    }
-                }
-            });
-        for (c, col) in out_t.chunks(m).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                dst[r * n + c] = *v;
+        by_columns(n, m, dst, |c, col_out| {
+            let w = &self.blocks[c * kb..(c + 1) * kb];
+            for (r, o) in col_out.iter_mut().enumerate() {
+                *o = T::vec_dot(k, w, &xq[r * kb..(r + 1) * kb]);
             }
+        });
+    }
+}
+
+/// `dst[r, c] = col(c)[r]` for the `n` weight rows `c`, computed in parallel: `col(c, out)`
+/// fills `out` (one value per activation row, `m` of them) for weight row `c`.
+fn by_columns(n: usize, m: usize, dst: &mut [f32], col: impl Fn(usize, &mut [f32]) + Sync) {
+    // Column-major scratch so each task writes one contiguous slice.
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(COLS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (c, col_out) in out.chunks_mut(m).enumerate() {
+                col(task * COLS_PER_TASK + c, col_out);
+            }
+        });
+    for (c, values) in out_t.chunks(m).enumerate() {
+        for (r, v) in values.iter().enumerate() {
+            dst[r * n + c] = *v;
         }
     }
 }
@@ -279,36 +286,23 @@ unsafe fn dot_q4_1_avx2(qs: &[[u8; 16]], d: &[f32], m: &[f32], y: &Q8_1Rows, out
 
 impl RowsMatMul for Q4_1Avx2 {
     fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        let kb = k / 32;
-        let y = quantize_q8_1(x, m, k);
-        let mut out_t = vec![0f32; n * m];
-        out_t
-            .par_chunks_mut(COLS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * COLS_PER_TASK;
-                for (c, col_out) in out.chunks_mut(m).enumerate() {
-                    let blocks = (first + c) * kb..(first + c + 1) * kb;
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `rows_matmul` builds this kernel only when AVX2 and FMA are detected;
-                    // the slices have the sizes the kernel requires.
-                    unsafe {
-                        dot_q4_1_avx2(
-                            &self.qs[blocks.clone()],
-                            &self.d[blocks.clone()],
-                            &self.m[blocks],
-                            &y,
-                            col_out,
-                        );
-                    }
-                }
-            });
-        for (c, col) in out_t.chunks(m).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                dst[r * n + c] = *v;
+        let kb = self.k / 32;
+        let y = quantize_q8_1(x, m, self.k);
+        by_columns(self.n, m, dst, |c, col_out| {
+            let blocks = c * kb..(c + 1) * kb;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `rows_matmul` builds this kernel only when AVX2 and FMA are detected;
+            // the slices have the sizes the kernel requires.
+            unsafe {
+                dot_q4_1_avx2(
+                    &self.qs[blocks.clone()],
+                    &self.d[blocks.clone()],
+                    &self.m[blocks],
+                    &y,
+                    col_out,
+                );
             }
-        }
+        });
     }
 }
 
@@ -419,41 +413,30 @@ unsafe fn dot_q8_0_rows<const R: usize>(
 
 impl RowsMatMul for Q8_0Avx2 {
     fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        let kb = k / 32;
-        let y = quantize_q8_0(x, m, k);
-        let mut out_t = vec![0f32; n * m];
-        out_t
-            .par_chunks_mut(COLS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first_col = task * COLS_PER_TASK;
-                for (c, col_out) in out.chunks_mut(m).enumerate() {
-                    let blocks = (first_col + c) * kb..(first_col + c + 1) * kb;
-                    let (qs, d) = (&self.qs[blocks.clone()], &self.d[blocks]);
-                    let mut first = 0;
-                    while first < m {
-                        let o = &mut col_out[first..];
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `rows_matmul` builds this kernel only when AVX2 and FMA are
-                        // detected; the slices have the sizes the kernel requires.
-                        unsafe {
-                            match o.len() {
-                                1 => dot_q8_0_rows::<1>(qs, d, &y, first, o),
-                                2 => dot_q8_0_rows::<2>(qs, d, &y, first, o),
-                                3 => dot_q8_0_rows::<3>(qs, d, &y, first, o),
-                                _ => dot_q8_0_rows::<4>(qs, d, &y, first, o),
-                            }
-                        }
-                        first += 4;
+        let kb = self.k / 32;
+        let y = quantize_q8_0(x, m, self.k);
+        by_columns(self.n, m, dst, |c, col_out| {
+            let (qs, d) = (
+                &self.qs[c * kb..(c + 1) * kb],
+                &self.d[c * kb..(c + 1) * kb],
+            );
+            let mut first = 0;
+            while first < m {
+                let o = &mut col_out[first..];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `rows_matmul` builds this kernel only when AVX2 and FMA are detected;
+                // the slices have the sizes the kernel requires.
+                unsafe {
+                    match o.len() {
+                        1 => dot_q8_0_rows::<1>(qs, d, &y, first, o),
+                        2 => dot_q8_0_rows::<2>(qs, d, &y, first, o),
+                        3 => dot_q8_0_rows::<3>(qs, d, &y, first, o),
+                        _ => dot_q8_0_rows::<4>(qs, d, &y, first, o),
                     }
                 }
-            });
-        for (c, col) in out_t.chunks(m).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                dst[r * n + c] = *v;
+                first += 4;
             }
-        }
+        });
     }
 }
 
