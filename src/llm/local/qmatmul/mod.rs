@@ -1,0 +1,218 @@
+//! Quantized matrix products for several rows at once (batched decoding, short chunks).
+//!
+//! candle's quantized matmul walks every weight row once per activation row, so B sequences
+//! cost B full passes over the weights. Here each weight row's blocks are dotted with all B
+//! activation rows while they sit in L1 cache. The per-element arithmetic is candle's own
+//! `GgmlType::vec_dot` on the same quantized activations, so a sequence's numbers do not depend
+//! on which other sequences share its batch.
+//!
+//! Q4_1 (the default model's type) has no SIMD `vec_dot` in candle, so it and Q8_0 get their
+//! own AVX2/FMA kernels (`avx2`): each weight block is unpacked once and dotted with a tile of
+//! up to 8 activation rows, with llama.cpp's arithmetic. They compute candle's quantities in
+//! another float order: equal to candle's within rounding, and bit for bit the same whatever
+//! the batch (see the tests).
+
+use std::borrow::Cow;
+
+use anyhow::{bail, Result};
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0,
+};
+use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+/// `dst[m, n] = x[m, k] · Wᵀ` for a quantized `W[n, k]`.
+pub trait RowsMatMul: Send + Sync {
+    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]);
+}
+
+struct Typed<T: GgmlType> {
+    blocks: Vec<T>,
+    n: usize,
+    k: usize,
+}
+
+/// Weight rows handled by one task (a multiple of 8: the AVX2 kernels take them 8 at a time).
+const COLS_PER_TASK: usize = 64;
+
+impl<T: GgmlType + Send + Sync> RowsMatMul for Typed<T>
+where
+    T::VecDotType: Send + Sync,
+{
+    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let kb = k / T::BLCK_SIZE;
+        let mut xq = vec![T::VecDotType::zeros(); m * kb];
+        for r in 0..m {
+            T::VecDotType::from_float(&x[r * k..(r + 1) * k], &mut xq[r * kb..(r + 1) * kb]);
+        }
+        by_columns(n, m, dst, |first, out| {
+            for (c, col_out) in (first..).zip(out.chunks_mut(m)) {
+                let w = &self.blocks[c * kb..(c + 1) * kb];
+                for (r, o) in col_out.iter_mut().enumerate() {
+                    *o = T::vec_dot(k, w, &xq[r * kb..(r + 1) * kb]);
+                }
+            }
+        });
+    }
+}
+
+/// `dst[r, c]` for the `n` weight rows `c`, computed in parallel by tasks of
+/// [`COLS_PER_TASK`] weight rows: `cols(first, out)` fills `out`, column-major (the `m` values
+/// of weight row `first`, then of `first + 1`, …).
+fn by_columns(n: usize, m: usize, dst: &mut [f32], cols: impl Fn(usize, &mut [f32]) + Sync) {
+    let task = |(t, out): (usize, &mut [f32])| cols(t * COLS_PER_TASK, out);
+    if m == 1 {
+        // One row: column-major is `dst`'s own layout.
+        dst.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(task);
+        return;
+    }
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(COLS_PER_TASK * m)
+        .enumerate()
+        .for_each(task);
+    for (c, values) in out_t.chunks(m).enumerate() {
+        for (r, v) in values.iter().enumerate() {
+            dst[r * n + c] = *v;
+        }
+    }
+}
+
+fn typed<T: GgmlType + Send + Sync + 'static>(
+    data: Cow<'_, [u8]>,
+    n: usize,
+    k: usize,
+) -> Result<Box<dyn RowsMatMul>>
+where
+    T::VecDotType: Send + Sync,
+{
+    let size = std::mem::size_of::<T>();
+    if !k.is_multiple_of(T::BLCK_SIZE) || data.len() != n * k / T::BLCK_SIZE * size {
+        bail!(
+            "quantized tensor of {} bytes does not hold {n}x{k} values",
+            data.len()
+        );
+    }
+    let mut blocks = vec![T::zeros(); data.len() / size];
+    // SAFETY: the block types are `repr(C)` plain data (floats and byte arrays), `blocks` has
+    // exactly `data.len()` bytes, and GGUF tensor data is a packed array of these blocks.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), blocks.as_mut_ptr() as *mut u8, data.len());
+    }
+    Ok(Box::new(Typed { blocks, n, k }))
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The batched kernel for `q` (a 2-D `[n, k]` weight), or `None` for types without one.
+pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
+    let (n, k) = q.shape().dims2()?;
+    let data = q.data()?;
+    Ok(Some(match q.dtype() {
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q4_1 if has_avx2_fma() => Box::new(avx2::Q4_1Avx2::new(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q8_0 if has_avx2_fma() => Box::new(avx2::Q8_0Avx2::new(&data, n, k)?),
+        GgmlDType::Q4_0 => typed::<BlockQ4_0>(data, n, k)?,
+        GgmlDType::Q4_1 => typed::<BlockQ4_1>(data, n, k)?,
+        GgmlDType::Q5_0 => typed::<BlockQ5_0>(data, n, k)?,
+        GgmlDType::Q5_1 => typed::<BlockQ5_1>(data, n, k)?,
+        GgmlDType::Q8_0 => typed::<BlockQ8_0>(data, n, k)?,
+        GgmlDType::Q2K => typed::<BlockQ2K>(data, n, k)?,
+        GgmlDType::Q3K => typed::<BlockQ3K>(data, n, k)?,
+        GgmlDType::Q4K => typed::<BlockQ4K>(data, n, k)?,
+        GgmlDType::Q5K => typed::<BlockQ5K>(data, n, k)?,
+        GgmlDType::Q6K => typed::<BlockQ6K>(data, n, k)?,
+        _ => return Ok(None),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module, Tensor};
+
+    fn rows(ours: &dyn RowsMatMul, x: &Tensor, m: usize, n: usize) -> Vec<f32> {
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let mut dst = vec![0f32; m * n];
+        ours.matmul(&xs, m, &mut dst);
+        dst
+    }
+
+    /// Reproducible values in [-1, 1) (a 64-bit LCG, high bits).
+    fn uniform(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_are_batch_invariant_and_equal_candles() {
+        let dev = Device::Cpu;
+        // 15 rows: tiles of 8, 4 and 3; k = 576: 18 blocks (even and odd accumulators both
+        // used).
+        let (m, k, n) = (15, 576, 100);
+        let w = Tensor::from_vec(uniform(n * k, 1), (n, k), &dev).unwrap();
+        let x = Tensor::from_vec(uniform(m * k, 2), (m, k), &dev).unwrap();
+        let l1: Vec<f32> = x
+            .abs()
+            .unwrap()
+            .matmul(&w.abs().unwrap().t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let ours = rows_matmul(&q).unwrap().unwrap();
+            let batch = rows(ours.as_ref(), &x, m, n);
+            let qm = QMatMul::from_qtensor(q).unwrap();
+            for r in 0..m {
+                let one = x.narrow(0, r, 1).unwrap();
+                let got = &batch[r * n..(r + 1) * n];
+                // A row's numbers never depend on the batch it is in.
+                assert_eq!(got, rows(ours.as_ref(), &one, 1, n), "{dtype:?} row {r}");
+                let want: Vec<f32> = qm
+                    .forward(&one)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                if dtype != GgmlDType::Q4_0 {
+                    // Our kernel sums candle's terms in another order; rounding is bounded by
+                    // the terms' absolute sum (Σ|x||w| ≈ 190 here): 1e-6 of it, ~2e-4.
+                    for (c, (a, b)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-6 * l1[r * n + c];
+                        assert!((a - b).abs() <= tol, "{dtype:?} [{r},{c}]: {a} vs {b}");
+                    }
+                } else {
+                    // Types without a kernel of ours run candle's own `vec_dot`: bit for bit.
+                    assert_eq!(got, want.as_slice(), "{dtype:?} row {r}");
+                }
+            }
+        }
+    }
+}
