@@ -57,12 +57,10 @@ pub struct RmArgs {
     /// Sequences are cut to their last N tokens [default: 512].
     #[arg(long)]
     pub max_len: Option<usize>,
-    /// Train LoRA adapters of this rank (alpha = 2·rank, all linear layers) and the head.
-    #[arg(long, conflicts_with = "top_layers")]
-    pub lora: Option<usize>,
-    /// Train only the top N decoder blocks, the final norm and the head.
-    #[arg(long)]
-    pub top_layers: Option<usize>,
+    /// The reward head is always trained; these pick the backbone's trainable part (top
+    /// layers also train the final norm).
+    #[command(flatten)]
+    pub trainable: crate::cli_train::TrainableArgs,
     /// Bradley–Terry margin [default: 0].
     #[arg(long)]
     pub margin: Option<f64>,

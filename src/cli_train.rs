@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::sft_data::RoundChoice;
-use crate::train::ScheduleKind;
+use crate::train::{LoraConfig, ScheduleKind, Trainable};
 
 /// `cai train <stage>`.
 #[derive(Debug, Subcommand)]
@@ -28,6 +29,64 @@ pub enum TrainableKind {
     TopLayers,
     /// LoRA adapters only (`--lora-rank`, `--lora-alpha`, `--lora-targets`).
     Lora,
+}
+
+/// Which weights a training stage updates: the same flags for `train sft`, `rm` and `ppo`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TrainableArgs {
+    /// What is trained [default: all for sft and rm, top-layers 2 for ppo].
+    #[arg(long, value_enum)]
+    pub trainable: Option<TrainableKind>,
+    /// Train only the last N blocks (implies --trainable top-layers).
+    #[arg(long, conflicts_with_all = ["lora_rank", "lora_alpha", "lora_targets"])]
+    pub top_layers: Option<usize>,
+    /// LoRA rank (implies --trainable lora) [default: 8].
+    #[arg(long, visible_alias = "lora")]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha / rank [default: 16].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA target modules, comma separated, or `all` [default: q_proj,v_proj for sft and
+    /// ppo, all for rm].
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+}
+
+impl TrainableArgs {
+    /// The flags applied to `t` (the stage's default or its `--config` choice). LoRA settings
+    /// not given come from `t` when it is already LoRA, else from `lora`.
+    pub fn apply(&self, t: &mut Trainable, lora: &LoraConfig) -> Result<()> {
+        let lora_flags =
+            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
+        let kind = match (self.trainable, self.top_layers, lora_flags) {
+            (Some(k), _, _) => k,
+            (None, Some(_), _) => TrainableKind::TopLayers,
+            (None, None, true) => TrainableKind::Lora,
+            (None, None, false) => return Ok(()),
+        };
+        *t = match kind {
+            TrainableKind::All => Trainable::All,
+            TrainableKind::TopLayers => match (self.top_layers, &*t) {
+                (Some(n), _) => Trainable::TopLayers(n),
+                (None, Trainable::TopLayers(n)) => Trainable::TopLayers(*n),
+                _ => bail!("--trainable top-layers needs --top-layers N"),
+            },
+            TrainableKind::Lora => {
+                let mut l = t.lora().unwrap_or(lora).clone();
+                if let Some(rank) = self.lora_rank {
+                    l.rank = rank;
+                }
+                if let Some(alpha) = self.lora_alpha {
+                    l.alpha = alpha;
+                }
+                if let Some(targets) = &self.lora_targets {
+                    l.targets = targets.clone();
+                }
+                Trainable::Lora(l)
+            }
+        };
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -103,21 +162,8 @@ pub struct SftArgs {
     /// Seed of the data order, the eval split and LoRA initialisation [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// What is trained [default: all].
-    #[arg(long, value_enum)]
-    pub trainable: Option<TrainableKind>,
-    /// Train only the last N blocks (implies --trainable top-layers).
-    #[arg(long)]
-    pub top_layers: Option<usize>,
-    /// LoRA rank (implies --trainable lora) [default: 8].
-    #[arg(long)]
-    pub lora_rank: Option<usize>,
-    /// LoRA alpha; the update is scaled by alpha / rank [default: 16].
-    #[arg(long)]
-    pub lora_alpha: Option<f64>,
-    /// LoRA target modules, comma separated, or `all` [default: q_proj,v_proj].
-    #[arg(long, value_delimiter = ',')]
-    pub lora_targets: Option<Vec<String>>,
+    #[command(flatten)]
+    pub trainable: TrainableArgs,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -179,12 +225,8 @@ pub struct PpoArgs {
     /// New tokens per response [default: 48].
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
-    /// Train only the last N blocks [default: 2].
-    #[arg(long, conflicts_with = "lora_rank")]
-    pub top_layers: Option<usize>,
-    /// Train LoRA adapters of this rank (alpha = 2·rank, targets q_proj,v_proj).
-    #[arg(long)]
-    pub lora_rank: Option<usize>,
+    #[command(flatten)]
+    pub trainable: TrainableArgs,
     /// Seed of prompt order, sampling and minibatches [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -194,4 +236,76 @@ pub struct PpoArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        t: TrainableArgs,
+    }
+
+    /// `argv` applied to `start`, with the stage's LoRA default `lora`.
+    fn apply(argv: &[&str], start: Trainable, lora: &LoraConfig) -> Result<Trainable> {
+        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
+        let mut t = start;
+        w.t.apply(&mut t, lora)?;
+        Ok(t)
+    }
+
+    #[test]
+    fn trainable_flags_resolve_the_same_for_every_stage() -> Result<()> {
+        let all_linear = LoraConfig {
+            targets: vec!["all".into()],
+            ..LoraConfig::default()
+        };
+        // No flag: the stage's choice stands.
+        assert_eq!(
+            apply(&[], Trainable::TopLayers(2), &all_linear)?,
+            Trainable::TopLayers(2)
+        );
+        // `--lora R` (rm's older spelling) is `--lora-rank R`; unset fields from the default.
+        assert_eq!(
+            apply(&["--lora", "4"], Trainable::All, &all_linear)?,
+            Trainable::Lora(LoraConfig {
+                rank: 4,
+                ..all_linear.clone()
+            })
+        );
+        // Settings already LoRA keep what the flags do not change.
+        let yaml = Trainable::Lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: vec!["q_proj".into()],
+        });
+        assert_eq!(
+            apply(&["--lora-alpha", "2"], yaml.clone(), &all_linear)?,
+            Trainable::Lora(LoraConfig {
+                rank: 4,
+                alpha: 2.0,
+                targets: vec!["q_proj".into()],
+            })
+        );
+        assert_eq!(
+            apply(&["--trainable", "all"], yaml, &all_linear)?,
+            Trainable::All
+        );
+        assert_eq!(
+            apply(&["--top-layers", "3"], Trainable::All, &all_linear)?,
+            Trainable::TopLayers(3)
+        );
+        // Contradictions are errors, not silent choices.
+        assert!(apply(
+            &["--top-layers", "3", "--lora-rank", "4"],
+            Trainable::All,
+            &all_linear
+        )
+        .is_err());
+        assert!(apply(&["--trainable", "top-layers"], Trainable::All, &all_linear).is_err());
+        Ok(())
+    }
 }

@@ -33,7 +33,7 @@ use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
 use crate::train::ppo_config::{PpoConfig, PpoStepStats};
 use crate::train::ppo_math::repeated_phrases;
 use crate::train::ppo_rollout::Rollout;
-use crate::train::{LoraConfig, Trainable};
+use crate::train::LoraConfig;
 
 /// SFT examples of PPO-ptx are cut to this many tokens.
 const PTX_MAX_LEN: usize = 512;
@@ -144,16 +144,8 @@ impl PpoRunConfig {
         p.kl_target = a.kl_target.or(p.kl_target);
         set(&mut p.max_new_tokens, a.max_new_tokens);
         set(&mut p.seed, a.seed);
-        if let Some(n) = a.top_layers {
-            p.trainable = Trainable::TopLayers(n);
-        }
-        if let Some(rank) = a.lora_rank {
-            p.trainable = Trainable::Lora(LoraConfig {
-                rank,
-                alpha: 2.0 * rank as f64,
-                ..LoraConfig::default()
-            });
-        }
+        a.trainable
+            .apply(&mut p.trainable, &LoraConfig::default())?;
         p.validate()?;
         Ok(c)
     }

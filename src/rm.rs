@@ -16,7 +16,7 @@ use crate::plot::{self, HistogramSeries, LineSeries};
 use crate::train::reward::{RewardModelInfo, MARKER_FILE};
 use crate::train::reward_data::{read_source, tokenize_pairs, DataSource, TextPair};
 use crate::train::reward_trainer::{RewardTrainConfig, RewardTrainer, RewardTrainerState};
-use crate::train::{checkpoint, LoraConfig, SftConfig, TrainEvent, Trainable};
+use crate::train::{checkpoint, LoraConfig, SftConfig, TrainEvent};
 
 /// Settings of `cai train rm`. Every field has a default; unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,16 +97,11 @@ impl TrainRmConfig {
         set(&mut t.eval_every, a.eval_every);
         set(&mut t.save_every, a.save_every);
         set(&mut t.seed, a.seed);
-        if let Some(rank) = a.lora {
-            t.trainable = Trainable::Lora(LoraConfig {
-                rank,
-                alpha: 2.0 * rank as f64,
-                targets: vec!["all".into()],
-            });
-        }
-        if let Some(n) = a.top_layers {
-            t.trainable = Trainable::TopLayers(n);
-        }
+        let lora = LoraConfig {
+            targets: vec!["all".into()],
+            ..LoraConfig::default()
+        };
+        a.trainable.apply(&mut t.trainable, &lora)?;
         set(&mut c.margin, a.margin);
         set(&mut c.center_coef, a.center_coef);
         c.quiet |= a.quiet;

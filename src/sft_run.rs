@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::DType;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cli_train::{SftArgs, TrainableKind};
+use crate::cli_train::SftArgs;
 use crate::config::{read_yaml, set};
 use crate::device::compute_device;
 use crate::llm::local::ChatTokenizer;
@@ -31,8 +31,8 @@ use crate::train::checkpoint::resume_point;
 use crate::train::data::eval_loss;
 use crate::train::weights::dtype_device;
 use crate::train::{
-    load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, SftConfig, SftStart,
-    TokenizedExample, TrainEvent, Trainable, Weights,
+    load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, LoraConfig, SftConfig,
+    SftStart, TokenizedExample, TrainEvent, Weights,
 };
 
 /// Settings of `cai train sft`. Every field has a default; unknown fields are rejected.
@@ -110,33 +110,8 @@ impl SftRunConfig {
         set(&mut t.save_every, a.save_every);
         set(&mut t.max_len, a.max_len);
         set(&mut t.seed, a.seed);
-        let lora_flags =
-            a.lora_rank.is_some() || a.lora_alpha.is_some() || a.lora_targets.is_some();
-        let kind = match (a.trainable, a.top_layers, lora_flags) {
-            (Some(k), _, _) => Some(k),
-            (None, Some(_), _) => Some(TrainableKind::TopLayers),
-            (None, None, true) => Some(TrainableKind::Lora),
-            (None, None, false) => None,
-        };
-        match kind {
-            None => {}
-            Some(TrainableKind::All) => t.trainable = Trainable::All,
-            Some(TrainableKind::TopLayers) => {
-                let n = match (a.top_layers, &t.trainable) {
-                    (Some(n), _) => n,
-                    (None, Trainable::TopLayers(n)) => *n,
-                    _ => bail!("--trainable top-layers needs --top-layers N"),
-                };
-                t.trainable = Trainable::TopLayers(n);
-            }
-            Some(TrainableKind::Lora) => {
-                let mut lora = t.trainable.lora().cloned().unwrap_or_default();
-                set(&mut lora.rank, a.lora_rank);
-                set(&mut lora.alpha, a.lora_alpha);
-                set(&mut lora.targets, a.lora_targets);
-                t.trainable = Trainable::Lora(lora);
-            }
-        }
+        a.trainable
+            .apply(&mut t.trainable, &LoraConfig::default())?;
         ensure!(
             (0.0..1.0).contains(&c.eval_split),
             "eval_split must be within [0, 1), got {}",
@@ -387,7 +362,7 @@ fn write_loss_chart(log: &Path, before: Option<f64>, svg: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::LoraConfig;
+    use crate::train::{LoraConfig, Trainable};
     use clap::Parser;
 
     #[derive(Parser)]
