@@ -165,22 +165,24 @@ pub struct PpoRunSummary {
 }
 
 /// The reward model as a PPO scorer: responses are decoded and scored as text, so the
-/// reward model may use another tokenizer than the policy.
+/// reward model may use another tokenizer than the policy. The texts of the last call are
+/// kept for the samples file and the run summary.
 struct RmScorer<'a> {
     rm: TextRewardModel,
     policy_tok: &'a ChatTokenizer,
     prompts: &'a [PromptItem],
+    texts: Vec<String>,
 }
 
 impl Scorer for RmScorer<'_> {
     fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>> {
-        let texts: Vec<String> = rollouts
+        self.texts = rollouts
             .iter()
             .map(|r| response_text(self.policy_tok, r))
             .collect::<Result<_>>()?;
         let items: Vec<(&[crate::chat::ChatMessage], &str)> = rollouts
             .iter()
-            .zip(&texts)
+            .zip(&self.texts)
             .map(|(r, t)| (self.prompts[r.prompt].conversation.as_slice(), t.as_str()))
             .collect();
         self.rm.score(&items, 8)
@@ -245,6 +247,7 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
         rm: TextRewardModel::open(rm_dir, cfg.rm_max_len)?,
         policy_tok: &policy_tok,
         prompts: &prompts,
+        texts: Vec::new(),
     };
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
@@ -268,11 +271,7 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
             s.score, s.kl, s.response_len, s.seconds
         ));
         write_log(&cfg.out, &trainer.state().history)?;
-        last_texts = step
-            .rollouts
-            .iter()
-            .map(|r| response_text(&policy_tok, r))
-            .collect::<Result<_>>()?;
+        last_texts = std::mem::take(&mut scorer.texts);
         if cfg.sample_every > 0 && s.step % cfg.sample_every == 0 {
             for ((r, text), score) in step.rollouts.iter().zip(&last_texts).zip(&step.scores) {
                 samples.append(&json!({
