@@ -62,6 +62,12 @@ struct PrefixEntry {
     last_logits: Vec<f32>,
 }
 
+/// `CAI_PREFIX_REUSE=0` turns the prefix cache off (to measure what it saves; results are the
+/// same either way).
+fn prefix_reuse_from_env() -> bool {
+    std::env::var("CAI_PREFIX_REUSE").map_or(true, |v| v.trim() != "0")
+}
+
 /// A GGUF model run in-process.
 pub struct LocalBackend {
     info: ModelInfo,
@@ -106,7 +112,7 @@ impl LocalBackend {
             model,
             chat,
             prefixes: Mutex::new(Vec::new()),
-            prefix_reuse: AtomicBool::new(true),
+            prefix_reuse: AtomicBool::new(prefix_reuse_from_env()),
         }
     }
 
