@@ -85,6 +85,7 @@ pub struct TemplatePaths {
     pub revision: Option<PathBuf>,
     pub feedback: Option<PathBuf>,
     pub feedback_cot: Option<PathBuf>,
+    pub feedback_score: Option<PathBuf>,
 }
 
 /// A parsed constitution.
@@ -375,6 +376,7 @@ impl Loaded {
             (K::Revision, &t.revision),
             (K::Feedback, &t.feedback),
             (K::FeedbackCot, &t.feedback_cot),
+            (K::FeedbackScore, &t.feedback_score),
         ]
         .into_iter()
         .filter_map(|(k, p)| p.as_deref().map(|p| (k, p)))

@@ -28,15 +28,18 @@ pub enum TemplateKind {
     Feedback,
     /// Chain-of-thought comparison: reasoning first, then the answer.
     FeedbackCot,
+    /// One response rated 1–10 under a principle (score mode).
+    FeedbackScore,
 }
 
 impl TemplateKind {
-    pub const ALL: [TemplateKind; 5] = [
+    pub const ALL: [TemplateKind; 6] = [
         TemplateKind::Initial,
         TemplateKind::Critique,
         TemplateKind::Revision,
         TemplateKind::Feedback,
         TemplateKind::FeedbackCot,
+        TemplateKind::FeedbackScore,
     ];
 
     /// File stem in `prompts/` and key in a constitution's `templates:`.
@@ -47,6 +50,7 @@ impl TemplateKind {
             TemplateKind::Revision => "revision",
             TemplateKind::Feedback => "feedback",
             TemplateKind::FeedbackCot => "feedback_cot",
+            TemplateKind::FeedbackScore => "feedback_score",
         }
     }
 
@@ -68,15 +72,13 @@ impl TemplateKind {
                 &["conversation", "question", "response_a", "response_b"],
                 false,
             ),
+            TemplateKind::FeedbackScore => (&["conversation", "question", "response"], false),
         }
     }
 
     /// Placeholders a template may use beyond the required ones.
     fn optional(self) -> &'static [&'static str] {
-        match self {
-            TemplateKind::Feedback | TemplateKind::FeedbackCot => &["principle_id"],
-            _ => &["principle_id"],
-        }
+        &["principle_id"]
     }
 
     fn default_source(self) -> &'static str {
@@ -86,6 +88,7 @@ impl TemplateKind {
             TemplateKind::Revision => include_str!("../prompts/revision.txt"),
             TemplateKind::Feedback => include_str!("../prompts/feedback.txt"),
             TemplateKind::FeedbackCot => include_str!("../prompts/feedback_cot.txt"),
+            TemplateKind::FeedbackScore => include_str!("../prompts/feedback_score.txt"),
         }
     }
 }
@@ -301,7 +304,7 @@ fn parse_pieces(body: &str) -> Result<Vec<Piece>> {
     Ok(pieces)
 }
 
-/// The five templates a run uses.
+/// The templates a run uses.
 #[derive(Debug, Clone)]
 pub struct PromptSet {
     templates: HashMap<TemplateKind, Template>,
@@ -320,6 +323,7 @@ impl PromptSet {
                 TemplateKind::Revision => &t.revision,
                 TemplateKind::Feedback => &t.feedback,
                 TemplateKind::FeedbackCot => &t.feedback_cot,
+                TemplateKind::FeedbackScore => &t.feedback_score,
             }
             .as_ref()
             .map(|p| constitution.template_path(p));

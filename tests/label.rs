@@ -99,6 +99,72 @@ fn cot_mode_votes_and_clamps() {
 }
 
 #[test]
+fn score_mode_rates_each_response_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = records(&label(
+        dir.path(),
+        "s.jsonl",
+        &["--mode", "score", "--principles", "2", "--limit", "5"],
+    ));
+    assert_eq!(recs.len(), 5);
+    for r in &recs {
+        assert_eq!(r["mode"], "score");
+        // No slots: one "order", no flip.
+        assert!(r.get("p_a_second").is_none());
+        assert_eq!(r["position_flip"], false);
+        let pp = r["per_principle"].as_array().unwrap();
+        assert_eq!(pp.len(), 2);
+        let mean = |f: &dyn Fn(&Value) -> f64| pp.iter().map(f).sum::<f64>() / 2.0;
+        assert!(close(
+            &r["p_a"],
+            mean(&|p| p["p_a_first"].as_f64().unwrap())
+        ));
+        assert!(close(
+            &r["scores"][0],
+            mean(&|p| p["scores"][0].as_f64().unwrap())
+        ));
+        assert!(close(
+            &r["scores"][1],
+            mean(&|p| p["scores"][1].as_f64().unwrap())
+        ));
+        for p in pp {
+            let (a, b) = (
+                p["scores"][0].as_f64().unwrap(),
+                p["scores"][1].as_f64().unwrap(),
+            );
+            assert!((1.0..=10.0).contains(&a) && (1.0..=10.0).contains(&b));
+            let pa = p["p_a_first"].as_f64().unwrap();
+            assert!(pa > 0.0 && pa < 1.0);
+        }
+    }
+    // The two responses of a pair are rated by separate prompts: swapping them swaps the
+    // ratings and mirrors the label.
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.jsonl"),
+        "{\"id\": \"x\", \"prompt\": \"q\", \"response_a\": \"one\", \"response_b\": \"two\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("q.jsonl"),
+        "{\"id\": \"x\", \"prompt\": \"q\", \"response_a\": \"two\", \"response_b\": \"one\"}\n",
+    )
+    .unwrap();
+    let ab = &records(&label(
+        d,
+        "ab.jsonl",
+        &["--mode", "score", "--pairs", "p.jsonl"],
+    ))[0];
+    let ba = &records(&label(
+        d,
+        "ba.jsonl",
+        &["--mode", "score", "--pairs", "q.jsonl"],
+    ))[0];
+    assert!(close(&ab["scores"][0], ba["scores"][1].as_f64().unwrap()));
+    assert!(close(&ab["p_a"], 1.0 - ba["p_a"].as_f64().unwrap()));
+}
+
+#[test]
 fn identical_and_empty_responses_are_flagged() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -172,6 +238,7 @@ fn real_model_labels_obvious_pairs() {
     for (out, extra) in [
         ("d.jsonl", vec!["--calibrate"]),
         ("l.jsonl", vec!["--mode", "likelihood"]),
+        ("s.jsonl", vec!["--mode", "score"]),
     ] {
         let mut cmd = cai(dir.path());
         cmd.args([
@@ -195,6 +262,15 @@ fn real_model_labels_obvious_pairs() {
         for r in &recs {
             let p = r["p_a"].as_f64().unwrap();
             assert!(p > 0.0 && p < 1.0 && p.is_finite(), "{p}");
+        }
+        if out == "s.jsonl" {
+            // Ratings are expectations over 1..=10 from the real option probabilities.
+            for r in &recs {
+                for s in [&r["scores"][0], &r["scores"][1]] {
+                    let s = s.as_f64().unwrap();
+                    assert!((1.0..=10.0).contains(&s), "{s}");
+                }
+            }
         }
         if out == "d.jsonl" {
             // The content-free prior is a real probability and calibration used it.

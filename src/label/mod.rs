@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -25,14 +25,14 @@ use crate::constitution::{ComparisonPrinciple, Loaded};
 use crate::llm::mock::fnv1a;
 use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
-    open_backend_with, Backend, BackendKind, ChoiceRequest, ContextOverflow, GenerateRequest,
-    Prompt, SamplingParams,
+    open_backend_with, Backend, BackendKind, Choice, ChoiceRequest, ContextOverflow,
+    GenerateRequest, Prompt, SamplingParams,
 };
 use crate::pairs::{read_pairs, PreferencePair};
 use crate::progress;
 use crate::prompts::{PromptSet, TemplateKind};
 use crate::stage::StageOutput;
-pub use prompt::{escape, transcript, FeedbackPrompts, ANSWER_CUE, OPTIONS};
+pub use prompt::{escape, score_options, transcript, FeedbackPrompts, ANSWER_CUE, OPTIONS};
 
 /// How the feedback model is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
@@ -46,6 +46,9 @@ pub enum LabelMode {
     /// No question asked: how much more likely each response becomes when the principle is
     /// stated as a system message; P(a) = σ(Δa − Δb). Free of position bias by construction.
     Likelihood,
+    /// Each response rated 1–10 on its own (expected score from the options' probabilities);
+    /// P(a) = P(a's rating > b's) + ½ P(equal). No slots, so no position bias.
+    Score,
 }
 
 /// Everything `cai label` needs; defaults < `--config` YAML < flags.
@@ -125,8 +128,13 @@ impl LabelConfig {
         match (self.clamp, self.mode) {
             (Some(r), _) => Some(r),
             (None, LabelMode::Cot) => Some((0.4, 0.6)),
-            (None, LabelMode::Direct | LabelMode::Likelihood) => None,
+            (None, LabelMode::Direct | LabelMode::Likelihood | LabelMode::Score) => None,
         }
+    }
+
+    /// Whether each question is asked in both slot orders (modes with slots only).
+    fn asks_both_orders(&self) -> bool {
+        self.both_orders && matches!(self.mode, LabelMode::Direct | LabelMode::Cot)
     }
 }
 
@@ -147,6 +155,9 @@ pub struct PrincipleLabel {
     pub samples: Vec<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rationales: Vec<String>,
+    /// Score mode: expected ratings (1–10) of response_a and response_b.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<(f64, f64)>,
 }
 
 /// The output record of one pair.
@@ -167,6 +178,9 @@ pub struct LabelRecord {
     /// CoT: (votes for a, votes for b) over all samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub votes: Option<(usize, usize)>,
+    /// Score mode: expected ratings of response_a and response_b, mean over principles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<(f64, f64)>,
     pub per_principle: Vec<PrincipleLabel>,
     pub mode: LabelMode,
     pub model: String,
@@ -278,6 +292,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
             LabelMode::Direct => label_direct(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
             LabelMode::Cot => label_cot(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
             LabelMode::Likelihood => label_likelihood(cfg, backend.as_ref(), &jobs, &mut stats)?,
+            LabelMode::Score => label_score(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
         };
         for (job, rec) in jobs.iter().zip(records) {
             match rec {
@@ -336,8 +351,18 @@ fn fit(
     pair: &PreferencePair,
     p: &ComparisonPrinciple,
 ) -> Result<Fit> {
-    let count = |conv: &[ChatMessage]| {
-        backend.count_tokens(&prompts.direct(conv, &pair.response_a, &pair.response_b, p)?)
+    let count = |conv: &[ChatMessage]| -> Result<usize> {
+        match cfg.mode {
+            LabelMode::Score => Ok(backend
+                .count_tokens(&prompts.score(conv, &pair.response_a, p)?)?
+                .max(backend.count_tokens(&prompts.score(conv, &pair.response_b, p)?)?)),
+            _ => backend.count_tokens(&prompts.direct(
+                conv,
+                &pair.response_a,
+                &pair.response_b,
+                p,
+            )?),
+        }
     };
     if count(&pair.conversation)? <= cfg.max_prompt_tokens {
         return Ok(Fit::Fits(pair.clone(), false));
@@ -383,7 +408,7 @@ fn question(
 }
 
 fn orders(cfg: &LabelConfig) -> &'static [bool] {
-    if cfg.both_orders {
+    if cfg.asks_both_orders() {
         &[false, true]
     } else {
         &[false]
@@ -483,6 +508,7 @@ fn label_direct(
                 prior_a: prior,
                 samples: Vec::new(),
                 rationales: Vec::new(),
+                scores: None,
             });
         }
         out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
@@ -602,6 +628,7 @@ fn label_cot(
                 prior_a: None,
                 samples,
                 rationales,
+                scores: None,
             });
         }
         let votes = soft::votes(&all_samples);
@@ -612,7 +639,22 @@ fn label_cot(
     Ok(out)
 }
 
-/// `tokens` = (prompt tokens, generated tokens) spent on the pair.
+/// The options' log-probabilities and the prompt tokens of one choice answer; `None` when the
+/// prompt overflows the context.
+fn option_logprobs(
+    answer: Option<Result<Choice>>,
+    stats: &mut LabelStats,
+) -> Result<Option<(Vec<f64>, usize)>> {
+    match answer.context("internal error: one answer per request")? {
+        Ok(c) => {
+            stats.prompt_tokens += c.prompt_tokens;
+            Ok(Some((c.logprobs, c.prompt_tokens)))
+        }
+        Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => Ok(None),
+        Err(e) => Err(e.context("feedback model failed to score the responses")),
+    }
+}
+
 /// The conversation with the principle stated as guidance in a system message.
 fn guided(conversation: &[ChatMessage], p: &ComparisonPrinciple) -> Prompt {
     let mut messages = vec![ChatMessage::system(format!(
@@ -657,16 +699,7 @@ fn label_likelihood(
             out.push(Some(identical_record(cfg, backend, job)));
             continue;
         }
-        let mut take = || -> Result<Option<(Vec<f64>, usize)>> {
-            match answers.next().expect("one answer per request") {
-                Ok(c) => {
-                    stats.prompt_tokens += c.prompt_tokens;
-                    Ok(Some((c.logprobs, c.prompt_tokens)))
-                }
-                Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => Ok(None),
-                Err(e) => Err(e.context("feedback model failed to score the responses")),
-            }
-        };
+        let mut take = || option_logprobs(answers.next(), stats);
         let plain = take()?;
         let mut labels = Vec::new();
         let mut used = plain.as_ref().map_or(0, |p| p.1);
@@ -686,6 +719,62 @@ fn label_likelihood(
                 prior_a: None,
                 samples: Vec::new(),
                 rationales: Vec::new(),
+                scores: None,
+            });
+        }
+        out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
+    }
+    Ok(out)
+}
+
+/// Score mode for a batch of pairs: each response rated 1–10 on its own under each principle.
+fn label_score(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    prompts: &FeedbackPrompts,
+    jobs: &[Job],
+    stats: &mut LabelStats,
+) -> Result<Vec<Option<LabelRecord>>> {
+    let options = score_options();
+    let mut reqs = Vec::new();
+    for job in jobs.iter().filter(|j| !is_identical(j)) {
+        for p in &job.principles {
+            for response in [&job.pair.response_a, &job.pair.response_b] {
+                reqs.push(ChoiceRequest {
+                    prompt: prompts.score(&job.pair.conversation, response, p)?,
+                    options: options.clone(),
+                });
+            }
+        }
+    }
+    let mut answers = backend.choose(&reqs).into_iter();
+    let mut out = Vec::new();
+    for job in jobs {
+        if is_identical(job) {
+            stats.identical += 1;
+            out.push(Some(identical_record(cfg, backend, job)));
+            continue;
+        }
+        let mut labels = Vec::new();
+        let mut overflow = false;
+        let mut used = 0;
+        for p in &job.principles {
+            let a = option_logprobs(answers.next(), stats)?;
+            let b = option_logprobs(answers.next(), stats)?;
+            let (Some((a, na)), Some((b, nb))) = (a, b) else {
+                overflow = true;
+                continue;
+            };
+            used += na + nb;
+            let (a, b) = (soft::score_distribution(&a), soft::score_distribution(&b));
+            labels.push(PrincipleLabel {
+                principle: p.id.clone(),
+                p_a_first: soft::p_higher(&a, &b),
+                p_a_second: None,
+                prior_a: None,
+                samples: Vec::new(),
+                rationales: Vec::new(),
+                scores: Some((soft::expected_score(&a), soft::expected_score(&b))),
             });
         }
         out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
@@ -709,6 +798,11 @@ fn record(
         Some(s) => soft::mean(&[p_a_first, s]),
         None => p_a_first,
     };
+    let scores: Option<Vec<(f64, f64)>> = labels.iter().map(|l| l.scores).collect();
+    let scores = scores.filter(|s| !s.is_empty()).map(|s| {
+        let (a, b): (Vec<f64>, Vec<f64>) = s.into_iter().unzip();
+        (soft::mean(&a), soft::mean(&b))
+    });
     LabelRecord {
         id: job.pair.id.clone(),
         conversation: job.pair.conversation.clone(),
@@ -720,6 +814,7 @@ fn record(
         p_a,
         position_flip: p_a_second.is_some_and(|s| soft::position_flip(p_a_first, s)),
         votes,
+        scores,
         per_principle: labels,
         mode: cfg.mode,
         model: backend.info().name.clone(),
@@ -737,10 +832,11 @@ fn identical_record(cfg: &LabelConfig, backend: &dyn Backend, job: &Job) -> Labe
         .map(|p| PrincipleLabel {
             principle: p.id.clone(),
             p_a_first: 0.5,
-            p_a_second: cfg.both_orders.then_some(0.5),
+            p_a_second: cfg.asks_both_orders().then_some(0.5),
             prior_a: None,
             samples: Vec::new(),
             rationales: Vec::new(),
+            scores: (cfg.mode == LabelMode::Score).then_some((5.5, 5.5)),
         })
         .collect();
     let mut r = record(cfg, backend, job, labels, None, (0, 0));
@@ -764,7 +860,8 @@ fn label_fingerprint(
     ];
     let t = json!([
         format!("{:?}", templates.get(TemplateKind::Feedback)),
-        format!("{:?}", templates.get(TemplateKind::FeedbackCot))
+        format!("{:?}", templates.get(TemplateKind::FeedbackCot)),
+        format!("{:?}", templates.get(TemplateKind::FeedbackScore))
     ]);
     crate::stage::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), t])
 }

@@ -12,6 +12,12 @@ use crate::prompts::{PromptSet, TemplateKind, Vars};
 /// The two options scored after the template's prefill ("… is (").
 pub const OPTIONS: [&str; 2] = ["A", "B"];
 
+/// The options of score mode after the template's prefill ("Score:"): " 1/10" … " 10/10".
+/// The "/10" ends each option, so "1" is not a prefix of "10" and the ten are exclusive.
+pub fn score_options() -> Vec<String> {
+    (1..=10).map(|n| format!(" {n}/10")).collect()
+}
+
 /// Appended to a chain-of-thought before its answer is scored.
 pub const ANSWER_CUE: &str = "\nSo the better response is (";
 
@@ -98,6 +104,24 @@ impl<'a> FeedbackPrompts<'a> {
             b,
             p,
         )
+    }
+
+    /// One response to rate 1–10 under the principle; score [`score_options`] next.
+    pub fn score(
+        &self,
+        conversation: &[ChatMessage],
+        response: &str,
+        p: &ComparisonPrinciple,
+    ) -> Result<Prompt> {
+        let (conversation, response) = (transcript(conversation), escape(response));
+        let vars = Vars::new(&[])
+            .set("conversation", &conversation)
+            .set("question", &p.question)
+            .set("response", &response)
+            .set("principle_id", &p.id);
+        self.templates
+            .get(TemplateKind::FeedbackScore)
+            .render(&vars)
     }
 
     /// The CoT prompt continued with the model's reasoning and the answer cue.

@@ -58,6 +58,41 @@ pub fn position_flip(p_a_first: f64, p_a_second: f64) -> bool {
     side(p_a_first) != side(p_a_second)
 }
 
+/// The distribution over scores 1..=n from the log-probabilities of their n options
+/// (softmax over the options).
+pub fn score_distribution(logprobs: &[f64]) -> Vec<f64> {
+    let max = logprobs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logprobs.iter().map(|l| (l - max).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / z).collect()
+}
+
+/// Expected score `Σ s · P(s)` of a distribution over scores 1..=n.
+pub fn expected_score(dist: &[f64]) -> f64 {
+    dist.iter()
+        .enumerate()
+        .map(|(i, p)| (i + 1) as f64 * p)
+        .sum()
+}
+
+/// P(a's score > b's) + ½ P(equal) for independent draws from the two distributions: the
+/// soft label of two single-response ratings.
+pub fn p_higher(a: &[f64], b: &[f64]) -> f64 {
+    let mut p = 0.0;
+    for (i, pa) in a.iter().enumerate() {
+        for (j, pb) in b.iter().enumerate() {
+            p += pa
+                * pb
+                * match i.cmp(&j) {
+                    std::cmp::Ordering::Greater => 1.0,
+                    std::cmp::Ordering::Equal => 0.5,
+                    std::cmp::Ordering::Less => 0.0,
+                };
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +146,26 @@ mod tests {
         close(mean(&clamped), 0.5125);
         assert_eq!(votes(&samples), (2, 1));
         close(clamp(0.99, None), 0.99);
+    }
+
+    #[test]
+    fn score_mode_arithmetic() {
+        // Options with log-probabilities ln 1, ln 3 (and nothing else): P = 0.25, 0.75.
+        let d = score_distribution(&[0.0, 3f64.ln()]);
+        close(d[0], 0.25);
+        close(d[1], 0.75);
+        // Expected score 1·0.25 + 2·0.75.
+        close(expected_score(&d), 1.75);
+        // a ~ (0.25, 0.75) and b ~ (0.5, 0.5) over scores 1, 2: a > b when a = 2, b = 1
+        // (0.75·0.5 = 0.375); ties 0.25·0.5 + 0.75·0.5 = 0.5, half of it 0.25.
+        close(p_higher(&d, &[0.5, 0.5]), 0.625);
+        // Symmetric: P(b > a) + ½ P(tie) is the complement.
+        close(p_higher(&[0.5, 0.5], &d), 0.375);
+        // The same distribution against itself is a tie on average.
+        close(p_higher(&d, &d), 0.5);
+        // Very negative log-probabilities stay finite.
+        let d = score_distribution(&[-1000.0, -1001.0]);
+        close(d[0] + d[1], 1.0);
+        assert!(d[0] > 0.7);
     }
 }
