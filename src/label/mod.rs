@@ -160,6 +160,21 @@ pub struct PrincipleLabel {
     pub scores: Option<(f64, f64)>,
 }
 
+impl PrincipleLabel {
+    /// A label with one order's probability and nothing else.
+    fn new(principle: &ComparisonPrinciple, p_a_first: f64) -> Self {
+        Self {
+            principle: principle.id.clone(),
+            p_a_first,
+            p_a_second: None,
+            prior_a: None,
+            samples: Vec::new(),
+            rationales: Vec::new(),
+            scores: None,
+        }
+    }
+}
+
 /// The output record of one pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelRecord {
@@ -419,6 +434,27 @@ fn is_identical(job: &Job) -> bool {
     job.pair.response_a.trim() == job.pair.response_b.trim()
 }
 
+/// `label(job, stats)` for every job but those with identical responses, which get 0.5 (and a
+/// flag) without a question.
+fn each_job(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    jobs: &[Job],
+    stats: &mut LabelStats,
+    mut label: impl FnMut(&Job, &mut LabelStats) -> Result<Option<LabelRecord>>,
+) -> Result<Vec<Option<LabelRecord>>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if is_identical(job) {
+            stats.identical += 1;
+            out.push(Some(identical_record(cfg, backend, job)));
+        } else {
+            out.push(label(job, stats)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Runs choose requests; `None` for the ones that overflow the context.
 fn choose_all(
     backend: &dyn Backend,
@@ -470,13 +506,7 @@ fn label_direct(
         }
     }
     let mut answers = choose_all(backend, reqs, stats)?.into_iter();
-    let mut out = Vec::new();
-    for job in jobs {
-        if is_identical(job) {
-            stats.identical += 1;
-            out.push(Some(identical_record(cfg, backend, job)));
-            continue;
-        }
+    each_job(cfg, backend, jobs, stats, |job, _| {
         let mut labels = Vec::new();
         let mut overflow = false;
         let mut used = 0;
@@ -502,18 +532,13 @@ fn label_direct(
                 )
             });
             labels.push(PrincipleLabel {
-                principle: p.id.clone(),
-                p_a_first: first,
                 p_a_second: second,
                 prior_a: prior,
-                samples: Vec::new(),
-                rationales: Vec::new(),
-                scores: None,
+                ..PrincipleLabel::new(p, first)
             });
         }
-        out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
-    }
-    Ok(out)
+        Ok((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))))
+    })
 }
 
 /// Chain-of-thought mode with self-consistency for a batch of pairs.
@@ -568,13 +593,7 @@ fn label_cot(
     }
     let mut answers = choose_all(backend, answer_prompts, stats)?.into_iter();
     let mut gens = gens.into_iter();
-    let mut out = Vec::new();
-    for job in jobs {
-        if is_identical(job) {
-            stats.identical += 1;
-            out.push(Some(identical_record(cfg, backend, job)));
-            continue;
-        }
+    each_job(cfg, backend, jobs, stats, |job, _| {
         let mut labels = Vec::new();
         let mut overflow = false;
         let mut generated = 0;
@@ -622,21 +641,15 @@ fn label_cot(
             }
             all_samples.extend(samples.iter().copied());
             labels.push(PrincipleLabel {
-                principle: p.id.clone(),
-                p_a_first: per_order[0],
                 p_a_second: per_order.get(1).copied(),
-                prior_a: None,
                 samples,
                 rationales,
-                scores: None,
+                ..PrincipleLabel::new(p, per_order[0])
             });
         }
         let votes = soft::votes(&all_samples);
-        out.push(
-            (!overflow).then(|| record(cfg, backend, job, labels, Some(votes), (used, generated))),
-        );
-    }
-    Ok(out)
+        Ok((!overflow).then(|| record(cfg, backend, job, labels, Some(votes), (used, generated))))
+    })
 }
 
 /// The options' log-probabilities and the prompt tokens of one choice answer; `None` when the
@@ -692,13 +705,7 @@ fn label_likelihood(
         }
     }
     let mut answers = backend.choose(&reqs).into_iter();
-    let mut out = Vec::new();
-    for job in jobs {
-        if is_identical(job) {
-            stats.identical += 1;
-            out.push(Some(identical_record(cfg, backend, job)));
-            continue;
-        }
+    each_job(cfg, backend, jobs, stats, |job, stats| {
         let mut take = || option_logprobs(answers.next(), stats);
         let plain = take()?;
         let mut labels = Vec::new();
@@ -712,19 +719,11 @@ fn label_likelihood(
             };
             used += n;
             let delta = (g[0] - u[0]) - (g[1] - u[1]);
-            labels.push(PrincipleLabel {
-                principle: p.id.clone(),
-                p_a_first: soft::clamp(soft::normalize_pair(delta, 0.0), cfg.clamp_range()),
-                p_a_second: None,
-                prior_a: None,
-                samples: Vec::new(),
-                rationales: Vec::new(),
-                scores: None,
-            });
+            let p_a = soft::clamp(soft::normalize_pair(delta, 0.0), cfg.clamp_range());
+            labels.push(PrincipleLabel::new(p, p_a));
         }
-        out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
-    }
-    Ok(out)
+        Ok((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))))
+    })
 }
 
 /// Score mode for a batch of pairs: each response rated 1–10 on its own under each principle.
@@ -748,13 +747,7 @@ fn label_score(
         }
     }
     let mut answers = backend.choose(&reqs).into_iter();
-    let mut out = Vec::new();
-    for job in jobs {
-        if is_identical(job) {
-            stats.identical += 1;
-            out.push(Some(identical_record(cfg, backend, job)));
-            continue;
-        }
+    each_job(cfg, backend, jobs, stats, |job, stats| {
         let mut labels = Vec::new();
         let mut overflow = false;
         let mut used = 0;
@@ -768,18 +761,12 @@ fn label_score(
             used += na + nb;
             let (a, b) = (soft::score_distribution(&a), soft::score_distribution(&b));
             labels.push(PrincipleLabel {
-                principle: p.id.clone(),
-                p_a_first: soft::p_higher(&a, &b),
-                p_a_second: None,
-                prior_a: None,
-                samples: Vec::new(),
-                rationales: Vec::new(),
                 scores: Some((soft::expected_score(&a), soft::expected_score(&b))),
+                ..PrincipleLabel::new(p, soft::p_higher(&a, &b))
             });
         }
-        out.push((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))));
-    }
-    Ok(out)
+        Ok((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))))
+    })
 }
 
 fn record(
@@ -830,13 +817,9 @@ fn identical_record(cfg: &LabelConfig, backend: &dyn Backend, job: &Job) -> Labe
         .principles
         .iter()
         .map(|p| PrincipleLabel {
-            principle: p.id.clone(),
-            p_a_first: 0.5,
             p_a_second: cfg.asks_both_orders().then_some(0.5),
-            prior_a: None,
-            samples: Vec::new(),
-            rationales: Vec::new(),
             scores: (cfg.mode == LabelMode::Score).then_some((5.5, 5.5)),
+            ..PrincipleLabel::new(p, 0.5)
         })
         .collect();
     let mut r = record(cfg, backend, job, labels, None, (0, 0));
