@@ -250,9 +250,13 @@ pub struct LabelArgs {
     /// Ask only with response_a in slot (A) (default: both orders, averaged).
     #[arg(long)]
     pub one_order: bool,
-    /// Divide out the model's slot prior measured on a content-free pair.
+    /// Divide out the model's slot prior measured on a content-free pair (direct mode; the
+    /// default).
     #[arg(long)]
     pub calibrate: bool,
+    /// Do not calibrate (raw option probabilities).
+    #[arg(long, conflicts_with = "calibrate")]
+    pub no_calibrate: bool,
     /// Few-shot comparison examples [default: 4].
     #[arg(long)]
     pub few_shot: Option<usize>,

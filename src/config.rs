@@ -86,7 +86,7 @@ impl LabelConfig {
         if args.one_order {
             c.both_orders = false;
         }
-        c.calibrate |= args.calibrate;
+        c.calibrate = (c.calibrate || args.calibrate) && !args.no_calibrate;
         set(&mut c.few_shot, args.few_shot);
         set(&mut c.samples, args.samples);
         set(&mut c.reasoning.temperature, args.temperature);

@@ -70,7 +70,9 @@ pub struct LabelConfig {
     pub principles: usize,
     /// Ask with the responses in both orders and average.
     pub both_orders: bool,
-    /// Divide out the model's slot prior measured on a content-free pair (responses "N/A").
+    /// Direct mode: divide out the model's slot prior measured on a content-free pair
+    /// (responses "N/A"). On by default: on the dev pairs it keeps the agreement and turns a
+    /// labeller that always picks slot (B) into one that picks (A) 42 % of the time.
     pub calibrate: bool,
     /// Few-shot comparison examples from the constitution.
     pub few_shot: usize,
@@ -103,7 +105,7 @@ impl Default for LabelConfig {
             mode: LabelMode::Direct,
             principles: 1,
             both_orders: true,
-            calibrate: false,
+            calibrate: true,
             few_shot: 4,
             samples: 4,
             reasoning: SamplingParams {
