@@ -463,19 +463,18 @@ impl GgufLlama {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.shape.rms_eps as f32)?;
             let qkv = layer.qkv.forward_with(&h, false)?;
-            if let Some(rope) = &self.rope_host {
-                let y = self.attend_decode_cpu(&qkv, rope, caches, li)?;
-                x = (x + layer.o.forward_quant(&y)?)?;
-                let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
-                x = (x + layer.mlp(&h, false)?)?;
-                continue;
-            }
-            let mut ys = Vec::with_capacity(b);
-            for (j, cache) in caches.iter_mut().enumerate() {
-                let one = |i: usize| qkv[i].narrow(0, j, 1);
-                ys.push(self.attend(&one(0)?, &one(1)?, &one(2)?, None, cache, li)?);
-            }
-            x = (x + layer.o.forward_quant(&Tensor::cat(&ys, 0)?)?)?;
+            let y = match &self.rope_host {
+                Some(rope) => self.attend_decode_cpu(&qkv, rope, caches, li)?,
+                None => {
+                    let mut ys = Vec::with_capacity(b);
+                    for (j, cache) in caches.iter_mut().enumerate() {
+                        let one = |i: usize| qkv[i].narrow(0, j, 1);
+                        ys.push(self.attend(&one(0)?, &one(1)?, &one(2)?, None, cache, li)?);
+                    }
+                    Tensor::cat(&ys, 0)?
+                }
+            };
+            x = (x + layer.o.forward_quant(&y)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.shape.rms_eps as f32)?;
             x = (x + layer.mlp(&h, false)?)?;
         }

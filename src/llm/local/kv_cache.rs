@@ -150,7 +150,7 @@ impl KvCache {
         Ok(l)
     }
 
-    /// Whether the layers' buffers are distinct from `other`'s (no sharing left).
+    /// Whether any layer's buffers are still shared with `other`'s.
     #[cfg(test)]
     pub(crate) fn shares_buffers_with(&self, other: &KvCache) -> bool {
         self.layers

@@ -56,21 +56,34 @@ unsafe fn block_bytes<T>(blocks: &[T], size: usize) -> &[u8] {
     std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
 }
 
-fn quantize_q8_1(x: &[f32], m: usize, k: usize) -> ActRows {
-    let kb = k / 32;
-    let mut blocks = vec![BlockQ8_1::zeros(); m * kb];
+/// `m` activation rows of `k` values quantized to blocks of type `B` by candle's own
+/// `from_float`.
+fn quantize_rows<B: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<B> {
+    let kb = k / B::BLCK_SIZE;
+    let mut blocks = vec![B::zeros(); m * kb];
     for r in 0..m {
-        BlockQ8_1::from_float(&x[r * k..(r + 1) * k], &mut blocks[r * kb..(r + 1) * kb]);
+        B::from_float(&x[r * k..(r + 1) * k], &mut blocks[r * kb..(r + 1) * kb]);
     }
+    blocks
+}
+
+fn quantize_q8_1(x: &[f32], m: usize, k: usize) -> ActRows {
+    let blocks = quantize_rows::<BlockQ8_1>(x, m, k);
     // SAFETY: BlockQ8_1 is a `repr(C)` block of Q8_1_BYTES plain bytes (candle asserts it).
     let bytes = unsafe { block_bytes(&blocks, Q8_1_BYTES) };
-    let mut rows = ActRows::with_capacity(blocks.len());
+    let mut rows = ActRows::with_capacity(bytes.len() / Q8_1_BYTES);
     for b in bytes.chunks_exact(Q8_1_BYTES) {
         rows.d.push(f16_at(b, 0));
         rows.s.push(f16_at(b, 2));
         rows.qs.push(std::array::from_fn(|i| b[4 + i] as i8));
     }
     rows
+}
+
+fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> ActRows {
+    let blocks = quantize_rows::<BlockQ8_0>(x, m, k);
+    // SAFETY: BlockQ8_0 is a `repr(C)` block of Q8_0_BYTES plain bytes (candle asserts it).
+    unpack_q8_0(unsafe { block_bytes(&blocks, Q8_0_BYTES) })
 }
 
 fn unpack_q8_0(bytes: &[u8]) -> ActRows {
@@ -80,16 +93,6 @@ fn unpack_q8_0(bytes: &[u8]) -> ActRows {
         rows.qs.push(std::array::from_fn(|i| b[2 + i] as i8));
     }
     rows
-}
-
-fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> ActRows {
-    let kb = k / 32;
-    let mut blocks = vec![BlockQ8_0::zeros(); m * kb];
-    for r in 0..m {
-        BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut blocks[r * kb..(r + 1) * kb]);
-    }
-    // SAFETY: BlockQ8_0 is a `repr(C)` block of Q8_0_BYTES plain bytes (candle asserts it).
-    unpack_q8_0(unsafe { block_bytes(&blocks, Q8_0_BYTES) })
 }
 
 /// One weight row's blocks as the tile kernel sees them.
@@ -110,11 +113,11 @@ trait WeightRow {
     fn scale(&self, b: usize) -> f32;
 }
 
-/// `Σ_b scale_b · y.d_b · dot(w_b, y_b)` for one row of `y` starting at block `at`, added into
-/// `acc` for the blocks `b` given.
+/// Adds weight block `b` times the matching block of `R` rows of `y` (row `r`'s blocks start
+/// at `at[r]`) into the rows' accumulators: `acc[r] += scale_b · y.d · dot(w_b, y_b)`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `y` holds blocks `at[r] + b` for every `b`.
+/// AVX2 and FMA must be available; `y` holds block `at[r] + b` for every `r`.
 #[inline(always)]
 unsafe fn add_block<W: WeightRow, const R: usize>(
     w: &W,
@@ -299,7 +302,7 @@ impl Q4_1Avx2 {
     }
 }
 
-/// One Q4_1 weight row (nibbles and scales; the minimums are a separate dot product).
+/// One Q4_1 weight row (nibbles and scales; the minimum terms come from [`minimums`]).
 struct Q4_1Row<'a> {
     qs: &'a [[u8; 16]],
     d: &'a [f32],
