@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatMessage, Role};
-use crate::llm::local::{GgufLlama, LocalBackend};
+use crate::llm::local::{GgufModel, LocalBackend};
 use crate::llm::spec::{ModelSpec, DEFAULT_MODEL_FILE};
 use crate::llm::{Backend, ChoiceRequest};
 use crate::prompts::{Template, TemplateKind, Vars};
@@ -110,15 +110,15 @@ fn gguf_path(model: &str) -> Result<PathBuf> {
     }
 }
 
-fn load_model(path: &Path, dense: bool) -> Result<GgufLlama> {
+fn load_model(path: &Path, dense: bool) -> Result<GgufModel> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
-    GgufLlama::load(&content, path, &candle_core::Device::Cpu, dense)
+    GgufModel::load(&content, path, &candle_core::Device::Cpu, dense)
 }
 
 /// Prompt processing, batch-1 and batched generation of `model`.
-fn measure(model: &GgufLlama, cfg: &BenchConfig, label: &str) -> Result<Vec<Figure>> {
+fn measure(model: &GgufModel, cfg: &BenchConfig, label: &str) -> Result<Vec<Figure>> {
     let prompt: Vec<u32> = (0..cfg.prompt_tokens)
         .map(|i| 100 + (i as u32 * 7919) % 20_000)
         .collect();
@@ -153,7 +153,7 @@ fn measure(model: &GgufLlama, cfg: &BenchConfig, label: &str) -> Result<Vec<Figu
 }
 
 /// Aggregate generation rate of `b` sequences decoded together (32-token prompts each).
-fn batched(model: &GgufLlama, b: usize, cfg: &BenchConfig) -> Result<f64> {
+fn batched(model: &GgufModel, b: usize, cfg: &BenchConfig) -> Result<f64> {
     let mut caches: Vec<_> = (0..b).map(|_| model.new_cache()).collect();
     for (i, c) in caches.iter_mut().enumerate() {
         let prompt: Vec<u32> = (0..32)

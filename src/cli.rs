@@ -31,6 +31,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// Inference speed of the local backend (and of llama.cpp when installed), in one run.
     Bench(BenchArgs),
+    /// Perplexity of a model on a text, computed as llama.cpp's llama-perplexity does
+    /// (chunks of --ctx tokens, the second half of each scored); ends with `PPL = X +/- E`.
+    Perplexity(PerplexityArgs),
     /// Two policies answer held-out prompts; the AI labeler (both orders) and the reward
     /// model judge: win rates with 95 % intervals and a Markdown report.
     Eval(crate::cli_eval::EvalArgs),
@@ -47,6 +50,26 @@ pub enum Command {
     /// The whole run in one command: revise → sft → sample → label → rm, each stage's outputs
     /// in a run folder, done stages skipped on re-run, and a report.md.
     Pipeline(crate::cli_pipeline::PipelineArgs),
+}
+
+/// Arguments of `cai perplexity`.
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    /// `default` (embedded SmolLM2-135M-Instruct), a .gguf file or a model folder.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Text to score (UTF-8).
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Tokens per chunk (llama-perplexity's -c).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many chunks (llama-perplexity's --chunks); all by default.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,7 @@ pub mod label;
 pub mod llm;
 pub mod manifest;
 pub mod pairs;
+pub mod perplexity;
 pub mod pipeline;
 pub mod plot;
 pub mod ppo_run;
@@ -154,6 +155,29 @@ pub fn run(cli: Cli) -> Result<()> {
                 json: a.json,
             };
             print!("{}", bench::render(&bench::run(&cfg)?));
+            Ok(())
+        }
+        Command::Perplexity(a) => {
+            let cfg = perplexity::PerplexityConfig {
+                model: a.model,
+                file: a.file,
+                ctx: a.ctx,
+                chunks: a.chunks,
+                quiet: a.quiet,
+            };
+            let r = perplexity::run(&cfg)?;
+            let chunks: Vec<String> = r
+                .per_chunk
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("[{}]{p:.4}", i + 1))
+                .collect();
+            println!("{}", chunks.join(","));
+            println!(
+                "{} tokens, {} chunks of {}, {} scored",
+                r.tokens, r.chunks, r.ctx, r.sums.count
+            );
+            println!("{}", r.final_line());
             Ok(())
         }
         Command::Train(cli_train::TrainCommand::Sft(args)) => {

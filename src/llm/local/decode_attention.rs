@@ -17,32 +17,49 @@ pub fn rope_interleaved(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]
     }
 }
 
+/// Rotates each head's pairs `(x[i], x[i + d/2])` by the position's angles, in place (the
+/// NEOX layout of Qwen, Phi-3 and Gemma; candle's `rope`).
+pub fn rope_halves(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        let (lo, hi) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (lo[i], hi[i]);
+            lo[i] = a * cos[i] - b * sin[i];
+            hi[i] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
 /// Head counts and size of one attention layer.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Scores are `q · k · scale` (usually 1/√head_dim).
+    pub scale: f32,
 }
 
-/// `out[h] = softmax(q[h] · K[g]ᵀ / √d) · V[g]` for every query head `h` (key/value head
-/// `g = h / (heads / kv_heads)`), over the first `len` positions of buffers laid out
-/// `[kv_heads, capacity, head_dim]`. `q` and `out` hold `heads · head_dim` values.
+/// `out[h] = softmax(q[h] · K[g]ᵀ · scale) · V[g]` for every query head `h` (key/value head
+/// `g = h / (heads / kv_heads)`), over positions `first..len` of buffers laid out
+/// `[kv_heads, capacity, head_dim]` (`first` > 0 for a sliding window). `q` and `out` hold
+/// `heads · head_dim` values.
 pub fn attend_one(
     q: &[f32],
     (k, v): (&[f32], &[f32]),
     shape: Heads,
-    (capacity, len): (usize, usize),
+    (capacity, first, len): (usize, usize, usize),
     out: &mut [f32],
 ) {
     let d = shape.head_dim;
     let group = shape.heads / shape.kv_heads;
-    let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let mut scores = vec![0f32; len];
+    let scale = shape.scale;
+    let mut scores = vec![0f32; len - first];
     for (h, (qh, oh)) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
         let base = (h / group) * capacity * d;
-        let keys = &k[base..base + len * d];
-        let values = &v[base..base + len * d];
+        let keys = &k[base + first * d..base + len * d];
+        let values = &v[base + first * d..base + len * d];
         for (s, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
             *s = dot(qh, key) * scale;
         }
@@ -97,15 +114,16 @@ mod tests {
             heads: 2,
             kv_heads: 1,
             head_dim: 2,
+            scale: 1.0 / 2f32.sqrt(),
         };
         // Capacity 3, two valid positions; the third slot holds garbage that must be ignored.
         let k = [1.0, 0.0, 1.0, 0.0, 9.0, 9.0];
         let v = [2.0, 4.0, 6.0, 8.0, 100.0, 100.0];
         let mut out = [0f32; 4];
-        attend_one(&[0.5, 0.5, -3.0, 1.0], (&k, &v), shape, (3, 2), &mut out);
+        attend_one(&[0.5, 0.5, -3.0, 1.0], (&k, &v), shape, (3, 0, 2), &mut out);
         // Equal keys: equal weights whatever the query, so both heads get the mean value.
         assert_eq!(out, [4.0, 6.0, 4.0, 6.0]);
-        attend_one(&[0.5, 0.5, 0.0, 0.0], (&k, &v), shape, (3, 1), &mut out);
+        attend_one(&[0.5, 0.5, 0.0, 0.0], (&k, &v), shape, (3, 0, 1), &mut out);
         assert_eq!(out, [2.0, 4.0, 2.0, 4.0]);
     }
 
@@ -115,12 +133,16 @@ mod tests {
             heads: 1,
             kv_heads: 1,
             head_dim: 1,
+            scale: 1.0,
         };
         // Scores q·k/√1 = 0 and ln 3: weights 1/4 and 3/4.
         let (k, v) = ([0.0f32, 3f32.ln()], [4.0f32, 8.0]);
         let mut out = [0f32];
-        attend_one(&[1.0], (&k, &v), shape, (2, 2), &mut out);
+        attend_one(&[1.0], (&k, &v), shape, (2, 0, 2), &mut out);
         assert!((out[0] - 7.0).abs() < 1e-5, "{}", out[0]);
+        // A window of one key: only the last position counts.
+        attend_one(&[1.0], (&k, &v), shape, (2, 1, 2), &mut out);
+        assert_eq!(out[0], 8.0);
     }
 
     #[test]
@@ -138,5 +160,9 @@ mod tests {
         let (c, s) = (0.0f32, 1.0f32); // a quarter turn
         rope_interleaved(&mut x, 4, &[c, 1.0], &[s, 0.0]);
         assert_eq!(x, [0.0, 1.0, 0.0, 2.0]);
+        // Halves: pairs (0, 2) and (1, 3).
+        let mut x = [1.0, 0.0, 0.0, 2.0];
+        rope_halves(&mut x, 4, &[c, 1.0], &[s, 0.0]);
+        assert_eq!(x, [0.0, 0.0, 1.0, 2.0]);
     }
 }

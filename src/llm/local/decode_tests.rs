@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
-use super::gguf_llama::{last_row, GgufLlama};
+use super::gguf_model::{last_row, GgufModel};
 
 fn gguf() -> PathBuf {
     std::env::var_os("CAI_TEST_GGUF").map_or_else(
@@ -16,7 +16,7 @@ fn gguf() -> PathBuf {
     )
 }
 
-fn model() -> Result<Option<GgufLlama>> {
+fn model() -> Result<Option<GgufModel>> {
     let path = gguf();
     if !path.exists() {
         assert!(
@@ -29,7 +29,7 @@ fn model() -> Result<Option<GgufLlama>> {
     }
     let mut file = std::fs::File::open(&path)?;
     let content = gguf_file::Content::read(&mut file)?;
-    Ok(Some(GgufLlama::load(&content, &path, &Device::Cpu, true)?))
+    Ok(Some(GgufModel::load(&content, &path, &Device::Cpu, true)?))
 }
 
 fn prompt(i: usize, len: usize) -> Vec<u32> {

@@ -3,7 +3,7 @@
 //! that every stage can run.
 //!
 //! The f32 weights are renamed to GGUF names, the q/k rows permuted to llama.cpp's
-//! interleaved rotary order (the layout [`GgufLlama`] computes in), and the projection
+//! interleaved rotary order (the layout [`GgufModel`] computes in), and the projection
 //! matrices quantized to Q8_0 so decoding streams about a quarter of the f32 bytes (rows whose
 //! width is not a multiple of the 32-value Q8_0 block, as in tiny test models, stay f32).
 //! LoRA checkpoints are merged on load.
@@ -14,14 +14,15 @@ use anyhow::{Context, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::gguf_llama::{GgufLlama, LlamaShape};
+use super::arch::ArchTraits;
+use super::gguf_model::{GgufModel, ModelShape};
 use crate::train::weights::{hf_name, permute_for_gguf};
 use crate::train::{load_model_dir, LlamaConfig, Weights};
 
 /// Values per Q8_0 block: rows must be a multiple of it to be quantized.
 const Q8_BLOCK: usize = 32;
 
-impl GgufLlama {
+impl GgufModel {
     /// Loads a Hugging Face style folder (LoRA adapters merged).
     pub fn load_hf_folder(dir: &Path, device: &Device, dense: bool) -> Result<Self> {
         let (cfg, weights) = load_model_dir(dir, DType::F32, &Device::Cpu)
@@ -38,23 +39,22 @@ impl GgufLlama {
         dense: bool,
     ) -> Result<Self> {
         cfg.validate()?;
-        let shape = LlamaShape {
+        let shape = ModelShape {
             vocab: cfg.vocab_size,
             hidden: cfg.hidden_size,
             layers: cfg.num_hidden_layers,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_size(),
-            rope_theta: cfg.rope_theta as f32,
             rms_eps: cfg.rms_norm_eps,
             context: cfg.max_position_embeddings,
+            arch: ArchTraits::llama(cfg.num_hidden_layers, cfg.rope_theta as f32),
         };
-        let mut tensor = |gguf: &str| -> Result<QTensor> {
-            let name = hf_name(gguf).with_context(|| format!("no Hugging Face name for {gguf}"))?;
-            let w = weights
-                .get(&name)
-                .with_context(|| format!("missing weight tensor {name}"))?
-                .to_dtype(DType::F32)?;
+        let mut tensor = |gguf: &str| -> Result<Option<QTensor>> {
+            let Some(w) = hf_name(gguf).and_then(|name| weights.get(&name)) else {
+                return Ok(None);
+            };
+            let w = w.to_dtype(DType::F32)?;
             let w = if gguf.ends_with("attn_q.weight") {
                 permute_for_gguf(&w, cfg.num_attention_heads)?
             } else if gguf.ends_with("attn_k.weight") {
@@ -62,7 +62,7 @@ impl GgufLlama {
             } else {
                 w
             };
-            quantize(&w.to_device(device)?)
+            quantize(&w.to_device(device)?).map(Some)
         };
         Self::from_tensors(shape, cfg.tie_word_embeddings, &mut tensor, device, dense)
     }
@@ -96,9 +96,9 @@ mod tests {
             .squeeze(0)?
             .get(ids.len() - 1)?
             .to_vec1()?;
-        let model = GgufLlama::from_hf_weights(&cfg, &weights, &Device::Cpu, false)?;
+        let model = GgufModel::from_hf_weights(&cfg, &weights, &Device::Cpu, false)?;
         let mut cache = model.new_cache();
-        let got = super::super::gguf_llama::last_row(&model.forward(&ids, &mut cache, false)?)?;
+        let got = super::super::gguf_model::last_row(&model.forward(&ids, &mut cache, false)?)?;
         let worst = want
             .iter()
             .zip(&got)
@@ -118,7 +118,7 @@ mod tests {
     fn shared_and_truncated_caches_stay_exact() -> Result<()> {
         let cfg = LlamaConfig::new(40, 16, 32, 2, 4, 2);
         let weights = init_random(&cfg, 0.2, 7, DType::F32, &Device::Cpu)?;
-        let model = GgufLlama::from_hf_weights(&cfg, &weights, &Device::Cpu, false)?;
+        let model = GgufModel::from_hf_weights(&cfg, &weights, &Device::Cpu, false)?;
         let fresh = |ids: &[u32]| -> Result<Tensor> {
             let mut c = model.new_cache();
             model.forward(&ids[..4], &mut c, false)?;

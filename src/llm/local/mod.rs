@@ -6,12 +6,13 @@
 //! comparison, several samples) compute it once. Alignment makes results independent of what
 //! the cache held: chunk k always covers the same positions with the same inputs.
 
+mod arch;
 mod chat_template;
 mod chat_tokenizer;
 mod decode_attention;
 #[cfg(test)]
 mod decode_tests;
-mod gguf_llama;
+mod gguf_model;
 mod hf_folder;
 mod kv_cache;
 mod qmatmul;
@@ -27,7 +28,7 @@ use candle_core::Device;
 
 pub use chat_template::ChatTemplate;
 pub use chat_tokenizer::ChatTokenizer;
-pub use gguf_llama::GgufLlama;
+pub use gguf_model::GgufModel;
 pub use kv_cache::KvCache;
 pub use tokenizer::TextTokenizer;
 
@@ -35,7 +36,7 @@ use super::{
     Backend, Choice, ChoiceRequest, Completion, ContextOverflow, FinishReason, GenerateRequest,
     Generation, ModelInfo, Prompt, Sampler,
 };
-use gguf_llama::{last_row, log_softmax, log_softmax_row};
+use gguf_model::{last_row, log_softmax, log_softmax_row};
 
 /// Prompt positions are computed in chunks aligned to multiples of this.
 const CHUNK: usize = 128;
@@ -71,7 +72,7 @@ fn prefix_reuse_from_env() -> bool {
 /// A GGUF model run in-process.
 pub struct LocalBackend {
     info: ModelInfo,
-    model: GgufLlama,
+    model: GgufModel,
     chat: ChatTokenizer,
     prefixes: Mutex<Vec<PrefixEntry>>,
     /// Whether prompt states are kept and reused across requests (on by default).
@@ -87,7 +88,7 @@ impl LocalBackend {
         let content = gguf_file::Content::read(&mut file)
             .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
         let chat = ChatTokenizer::from_gguf(&content, path)?;
-        let model = GgufLlama::load(&content, path, &device, true)?;
+        let model = GgufModel::load(&content, path, &device, true)?;
         Ok(Self::new(model, chat, name, sha256))
     }
 
@@ -96,11 +97,11 @@ impl LocalBackend {
     pub fn open_folder(dir: &Path, name: &str, sha256: Option<String>) -> Result<Self> {
         let device = device()?;
         let chat = ChatTokenizer::from_folder(dir)?;
-        let model = GgufLlama::load_hf_folder(dir, &device, true)?;
+        let model = GgufModel::load_hf_folder(dir, &device, true)?;
         Ok(Self::new(model, chat, name, sha256))
     }
 
-    fn new(model: GgufLlama, chat: ChatTokenizer, name: &str, sha256: Option<String>) -> Self {
+    fn new(model: GgufModel, chat: ChatTokenizer, name: &str, sha256: Option<String>) -> Self {
         let info = ModelInfo {
             backend: "local".into(),
             name: name.to_string(),
@@ -131,6 +132,27 @@ impl LocalBackend {
     pub fn set_prefix_reuse(&self, on: bool) {
         self.prefix_reuse.store(on, Ordering::Relaxed);
         self.prefixes.lock().expect("prefix cache poisoned").clear();
+    }
+
+    /// Perplexity scoring of one chunk (llama-perplexity's rule): runs `chunk` from an empty
+    /// cache and hands `on_nll` the negative log-likelihood of token `j + 1` at each position
+    /// `j` of the second half (`len/2 .. len - 1`), in order.
+    pub fn score_second_half(&self, chunk: &[u32], on_nll: &mut dyn FnMut(f64)) -> Result<()> {
+        let first = chunk.len() / 2;
+        if first == 0 {
+            bail!("a perplexity chunk needs at least 2 tokens");
+        }
+        let mut cache = self.model.new_cache();
+        self.model.forward(&chunk[..first], &mut cache, false)?;
+        let logits = self.model.forward(&chunk[first..], &mut cache, true)?;
+        for (j, &next) in chunk[first + 1..].iter().enumerate() {
+            let row: Vec<f32> = logits
+                .get(j)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
+            on_nll(-log_softmax(&row)[next as usize]);
+        }
+        Ok(())
     }
 
     /// Model state after `ids`: the KV cache and the logits of the next token.
