@@ -1,0 +1,244 @@
+//! Tiny random-weight GGUF models of every supported architecture, written here with the
+//! default model's tokenizer, and their perplexity under cai against llama.cpp's
+//! `llama-perplexity` on the same files (golden numbers in `tests/data/tiny-arch-ppl.json`,
+//! made by `scripts/golden-tiny-arch.sh`, so CI need not build llama.cpp).
+//!
+//! The weights are large enough (unit-variance block outputs, logits spread over several
+//! nats) that a wrong rotary layout, norm, bias, window or activation moves the perplexity by
+//! far more than the 1 % allowed.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const HIDDEN: usize = 64;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const FF: usize = 128;
+const LAYERS: usize = 3;
+/// Text scoring: chunks of this many tokens (the second half scored), this many chunks.
+const CTX: usize = 64;
+const CHUNKS: usize = 3;
+
+/// The architectures written, and for each its head size.
+const ARCHS: [(&str, usize); 5] = [
+    ("llama", 16),
+    ("qwen2", 16),
+    ("qwen3", 16),
+    ("phi3", 16),
+    ("gemma3", 32),
+];
+
+/// Values in [-a, a) with standard deviation `std`.
+fn uniform(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+    let a = std * 3f32.sqrt();
+    (0..n).map(|_| rng.random_range(-a..a)).collect()
+}
+
+fn f32_tensor(values: Vec<f32>, dims: &[usize]) -> QTensor {
+    let t = Tensor::from_vec(values, dims, &Device::Cpu).unwrap();
+    QTensor::quantize(&t, GgmlDType::F32).unwrap()
+}
+
+/// Writes a tiny model of `arch` (head size `head_dim`) with the tokenizer of `vocab_from`.
+fn write_tiny(arch: &str, head_dim: usize, vocab_from: &Path, out: &Path) {
+    let mut f = std::fs::File::open(vocab_from).unwrap();
+    let source = gguf_file::Content::read(&mut f).unwrap();
+    let vocab = match &source.metadata["tokenizer.ggml.tokens"] {
+        Value::Array(t) => t.len(),
+        _ => panic!("no vocabulary in {}", vocab_from.display()),
+    };
+    let mut md: Vec<(String, Value)> = source
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer.") && *k != "tokenizer.chat_template")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let key = |k: &str| format!("{arch}.{k}");
+    md.push(("general.architecture".into(), Value::String(arch.into())));
+    md.push((
+        "general.name".into(),
+        Value::String("tiny random model".into()),
+    ));
+    for (k, v) in [
+        ("context_length", 256),
+        ("embedding_length", HIDDEN as u32),
+        ("block_count", LAYERS as u32),
+        ("feed_forward_length", FF as u32),
+        ("attention.head_count", HEADS as u32),
+        ("attention.head_count_kv", KV_HEADS as u32),
+        ("rope.dimension_count", head_dim as u32),
+        ("attention.key_length", head_dim as u32),
+        ("attention.value_length", head_dim as u32),
+    ] {
+        md.push((key(k), Value::U32(v)));
+    }
+    md.push((key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)));
+    md.push((key("rope.freq_base"), Value::F32(100_000.0)));
+    if arch == "gemma3" {
+        // Layers 0 and 2 local (a window of 20 keys, rope base 10 000), layer 1 global.
+        md.push((key("attention.sliding_window"), Value::U32(20)));
+        md.push((key("attention.sliding_window_pattern"), Value::U32(2)));
+    }
+
+    let mut rng = ChaCha8Rng::seed_from_u64(arch.bytes().map(u64::from).sum());
+    let (q_rows, kv_rows) = (HEADS * head_dim, KV_HEADS * head_dim);
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut put = |name: String, values: Vec<f32>, dims: &[usize]| {
+        tensors.push((name, f32_tensor(values, dims)));
+    };
+    let norm = |rng: &mut ChaCha8Rng, n: usize| -> Vec<f32> {
+        uniform(rng, n, 0.2).into_iter().map(|x| 1.0 + x).collect()
+    };
+    put(
+        "token_embd.weight".into(),
+        uniform(&mut rng, vocab * HIDDEN, 1.0),
+        &[vocab, HIDDEN],
+    );
+    put(
+        "output.weight".into(),
+        uniform(&mut rng, vocab * HIDDEN, 0.25),
+        &[vocab, HIDDEN],
+    );
+    put(
+        "output_norm.weight".into(),
+        norm(&mut rng, HIDDEN),
+        &[HIDDEN],
+    );
+    let w = |rng: &mut ChaCha8Rng, rows: usize, cols: usize| {
+        uniform(rng, rows * cols, 1.0 / (cols as f32).sqrt())
+    };
+    for i in 0..LAYERS {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        put(n("attn_norm.weight"), norm(&mut rng, HIDDEN), &[HIDDEN]);
+        put(n("ffn_norm.weight"), norm(&mut rng, HIDDEN), &[HIDDEN]);
+        if arch == "phi3" {
+            let rows = q_rows + 2 * kv_rows;
+            put(
+                n("attn_qkv.weight"),
+                w(&mut rng, rows, HIDDEN),
+                &[rows, HIDDEN],
+            );
+            put(
+                n("ffn_up.weight"),
+                w(&mut rng, 2 * FF, HIDDEN),
+                &[2 * FF, HIDDEN],
+            );
+        } else {
+            put(
+                n("attn_q.weight"),
+                w(&mut rng, q_rows, HIDDEN),
+                &[q_rows, HIDDEN],
+            );
+            put(
+                n("attn_k.weight"),
+                w(&mut rng, kv_rows, HIDDEN),
+                &[kv_rows, HIDDEN],
+            );
+            put(
+                n("attn_v.weight"),
+                w(&mut rng, kv_rows, HIDDEN),
+                &[kv_rows, HIDDEN],
+            );
+            put(n("ffn_gate.weight"), w(&mut rng, FF, HIDDEN), &[FF, HIDDEN]);
+            put(n("ffn_up.weight"), w(&mut rng, FF, HIDDEN), &[FF, HIDDEN]);
+        }
+        put(
+            n("attn_output.weight"),
+            w(&mut rng, HIDDEN, q_rows),
+            &[HIDDEN, q_rows],
+        );
+        put(n("ffn_down.weight"), w(&mut rng, HIDDEN, FF), &[HIDDEN, FF]);
+        if arch == "qwen2" {
+            put(n("attn_q.bias"), uniform(&mut rng, q_rows, 0.5), &[q_rows]);
+            put(
+                n("attn_k.bias"),
+                uniform(&mut rng, kv_rows, 0.5),
+                &[kv_rows],
+            );
+            put(
+                n("attn_v.bias"),
+                uniform(&mut rng, kv_rows, 0.5),
+                &[kv_rows],
+            );
+        }
+        if arch == "qwen3" || arch == "gemma3" {
+            put(
+                n("attn_q_norm.weight"),
+                norm(&mut rng, head_dim),
+                &[head_dim],
+            );
+            put(
+                n("attn_k_norm.weight"),
+                norm(&mut rng, head_dim),
+                &[head_dim],
+            );
+        }
+        if arch == "gemma3" {
+            put(
+                n("post_attention_norm.weight"),
+                norm(&mut rng, HIDDEN),
+                &[HIDDEN],
+            );
+            put(n("post_ffw_norm.weight"), norm(&mut rng, HIDDEN), &[HIDDEN]);
+        }
+    }
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(out).unwrap();
+    gguf_file::write(&mut file, &md_refs, &t_refs).unwrap();
+}
+
+fn text() -> Option<PathBuf> {
+    let p = util::root().join("../shared/data/ppl-dev.txt");
+    if p.is_file() {
+        return Some(p);
+    }
+    eprintln!("skipped: {} not found", p.display());
+    None
+}
+
+#[test]
+fn tiny_architectures_match_llamacpp_perplexity() {
+    let (Some(model), Some(text)) = (util::default_model(), text()) else {
+        return;
+    };
+    let keep = std::env::var_os("CAI_TINY_GGUF_DIR").map(PathBuf::from);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let golden: BTreeMap<String, f64> = serde_json::from_str(
+        &std::fs::read_to_string(util::root().join("tests/data/tiny-arch-ppl.json")).unwrap(),
+    )
+    .unwrap();
+    let mut failures = Vec::new();
+    for (arch, head_dim) in ARCHS {
+        let path = dir.join(format!("tiny-{arch}.gguf"));
+        write_tiny(arch, head_dim, &model, &path);
+        let cfg = cai::perplexity::PerplexityConfig {
+            model: path.display().to_string(),
+            file: text.clone(),
+            ctx: CTX,
+            chunks: Some(CHUNKS),
+            quiet: true,
+        };
+        let ours = cai::perplexity::run(&cfg).unwrap().sums.ppl();
+        let want = golden[arch];
+        let diff = (ours - want).abs() / want;
+        eprintln!(
+            "{arch}: cai {ours:.4}, llama.cpp {want:.4} ({:+.3} %)",
+            diff * 100.0
+        );
+        if diff > 0.01 {
+            failures.push(format!("{arch}: cai {ours:.4} vs llama.cpp {want:.4}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
