@@ -29,13 +29,13 @@ out.write("/// `(first code point, category bits)`, sorted; a range ends where t
 out.write("/// Bits: 0x01 undefined, 0x02 number, 0x04 letter, 0x08 separator, 0x10 mark,\n")
 out.write("/// 0x20 punctuation, 0x40 symbol, 0x80 control.\n")
 out.write("#[rustfmt::skip]\n")
-out.write(f"pub(super) const RANGES: [(u32, u8); {len(merged)}] = [\n")
+out.write(f"pub(super) static RANGES: [(u32, u8); {len(merged)}] = [\n")
 for i in range(0, len(merged), 6):
     out.write("    " + " ".join(f"(0x{a:05X}, 0x{f:02X})," for a, f in merged[i:i + 6]) + "\n")
 out.write("];\n\n")
 out.write("/// Code points llama.cpp treats as whitespace (`\\s`), sorted.\n")
 out.write("#[rustfmt::skip]\n")
-out.write(f"pub(super) const WHITESPACE: [u32; {len(ws)}] = [\n")
+out.write(f"pub(super) static WHITESPACE: [u32; {len(ws)}] = [\n")
 for i in range(0, len(ws), 8):
     out.write("    " + " ".join(f"0x{c:04X}," for c in ws[i:i + 8]) + "\n")
 out.write("];\n")

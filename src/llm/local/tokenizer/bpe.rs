@@ -60,10 +60,12 @@ impl Merges {
         lines.sort_by_key(|(_, &r)| r);
         lines
             .into_iter()
-            .map(|(line, _)| match line.char_indices().skip(1).find(|&(_, c)| c == ' ') {
-                Some((i, _)) => (line[..i].to_string(), line[i + 1..].to_string()),
-                None => (String::new(), String::new()),
-            })
+            .map(
+                |(line, _)| match line.char_indices().skip(1).find(|&(_, c)| c == ' ') {
+                    Some((i, _)) => (line[..i].to_string(), line[i + 1..].to_string()),
+                    None => (String::new(), String::new()),
+                },
+            )
             .collect()
     }
 

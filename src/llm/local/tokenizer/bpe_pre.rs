@@ -277,11 +277,9 @@ fn split_gpt2(cpts: &[char], offsets: &[usize]) -> Vec<usize> {
             let space = cpt == Some(' ');
             let mut flags2 = if space { f.flags(pos + 1) } else { flags };
             //  ?\p{L}+ |  ?\p{N}+ |  ?[^\s\p{L}\p{N}]+
-            let classes: [fn(Flags) -> bool; 3] = [
-                Flags::letter,
-                Flags::number,
-                |fl| !(fl.whitespace || fl.letter() || fl.number()) && fl.present(),
-            ];
+            let classes: [fn(Flags) -> bool; 3] = [Flags::letter, Flags::number, |fl| {
+                !(fl.whitespace || fl.letter() || fl.number()) && fl.present()
+            }];
             if let Some(class) = classes.into_iter().find(|class| class(flags2)) {
                 pos += usize::from(space);
                 while class(flags2) {
@@ -343,9 +341,7 @@ fn split_llama3(cpts: &[char], offsets: &[usize], digits_in_threes: bool) -> Vec
             }
             let newline = |c: Option<char>| matches!(c, Some('\r' | '\n'));
             // [^\r\n\p{L}\p{N}]?\p{L}+
-            if !(newline(cpt) || flags.number())
-                && (flags.letter() || f.flags(pos + 1).letter())
-            {
+            if !(newline(cpt) || flags.number()) && (flags.letter() || f.flags(pos + 1).letter()) {
                 pos += 1;
                 while f.flags(pos).letter() {
                     pos += 1;
@@ -445,7 +441,10 @@ mod tests {
 
     #[test]
     fn smollm_splits_digits_first() {
-        assert_eq!(split(PreKind::Smollm, "ab 2024"), ["ab", " ", "2", "0", "2", "4"]);
+        assert_eq!(
+            split(PreKind::Smollm, "ab 2024"),
+            ["ab", " ", "2", "0", "2", "4"]
+        );
     }
 
     #[test]

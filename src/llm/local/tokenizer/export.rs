@@ -58,19 +58,22 @@ pub(super) fn to_json(vocab: &Vocab) -> Result<String> {
 /// Hugging Face pre-tokenizers splitting as llama.cpp's [`PreKind`] does.
 fn pre_tokenizer(kind: PreKind) -> Result<PreTokenizerWrapper> {
     let split = |re: &str| -> Result<PreTokenizerWrapper> {
-        Ok(
-            Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| anyhow!("bad pre-tokenizer regex {re:?}: {e}"))?
-                .into(),
+        Ok(Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
         )
+        .map_err(|e| anyhow!("bad pre-tokenizer regex {re:?}: {e}"))?
+        .into())
     };
     let bytes = || -> PreTokenizerWrapper { ByteLevel::new(false, true, false).into() };
     Ok(match kind {
         PreKind::Gpt2 => ByteLevel::new(false, true, true).into(),
-        PreKind::Smollm => {
-            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()])
-                .into()
-        }
+        PreKind::Smollm => Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into(),
         PreKind::Llama3 => Sequence::new(vec![split(LLAMA3)?, bytes()]).into(),
         PreKind::Qwen2 => Sequence::new(vec![split(QWEN2)?, bytes()]).into(),
         PreKind::Default => Sequence::new(vec![

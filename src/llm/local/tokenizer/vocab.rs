@@ -55,7 +55,7 @@ pub(super) enum Model {
     /// every special token.
     Spm { add_space_prefix: bool },
     /// Byte-level BPE after a pre-tokenizer.
-    Bpe { merges: Merges, pre: PreConfig },
+    Bpe { merges: Box<Merges>, pre: PreConfig },
 }
 
 /// Everything needed to turn text into ids and back, read from GGUF metadata.
@@ -81,7 +81,10 @@ impl Vocab {
     pub(super) fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
         let md = &content.metadata;
         let at = || path.display();
-        let get = |k: &str| md.get(k).ok_or_else(|| anyhow!("{}: no `{k}` in GGUF metadata", at()));
+        let get = |k: &str| {
+            md.get(k)
+                .ok_or_else(|| anyhow!("{}: no `{k}` in GGUF metadata", at()))
+        };
         let string = |k: &str| md.get(k).and_then(|v| v.to_string().ok().cloned());
         let flag = |k: &str| md.get(k).and_then(|v| v.to_bool().ok());
         let id_key = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
@@ -93,13 +96,21 @@ impl Vocab {
             .map(|(i, v)| {
                 let s = v.to_string()?;
                 // llama.cpp renames empty tokens so that every text maps to one id.
-                Ok(if s.is_empty() { format!("[EMPTY_{i}]") } else { s.clone() })
+                Ok(if s.is_empty() {
+                    format!("[EMPTY_{i}]")
+                } else {
+                    s.clone()
+                })
             })
             .collect::<candle_core::Result<_>>()
             .with_context(|| format!("{}: bad `tokenizer.ggml.tokens`", at()))?;
         let n = tokens.len();
         let mut types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-            Some(v) => v.to_vec()?.iter().map(|t| t.to_i32()).collect::<candle_core::Result<_>>()?,
+            Some(v) => v
+                .to_vec()?
+                .iter()
+                .map(|t| t.to_i32())
+                .collect::<candle_core::Result<_>>()?,
             None => vec![TYPE_NORMAL; n],
         };
         let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
@@ -128,7 +139,13 @@ impl Vocab {
         let (model, default_bos, default_eos, mut add_bos, clean_spaces) = match kind.as_str() {
             "llama" => {
                 let add_space_prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
-                (Model::Spm { add_space_prefix }, Some(1), Some(2), true, false)
+                (
+                    Model::Spm { add_space_prefix },
+                    Some(1),
+                    Some(2),
+                    true,
+                    false,
+                )
             }
             "gpt2" => {
                 let name = string("tokenizer.ggml.pre").unwrap_or_default();
@@ -141,8 +158,14 @@ impl Vocab {
                     .iter()
                     .map(|v| v.to_string().cloned())
                     .collect::<candle_core::Result<_>>()?;
-                let merges = Merges::new(lines);
-                (Model::Bpe { merges, pre }, Some(11), Some(11), pre.add_bos, pre.clean_spaces)
+                let merges = Box::new(Merges::new(lines));
+                (
+                    Model::Bpe { merges, pre },
+                    Some(11),
+                    Some(11),
+                    pre.add_bos,
+                    pre.clean_spaces,
+                )
             }
             other => bail!(
                 "{}: tokenizer type `{other}` is not supported (SentencePiece `llama` and \
@@ -161,7 +184,10 @@ impl Vocab {
             bail!("{}: the vocabulary asks for a BOS token but has none", at());
         }
         if add_eos && eos.is_none() {
-            bail!("{}: the vocabulary asks for an EOS token but has none", at());
+            bail!(
+                "{}: the vocabulary asks for an EOS token but has none",
+                at()
+            );
         }
 
         for text in EOG_TEXTS {
@@ -171,7 +197,10 @@ impl Vocab {
         }
         let mut special: Vec<u32> = (0..n as u32)
             .filter(|&i| {
-                matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN)
+                matches!(
+                    types[i as usize],
+                    TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
+                )
             })
             .collect();
         special.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
@@ -282,7 +311,12 @@ impl Vocab {
     /// llama.cpp's `detokenize(ids, remove_special = true, unparse_special = false)`: BOS/EOS
     /// the vocabulary adds are removed, control tokens dropped, byte tokens joined into UTF-8.
     pub(super) fn detokenize(&self, mut ids: &[u32]) -> String {
-        let add_space_prefix = matches!(self.model, Model::Spm { add_space_prefix: true });
+        let add_space_prefix = matches!(
+            self.model,
+            Model::Spm {
+                add_space_prefix: true
+            }
+        );
         let mut remove_space = add_space_prefix;
         if self.add_bos && ids.first().is_some_and(|&i| Some(i) == self.bos) {
             remove_space = false;
