@@ -16,6 +16,34 @@ models=${2:-$HOME/.cache/cai-peer/models}
 data=$root/tests/data/tokenize
 commit=$(git -C "$HOME/.cache/cai-peer/llama.cpp" rev-parse --short HEAD 2>/dev/null ||
   "$bin/llama-tokenize" --version 2>&1 | sed -n 1p)
+# corpus-random.json: strings mixing the corpus's ingredients at random (fixed seed), to find
+# what hand-picked strings miss.
+python3 - "$data/corpus-random.json" <<'PY'
+import json, random, sys
+rng = random.Random(20261130)
+atoms = [
+    lambda: rng.choice(["the", "Hello", "world", "naïve", "Straße", "ÉCOLE", "x", "iPhone", "a"]),
+    lambda: "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 9))),
+    lambda: "".join(rng.choice([" ", " ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\u0085", "\u2028"])
+                    for _ in range(rng.randint(1, 6))),
+    lambda: "".join(rng.choice("!?.,;:'\"()[]{}<>/\\|~^$%&*+-=_`@#") for _ in range(rng.randint(1, 4))),
+    lambda: rng.choice(["'s", "'LL", "'re", "'ve", "'m", "'d", "'t", "n't", "'S"]),
+    lambda: rng.choice(["你好", "世界和平", "日本語", "カタカナ", "한국어", "مرحبا", "שלום", "Привет", "Ελλάδα"]),
+    lambda: rng.choice(["🦀", "❤️", "👨‍👩‍👧", "🇫🇷", "👍🏽", "🎉", "\u2603"]),
+    lambda: rng.choice(["e\u0301", "a\u0308\u0323", "\u0915\u094d\u0937", "ก\u0e34"]),
+    lambda: rng.choice(["\U0001d573", "\U00013000", "\U0010fffd", "\u0378", "\ufeff", "\u200b", "\x07", "\x00"]),
+    lambda: rng.choice(["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<start_of_turn>",
+                        "<end_of_turn>", "<bos>", "<eos>", "<unused7>", "\n\n\n", "    ", "\t\t"]),
+]
+corpus = []
+for _ in range(100):
+    parts = [rng.choice(atoms)() for _ in range(rng.randint(2, 12))]
+    sep = rng.choice(["", " ", ""])
+    corpus.append(sep.join(parts))
+with open(sys.argv[1], "w", encoding="utf-8") as f:
+    json.dump(corpus, f, ensure_ascii=False, indent=1)
+    f.write("\n")
+PY
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 smol=$models/SmolLM2-135M-Instruct-Q4_1.gguf
@@ -50,6 +78,21 @@ python3 - "$bin/llama-tokenize" "$data" "$commit" \
 import json, os, subprocess, sys, tempfile
 tool, data, commit, *jobs = sys.argv[1:]
 corpus = json.load(open(f"{data}/corpus.json", encoding="utf-8"))
+corpus += json.load(open(f"{data}/corpus-random.json", encoding="utf-8"))
+
+
+def write(path, golden):
+    """One case per line, so that diffs show which strings changed."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{\n")
+        for key, value in golden.items():
+            if key != "cases":
+                f.write(f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},\n")
+        f.write(' "cases": [\n')
+        f.write(",\n".join("  " + json.dumps(c, ensure_ascii=False) for c in golden["cases"]))
+        f.write("\n ]\n}\n")
+
+
 for job in jobs:
     model, out = job.rsplit("=", 1)
     name = os.path.basename(model)
@@ -69,8 +112,6 @@ for job in jobs:
         cases.append({"text": text, "ids": ids})
     golden = {"model": name, "llama_cpp": commit,
               "made_by": "scripts/golden-tokenize.sh", "cases": cases}
-    with open(f"{data}/{out}", "w", encoding="utf-8") as f:
-        json.dump(golden, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+    write(f"{data}/{out}", golden)
     print(f"{data}/{out}: {len(cases)} strings")
 PY

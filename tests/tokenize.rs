@@ -1,5 +1,6 @@
 //! cai's GGUF tokenizers against llama.cpp's, token for token: every string of
-//! `tests/data/tokenize/corpus.json` encoded with the vocabularies of SmolLM2 (byte-level BPE,
+//! `tests/data/tokenize/corpus.json` (hand-picked) and `corpus-random.json` (its ingredients
+//! mixed at random) encoded with the vocabularies of SmolLM2 (byte-level BPE,
 //! pre-tokenizer `smollm`) and Gemma 3 (SentencePiece, 262k tokens), compared with the ids
 //! `llama-tokenize` gave (`scripts/golden-tokenize.sh` writes the goldens).
 //!
@@ -63,7 +64,12 @@ fn load(path: &Path) -> (TextTokenizer, f64) {
 
 /// Texts and llama.cpp's ids from a golden file, checked against the corpus it was made from.
 fn golden(name: &str) -> Vec<(String, Vec<u32>)> {
-    let corpus = read_json(&data("corpus.json"));
+    let mut corpus = read_json(&data("corpus.json"));
+    let random = read_json(&data("corpus-random.json"));
+    corpus
+        .as_array_mut()
+        .unwrap()
+        .extend(random.as_array().unwrap().iter().cloned());
     let golden = read_json(&data(name));
     let cases: Vec<(String, Vec<u32>)> = golden["cases"]
         .as_array()
@@ -92,10 +98,18 @@ fn golden(name: &str) -> Vec<(String, Vec<u32>)> {
     cases
 }
 
-/// Every golden string encodes to llama.cpp's ids; decoding gives the text back, less the
-/// control-token literals (dropped as llama.cpp's detokenizer drops them), or as `decoded`
-/// says for texts llama.cpp's detokenizer changes.
-fn check(tok: &TextTokenizer, golden_file: &str, decoded: &[(&str, &str)]) {
+/// How decoding is checked.
+enum Decoded<'a> {
+    /// Every text comes back, less its control-token literals (dropped as llama.cpp's
+    /// detokenizer drops them).
+    RoundTrip,
+    /// Only these `(text, decoded)` pairs are checked: llama.cpp's `clean_spaces` is on and
+    /// changes spacing around punctuation.
+    Only(&'a [(&'a str, &'a str)]),
+}
+
+/// Every golden string encodes to llama.cpp's ids, and decodes as `decoded` says.
+fn check(tok: &TextTokenizer, golden_file: &str, decoded: Decoded) {
     let mut failures = Vec::new();
     for (text, want) in golden(golden_file) {
         let got = tok.encode(&text).unwrap();
@@ -105,15 +119,21 @@ fn check(tok: &TextTokenizer, golden_file: &str, decoded: &[(&str, &str)]) {
             ));
             continue;
         }
-        let mut expected = text.clone();
-        let mut controls = tok.special_texts.clone();
-        controls.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        for s in &controls {
-            expected = expected.replace(s.as_str(), "");
-        }
-        if let Some((_, d)) = decoded.iter().find(|(t, _)| *t == text) {
-            expected = d.to_string();
-        }
+        let expected = match decoded {
+            Decoded::RoundTrip => {
+                let mut controls = tok.special_texts.clone();
+                controls.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                let mut expected = text.clone();
+                for s in &controls {
+                    expected = expected.replace(s.as_str(), "");
+                }
+                expected
+            }
+            Decoded::Only(pairs) => match pairs.iter().find(|(t, _)| *t == text) {
+                Some((_, d)) => d.to_string(),
+                None => continue,
+            },
+        };
         let back = tok.decode(&got).unwrap();
         if back != expected {
             failures.push(format!("{text:?} decodes to {back:?}"));
@@ -134,7 +154,7 @@ fn smollm2_bpe_matches_llama_cpp() {
     };
     let (tok, secs) = load(&path);
     eprintln!("SmolLM2 vocabulary (49k) built in {:.1} ms", secs * 1e3);
-    check(&tok, "smollm2.json", &[]);
+    check(&tok, "smollm2.json", Decoded::RoundTrip);
 }
 
 #[test]
@@ -145,7 +165,7 @@ fn gemma3_spm_matches_llama_cpp() {
     let (tok, secs) = load(&path);
     eprintln!("Gemma 3 vocabulary (262k) built in {:.1} ms", secs * 1e3);
     assert!(secs < 2.0, "building a 262k vocabulary took {secs:.2} s");
-    check(&tok, "gemma3.json", &[]);
+    check(&tok, "gemma3.json", Decoded::RoundTrip);
 
     // Speed: the whole corpus, 20 times over.
     let text: String = golden("gemma3.json").into_iter().map(|(t, _)| t).collect();
@@ -175,34 +195,34 @@ fn other_bpe_pre_tokenizers_match_llama_cpp() {
             gguf_file::Value::String(pre.to_string()),
         );
         let tok = TextTokenizer::from_gguf(&content, &path).unwrap();
-        // These three keep llama.cpp's `clean_spaces` on: no space before `.,?!` and `'`.
-        let cleaned: &[(&str, &str)] = match pre {
-            "qwen2" => &[],
-            _ => &[(
-                " hello . world , ok ? yes ! don ' t",
-                " hello. world, ok? yes! don't",
-            )],
+        // All but qwen2 keep llama.cpp's `clean_spaces` on: no space before `.,?!` and some
+        // apostrophes.
+        let decoded = match pre {
+            "qwen2" => Decoded::RoundTrip,
+            _ => Decoded::Only(&[
+                (
+                    " hello . world , ok ? yes ! don ' t",
+                    " hello. world, ok? yes! don't",
+                ),
+                ("x 's", "x's"),
+            ]),
         };
-        check(&tok, &format!("smollm2-{pre}.json"), cleaned);
+        check(&tok, &format!("smollm2-{pre}.json"), decoded);
     }
 }
 
-/// A byte-level BPE vocabulary written as tokenizer.json and read back by the `tokenizers`
-/// crate tokenizes the corpus as llama.cpp does too.
-#[test]
-fn smollm2_exported_tokenizer_json_matches_llama_cpp() {
-    let Some(path) = find_model(SMOLLM2) else {
-        return;
-    };
-    let (tok, _) = load(&path);
+/// `tok` written as tokenizer.json and read back by the `tokenizers` crate tokenizes the
+/// golden strings as llama.cpp does.
+fn check_exported(tok: &TextTokenizer, golden_file: &str) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("tokenizer.json");
     std::fs::write(&json, tok.to_json().unwrap()).unwrap();
-    let back = TextTokenizer::from_file(&json, &[2], None).unwrap();
+    let back = TextTokenizer::from_file(&json, &tok.stop_ids, tok.bos_id).unwrap();
     let mut failures = Vec::new();
-    for (text, want) in golden("smollm2.json") {
-        let got = back.encode(&text).unwrap();
-        if got != want {
+    let cases = golden(golden_file);
+    for (text, want) in &cases {
+        let got = back.encode(text).unwrap();
+        if &got != want {
             failures.push(format!(
                 "{text:?}\n   llama.cpp {want:?}\n   exported  {got:?}"
             ));
@@ -210,8 +230,25 @@ fn smollm2_exported_tokenizer_json_matches_llama_cpp() {
     }
     assert!(
         failures.is_empty(),
-        "{} mismatches:\n{}",
+        "{} of {} differ:\n{}",
         failures.len(),
+        cases.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn smollm2_exported_tokenizer_json_matches_llama_cpp() {
+    let Some(path) = find_model(SMOLLM2) else {
+        return;
+    };
+    check_exported(&load(&path).0, "smollm2.json");
+}
+
+#[test]
+fn gemma3_exported_tokenizer_json_matches_llama_cpp() {
+    let Some(path) = find_model(GEMMA3) else {
+        return;
+    };
+    check_exported(&load(&path).0, "gemma3.json");
 }

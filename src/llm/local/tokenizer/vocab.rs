@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file;
 
 use super::bpe::{byte_chars, Merges};
-use super::bpe_pre::{PreConfig, PreKind};
+use super::bpe_pre::PreConfig;
 use super::spm;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -379,14 +379,6 @@ impl Vocab {
             _ => {}
         }
     }
-
-    /// The pre-tokenizer family, for export.
-    pub(super) fn pre_kind(&self) -> Option<PreKind> {
-        match &self.model {
-            Model::Bpe { pre, .. } => Some(pre.kind),
-            Model::Spm { .. } => None,
-        }
-    }
 }
 
 /// A fragment of text between special tokens, or a special token.
@@ -453,4 +445,30 @@ fn warn_unknown_pre(name: &str) {
              as GPT-2 does, tokens may differ from the model's own tokenizer"
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cleaned(s: &str) -> String {
+        let mut b = s.as_bytes().to_vec();
+        clean_spaces(&mut b);
+        String::from_utf8(b).unwrap()
+    }
+
+    // Expected values traced by hand through llama.cpp's `detokenize` passes.
+    #[test]
+    fn clean_spaces_as_llama_cpp() {
+        assert_eq!(cleaned("a , b . c ? d !"), "a, b. c? d!");
+        assert_eq!(cleaned("don ' t"), "don't");
+        assert_eq!(
+            cleaned("it 's we 're I 'm they 'll you 'd"),
+            "it's we're I'm they 'll you 'd"
+        );
+        // Pass two blanks the space after a lone `'` in place, so a second `'` right after it
+        // no longer sees a space before it and keeps the one after: llama.cpp's quirk, kept.
+        assert_eq!(cleaned("a ' ' b"), "a'' b");
+        assert_eq!(cleaned(""), "");
+    }
 }
