@@ -5,7 +5,7 @@
 # (SentencePiece) vocabularies, and on the SmolLM2 vocabulary relabelled with other
 # pre-tokenizers (`tokenizer.ggml.pre` = llama-bpe, qwen2, gpt-2, default: a metadata-only GGUF,
 # which llama-tokenize loads since it reads the vocabulary only) so that their word splitting is
-# checked too. tests/tokenize.rs checks cai's tokenizer against them. Needs python's `gguf`.
+# checked too, and on Gemma 3 with `tokenizer.ggml.add_space_prefix` on. tests/tokenize.rs checks cai's tokenizer against them. Needs python's `gguf`.
 # usage: scripts/golden-tokenize.sh [LLAMA_BIN_DIR] [MODELS_DIR]
 #   defaults: the peer build under ~/.cache/cai-peer (tools/peer-llamacpp.sh makes it) and
 #   ~/.cache/cai-peer/models (SmolLM2-135M-Instruct-Q4_1.gguf, gemma-3-270m-Q4_K_M.gguf).
@@ -47,36 +47,42 @@ PY
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 smol=$models/SmolLM2-135M-Instruct-Q4_1.gguf
-for pre in llama-bpe qwen2 gpt-2 default; do
-  python3 - "$smol" "$pre" "$tmp/smollm2-$pre.gguf" <<'PY'
-import sys
+# relabel SRC DST KEY VALUE: a metadata-only copy of SRC with KEY set to VALUE (JSON).
+relabel() {
+  python3 - "$@" <<'PY'
+import json, sys
 import gguf
-src, pre, dst = sys.argv[1:]
+src, dst, key, value = sys.argv[1:]
 r = gguf.GGUFReader(src)
 w = gguf.GGUFWriter(dst, arch=r.fields["general.architecture"].contents())
-for key, field in r.fields.items():
-    if key.startswith("GGUF.") or key == "general.architecture":
+for k, field in r.fields.items():
+    if k.startswith("GGUF.") or k == "general.architecture":
         continue
-    value = pre if key == "tokenizer.ggml.pre" else field.contents()
+    v = json.loads(value) if k == key else field.contents()
     if field.types[0] == gguf.GGUFValueType.ARRAY:
-        w.add_array(key, value)
+        w.add_array(k, v)
     else:
-        w.add_key_value(key, value, field.types[0])
+        w.add_key_value(k, v, field.types[0])
 w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
 PY
+}
+gemma=$models/gemma-3-270m-Q4_K_M.gguf
+jobs=("$smol=smollm2.json" "$gemma=gemma3.json")
+for pre in llama-bpe qwen2 gpt-2 default; do
+  relabel "$smol" "$tmp/smollm2-$pre.gguf" tokenizer.ggml.pre "\"$pre\""
+  jobs+=("$tmp/smollm2-$pre.gguf=smollm2-$pre.json")
 done
-python3 - "$bin/llama-tokenize" "$data" "$commit" \
-  "$smol=smollm2.json" \
-  "$models/gemma-3-270m-Q4_K_M.gguf=gemma3.json" \
-  "$tmp/smollm2-llama-bpe.gguf=smollm2-llama-bpe.json" \
-  "$tmp/smollm2-qwen2.gguf=smollm2-qwen2.json" \
-  "$tmp/smollm2-gpt-2.gguf=smollm2-gpt-2.json" \
-  "$tmp/smollm2-default.gguf=smollm2-default.json" <<'PY'
+# Gemma with the space prefix Llama 2 / Mistral vocabularies use (at the start of the text and
+# after every special token).
+relabel "$gemma" "$tmp/gemma3-space-prefix.gguf" tokenizer.ggml.add_space_prefix true
+jobs+=("$tmp/gemma3-space-prefix.gguf=gemma3-space-prefix.json")
+# ONLY=name.json limits the run to that golden.
+python3 - "$bin/llama-tokenize" "$data" "$commit" "${ONLY:-}" "${jobs[@]}" <<'PY'
 import json, os, subprocess, sys, tempfile
-tool, data, commit, *jobs = sys.argv[1:]
+tool, data, commit, only, *jobs = sys.argv[1:]
 corpus = json.load(open(f"{data}/corpus.json", encoding="utf-8"))
 corpus += json.load(open(f"{data}/corpus-random.json", encoding="utf-8"))
 
@@ -93,11 +99,19 @@ def write(path, golden):
         f.write("\n ]\n}\n")
 
 
+labels = {
+    "smollm2-": "SmolLM2-135M-Instruct-Q4_1.gguf, tokenizer.ggml.pre = ",
+    "gemma3-space-prefix": "gemma-3-270m-Q4_K_M.gguf, tokenizer.ggml.add_space_prefix = true",
+}
 for job in jobs:
     model, out = job.rsplit("=", 1)
+    if only and out != only:
+        continue
     name = os.path.basename(model)
     if name.startswith("smollm2-"):
-        name = "SmolLM2-135M-Instruct-Q4_1.gguf, tokenizer.ggml.pre = " + name[8:-5]
+        name = labels["smollm2-"] + name[8:-5]
+    elif name.startswith("gemma3-space-prefix"):
+        name = labels["gemma3-space-prefix"]
     cases = []
     for text in corpus:
         with tempfile.NamedTemporaryFile("wb", delete=False) as f:

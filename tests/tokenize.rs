@@ -211,6 +211,26 @@ fn other_bpe_pre_tokenizers_match_llama_cpp() {
     }
 }
 
+/// Gemma 3 with `tokenizer.ggml.add_space_prefix` on, as Llama 2 and Mistral vocabularies
+/// have it: a space goes before the text and after every special token.
+#[test]
+fn spm_space_prefix_matches_llama_cpp() {
+    let Some(path) = find_model(GEMMA3) else {
+        return;
+    };
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut content = gguf_file::Content::read(&mut file).unwrap();
+    content.metadata.insert(
+        "tokenizer.ggml.add_space_prefix".to_string(),
+        gguf_file::Value::Bool(true),
+    );
+    let tok = TextTokenizer::from_gguf(&content, &path).unwrap();
+    // llama.cpp's detokenizer keeps the prefix space when the ids start with BOS.
+    let decoded = Decoded::Only(&[("Hello world", " Hello world"), ("", "")]);
+    check(&tok, "gemma3-space-prefix.json", decoded);
+    check_exported(&tok, "gemma3-space-prefix.json");
+}
+
 /// `tok` written as tokenizer.json and read back by the `tokenizers` crate tokenizes the
 /// golden strings as llama.cpp does.
 fn check_exported(tok: &TextTokenizer, golden_file: &str) {

@@ -450,6 +450,115 @@ fn warn_unknown_pre(name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gguf_file::Value;
+
+    /// A vocabulary from `(text, score, type)` triples and extra metadata.
+    fn vocab(model: &str, tokens: &[(&str, f32, i32)], extra: Vec<(&str, Value)>) -> Vocab {
+        let list = |f: &dyn Fn(&(&str, f32, i32)) -> Value| tokens.iter().map(f).collect();
+        let mut metadata: HashMap<String, Value> = [
+            ("tokenizer.ggml.model", Value::String(model.into())),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(list(&|t| Value::String(t.0.into()))),
+            ),
+            (
+                "tokenizer.ggml.scores",
+                Value::Array(list(&|t| Value::F32(t.1))),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(list(&|t| Value::I32(t.2))),
+            ),
+        ]
+        .into_iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        metadata.insert("general.architecture".into(), Value::String("test".into()));
+        let content = gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata,
+            tensor_infos: HashMap::new(),
+            tensor_data_offset: 0,
+        };
+        Vocab::from_gguf(&content, Path::new("test.gguf")).unwrap()
+    }
+
+    const N: i32 = TYPE_NORMAL;
+    /// A SentencePiece vocabulary: ids 9 `ab` and 10 `bc` compete for `abc`.
+    fn spm(add_space_prefix: bool, bc_score: f32) -> Vocab {
+        let tokens = [
+            ("<unk>", 0.0, TYPE_UNKNOWN),
+            ("<s>", 0.0, TYPE_CONTROL),
+            ("</s>", 0.0, TYPE_CONTROL),
+            ("<0xC3>", 0.0, TYPE_BYTE),
+            ("<0xA9>", 0.0, TYPE_BYTE),
+            ("▁", -5.0, N),
+            ("a", -3.0, N),
+            ("b", -3.0, N),
+            ("c", -3.0, N),
+            ("ab", -1.0, N),
+            ("bc", bc_score, N),
+            ("▁a", -2.0, N),
+            ("<|user|>", 0.0, TYPE_USER_DEFINED),
+        ];
+        let prefix = Value::Bool(add_space_prefix);
+        vocab(
+            "llama",
+            &tokens,
+            vec![("tokenizer.ggml.add_space_prefix", prefix)],
+        )
+    }
+
+    // Ids worked out by hand from llm_tokenizer_spm's rules.
+    #[test]
+    fn spm_merges_best_score_first_leftmost_on_ties() {
+        // `bc` (-0.5) beats `ab` (-1): a + bc.
+        assert_eq!(spm(false, -0.5).tokenize("abc").unwrap(), [6, 10]);
+        // Equal scores: the leftmost pair, ab + c.
+        assert_eq!(spm(false, -1.0).tokenize("abc").unwrap(), [9, 8]);
+        // Spaces are `▁`; `ab▁` and `▁c` are no tokens.
+        assert_eq!(spm(false, -0.5).tokenize("ab c").unwrap(), [9, 5, 8]);
+        // `é` is no token: its UTF-8 bytes C3 A9.
+        assert_eq!(spm(false, -0.5).tokenize("é").unwrap(), [3, 4]);
+        let v = spm(false, -0.5);
+        assert!((v.add_bos, v.bos, v.add_eos, v.eos) == (true, Some(1), false, Some(2)));
+    }
+
+    #[test]
+    fn spm_space_prefix_at_start_and_after_special_tokens() {
+        assert_eq!(
+            spm(true, -0.5).tokenize("a<|user|>a").unwrap(),
+            [11, 12, 11]
+        );
+        assert_eq!(spm(false, -0.5).tokenize("a<|user|>a").unwrap(), [6, 12, 6]);
+        let v = spm(true, -0.5);
+        // Decoding drops the prefix space and control tokens, keeps user-defined ones...
+        assert_eq!(v.detokenize(&[11, 12, 11, 2]), "a<|user|> a");
+        // ...but after BOS llama.cpp keeps the space.
+        assert_eq!(v.detokenize(&[1, 11]), " a");
+        assert_eq!(v.detokenize(&[3, 4]), "é");
+    }
+
+    #[test]
+    fn bpe_merges_lowest_rank_first() {
+        let tokens = ["a", "b", "c", "ab", "abc", "Ġ", "Ġa"].map(|t| (t, 0.0, N));
+        let merges = ["a b", "ab c", "Ġ a"].map(|m| Value::String(m.into()));
+        let v = vocab(
+            "gpt2",
+            &tokens,
+            vec![
+                ("tokenizer.ggml.merges", Value::Array(merges.to_vec())),
+                ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
+            ],
+        );
+        // " abc": a+b (rank 0) before Ġ+a (rank 2), then ab+c; `Ġ abc` is no merge.
+        assert_eq!(v.tokenize("ab abc").unwrap(), [3, 5, 4]);
+        // `d` is neither a token nor an ASCII byte token: llama.cpp drops it.
+        assert_eq!(v.tokenize("abd").unwrap(), [3]);
+        assert_eq!(v.detokenize(&[3, 5, 4]), "ab abc");
+        assert!(!v.add_bos);
+    }
 
     fn cleaned(s: &str) -> String {
         let mut b = s.as_bytes().to_vec();
