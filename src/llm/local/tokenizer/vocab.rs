@@ -173,9 +173,10 @@ impl Vocab {
                 at()
             ),
         };
+        // An id past the vocabulary falls back to the default, itself dropped if out of range.
         let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
-        let bos = in_range(id_key("tokenizer.ggml.bos_token_id").or(default_bos));
-        let eos = in_range(id_key("tokenizer.ggml.eos_token_id").or(default_eos));
+        let bos = in_range(id_key("tokenizer.ggml.bos_token_id")).or(in_range(default_bos));
+        let eos = in_range(id_key("tokenizer.ggml.eos_token_id")).or(in_range(default_eos));
         if let Some(b) = flag("tokenizer.ggml.add_bos_token") {
             add_bos = b;
         }
