@@ -2,7 +2,8 @@
 """Share of generated texts that loop: a 3-word phrase occurring 3 or more times.
 
 Reads `cai revise` output files (JSONL revision records) and prints, per file, the share of
-looping texts among the initial answers, the critiques, the revisions and all of them.
+looping texts among the initial answers, the critiques, the revisions and all of them, and
+the mean number of words per text (a penalty that garbles text tends to shorten it).
 Words are lower-cased runs of letters, digits and apostrophes; phrases are consecutive word
 trigrams, counted with overlaps ("a b c a b c a b c" holds "a b c" three times).
 
@@ -42,10 +43,12 @@ def texts(path):
 
 def main(paths):
     kinds = ["initial", "critique", "revision"]
-    print(f"{'file':40} " + " ".join(f"{k:>14}" for k in kinds + ["all"]))
+    print(f"{'file':40} " + " ".join(f"{k:>14}" for k in kinds + ["all"]) + "  words")
     for path in paths:
         hit, total = Counter(), Counter()
+        words = 0
         for kind, text in texts(path):
+            words += len(WORD.findall(text.lower()))
             for k in (kind, "all"):
                 total[k] += 1
                 hit[k] += loops(text)
@@ -53,7 +56,8 @@ def main(paths):
             f"{hit[k]:>3}/{total[k]:<3} {100 * hit[k] / max(total[k], 1):5.1f}%"
             for k in kinds + ["all"]
         ]
-        print(f"{path:40} " + " ".join(f"{c:>14}" for c in cells))
+        mean_words = words / max(total["all"], 1)
+        print(f"{path:40} " + " ".join(f"{c:>14}" for c in cells) + f"  {mean_words:5.1f}")
 
 
 if __name__ == "__main__":
