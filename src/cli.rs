@@ -126,6 +126,34 @@ pub struct ServerArgs {
     pub no_cache: bool,
 }
 
+/// The sampling options beyond temperature and top-p, shared by every stage that generates
+/// text (PPO rollouts excepted: they sample with temperature only, see `cai train ppo`).
+/// Penalties look at the generated tokens only, never the prompt.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SamplingArgs {
+    /// Keep only the K most likely tokens (0 = off) [default: 0].
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Drop tokens less than P times as likely as the most likely one (0 = off) [default: 0].
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f64>,
+    /// Divide the positive logits (multiply the negative ones) of tokens among the last
+    /// --repeat-last-n generated tokens by this (1 = off) [default: 1.1].
+    #[arg(long, value_name = "R")]
+    pub repetition_penalty: Option<f64>,
+    /// Window of --repetition-penalty in generated tokens (0 = off) [default: 64].
+    #[arg(long, value_name = "N")]
+    pub repeat_last_n: Option<usize>,
+    /// Subtract this from the logit of every token already generated (OpenAI semantics,
+    /// -2..2; 0 = off) [default: 0].
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub presence_penalty: Option<f64>,
+    /// Subtract this times its count from the logit of every token already generated (OpenAI
+    /// semantics, -2..2; 0 = off) [default: 0].
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub frequency_penalty: Option<f64>,
+}
+
 #[derive(Debug, Args)]
 pub struct ReviseArgs {
     /// YAML file with any ReviseConfig fields; flags override it.
@@ -172,6 +200,9 @@ pub struct ReviseArgs {
     /// Maximum new tokens of every step [defaults: answer 128, critique 96, revision 128].
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Sampling options of all steps.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Also write X.trl.jsonl (TRL conversational `messages` rows).
     #[arg(long = "format", value_enum)]
     pub formats: Vec<SftFormat>,
@@ -289,6 +320,9 @@ pub struct LabelArgs {
     /// CoT sampling temperature [default: 0.7].
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Sampling options of the CoT reasoning.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Clamp per-sample probabilities to LO,HI (default 0.4,0.6 for CoT, none for direct).
     #[arg(long, value_parser = parse_range)]
     pub clamp: Option<(f64, f64)>,
@@ -339,6 +373,8 @@ pub struct SampleArgs {
     pub top_p: f64,
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Best-of-N: sample N responses per prompt (sets --k), score them with
     /// --reward-model and mark the best; writes X.best.jsonl and no pairs.
     #[arg(long, requires = "reward_model")]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::ModelArgs;
+use crate::cli::{ModelArgs, SamplingArgs};
 use crate::config::{read_yaml, set};
 use crate::eval::EvalConfig;
 
@@ -45,6 +45,9 @@ pub struct EvalArgs {
     /// Sampling temperature of the answers [default: 0.7].
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Sampling options of the answers.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Seed of the answers and the labeler [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -72,6 +75,7 @@ impl EvalConfig {
         a.model.server.apply(&mut c.labeler.openai);
         set(&mut c.sampling.max_tokens, a.max_tokens);
         set(&mut c.sampling.temperature, a.temperature);
+        a.sampling.apply(&mut c.sampling);
         if let Some(seed) = a.seed {
             c.seed = seed;
             c.labeler.seed = seed;

@@ -179,7 +179,9 @@ fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
 /// under `ppo:`).
 #[derive(Debug, Args)]
 pub struct PpoArgs {
-    /// YAML file with any PpoRunConfig fields; flags override it.
+    /// YAML file with any PpoRunConfig fields; flags override it. Rollouts are sampled with
+    /// `ppo.temperature` and `ppo.top_p` only: no top-k, min-p or repetition penalties, which
+    /// would make the sampled tokens' log-probabilities differ from the policy's.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Starting policy: the `final/` folder of `cai train sft`, or any model

@@ -56,7 +56,7 @@ impl Default for EvalConfig {
                 temperature: 0.7,
                 top_p: 0.95,
                 max_tokens: 64,
-                stop: Vec::new(),
+                ..SamplingParams::default()
             },
             seed: 0,
             reward_model: None,

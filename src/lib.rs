@@ -80,11 +80,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 k: a.best_of.unwrap_or(a.k),
                 pairs_per_prompt: a.pairs_per_prompt,
                 best_of_rm: a.reward_model,
-                sampling: llm::SamplingParams {
-                    temperature: a.temperature,
-                    top_p: a.top_p,
-                    max_tokens: a.max_tokens,
-                    stop: Vec::new(),
+                sampling: {
+                    let mut s = llm::SamplingParams {
+                        temperature: a.temperature,
+                        top_p: a.top_p,
+                        max_tokens: a.max_tokens,
+                        ..d.sampling
+                    };
+                    a.sampling.apply(&mut s);
+                    s
                 },
                 seed: a.seed,
                 batch_size: a.batch_size,

@@ -88,7 +88,7 @@ impl Default for ReviseConfig {
             temperature: 0.7,
             top_p: 0.9,
             max_tokens,
-            stop: Vec::new(),
+            ..SamplingParams::default()
         };
         Self {
             constitution: PathBuf::from("constitutions/harmless.yaml"),

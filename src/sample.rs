@@ -64,7 +64,7 @@ impl Default for SampleConfig {
                 temperature: 1.0,
                 top_p: 0.95,
                 max_tokens: 128,
-                stop: Vec::new(),
+                ..SamplingParams::default()
             },
             best_of_rm: None,
             seed: 0,

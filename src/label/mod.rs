@@ -113,6 +113,7 @@ impl Default for LabelConfig {
                 top_p: 0.95,
                 max_tokens: 96,
                 stop: vec!["So the better response".into(), "\n\n\n".into()],
+                ..SamplingParams::default()
             },
             clamp: None,
             max_prompt_tokens: 2048,

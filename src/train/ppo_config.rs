@@ -54,7 +54,11 @@ pub struct PpoConfig {
     pub no_eos_penalty: Option<f64>,
     /// Weight of the language-modelling loss on SFT data (PPO-ptx); 0 disables (default 0).
     pub ptx_coef: f64,
-    /// Sampling of rollouts (default temperature 1, top-p 1, 48 new tokens).
+    /// Sampling of rollouts (default temperature 1, top-p 1, 48 new tokens). Deliberately
+    /// without the top-k, min-p and penalty options of the other stages: PPO's ratios and KL
+    /// use log softmax(logits / T) of each sampled token, which is the distribution sampled
+    /// from only when nothing else reshapes it (top-p below 1 already makes rollouts slightly
+    /// off-policy).
     pub temperature: f64,
     pub top_p: f64,
     pub max_new_tokens: usize,

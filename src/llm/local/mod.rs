@@ -274,6 +274,7 @@ impl LocalBackend {
     }
 
     fn start_request(&self, req: &GenerateRequest) -> Result<(usize, KvCache, Vec<f32>)> {
+        req.params.validate()?;
         let ids = self
             .chat
             .tokenizer

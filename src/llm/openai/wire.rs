@@ -5,11 +5,18 @@
 //! server and Ollama continue such a message; vLLM does with `continue_final_message` and
 //! `add_generation_prompt: false`, which we always send alongside (other servers ignore
 //! unknown fields). The returned text is the continuation only, as with the local backend.
+//!
+//! Sampling options beyond temperature and top-p are sent only when set away from neutral, so
+//! a plain request stays a standard one (and keeps its cache key): `presence_penalty` and
+//! `frequency_penalty` are standard; `top_k`, `min_p` and `repetition_penalty` are what vLLM,
+//! SGLang and mistral.rs read, and `repeat_penalty` with `repeat_last_n` what llama.cpp's
+//! server reads (each ignores the others' names). Servers apply them with their own semantics:
+//! vLLM's repetition penalty, for one, also covers the prompt and has no window.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::llm::{Completion, FinishReason, GenerateRequest, Prompt};
+use crate::llm::{Completion, FinishReason, GenerateRequest, Prompt, SamplingParams};
 
 /// Number of first-token alternatives asked for when scoring options (the OpenAI maximum).
 pub const TOP_LOGPROBS: usize = 20;
@@ -54,8 +61,30 @@ pub fn chat_body(model: &str, req: &GenerateRequest, index: usize) -> Value {
     if !p.stop.is_empty() {
         body["stop"] = json!(p.stop);
     }
+    sampling_fields(&mut body, p);
     prefill_fields(&mut body, &req.prompt);
     body
+}
+
+/// The sampling options that are set away from neutral (see the module docs).
+fn sampling_fields(body: &mut Value, p: &SamplingParams) {
+    if p.top_k > 0 {
+        body["top_k"] = json!(p.top_k);
+    }
+    if p.min_p > 0.0 {
+        body["min_p"] = json!(p.min_p);
+    }
+    if p.repetition_penalty != 1.0 && p.repeat_last_n > 0 {
+        body["repetition_penalty"] = json!(p.repetition_penalty);
+        body["repeat_penalty"] = json!(p.repetition_penalty);
+        body["repeat_last_n"] = json!(p.repeat_last_n);
+    }
+    if p.presence_penalty != 0.0 {
+        body["presence_penalty"] = json!(p.presence_penalty);
+    }
+    if p.frequency_penalty != 0.0 {
+        body["frequency_penalty"] = json!(p.frequency_penalty);
+    }
 }
 
 /// Chat-completions body asking for the first token's top log-probabilities.
@@ -153,7 +182,6 @@ pub fn estimate_tokens(prompt: &Prompt) -> usize {
 mod tests {
     use super::*;
     use crate::chat::ChatMessage;
-    use crate::llm::SamplingParams;
 
     fn prompt(prefill: &str) -> Prompt {
         Prompt {
@@ -171,6 +199,7 @@ mod tests {
                 top_p: 0.9,
                 max_tokens: 7,
                 stop: vec!["\n".into()],
+                ..neutral()
             },
             n: 2,
             seed: 10,
@@ -195,6 +224,74 @@ mod tests {
         assert_eq!(plain["messages"].as_array().unwrap().len(), 1);
         assert!(plain.get("continue_final_message").is_none());
         assert!(plain.get("stop").is_some());
+    }
+
+    /// Every option beyond temperature and top-p at its neutral value.
+    fn neutral() -> SamplingParams {
+        SamplingParams {
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn neutral_options_stay_out_of_the_body() {
+        let req = |params| GenerateRequest {
+            prompt: prompt(""),
+            params,
+            n: 1,
+            seed: 0,
+        };
+        let b = chat_body("m", &req(neutral()), 0);
+        let mut keys: Vec<&str> = b.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "max_tokens",
+                "messages",
+                "model",
+                "n",
+                "seed",
+                "stream",
+                "temperature",
+                "top_p"
+            ]
+        );
+        let b = chat_body(
+            "m",
+            &req(SamplingParams {
+                top_k: 40,
+                min_p: 0.05,
+                repetition_penalty: 1.1,
+                repeat_last_n: 32,
+                presence_penalty: 0.5,
+                frequency_penalty: -0.25,
+                ..neutral()
+            }),
+            0,
+        );
+        assert_eq!(
+            (
+                &b["top_k"],
+                &b["min_p"],
+                &b["presence_penalty"],
+                &b["frequency_penalty"]
+            ),
+            (&json!(40), &json!(0.05), &json!(0.5), &json!(-0.25))
+        );
+        assert_eq!(
+            (
+                &b["repetition_penalty"],
+                &b["repeat_penalty"],
+                &b["repeat_last_n"]
+            ),
+            (&json!(1.1), &json!(1.1), &json!(32))
+        );
     }
 
     #[test]
