@@ -242,3 +242,43 @@ fn tiny_architectures_match_llamacpp_perplexity() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// Max |a − b| over max |b|.
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+#[test]
+fn tiny_architectures_decode_as_they_prefill() {
+    let Some(model) = util::default_model() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // 30 tokens: past gemma3's window of 20 on its local layers.
+    let tokens: Vec<u32> = (0..30).map(|i| 100 + 37 * i).collect();
+    for (arch, head_dim) in ARCHS {
+        let path = tmp.path().join(format!("tiny-{arch}.gguf"));
+        write_tiny(arch, head_dim, &model, &path);
+        let mut f = std::fs::File::open(&path).unwrap();
+        let content = gguf_file::Content::read(&mut f).unwrap();
+        let m = cai::llm::local::GgufModel::load(&content, &path, &Device::Cpu, true).unwrap();
+        let mut cache = m.new_cache();
+        let all = m.forward(&tokens, &mut cache, true).unwrap();
+        // One token at a time (the decoding kernels and attention), and two sequences of
+        // different lengths batched together: every row equals the prompt pass's.
+        let mut one = m.new_cache();
+        let mut other = m.new_cache();
+        m.forward(&tokens[..7], &mut other, false).unwrap();
+        for (i, &t) in tokens.iter().enumerate() {
+            let want: Vec<f32> = all.get(i).unwrap().to_vec1().unwrap();
+            let got = m.decode_batch(&[t, t], &mut [&mut one, &mut other]).unwrap();
+            let got: Vec<f32> = got.get(0).unwrap().to_vec1().unwrap();
+            let d = rel_diff(&got, &want);
+            assert!(d < 1e-4, "{arch}: position {i}: decode differs by {d}");
+        }
+    }
+}
