@@ -3,7 +3,7 @@
 # every string of corpus.json tokenized as llama.cpp does by default (BOS/EOS as the model asks,
 # special-token literals parsed), on the SmolLM2 (byte-level BPE, pre = smollm) and Gemma 3
 # (SentencePiece) vocabularies, and on the SmolLM2 vocabulary relabelled with other
-# pre-tokenizers (`tokenizer.ggml.pre` = llama-bpe, qwen2, gpt-2, default: a metadata-only GGUF,
+# pre-tokenizers (`tokenizer.ggml.pre` = llama-bpe, qwen2, gpt-2, default, deepseek-llm: a metadata-only GGUF,
 # which llama-tokenize loads since it reads the vocabulary only) so that their word splitting is
 # checked too, and on Gemma 3 with `tokenizer.ggml.add_space_prefix` on. tests/tokenize.rs checks cai's tokenizer against them. Needs python's `gguf`.
 # usage: scripts/golden-tokenize.sh [LLAMA_BIN_DIR] [MODELS_DIR]
@@ -71,7 +71,7 @@ PY
 }
 gemma=$models/gemma-3-270m-Q4_K_M.gguf
 jobs=("$smol=smollm2.json" "$gemma=gemma3.json")
-for pre in llama-bpe qwen2 gpt-2 default; do
+for pre in llama-bpe qwen2 gpt-2 default deepseek-llm; do
   relabel "$smol" "$tmp/smollm2-$pre.gguf" tokenizer.ggml.pre "\"$pre\""
   jobs+=("$tmp/smollm2-$pre.gguf=smollm2-$pre.json")
 done

@@ -60,6 +60,10 @@ pub enum PreKind {
     Qwen2,
     /// StarCoder / SmolLM: every digit alone, then the GPT-2 regex.
     Smollm,
+    /// DeepSeek LLM: newlines alone, then runs of Latin/Greek/Cyrillic/... letters, of ASCII and
+    /// fullwidth punctuation (each with one leading whitespace), trailing whitespace, CJK and
+    /// Hangul runs, number runs.
+    DeepseekLlm,
 }
 
 /// What a `tokenizer.ggml.pre` name implies, as llama.cpp's `llama_vocab::impl::load` sets it.
@@ -98,6 +102,7 @@ impl PreConfig {
             }
             "stablelm2" | "megrez" => cfg(Qwen2, false, true, false),
             "smollm" | "command-r" => cfg(Smollm, false, false, false),
+            "deepseek-llm" => cfg(DeepseekLlm, false, false, false),
             "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => {
                 cfg(Smollm, false, true, false)
             }
@@ -126,6 +131,17 @@ pub fn split(kind: PreKind, text: &str) -> Vec<&str> {
             frags = split_each(&cpts, &frags, |c| Flags::of(c).number());
             frags = split_gpt2(&cpts, &frags);
         }
+        PreKind::DeepseekLlm => {
+            frags = split_each(&cpts, &frags, |c| c == '\r' || c == '\n');
+            let letters = char_class(DEEPSEEK_LETTERS);
+            let punct = char_class(DEEPSEEK_PUNCT);
+            frags = split_space_run(&cpts, &frags, |c| in_class(&letters, c));
+            frags = split_space_run(&cpts, &frags, |c| in_class(&punct, c));
+            frags = split_trailing_space(&cpts, &frags);
+            let cjk = char_class(DEEPSEEK_CJK);
+            frags = split_runs(&cpts, &frags, |c| in_class(&cjk, wide(c)));
+            frags = split_runs(&cpts, &frags, |c| Flags::of(c).number());
+        }
     }
     // Fragment lengths (in code points) back to string slices.
     let starts: Vec<usize> = text
@@ -142,6 +158,98 @@ pub fn split(kind: PreKind, text: &str) -> Vec<&str> {
             word
         })
         .collect()
+}
+
+/// The bracket classes of llama.cpp's DeepSeek LLM regexes (`\s?[...]+`, `[...]+`), escaped
+/// so that no editor normalizes them (the letters hold U+2126 OHM and U+212A KELVIN signs).
+pub(super) const DEEPSEEK_LETTERS: &str =
+    "A-Za-z\u{b5}\u{c0}-\u{d6}\u{d8}-\u{f6}\u{f8}-\u{1ba}\u{1bc}-\u{1bf}\u{1c4}-\u{293}\u{295}-\u{2af}\u{370}-\u{373}\u{376}\u{377}\u{37b}-\u{37d}\u{37f}\u{386}\u{388}-\u{38a}\u{38c}\u{38e}-\u{3a1}\u{3a3}-\u{3f5}\u{3f7}-\u{481}\u{48a}-\u{52f}\u{531}-\u{556}\u{10a0}-\u{10c5}\u{13a0}-\u{13f5}\u{13f8}-\u{13fd}\u{1c90}-\u{1cba}\u{1cbd}-\u{1cbf}\u{1d00}-\u{1d2b}\u{1d6b}-\u{1d77}\u{1d79}-\u{1d9a}\u{1e00}-\u{1f15}\u{1f18}-\u{1f1d}\u{1f20}-\u{1f45}\u{1f48}-\u{1f4d}\u{1f50}-\u{1f57}\u{1f59}\u{1f5b}\u{1f5d}\u{1f5f}-\u{1f7d}\u{1f80}-\u{1fb4}\u{1fb6}-\u{1fbc}\u{1fbe}\u{1fc2}-\u{1fc4}\u{1fc6}-\u{1fcc}\u{1fd0}-\u{1fd3}\u{1fd6}-\u{1fdb}\u{1fe0}-\u{1fec}\u{1ff2}-\u{1ff4}\u{1ff6}-\u{1ffc}\u{2102}\u{2107}\u{210a}-\u{2113}\u{2115}\u{2119}-\u{211d}\u{2124}\u{2126}\u{2128}\u{212a}-\u{212d}\u{212f}-\u{2134}\u{2139}\u{213c}-\u{213f}\u{2145}-\u{2149}\u{214e}\u{2183}\u{2184}\u{2c00}-\u{2c7b}\u{2c7e}-\u{2ce4}\u{2ceb}-\u{2cee}\u{2cf2}\u{2cf3}\u{a640}-\u{a66d}\u{a680}-\u{a69b}\u{a722}-\u{a76f}\u{a771}-\u{a787}\u{a78b}-\u{a78e}\u{ab70}-\u{abbf}\u{fb00}-\u{fb06}\u{fb13}-\u{fb17}\u{ff21}-\u{ff3a}\u{ff41}-\u{ff5a}\u{10400}-\u{1044f}\u{104b0}-\u{104d3}\u{104d8}-\u{104fb}\u{10c80}-\u{10cb2}\u{10cc0}-\u{10cf2}\u{118a0}-\u{118df}\u{1e900}-\u{1e943}";
+pub(super) const DEEPSEEK_PUNCT: &str =
+    "!-/:-~\u{ff01}-\u{ff0f}\u{ff1a}-\u{ff5e}\u{2018}-\u{201f}\u{3000}-\u{3002}";
+pub(super) const DEEPSEEK_CJK: &str = "\u{4e00}-\u{9fa5}\u{800}-\u{4e00}\u{ac00}-\u{d7ff}";
+
+/// A bracket class (`a-z` ranges and single characters) as inclusive ranges.
+fn char_class(class: &str) -> Vec<(char, char)> {
+    let chars: Vec<char> = class.chars().collect();
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if i + 2 < chars.len() && chars[i + 1] == '-' {
+            ranges.push((chars[i], chars[i + 2]));
+            i += 3;
+        } else {
+            ranges.push((chars[i], chars[i]));
+            i += 1;
+        }
+    }
+    ranges
+}
+
+fn in_class(ranges: &[(char, char)], c: char) -> bool {
+    ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi)
+}
+
+/// The code point llama.cpp's `std::wregex` sees: non-ASCII whitespace becomes `\v`.
+fn wide(c: char) -> char {
+    if !c.is_ascii() && Flags::of(c).whitespace {
+        '\x0B'
+    } else {
+        c
+    }
+}
+
+/// ECMAScript `\s` (on [`wide`] code points).
+fn ecma_space(c: char) -> bool {
+    matches!(wide(c), ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
+}
+
+/// `\s?[class]+` as a splitting regex, matched as `std::wregex` does on [`wide`] text.
+fn split_space_run(cpts: &[char], offsets: &[usize], class: impl Fn(char) -> bool) -> Vec<usize> {
+    let class = |c: char| class(wide(c));
+    per_fragment(cpts, offsets, |f, out| {
+        let (mut pos, mut last) = (f.ini, f.ini);
+        while pos < f.end {
+            // `\s?` takes a whitespace only if the class follows it.
+            let body = if ecma_space(cpts[pos]) { pos + 1 } else { pos };
+            let body = if body < f.end && class(cpts[body]) {
+                body
+            } else if class(cpts[pos]) {
+                pos
+            } else {
+                pos += 1;
+                continue;
+            };
+            let mut end = body;
+            while end < f.end && class(cpts[end]) {
+                end += 1;
+            }
+            if pos > last {
+                out.push(pos - last);
+            }
+            out.push(end - pos);
+            pos = end;
+            last = end;
+        }
+        if f.end > last {
+            out.push(f.end - last);
+        }
+    })
+}
+
+/// `\s+$`: the whitespace ending a fragment.
+fn split_trailing_space(cpts: &[char], offsets: &[usize]) -> Vec<usize> {
+    per_fragment(cpts, offsets, |f, out| {
+        let mut start = f.end;
+        while start > f.ini && ecma_space(cpts[start - 1]) {
+            start -= 1;
+        }
+        if start > f.ini {
+            out.push(start - f.ini);
+        }
+        if f.end > start {
+            out.push(f.end - start);
+        }
+    })
 }
 
 /// Reads code points and flags inside one fragment; outside it, nothing.
@@ -454,6 +562,14 @@ mod tests {
             ["I", "'LL", " pay", " ", "123", "45", " $", " now", ".\n\n", " ", " ok"]
         );
         assert_eq!(split(PreKind::Qwen2, "x 123"), ["x", " ", "1", "2", "3"]);
+    }
+
+    #[test]
+    fn deepseek_llm_words() {
+        assert_eq!(
+            split(PreKind::DeepseekLlm, "Hi, 你好 there 42\n  "),
+            ["Hi", ",", " ", "你好", " there", " ", "42", "\n", "  "]
+        );
     }
 
     #[test]

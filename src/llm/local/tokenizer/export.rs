@@ -23,7 +23,7 @@ use tokenizers::{
     Tokenizer,
 };
 
-use super::bpe_pre::PreKind;
+use super::bpe_pre::{PreKind, DEEPSEEK_CJK, DEEPSEEK_LETTERS, DEEPSEEK_PUNCT};
 use super::vocab::{Model, Vocab, TYPE_CONTROL, TYPE_UNKNOWN, TYPE_USER_DEFINED};
 
 /// The regexes llama.cpp's hand-written scanners implement, in the `tokenizer.json` form
@@ -146,6 +146,16 @@ fn pre_tokenizer(kind: PreKind) -> Result<PreTokenizerWrapper> {
         .into(),
         PreKind::Llama3 => Sequence::new(vec![split(LLAMA3)?, bytes()]).into(),
         PreKind::Qwen2 => Sequence::new(vec![split(QWEN2)?, bytes()]).into(),
+        PreKind::DeepseekLlm => Sequence::new(vec![
+            split(r"[\r\n]")?,
+            split(&format!(r"\s?[{DEEPSEEK_LETTERS}]+"))?,
+            split(&format!(r"\s?[{DEEPSEEK_PUNCT}]+"))?,
+            split(r"\s+$")?,
+            split(&format!("[{DEEPSEEK_CJK}]+"))?,
+            split(r"\p{N}+")?,
+            bytes(),
+        ])
+        .into(),
         PreKind::Default => Sequence::new(vec![
             split(r"[\p{P}\$\+<=>\^~\|]+")?,
             split(GPT2)?,
