@@ -246,10 +246,7 @@ fn tiny_architectures_match_llamacpp_perplexity() {
 /// Max |a − b| over max |b|.
 fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]
@@ -275,7 +272,9 @@ fn tiny_architectures_decode_as_they_prefill() {
         m.forward(&tokens[..7], &mut other, false).unwrap();
         for (i, &t) in tokens.iter().enumerate() {
             let want: Vec<f32> = all.get(i).unwrap().to_vec1().unwrap();
-            let got = m.decode_batch(&[t, t], &mut [&mut one, &mut other]).unwrap();
+            let got = m
+                .decode_batch(&[t, t], &mut [&mut one, &mut other])
+                .unwrap();
             let got: Vec<f32> = got.get(0).unwrap().to_vec1().unwrap();
             let d = rel_diff(&got, &want);
             assert!(d < 1e-4, "{arch}: position {i}: decode differs by {d}");

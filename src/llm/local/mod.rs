@@ -306,6 +306,16 @@ impl LocalBackend {
                     seq.finish = Some(FinishReason::Stop);
                     continue;
                 }
+                // A base model (no chat template) writes the transcript on by itself: its
+                // answer ends where the next human turn begins.
+                if !self.chat.template.is_native() {
+                    if let Some(cut) = find_stop(&seq.text, &[TRANSCRIPT_STOP.to_string()]) {
+                        seq.text.truncate(cut);
+                        seq.text.truncate(seq.text.trim_end().len());
+                        seq.finish = Some(FinishReason::Stop);
+                        continue;
+                    }
+                }
                 if seq.out.len() >= params.max_tokens {
                     seq.finish = Some(FinishReason::Length);
                     continue;
@@ -395,6 +405,9 @@ fn device() -> Result<Device> {
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+/// Where a base model's answer ends in the plain transcript format (see `ChatTemplate`).
+const TRANSCRIPT_STOP: &str = "\nHuman:";
 
 /// Byte offset where the earliest stop string starts, if any occurs.
 fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
