@@ -175,13 +175,7 @@ unsafe fn tile_interleaved<W: WeightRow, const R: usize>(
 /// # Safety
 /// As for [`tile_interleaved`] with `R = 8`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_of_8<W: WeightRow>(
-    w: &W,
-    kb: usize,
-    y: &[W::Act],
-    first: usize,
-    out: &mut [f32],
-) {
+unsafe fn tile_of_8<W: WeightRow>(w: &W, kb: usize, y: &[W::Act], first: usize, out: &mut [f32]) {
     let at: [usize; 8] = std::array::from_fn(|r| (first + r) * kb);
     let even = every_other_block(w, kb, y, &at, 0);
     let odd = every_other_block(w, kb, y, &at, 1);
@@ -344,7 +338,13 @@ impl Block32 for Q4_0Block {
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qs = b[2..18].try_into().expect("16 bytes");
-        (Self { d: f16_at(b, 0), qs }, 0.0)
+        (
+            Self {
+                d: f16_at(b, 0),
+                qs,
+            },
+            0.0,
+        )
     }
 
     fn d(&self) -> f32 {
@@ -371,7 +371,13 @@ impl Block32 for Q4_1Block {
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qs = b[4..20].try_into().expect("16 bytes");
-        (Self { d: f16_at(b, 0), qs }, f16_at(b, 2))
+        (
+            Self {
+                d: f16_at(b, 0),
+                qs,
+            },
+            f16_at(b, 2),
+        )
     }
 
     fn d(&self) -> f32 {
@@ -400,7 +406,14 @@ impl Block32 for Q5_0Block {
     fn read(b: &[u8]) -> (Self, f32) {
         let qh = u32::from_le_bytes(b[2..6].try_into().expect("4 bytes"));
         let qs = b[6..22].try_into().expect("16 bytes");
-        (Self { d: f16_at(b, 0), qh, qs }, 0.0)
+        (
+            Self {
+                d: f16_at(b, 0),
+                qh,
+                qs,
+            },
+            0.0,
+        )
     }
 
     fn d(&self) -> f32 {
@@ -431,7 +444,14 @@ impl Block32 for Q5_1Block {
     fn read(b: &[u8]) -> (Self, f32) {
         let qh = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
         let qs = b[8..24].try_into().expect("16 bytes");
-        (Self { d: f16_at(b, 0), qh, qs }, f16_at(b, 2))
+        (
+            Self {
+                d: f16_at(b, 0),
+                qh,
+                qs,
+            },
+            f16_at(b, 2),
+        )
     }
 
     fn d(&self) -> f32 {
@@ -459,7 +479,13 @@ impl Block32 for Q8_0Block {
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qs = std::array::from_fn(|i| b[2 + i] as i8);
-        (Self { d: f16_at(b, 0), qs }, 0.0)
+        (
+            Self {
+                d: f16_at(b, 0),
+                qs,
+            },
+            0.0,
+        )
     }
 
     fn d(&self) -> f32 {
