@@ -1,14 +1,17 @@
-//! AVX2/FMA kernels for the two quantized types of the default model: Q4_1 (the layers) and
-//! Q8_0 (the tied embedding / output projection). Activations are quantized to 8 bits per
-//! block (Q8_1 or Q8_0, by candle's own `from_float`), then each weight block is unpacked once
-//! and dotted with a tile of activation rows (llama.cpp's arithmetic: integer block dot
-//! products in eight i32 lanes, scaled and accumulated in f32 vector registers, lanes summed
-//! once per row).
+//! AVX2/FMA kernels for the 32-value block types: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (the default
+//! model's layers are Q4_1 and its tied embedding Q8_0; files quantized to K-quants fall back
+//! to Q5_0, Q5_1 and Q8_0 for rows whose length is not a multiple of 256). Activations are
+//! quantized to 8 bits per block (Q8_1 for the types with a minimum, Q8_0 for the others, by
+//! candle's own `from_float`), then each weight block is unpacked once and dotted with a tile
+//! of activation rows (llama.cpp's arithmetic: integer block dot products in eight i32 lanes,
+//! scaled and accumulated in f32 vector registers, lanes summed once per row).
 //!
-//! Every row is summed in the same order whatever its tile: even blocks in one accumulator,
-//! odd blocks in another, added at the end. Tiles of up to 4 rows interleave the two chains
-//! (latency hiding for one row); tiles of 8 run the even blocks, then the odd ones (8 chains
-//! are enough). So a row's result is bit for bit the same in any batch (see the tests).
+//! The tile driver ([`WeightRow`], [`dot_rows`]) is shared with the 256-value K-quant kernels
+//! (`k_quants`). Every row is summed in the same order whatever its tile: even blocks in one
+//! accumulator, odd blocks in another, added at the end. Tiles of up to 4 rows interleave the
+//! two chains (latency hiding for one row); tiles of 8 run the even blocks, then the odd ones
+//! (8 chains are enough). So a row's result is bit for bit the same in any batch (see the
+//! tests).
 
 use std::arch::x86_64::*;
 
@@ -18,47 +21,41 @@ use candle_core::quantized::GgmlType;
 
 use super::{by_columns, RowsMatMul};
 
-/// Bytes of one Q4_1 block (f16 d, f16 m, 16 bytes of nibbles), one Q8_1 block (f16 d, f16 s,
-/// 32 signed bytes) and one Q8_0 block (f16 d, 32 signed bytes), as in GGUF files and candle's
-/// `repr(C)` block types.
-const Q4_1_BYTES: usize = 20;
+/// Bytes of one Q8_1 block (f16 d, f16 s, 32 signed bytes) and one Q8_0 block (f16 d, 32
+/// signed bytes), as in GGUF files and candle's `repr(C)` block types.
 const Q8_1_BYTES: usize = 36;
 const Q8_0_BYTES: usize = 34;
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-/// Quantized activation rows, unpacked: 32 signed bytes and a scale per block, and for Q8_1
-/// the block sums `s` (scale times the sum of the bytes) that Q4_1's minimums multiply.
-struct ActRows {
-    qs: Vec<[i8; 32]>,
-    d: Vec<f32>,
-    s: Vec<f32>,
+/// One block of 32 activations quantized to 8 bits: the bytes and their scale.
+#[derive(Clone, Copy)]
+struct Q8Block {
+    qs: [i8; 32],
+    d: f32,
 }
 
-impl ActRows {
-    fn with_capacity(blocks: usize) -> Self {
-        Self {
-            qs: Vec::with_capacity(blocks),
-            d: Vec::with_capacity(blocks),
-            s: Vec::with_capacity(blocks),
-        }
-    }
+/// Quantized activation rows, unpacked, and for Q8_1 the block sums `s` (scale times the sum
+/// of the bytes) that the minimums of Q4_1 and Q5_1 multiply.
+struct ActRows {
+    blocks: Vec<Q8Block>,
+    s: Vec<f32>,
 }
 
 /// Reads `blocks` as bytes.
 ///
 /// # Safety
 /// `T` must be a `repr(C)` block of exactly `size` plain bytes.
-unsafe fn block_bytes<T>(blocks: &[T], size: usize) -> &[u8] {
+pub(super) unsafe fn block_bytes<T>(blocks: &[T], size: usize) -> &[u8] {
     debug_assert_eq!(std::mem::size_of::<T>(), size);
     std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
 }
 
 /// `m` activation rows of `k` values quantized to blocks of type `B` by candle's own
 /// `from_float`.
-fn quantize_rows<B: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<B> {
+pub(super) fn quantize_rows<B: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<B> {
     let kb = k / B::BLCK_SIZE;
     let mut blocks = vec![B::zeros(); m * kb];
     for r in 0..m {
@@ -71,11 +68,17 @@ fn quantize_q8_1(x: &[f32], m: usize, k: usize) -> ActRows {
     let blocks = quantize_rows::<BlockQ8_1>(x, m, k);
     // SAFETY: BlockQ8_1 is a `repr(C)` block of Q8_1_BYTES plain bytes (candle asserts it).
     let bytes = unsafe { block_bytes(&blocks, Q8_1_BYTES) };
-    let mut rows = ActRows::with_capacity(bytes.len() / Q8_1_BYTES);
-    for b in bytes.chunks_exact(Q8_1_BYTES) {
-        rows.d.push(f16_at(b, 0));
+    let blocks = bytes.chunks_exact(Q8_1_BYTES);
+    let mut rows = ActRows {
+        blocks: Vec::with_capacity(blocks.len()),
+        s: Vec::with_capacity(blocks.len()),
+    };
+    for b in blocks {
+        rows.blocks.push(Q8Block {
+            qs: std::array::from_fn(|i| b[4 + i] as i8),
+            d: f16_at(b, 0),
+        });
         rows.s.push(f16_at(b, 2));
-        rows.qs.push(std::array::from_fn(|i| b[4 + i] as i8));
     }
     rows
 }
@@ -83,38 +86,41 @@ fn quantize_q8_1(x: &[f32], m: usize, k: usize) -> ActRows {
 fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> ActRows {
     let blocks = quantize_rows::<BlockQ8_0>(x, m, k);
     // SAFETY: BlockQ8_0 is a `repr(C)` block of Q8_0_BYTES plain bytes (candle asserts it).
-    unpack_q8_0(unsafe { block_bytes(&blocks, Q8_0_BYTES) })
-}
-
-fn unpack_q8_0(bytes: &[u8]) -> ActRows {
-    let mut rows = ActRows::with_capacity(bytes.len() / Q8_0_BYTES);
-    for b in bytes.chunks_exact(Q8_0_BYTES) {
-        rows.d.push(f16_at(b, 0));
-        rows.qs.push(std::array::from_fn(|i| b[2 + i] as i8));
+    let bytes = unsafe { block_bytes(&blocks, Q8_0_BYTES) };
+    let blocks = bytes
+        .chunks_exact(Q8_0_BYTES)
+        .map(|b| Q8Block {
+            qs: std::array::from_fn(|i| b[2 + i] as i8),
+            d: f16_at(b, 0),
+        })
+        .collect();
+    ActRows {
+        blocks,
+        s: Vec::new(),
     }
-    rows
 }
 
 /// One weight row's blocks as the tile kernel sees them.
-trait WeightRow {
-    /// A block made ready for [`Self::dot`] (unpacked once per tile).
-    type Block: Copy;
+pub(super) trait WeightRow {
+    /// One block of quantized activations, as [`Self::fma`] takes it.
+    type Act;
+    /// A block made ready for [`Self::fma`] (unpacked once per tile).
+    type Block;
     /// Block `b`.
     ///
     /// # Safety
     /// AVX2 must be available and `b` below the row's block count.
     unsafe fn block(&self, b: usize) -> Self::Block;
-    /// The block's integer dot product with 32 activation bytes, in eight i32 lanes.
+    /// `acc` plus the product of weight block `w` and activation block `y`, in eight f32 lanes
+    /// (whose sum is the block's contribution to the dot product).
     ///
     /// # Safety
-    /// AVX2 must be available.
-    unsafe fn dot(w: Self::Block, y: __m256i) -> __m256i;
-    /// Scale of block `b` (`b` below the block count).
-    fn scale(&self, b: usize) -> f32;
+    /// AVX2 and FMA must be available.
+    unsafe fn fma(w: &Self::Block, y: &Self::Act, acc: __m256) -> __m256;
 }
 
 /// Adds weight block `b` times the matching block of `R` rows of `y` (row `r`'s blocks start
-/// at `at[r]`) into the rows' accumulators: `acc[r] += scale_b · y.d · dot(w_b, y_b)`.
+/// at `at[r]`) into the rows' accumulators.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `y` holds block `at[r] + b` for every `r`.
@@ -122,19 +128,13 @@ trait WeightRow {
 unsafe fn add_block<W: WeightRow, const R: usize>(
     w: &W,
     b: usize,
-    y: &ActRows,
+    y: &[W::Act],
     at: &[usize; R],
     acc: &mut [__m256; R],
 ) {
     let wb = w.block(b);
-    let ws = w.scale(b);
-    let ones = _mm256_set1_epi16(1);
     for r in 0..R {
-        let i = at[r] + b;
-        let yv = _mm256_loadu_si256(y.qs.get_unchecked(i).as_ptr() as *const __m256i);
-        let p = _mm256_madd_epi16(W::dot(wb, yv), ones);
-        let scale = _mm256_set1_ps(ws * *y.d.get_unchecked(i));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r]);
+        acc[r] = W::fma(&wb, y.get_unchecked(at[r] + b), acc[r]);
     }
 }
 
@@ -148,7 +148,7 @@ unsafe fn add_block<W: WeightRow, const R: usize>(
 unsafe fn tile_interleaved<W: WeightRow, const R: usize>(
     w: &W,
     kb: usize,
-    y: &ActRows,
+    y: &[W::Act],
     first: usize,
     out: &mut [f32],
 ) {
@@ -175,7 +175,7 @@ unsafe fn tile_interleaved<W: WeightRow, const R: usize>(
 /// # Safety
 /// As for [`tile_interleaved`] with `R = 8`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_of_8<W: WeightRow>(w: &W, kb: usize, y: &ActRows, first: usize, out: &mut [f32]) {
+unsafe fn tile_of_8<W: WeightRow>(w: &W, kb: usize, y: &[W::Act], first: usize, out: &mut [f32]) {
     let at: [usize; 8] = std::array::from_fn(|r| (first + r) * kb);
     let even = every_other_block(w, kb, y, &at, 0);
     let odd = every_other_block(w, kb, y, &at, 1);
@@ -192,7 +192,7 @@ unsafe fn tile_of_8<W: WeightRow>(w: &W, kb: usize, y: &ActRows, first: usize, o
 unsafe fn every_other_block<W: WeightRow>(
     w: &W,
     kb: usize,
-    y: &ActRows,
+    y: &[W::Act],
     at: &[usize; 8],
     start: usize,
 ) -> [__m256; 8] {
@@ -209,7 +209,7 @@ unsafe fn every_other_block<W: WeightRow>(
 /// # Safety
 /// AVX2 and FMA must be available; `y` holds `out.len()` rows of `kb` blocks.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows<W: WeightRow>(w: &W, kb: usize, y: &ActRows, out: &mut [f32]) {
+pub(super) unsafe fn dot_rows<W: WeightRow>(w: &W, kb: usize, y: &[W::Act], out: &mut [f32]) {
     let mut first = 0;
     while first < out.len() {
         let o = &mut out[first..];
@@ -240,7 +240,7 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// The minimum terms of Q4_1 for 8 weight rows and every activation row `r`:
+/// The minimum terms of Q4_1 or Q5_1 for 8 weight rows and every activation row `r`:
 /// `mins[r][j] = Σ_b m_{j,b} · s_{r,b}`, with `m8` the 8 weight rows' minimums interleaved
 /// (`m8[b * 8 + j]`) and `s` the activation rows' block sums. A lane sums one weight row's
 /// terms in block order with fused multiply-adds, so the result does not depend on the other
@@ -262,78 +262,339 @@ unsafe fn minimums(m8: &[f32], kb: usize, s: &[f32], mins: &mut [[f32; 8]]) {
     }
 }
 
-fn check_size(what: &str, bytes: usize, block: usize, n: usize, k: usize) -> Result<()> {
-    if !k.is_multiple_of(32) || bytes != n * k / 32 * block {
+/// Checks that `bytes` hold `n` rows of `k` values in blocks of `block_values` values and
+/// `block_bytes` bytes.
+pub(super) fn check_size(
+    what: &str,
+    bytes: usize,
+    (block_values, block_bytes): (usize, usize),
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    if !k.is_multiple_of(block_values) || bytes != n * k / block_values * block_bytes {
         bail!("{what} tensor of {bytes} bytes does not hold {n}x{k} values");
     }
     Ok(())
 }
 
-/// Q4_1 weights: block scales and minimums as f32 (exact conversions of the f16 values), the
-/// nibbles as stored. The minimums of each 8 weight rows are interleaved for [`minimums`]
-/// (`m8[(c / 8) * 8 * kb + b * 8 + c % 8]`, zero past the last row).
-pub(super) struct Q4_1Avx2 {
-    qs: Vec<[u8; 16]>,
-    d: Vec<f32>,
+/// A weight type of 32-value blocks, each kept with its scale as f32 (an exact conversion of
+/// the file's f16) and unpacked to 32 bytes per tile.
+pub(super) trait Block32: Copy + Send + Sync {
+    /// The type's name, for errors.
+    const NAME: &'static str;
+    /// Bytes of one block in a GGUF file.
+    const BYTES: usize;
+    /// Unsigned values with a per-block minimum (dotted with Q8_1 activations, whose block
+    /// sums the minimums multiply), or signed values (dotted with Q8_0 activations).
+    const HAS_MIN: bool;
+    /// The block read from its file bytes, and its minimum (0 for signed types).
+    fn read(bytes: &[u8]) -> (Self, f32);
+    /// The block's scale.
+    fn d(&self) -> f32;
+    /// The 32 quantized values, one byte each: unsigned when [`Self::HAS_MIN`], else signed.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    unsafe fn values(&self) -> __m256i;
+}
+
+/// 32 nibbles, low ones (values 0..16) then high ones (values 16..32), as bytes.
+#[inline(always)]
+unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let v = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(v, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// The 32 bits of `qh` (little endian) as bytes: 0xFF where the bit is set, else 0
+/// (llama.cpp's `bytes_from_bits_32`).
+#[inline(always)]
+unsafe fn bits_to_bytes(qh: u32) -> __m256i {
+    let shuffle = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuffle);
+    // Every bit but byte i's own (i % 8) set: all ones exactly where that bit is.
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// Q4_0: `d · (q - 8)` with 4-bit `q`.
+#[derive(Clone, Copy)]
+pub(super) struct Q4_0Block {
+    d: f32,
+    qs: [u8; 16],
+}
+
+impl Block32 for Q4_0Block {
+    const NAME: &'static str = "Q4_0";
+    const BYTES: usize = 18;
+    const HAS_MIN: bool = false;
+
+    fn read(b: &[u8]) -> (Self, f32) {
+        let qs = b[2..18].try_into().expect("16 bytes");
+        (
+            Self {
+                d: f16_at(b, 0),
+                qs,
+            },
+            0.0,
+        )
+    }
+
+    fn d(&self) -> f32 {
+        self.d
+    }
+
+    #[inline(always)]
+    unsafe fn values(&self) -> __m256i {
+        _mm256_sub_epi8(nibbles(&self.qs), _mm256_set1_epi8(8))
+    }
+}
+
+/// Q4_1: `d · q + m` with 4-bit `q`.
+#[derive(Clone, Copy)]
+pub(super) struct Q4_1Block {
+    d: f32,
+    qs: [u8; 16],
+}
+
+impl Block32 for Q4_1Block {
+    const NAME: &'static str = "Q4_1";
+    const BYTES: usize = 20;
+    const HAS_MIN: bool = true;
+
+    fn read(b: &[u8]) -> (Self, f32) {
+        let qs = b[4..20].try_into().expect("16 bytes");
+        (
+            Self {
+                d: f16_at(b, 0),
+                qs,
+            },
+            f16_at(b, 2),
+        )
+    }
+
+    fn d(&self) -> f32 {
+        self.d
+    }
+
+    #[inline(always)]
+    unsafe fn values(&self) -> __m256i {
+        nibbles(&self.qs)
+    }
+}
+
+/// Q5_0: `d · (q - 16)` with 5-bit `q` (4 bits in `qs`, the fifth in `qh`).
+#[derive(Clone, Copy)]
+pub(super) struct Q5_0Block {
+    d: f32,
+    qh: u32,
+    qs: [u8; 16],
+}
+
+impl Block32 for Q5_0Block {
+    const NAME: &'static str = "Q5_0";
+    const BYTES: usize = 22;
+    const HAS_MIN: bool = false;
+
+    fn read(b: &[u8]) -> (Self, f32) {
+        let qh = u32::from_le_bytes(b[2..6].try_into().expect("4 bytes"));
+        let qs = b[6..22].try_into().expect("16 bytes");
+        (
+            Self {
+                d: f16_at(b, 0),
+                qh,
+                qs,
+            },
+            0.0,
+        )
+    }
+
+    fn d(&self) -> f32 {
+        self.d
+    }
+
+    #[inline(always)]
+    unsafe fn values(&self) -> __m256i {
+        // q - 16 is the nibble when the fifth bit is set, else the nibble with 0xF0 on top.
+        let high = _mm256_andnot_si256(bits_to_bytes(self.qh), _mm256_set1_epi8(0xF0u8 as i8));
+        _mm256_or_si256(nibbles(&self.qs), high)
+    }
+}
+
+/// Q5_1: `d · q + m` with 5-bit `q` (4 bits in `qs`, the fifth in `qh`).
+#[derive(Clone, Copy)]
+pub(super) struct Q5_1Block {
+    d: f32,
+    qh: u32,
+    qs: [u8; 16],
+}
+
+impl Block32 for Q5_1Block {
+    const NAME: &'static str = "Q5_1";
+    const BYTES: usize = 24;
+    const HAS_MIN: bool = true;
+
+    fn read(b: &[u8]) -> (Self, f32) {
+        let qh = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
+        let qs = b[8..24].try_into().expect("16 bytes");
+        (
+            Self {
+                d: f16_at(b, 0),
+                qh,
+                qs,
+            },
+            f16_at(b, 2),
+        )
+    }
+
+    fn d(&self) -> f32 {
+        self.d
+    }
+
+    #[inline(always)]
+    unsafe fn values(&self) -> __m256i {
+        let high = _mm256_and_si256(bits_to_bytes(self.qh), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles(&self.qs), high)
+    }
+}
+
+/// Q8_0: `d · q` with signed 8-bit `q`.
+#[derive(Clone, Copy)]
+pub(super) struct Q8_0Block {
+    d: f32,
+    qs: [i8; 32],
+}
+
+impl Block32 for Q8_0Block {
+    const NAME: &'static str = "Q8_0";
+    const BYTES: usize = Q8_0_BYTES;
+    const HAS_MIN: bool = false;
+
+    fn read(b: &[u8]) -> (Self, f32) {
+        let qs = std::array::from_fn(|i| b[2 + i] as i8);
+        (
+            Self {
+                d: f16_at(b, 0),
+                qs,
+            },
+            0.0,
+        )
+    }
+
+    fn d(&self) -> f32 {
+        self.d
+    }
+
+    #[inline(always)]
+    unsafe fn values(&self) -> __m256i {
+        _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i)
+    }
+}
+
+/// One weight row of a [`Block32`] type (for types with a minimum, without the minimum terms:
+/// those come from [`minimums`]).
+struct Row32<'a, B> {
+    blocks: &'a [B],
+}
+
+impl<B: Block32> WeightRow for Row32<'_, B> {
+    type Act = Q8Block;
+    /// The values to multiply (absolute values for signed types: `maddubs` takes unsigned ×
+    /// signed), the values whose signs go onto the activations (signed types), the scale.
+    type Block = (__m256i, __m256i, f32);
+
+    #[inline(always)]
+    unsafe fn block(&self, b: usize) -> Self::Block {
+        let block = self.blocks.get_unchecked(b);
+        let v = block.values();
+        match B::HAS_MIN {
+            true => (v, v, block.d()),
+            false => (_mm256_sign_epi8(v, v), v, block.d()),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(&(w, signs, d): &Self::Block, y: &Q8Block, acc: __m256) -> __m256 {
+        let yv = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        let yv = match B::HAS_MIN {
+            true => yv,
+            false => _mm256_sign_epi8(yv, signs),
+        };
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, yv), _mm256_set1_epi16(1));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * y.d), acc)
+    }
+}
+
+/// The kernel for a [`Block32`] type. For types with a minimum, the minimums of each 8 weight
+/// rows are interleaved for [`minimums`] (`m8[(c / 8) * 8 * kb + b * 8 + c % 8]`, zero past
+/// the last row).
+pub(super) struct Kernel32<B> {
+    blocks: Vec<B>,
     m8: Vec<f32>,
     n: usize,
     k: usize,
 }
 
-impl Q4_1Avx2 {
+pub(super) type Q4_0Avx2 = Kernel32<Q4_0Block>;
+pub(super) type Q4_1Avx2 = Kernel32<Q4_1Block>;
+pub(super) type Q5_0Avx2 = Kernel32<Q5_0Block>;
+pub(super) type Q5_1Avx2 = Kernel32<Q5_1Block>;
+pub(super) type Q8_0Avx2 = Kernel32<Q8_0Block>;
+
+impl<B: Block32> Kernel32<B> {
+    /// The kernel for `n` rows of `k` values stored as `data` (the tensor's GGUF bytes).
     pub(super) fn new(data: &[u8], n: usize, k: usize) -> Result<Self> {
-        check_size("Q4_1", data.len(), Q4_1_BYTES, n, k)?;
+        check_size(B::NAME, data.len(), (32, B::BYTES), n, k)?;
         let kb = k / 32;
-        let blocks = data.chunks_exact(Q4_1_BYTES);
         let mut me = Self {
-            qs: Vec::with_capacity(blocks.len()),
-            d: Vec::with_capacity(blocks.len()),
-            m8: vec![0.0; kb * n.next_multiple_of(8)],
+            blocks: Vec::with_capacity(n * kb),
+            m8: match B::HAS_MIN {
+                true => vec![0.0; kb * n.next_multiple_of(8)],
+                false => Vec::new(),
+            },
             n,
             k,
         };
-        for (i, bytes) in blocks.enumerate() {
-            let (c, b) = (i / kb, i % kb);
-            me.d.push(f16_at(bytes, 0));
-            me.m8[c / 8 * 8 * kb + b * 8 + c % 8] = f16_at(bytes, 2);
-            me.qs.push(bytes[4..20].try_into().expect("16 bytes"));
+        for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
+            let (block, min) = B::read(bytes);
+            me.blocks.push(block);
+            if B::HAS_MIN {
+                let (c, b) = (i / kb, i % kb);
+                me.m8[c / 8 * 8 * kb + b * 8 + c % 8] = min;
+            }
         }
         Ok(me)
     }
-}
 
-/// One Q4_1 weight row (nibbles and scales; the minimum terms come from [`minimums`]).
-struct Q4_1Row<'a> {
-    qs: &'a [[u8; 16]],
-    d: &'a [f32],
-}
-
-impl WeightRow for Q4_1Row<'_> {
-    type Block = __m256i;
-
-    #[inline(always)]
-    unsafe fn block(&self, b: usize) -> __m256i {
-        let v = _mm_loadu_si128(self.qs.get_unchecked(b).as_ptr() as *const __m128i);
-        let mask = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(v, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
-        _mm256_set_m128i(hi, lo)
-    }
-
-    #[inline(always)]
-    unsafe fn dot(w: __m256i, y: __m256i) -> __m256i {
-        _mm256_maddubs_epi16(w, y)
-    }
-
-    #[inline(always)]
-    fn scale(&self, b: usize) -> f32 {
-        self.d[b]
+    fn row(&self, c: usize) -> Row32<'_, B> {
+        let kb = self.k / 32;
+        Row32 {
+            blocks: &self.blocks[c * kb..(c + 1) * kb],
+        }
     }
 }
 
-impl RowsMatMul for Q4_1Avx2 {
+impl<B: Block32> RowsMatMul for Kernel32<B> {
     fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
         let kb = self.k / 32;
+        if !B::HAS_MIN {
+            let y = quantize_q8_0(x, m, self.k);
+            by_columns(self.n, m, dst, |first, out| {
+                for (c, out) in (first..).zip(out.chunks_mut(m)) {
+                    // SAFETY: `rows_matmul` builds this kernel only when AVX2 and FMA are
+                    // detected; `y` holds `m == out.len()` rows of `kb` blocks.
+                    unsafe { dot_rows(&self.row(c), kb, &y.blocks, out) }
+                }
+            });
+            return;
+        }
         let y = quantize_q8_1(x, m, self.k);
         by_columns(self.n, m, dst, |first, out| {
             let mut mins = vec![[0f32; 8]; m];
@@ -345,81 +606,12 @@ impl RowsMatMul for Q4_1Avx2 {
                 // detected; `m8` has `8 * kb` values and `y` holds `m` rows of `kb` blocks.
                 unsafe { minimums(m8, kb, &y.s, &mut mins) };
                 for (j, out) in group.chunks_mut(m).enumerate() {
-                    let blocks = (c0 + j) * kb..(c0 + j + 1) * kb;
-                    let row = Q4_1Row {
-                        qs: &self.qs[blocks.clone()],
-                        d: &self.d[blocks],
-                    };
                     // SAFETY: as above; `out` has one value per row of `y`.
-                    unsafe { dot_rows(&row, kb, &y, out) };
+                    unsafe { dot_rows(&self.row(c0 + j), kb, &y.blocks, out) };
                     for (o, mins) in out.iter_mut().zip(&mins) {
                         *o += mins[j];
                     }
                 }
-            }
-        });
-    }
-}
-
-/// Q8_0 weights: block scales as f32, the signed bytes as stored.
-pub(super) struct Q8_0Avx2 {
-    w: ActRows,
-    n: usize,
-    k: usize,
-}
-
-impl Q8_0Avx2 {
-    pub(super) fn new(data: &[u8], n: usize, k: usize) -> Result<Self> {
-        check_size("Q8_0", data.len(), Q8_0_BYTES, n, k)?;
-        Ok(Self {
-            w: unpack_q8_0(data),
-            n,
-            k,
-        })
-    }
-}
-
-/// One Q8_0 weight row.
-struct Q8_0Row<'a> {
-    qs: &'a [[i8; 32]],
-    d: &'a [f32],
-}
-
-impl WeightRow for Q8_0Row<'_> {
-    /// The bytes and their absolute values (`maddubs` takes unsigned × signed).
-    type Block = (__m256i, __m256i);
-
-    #[inline(always)]
-    unsafe fn block(&self, b: usize) -> (__m256i, __m256i) {
-        let w = _mm256_loadu_si256(self.qs.get_unchecked(b).as_ptr() as *const __m256i);
-        (w, _mm256_sign_epi8(w, w))
-    }
-
-    #[inline(always)]
-    unsafe fn dot((w, abs_w): (__m256i, __m256i), y: __m256i) -> __m256i {
-        _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(y, w))
-    }
-
-    #[inline(always)]
-    fn scale(&self, b: usize) -> f32 {
-        self.d[b]
-    }
-}
-
-impl RowsMatMul for Q8_0Avx2 {
-    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
-        let kb = self.k / 32;
-        let y = quantize_q8_0(x, m, self.k);
-        by_columns(self.n, m, dst, |first, out| {
-            for (c, out) in (first..).zip(out.chunks_mut(m)) {
-                let blocks = c * kb..(c + 1) * kb;
-                let row = Q8_0Row {
-                    qs: &self.w.qs[blocks.clone()],
-                    d: &self.w.d[blocks],
-                };
-                // SAFETY: `rows_matmul` builds this kernel only when AVX2 and FMA are detected;
-                // `y` holds `m == out.len()` rows of `kb` blocks.
-                unsafe { dot_rows(&row, kb, &y, out) }
             }
         });
     }

@@ -6,11 +6,13 @@
 //! `GgmlType::vec_dot` on the same quantized activations, so a sequence's numbers do not depend
 //! on which other sequences share its batch.
 //!
-//! Q4_1 (the default model's type) has no SIMD `vec_dot` in candle, so it and Q8_0 get their
-//! own AVX2/FMA kernels (`avx2`): each weight block is unpacked once and dotted with a tile of
-//! up to 8 activation rows, with llama.cpp's arithmetic. They compute candle's quantities in
-//! another float order: equal to candle's within rounding, and bit for bit the same whatever
-//! the batch (see the tests).
+//! On x86-64 with AVX2 and FMA (detected at run time: the binary needs no `target-cpu`), the
+//! types of the files people download get their own kernels: the 32-value block types Q4_0,
+//! Q4_1, Q5_0, Q5_1 and Q8_0 (`avx2`) and the K-quants Q4_K, Q5_K and Q6_K (`k_quants`). Each
+//! weight block is unpacked once and dotted with a tile of up to 8 activation rows, with
+//! llama.cpp's arithmetic. They compute candle's quantities in another float order: equal to
+//! candle's within rounding, and bit for bit the same whatever the batch (see the tests).
+//! Other types, and other CPUs, run candle's `vec_dot` ([`Typed`]).
 
 use std::borrow::Cow;
 
@@ -24,6 +26,8 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod k_quants;
 
 /// `dst[m, n] = x[m, k] · Wᵀ` for a quantized `W[n, k]`.
 pub trait RowsMatMul: Send + Sync {
@@ -124,9 +128,21 @@ pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
     let data = q.data()?;
     Ok(Some(match q.dtype() {
         #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q4_0 if has_avx2_fma() => Box::new(avx2::Q4_0Avx2::new(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
         GgmlDType::Q4_1 if has_avx2_fma() => Box::new(avx2::Q4_1Avx2::new(&data, n, k)?),
         #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q5_0 if has_avx2_fma() => Box::new(avx2::Q5_0Avx2::new(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q5_1 if has_avx2_fma() => Box::new(avx2::Q5_1Avx2::new(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
         GgmlDType::Q8_0 if has_avx2_fma() => Box::new(avx2::Q8_0Avx2::new(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q4K if has_avx2_fma() => Box::new(k_quants::Q4KAvx2::new(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q5K if has_avx2_fma() => Box::new(k_quants::Q5KAvx2::new(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q6K if has_avx2_fma() => Box::new(k_quants::Q6KAvx2::new(&data, n, k)?),
         GgmlDType::Q4_0 => typed::<BlockQ4_0>(data, n, k)?,
         GgmlDType::Q4_1 => typed::<BlockQ4_1>(data, n, k)?,
         GgmlDType::Q5_0 => typed::<BlockQ5_0>(data, n, k)?,
@@ -167,12 +183,12 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn rows_are_batch_invariant_and_equal_candles() {
+    /// Checks every kernel type on `m = 15` rows (tiles of 8, 4 and 3) of `k` values against
+    /// `n = 100` weight rows: a row's output is bit for bit the same alone and in the batch, and
+    /// equal to candle's quantized product (the same quantized activations) within rounding.
+    fn check_types(dtypes: &[GgmlDType], k: usize) {
         let dev = Device::Cpu;
-        // 15 rows: tiles of 8, 4 and 3; k = 576: 18 blocks (even and odd accumulators both
-        // used).
-        let (m, k, n) = (15, 576, 100);
+        let (m, n) = (15, 100);
         let w = Tensor::from_vec(uniform(n * k, 1), (n, k), &dev).unwrap();
         let x = Tensor::from_vec(uniform(m * k, 2), (m, k), &dev).unwrap();
         let l1: Vec<f32> = x
@@ -184,7 +200,7 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4_0] {
+        for &dtype in dtypes {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let ours = rows_matmul(&q).unwrap().unwrap();
             let batch = rows(ours.as_ref(), &x, m, n);
@@ -201,18 +217,41 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                if dtype != GgmlDType::Q4_0 {
-                    // Our kernel sums candle's terms in another order; rounding is bounded by
-                    // the terms' absolute sum (Σ|x||w| ≈ 190 here): 1e-6 of it, ~2e-4.
+                if has_avx2_fma() {
+                    // Our kernels sum candle's terms in another order; rounding is bounded by
+                    // the terms' absolute sum (Σ|x||w| ≈ k / 3): 1e-6 of it, ~2e-4 for k = 576.
                     for (c, (a, b)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-6 * l1[r * n + c];
                         assert!((a - b).abs() <= tol, "{dtype:?} [{r},{c}]: {a} vs {b}");
                     }
                 } else {
-                    // Types without a kernel of ours run candle's own `vec_dot`: bit for bit.
+                    // Without AVX2 every type runs candle's own `vec_dot`: bit for bit.
                     assert_eq!(got, want.as_slice(), "{dtype:?} row {r}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn rows_are_batch_invariant_and_equal_candles() {
+        // k = 576 (SmolLM2's hidden size): 18 blocks, even and odd accumulators both used.
+        check_types(
+            &[
+                GgmlDType::Q4_0,
+                GgmlDType::Q4_1,
+                GgmlDType::Q5_0,
+                GgmlDType::Q5_1,
+                GgmlDType::Q8_0,
+            ],
+            576,
+        );
+    }
+
+    #[test]
+    fn k_quant_rows_are_batch_invariant_and_equal_candles() {
+        let k_quants = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+        // Three super-blocks (an odd count) and six (SmolLM2's ffn_down rows of 1536).
+        check_types(&k_quants, 768);
+        check_types(&k_quants, 1536);
     }
 }
