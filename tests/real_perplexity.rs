@@ -54,7 +54,13 @@ fn perplexity_is_within_one_percent_of_llamacpp() {
         assert_eq!(r.sums.count, 2 * 255, "{name}: scored tokens");
         let got = r.sums.ppl();
         let diff = (got - want) / want;
-        eprintln!("{name}: cai {got:.4}, llama.cpp {want:.4} ({:+.2} %)", diff * 100.0);
-        assert!(diff.abs() < 0.01, "{name}: cai {got:.4} vs llama.cpp {want:.4}");
+        eprintln!(
+            "{name}: cai {got:.4}, llama.cpp {want:.4} ({:+.2} %)",
+            diff * 100.0
+        );
+        assert!(
+            diff.abs() < 0.01,
+            "{name}: cai {got:.4} vs llama.cpp {want:.4}"
+        );
     }
 }
