@@ -5,7 +5,7 @@
 //!
 //! The weights are large enough (unit-variance block outputs, logits spread over several
 //! nats) that a wrong rotary layout, norm, bias, window or activation moves the perplexity by
-//! far more than the 1 % allowed.
+//! far more than the 0.05 % allowed (see `TOLERANCE`).
 
 mod util;
 
@@ -26,6 +26,9 @@ const LAYERS: usize = 3;
 /// Text scoring: chunks of this many tokens (the second half scored), this many chunks.
 const CTX: usize = 64;
 const CHUNKS: usize = 3;
+/// Relative PPL difference allowed against llama.cpp. Both engines run these f32 models to
+/// within 0.002 %; a wrong local-layer rope base alone moves gemma3 by 0.37 %.
+const TOLERANCE: f64 = 5e-4;
 
 /// The architectures written, and for each its head size.
 const ARCHS: [(&str, usize); 5] = [
@@ -236,7 +239,7 @@ fn tiny_architectures_match_llamacpp_perplexity() {
             "{arch}: cai {ours:.4}, llama.cpp {want:.4} ({:+.3} %)",
             diff * 100.0
         );
-        if diff > 0.01 {
+        if diff > TOLERANCE {
             failures.push(format!("{arch}: cai {ours:.4} vs llama.cpp {want:.4}"));
         }
     }
