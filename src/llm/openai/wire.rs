@@ -11,7 +11,10 @@
 //! `frequency_penalty` are standard; `top_k`, `min_p` and `repetition_penalty` are what vLLM,
 //! SGLang and mistral.rs read, and `repeat_penalty` with `repeat_last_n` what llama.cpp's
 //! server reads (each ignores the others' names). Servers apply them with their own semantics:
-//! vLLM's repetition penalty, for one, also covers the prompt and has no window.
+//! vLLM's repetition penalty, for one, also covers the prompt and has no window. The local
+//! engine's default loop guard (the `Default` repetition penalty and window) is not sent: a
+//! server keeps its own default, and a plain request stays one that hosted APIs accept
+//! (api.openai.com refuses unknown fields); any other value is sent.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -74,7 +77,10 @@ fn sampling_fields(body: &mut Value, p: &SamplingParams) {
     if p.min_p > 0.0 {
         body["min_p"] = json!(p.min_p);
     }
-    if p.repetition_penalty != 1.0 && p.repeat_last_n > 0 {
+    let guard = SamplingParams::default();
+    let is_local_guard =
+        p.repetition_penalty == guard.repetition_penalty && p.repeat_last_n == guard.repeat_last_n;
+    if p.repetition_penalty != 1.0 && p.repeat_last_n > 0 && !is_local_guard {
         body["repetition_penalty"] = json!(p.repetition_penalty);
         body["repeat_penalty"] = json!(p.repetition_penalty);
         body["repeat_last_n"] = json!(p.repeat_last_n);
@@ -292,6 +298,20 @@ mod tests {
             ),
             (&json!(1.1), &json!(1.1), &json!(32))
         );
+    }
+
+    #[test]
+    fn default_sampling_sends_only_standard_fields() {
+        let req = GenerateRequest {
+            prompt: prompt(""),
+            params: SamplingParams::default(),
+            n: 1,
+            seed: 0,
+        };
+        let b = chat_body("m", &req, 0);
+        for field in ["repetition_penalty", "repeat_penalty", "top_k", "min_p"] {
+            assert!(b.get(field).is_none(), "{field} sent by default: {b}");
+        }
     }
 
     #[test]
