@@ -5,32 +5,11 @@
 
 mod util;
 
-use std::path::PathBuf;
-
 /// (model file, llama-perplexity's PPL at ctx 512, 2 chunks).
 const GOLDEN: [(&str, f64); 2] = [
     ("SmolLM2-135M-Instruct.Q4_1.gguf", 8.5800),
     ("gemma-3-270m-Q4_K_M.gguf", 9.7071),
 ];
-
-fn model_file(name: &str) -> Option<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("CAI_MODELS") {
-        dirs.push(PathBuf::from(d));
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(h).join(".cache/cai/models"));
-    }
-    let found = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CAI_REQUIRE_MODEL").is_none(),
-            "CAI_REQUIRE_MODEL is set but {name} is missing: run scripts/fetch-model.sh"
-        );
-        eprintln!("skipped: {name} not installed");
-    }
-    found
-}
 
 #[test]
 fn perplexity_is_within_one_percent_of_llamacpp() {
@@ -40,7 +19,7 @@ fn perplexity_is_within_one_percent_of_llamacpp() {
         return;
     }
     for (name, want) in GOLDEN {
-        let Some(path) = model_file(name) else {
+        let Some(path) = util::model_file(&[name]) else {
             continue;
         };
         let cfg = cai::perplexity::PerplexityConfig {

@@ -8,6 +8,8 @@
 //! `~/.cache/cai-peer/models`; a missing one skips its test with a message, unless
 //! `CAI_REQUIRE_MODEL=1`, where it fails.
 
+mod util;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -30,27 +32,6 @@ fn data(name: &str) -> PathBuf {
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The first of `names` found in the model folders, or `None` (after saying so) when the test
-/// may be skipped.
-fn find_model(names: &[&str]) -> Option<PathBuf> {
-    let mut dirs = cai::llm::spec::model_dirs();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&home).join(".cache/cai-peer/models"));
-    }
-    let found = dirs
-        .iter()
-        .flat_map(|d| names.iter().map(move |n| d.join(n)))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let msg = format!("{} not found in {dirs:?}", names[0]);
-        if std::env::var("CAI_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
-            panic!("{msg} (CAI_REQUIRE_MODEL=1)");
-        }
-        eprintln!("skipping: {msg}");
-    }
-    found
 }
 
 /// The tokenizer of a GGUF file (metadata only), and how long building it took.
@@ -149,7 +130,7 @@ fn check(tok: &TextTokenizer, golden_file: &str, decoded: Decoded) {
 
 #[test]
 fn smollm2_bpe_matches_llama_cpp() {
-    let Some(path) = find_model(SMOLLM2) else {
+    let Some(path) = util::model_file(SMOLLM2) else {
         return;
     };
     let (tok, secs) = load(&path);
@@ -159,7 +140,7 @@ fn smollm2_bpe_matches_llama_cpp() {
 
 #[test]
 fn gemma3_spm_matches_llama_cpp() {
-    let Some(path) = find_model(GEMMA3) else {
+    let Some(path) = util::model_file(GEMMA3) else {
         return;
     };
     let (tok, secs) = load(&path);
@@ -184,7 +165,7 @@ fn gemma3_spm_matches_llama_cpp() {
 /// checks the word splitting of Llama 3, Qwen 2, GPT-2 and llama.cpp's default.
 #[test]
 fn other_bpe_pre_tokenizers_match_llama_cpp() {
-    let Some(path) = find_model(SMOLLM2) else {
+    let Some(path) = util::model_file(SMOLLM2) else {
         return;
     };
     let mut file = std::fs::File::open(&path).unwrap();
@@ -223,7 +204,7 @@ fn other_bpe_pre_tokenizers_match_llama_cpp() {
 /// have it: a space goes before the text and after every special token.
 #[test]
 fn spm_space_prefix_matches_llama_cpp() {
-    let Some(path) = find_model(GEMMA3) else {
+    let Some(path) = util::model_file(GEMMA3) else {
         return;
     };
     let mut file = std::fs::File::open(&path).unwrap();
@@ -273,7 +254,7 @@ fn check_exported(tok: &TextTokenizer, golden_file: &str) {
 
 #[test]
 fn smollm2_exported_tokenizer_json_matches_llama_cpp() {
-    let Some(path) = find_model(SMOLLM2) else {
+    let Some(path) = util::model_file(SMOLLM2) else {
         return;
     };
     check_exported(&load(&path).0, "smollm2.json");
@@ -281,7 +262,7 @@ fn smollm2_exported_tokenizer_json_matches_llama_cpp() {
 
 #[test]
 fn gemma3_exported_tokenizer_json_matches_llama_cpp() {
-    let Some(path) = find_model(GEMMA3) else {
+    let Some(path) = util::model_file(GEMMA3) else {
         return;
     };
     check_exported(&load(&path).0, "gemma3.json");

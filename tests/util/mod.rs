@@ -35,29 +35,35 @@ pub fn fails(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The default model, or `None` (then the test is skipped) unless CAI_REQUIRE_MODEL is set,
-/// in which case a missing model fails the test.
-pub fn default_model() -> Option<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("CAI_MODELS") {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs.push(root().join("models"));
+/// The first of `names` found in the model folders (`cai`'s own: `$CAI_MODELS`, `models/`,
+/// `~/.cache/cai/models`; then the peer's `~/.cache/cai-peer/models`), or `None` (then the
+/// test is skipped) unless CAI_REQUIRE_MODEL is set, in which case a missing model fails it.
+pub fn model_file(names: &[&str]) -> Option<PathBuf> {
+    let mut dirs = cai::llm::spec::model_dirs();
     if let Some(h) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&h).join(".cache/cai/models"));
+        dirs.push(Path::new(&h).join(".cache/cai-peer/models"));
     }
     let found = dirs
         .iter()
-        .map(|d| d.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
         .find(|p| p.is_file());
     if found.is_none() {
         assert!(
             std::env::var_os("CAI_REQUIRE_MODEL").is_none(),
-            "CAI_REQUIRE_MODEL is set but the default model is missing: run scripts/fetch-model.sh"
+            "CAI_REQUIRE_MODEL is set but {} is missing from {dirs:?}: run scripts/fetch-model.sh",
+            names[0]
         );
-        eprintln!("skipped: default model not installed (run scripts/fetch-model.sh)");
+        eprintln!(
+            "skipped: {} not installed (run scripts/fetch-model.sh)",
+            names[0]
+        );
     }
     found
+}
+
+/// The default model (see [`model_file`]).
+pub fn default_model() -> Option<PathBuf> {
+    model_file(&[cai::llm::spec::DEFAULT_MODEL_FILE])
 }
 
 /// Compares `actual` with the golden file; `CAI_BLESS=1` rewrites it.

@@ -423,7 +423,13 @@ impl GgufModel {
             Some(q) => Some(q.dequantize(device)?.flatten_all()?.to_vec1()?),
             None => None,
         };
-        let ropes = [&a.rope, &a.rope_local]
+        // Index 0 for global layers; index 1 only when the model has local ones (a table costs
+        // context × head_dim floats, four times over).
+        let kinds = match a.local_layers.contains(&true) {
+            true => vec![&a.rope, &a.rope_local],
+            false => vec![&a.rope],
+        };
+        let ropes = kinds
             .into_iter()
             .map(|params| Rope::new(&shape, params, factors.as_deref(), device))
             .collect::<Result<Vec<_>>>()?;

@@ -309,7 +309,7 @@ impl LocalBackend {
                 // A base model (no chat template) writes the transcript on by itself: its
                 // answer ends where the next human turn begins.
                 if !self.chat.template.is_native() {
-                    if let Some(cut) = find_stop(&seq.text, &[TRANSCRIPT_STOP.to_string()]) {
+                    if let Some(cut) = seq.text.find(TRANSCRIPT_STOP) {
                         seq.text.truncate(cut);
                         seq.text.truncate(seq.text.trim_end().len());
                         seq.finish = Some(FinishReason::Stop);
