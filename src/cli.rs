@@ -138,7 +138,8 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "P")]
     pub min_p: Option<f64>,
     /// Divide the positive logits (multiply the negative ones) of tokens among the last
-    /// --repeat-last-n generated tokens by this (1 = off) [default: 1.1].
+    /// --repeat-last-n generated tokens by this (1 = off; the default is the local engine's
+    /// and is not sent to OpenAI-compatible servers, which keep their own) [default: 1.1].
     #[arg(long, value_name = "R")]
     pub repetition_penalty: Option<f64>,
     /// Window of --repetition-penalty in generated tokens (0 = off) [default: 64].
