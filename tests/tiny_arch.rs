@@ -284,3 +284,41 @@ fn tiny_architectures_decode_as_they_prefill() {
         }
     }
 }
+
+/// Each tiny GGUF loaded for training (`cai::train::load_gguf`: names, q/k order and Gemma's
+/// norm weights turned back into Hugging Face form) gives the engine's logits on the file at
+/// every position, past gemma3's window.
+#[test]
+fn tiny_architectures_train_as_they_run() {
+    let Some(model) = util::default_model() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens: Vec<u32> = (0..30).map(|i| 100 + 37 * i).collect();
+    for (arch, head_dim) in ARCHS {
+        let path = tmp.path().join(format!("tiny-{arch}.gguf"));
+        write_tiny(arch, head_dim, &model, &path);
+        let mut f = std::fs::File::open(&path).unwrap();
+        let content = gguf_file::Content::read(&mut f).unwrap();
+        let engine = cai::llm::local::GgufModel::load(&content, &path, &Device::Cpu, true).unwrap();
+        let want = engine
+            .forward(&tokens, &mut engine.new_cache(), true)
+            .unwrap();
+        let (cfg, weights) =
+            cai::train::load_gguf(&path, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let trainable = cai::train::model_from_weights(&cfg, &weights).unwrap();
+        let ids = Tensor::new(tokens.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        use cai::train::CausalLm;
+        let got = trainable.forward(&ids, None).unwrap().squeeze(0).unwrap();
+        let (want, got): (Vec<f32>, Vec<f32>) = (
+            want.flatten_all().unwrap().to_vec1().unwrap(),
+            got.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        let d = rel_diff(&got, &want);
+        eprintln!("{arch}: trainable vs engine {d:.2e}");
+        assert!(d < 1e-4, "{arch}: the trainable model differs by {d}");
+    }
+}

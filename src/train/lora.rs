@@ -24,9 +24,13 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter.safetensors";
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 const PEFT_PREFIX: &str = "base_model.model.";
 
-/// The linear layers of a llama block.
+/// The linear layers of a decoder block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinearKind {
+    /// Fused query/key/value projection (Phi-3).
+    QkvProj,
+    /// Fused MLP gate and up projection (Phi-3).
+    GateUpProj,
     /// Attention query projection.
     QProj,
     /// Attention key projection.
@@ -44,8 +48,8 @@ pub enum LinearKind {
 }
 
 impl LinearKind {
-    /// Every linear layer of a block.
-    pub const ALL: [LinearKind; 7] = [
+    /// The linear layers of a block of separate projections.
+    const SEPARATE: [LinearKind; 7] = [
         LinearKind::QProj,
         LinearKind::KProj,
         LinearKind::VProj,
@@ -55,9 +59,27 @@ impl LinearKind {
         LinearKind::DownProj,
     ];
 
+    /// The linear layers of a block of fused projections.
+    const FUSED: [LinearKind; 4] = [
+        LinearKind::QkvProj,
+        LinearKind::OProj,
+        LinearKind::GateUpProj,
+        LinearKind::DownProj,
+    ];
+
+    /// Every linear layer of a block of `cfg`'s model.
+    pub fn of_model(cfg: &LlamaConfig) -> &'static [LinearKind] {
+        match cfg.has_fused_projections() {
+            true => &Self::FUSED,
+            false => &Self::SEPARATE,
+        }
+    }
+
     /// The module name (`"q_proj"`, ...).
     pub fn name(self) -> &'static str {
         match self {
+            LinearKind::QkvProj => "qkv_proj",
+            LinearKind::GateUpProj => "gate_up_proj",
             LinearKind::QProj => "q_proj",
             LinearKind::KProj => "k_proj",
             LinearKind::VProj => "v_proj",
@@ -71,9 +93,11 @@ impl LinearKind {
     /// Path of the module inside block `layer`, e.g. `model.layers.0.self_attn.q_proj`.
     pub fn module_path(self, layer: usize) -> String {
         let parent = match self {
-            LinearKind::QProj | LinearKind::KProj | LinearKind::VProj | LinearKind::OProj => {
-                "self_attn"
-            }
+            LinearKind::QProj
+            | LinearKind::KProj
+            | LinearKind::VProj
+            | LinearKind::OProj
+            | LinearKind::QkvProj => "self_attn",
             _ => "mlp",
         };
         format!("model.layers.{layer}.{parent}.{}", self.name())
@@ -85,6 +109,8 @@ impl LinearKind {
         let q = cfg.num_attention_heads * cfg.head_size();
         let kv = cfg.kv_heads() * cfg.head_size();
         match self {
+            LinearKind::QkvProj => (h, q + 2 * kv),
+            LinearKind::GateUpProj => (h, 2 * i),
             LinearKind::QProj => (h, q),
             LinearKind::KProj | LinearKind::VProj => (h, kv),
             LinearKind::OProj => (q, h),
@@ -123,22 +149,28 @@ impl LoraConfig {
         self.alpha / self.rank as f64
     }
 
-    /// The adapted layer kinds, with `"all"` expanded.
-    pub fn target_kinds(&self) -> Result<Vec<LinearKind>> {
+    /// The adapted layer kinds of `model`, with `"all"` expanded.
+    pub fn target_kinds(&self, model: &LlamaConfig) -> Result<Vec<LinearKind>> {
         if self.rank == 0 {
             bail!("lora rank must be positive");
         }
+        let available = LinearKind::of_model(model);
         let mut kinds = Vec::new();
         for target in &self.targets {
             if target == "all" {
-                return Ok(LinearKind::ALL.to_vec());
+                return Ok(available.to_vec());
             }
-            match LinearKind::ALL.iter().find(|k| k.name() == target) {
+            match available.iter().find(|k| k.name() == target) {
                 Some(kind) => kinds.push(*kind),
-                None => bail!(
-                    "unknown lora target {target:?} (expected \"all\" or one of q_proj, \
-                     k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
-                ),
+                None => {
+                    let names: Vec<&str> = available.iter().map(|k| k.name()).collect();
+                    bail!(
+                        "unknown lora target {target:?} for a {} model (expected \"all\" or \
+                         one of {})",
+                        model.model_type,
+                        names.join(", ")
+                    )
+                }
             }
         }
         if kinds.is_empty() {
@@ -149,9 +181,7 @@ impl LoraConfig {
 
     /// Whether layers of this kind carry an adapter.
     pub fn adapts(&self, kind: LinearKind) -> bool {
-        self.target_kinds()
-            .map(|kinds| kinds.contains(&kind))
-            .unwrap_or(false)
+        self.targets.iter().any(|t| t == "all" || t == kind.name())
     }
 }
 
@@ -163,7 +193,7 @@ pub fn init_adapters(
     dtype: DType,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let kinds = lora.target_kinds()?;
+    let kinds = lora.target_kinds(model)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = HashMap::new();
     for layer in 0..model.num_hidden_layers {
@@ -222,7 +252,14 @@ pub fn save_adapters(
     let path = dir.join(ADAPTER_WEIGHTS_FILE);
     candle_core::safetensors::save(&peft, &path)
         .with_context(|| format!("writing {}", path.display()))?;
-    let kinds = lora.target_kinds()?;
+    // The adapted module names, from the adapters themselves (`…q_proj.lora_A.weight`).
+    let mut modules: Vec<&str> = adapters
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight"))
+        .filter_map(|path| path.rsplit('.').next())
+        .collect();
+    modules.sort_unstable();
+    modules.dedup();
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -231,7 +268,7 @@ pub fn save_adapters(
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": false,
-        "target_modules": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        "target_modules": modules,
     });
     let path = dir.join(ADAPTER_CONFIG_FILE);
     std::fs::write(&path, serde_json::to_string_pretty(&config)?)

@@ -31,6 +31,8 @@ pub mod trainer;
 pub mod weights;
 
 #[cfg(test)]
+mod family_tests;
+#[cfg(test)]
 mod ppo_tests;
 #[cfg(test)]
 mod real_model_tests;

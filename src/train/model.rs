@@ -1,17 +1,22 @@
-//! A trainable llama-architecture causal language model.
+//! A trainable decoder-only causal language model of every supported family.
 //!
 //! [`Llama`] follows Hugging Face's `LlamaForCausalLM`: token embeddings, pre-norm
 //! decoder blocks (RMSNorm, grouped-query attention with non-interleaved rotary
-//! embeddings, SiLU-gated MLP), a final RMSNorm and the output projection (tied to the
-//! embeddings or `lm_head`). Weights use the Hugging Face tensor names.
+//! embeddings, gated MLP), a final RMSNorm and the output projection (tied to the
+//! embeddings or `lm_head`), with what the other families add where their config says so
+//! (see [`LlamaConfig::traits`] and the methods beside it): q/k/v biases (Qwen 2), q/k norms
+//! (Qwen 3, Gemma 3), Gemma's norms around attention and MLP with their `1 + w` scale, scaled
+//! embeddings and GELU, local layers with a sliding window and their own rope base, final
+//! logit soft-capping, Phi-3's fused projections, linear and Llama 3 rope scaling. Weights use
+//! the family's Hugging Face tensor names.
 //!
 //! The training path, [`CausalLm::forward`], keeps no state; generation goes through
-//! [`CausalLm::forward_cached`] with an explicit [`KvCache`]. Other architectures can be
-//! added by implementing [`CausalLm`].
+//! [`CausalLm::forward_cached`] with an explicit [`KvCache`].
 
 use super::config::LlamaConfig;
 use super::lora::{LinearKind, LoraConfig, LoraLinear};
 use super::ops;
+use crate::llm::local::arch::{Activation, RopeParams};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -96,30 +101,81 @@ impl KvCache {
     }
 }
 
+/// An RMS norm; Gemma scales by `1 + weight` (`offset` 1), the others by `weight`.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    offset: f64,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(vb: &VarBuilder, cfg: &LlamaConfig, size: usize, name: &str) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, name)?,
+            offset: cfg.norm_offset(),
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.offset {
+            0.0 => ops::rms_norm(xs, &self.weight, self.eps),
+            offset => ops::rms_norm(xs, &(&self.weight + offset)?, self.eps),
+        }
+    }
+}
+
+/// The q, k and v projections: three layers, or one fused layer (Phi-3).
+#[derive(Debug, Clone)]
+enum QkvProj {
+    Separate([LoraLinear; 3]),
+    Fused(LoraLinear),
+}
+
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: LoraLinear,
-    k_proj: LoraLinear,
-    v_proj: LoraLinear,
+    qkv: QkvProj,
+    /// q, k and v biases (Qwen 2).
+    biases: Option<[Tensor; 3]>,
+    /// Per-head RMS norms of queries and keys before the rotation (Qwen 3, Gemma 3).
+    qk_norms: Option<[RmsNorm; 2]>,
     o_proj: LoraLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Multiplies the query-key products.
+    scale: f64,
+}
+
+/// The gate and up projections: two layers, or one fused layer (Phi-3: gate rows first).
+#[derive(Debug, Clone)]
+enum GateUpProj {
+    Separate([LoraLinear; 2]),
+    Fused(LoraLinear),
 }
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: LoraLinear,
-    up_proj: LoraLinear,
+    gate_up: GateUpProj,
     down_proj: LoraLinear,
+    activation: Activation,
 }
 
 #[derive(Debug, Clone)]
 struct Block {
-    input_layernorm: Tensor,
+    input_layernorm: RmsNorm,
     attn: Attention,
-    post_attention_layernorm: Tensor,
+    /// Norm of the attention output before the residual add (Gemma).
+    post_attention_norm: Option<RmsNorm>,
+    /// Norm before the MLP (`post_attention_layernorm` in llama naming,
+    /// `pre_feedforward_layernorm` in Gemma's).
+    pre_mlp_norm: RmsNorm,
     mlp: Mlp,
+    /// Norm of the MLP output before the residual add (Gemma).
+    post_mlp_norm: Option<RmsNorm>,
+    /// Whether the layer is local: sliding-window mask and the local rotary tables.
+    local: bool,
 }
 
 fn load_linear(
@@ -134,23 +190,50 @@ fn load_linear(
     LoraLinear::load(vb.pp(kind.module_path(layer)), in_dim, out_dim, lora)
 }
 
+/// cos/sin tables `[positions, head_dim / 2]` of one set of rotary frequencies.
+#[derive(Debug, Clone)]
+struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
 impl Attention {
-    /// `xs: [b, t, hidden]` at absolute positions `offset..offset + t`; `cos`/`sin` are
-    /// the rotary tables of those positions; `mask` is additive `[b|1, 1, t, t_k]`.
+    /// `xs: [b, t, hidden]` at absolute positions `offset..offset + t`; `rope` holds the
+    /// rotary tables of those positions; `mask` is additive `[b|1, 1, t, t_k]`.
     fn forward(
         &self,
         xs: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &RopeTables,
         mask: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let (mut q, mut k, mut v) = match &self.qkv {
+            QkvProj::Separate([q, k, v]) => (q.forward(xs)?, k.forward(xs)?, v.forward(xs)?),
+            QkvProj::Fused(qkv) => {
+                let qkv = qkv.forward(xs)?;
+                (
+                    qkv.narrow(D::Minus1, 0, h * d)?,
+                    qkv.narrow(D::Minus1, h * d, kvh * d)?,
+                    qkv.narrow(D::Minus1, (h + kvh) * d, kvh * d)?,
+                )
+            }
+        };
+        if let Some([bq, bk, bv]) = &self.biases {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
         let split = |x: Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = ops::rope(&split(self.q_proj.forward(xs)?, h)?, cos, sin)?;
-        let mut k = ops::rope(&split(self.k_proj.forward(xs)?, kvh)?, cos, sin)?;
-        let mut v = split(self.v_proj.forward(xs)?, kvh)?.contiguous()?;
+        let (mut q, mut k) = (split(q, h)?, split(k, kvh)?);
+        if let Some([q_norm, k_norm]) = &self.qk_norms {
+            q = q_norm.forward(&q)?;
+            k = k_norm.forward(&k)?;
+        }
+        let q = ops::rope(&q, &rope.cos, &rope.sin)?;
+        let mut k = ops::rope(&k, &rope.cos, &rope.sin)?;
+        let mut v = split(v, kvh)?.contiguous()?;
         if let Some((cache, layer)) = cache {
             (k, v) = cache.append(layer, &k, &v)?;
         }
@@ -159,7 +242,7 @@ impl Attention {
         // share a key head are stacked along the sequence axis.
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * t, d))?;
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?
+        let scores = (q.matmul(&k.t()?)? * self.scale)?
             .reshape((b, h, t, t_k))?
             .broadcast_add(mask)?;
         let probs = ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * t, t_k))?;
@@ -174,21 +257,40 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+        let (gate, up) = match &self.gate_up {
+            GateUpProj::Separate([gate, up]) => (gate.forward(xs)?, up.forward(xs)?),
+            GateUpProj::Fused(gate_up) => {
+                let both = gate_up.forward(xs)?;
+                let i = both.dim(D::Minus1)? / 2;
+                (both.narrow(D::Minus1, 0, i)?, both.narrow(D::Minus1, i, i)?)
+            }
+        };
+        let gate = match self.activation {
+            Activation::Silu => gate.silu()?,
+            // candle's `gelu` is the tanh approximation.
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        self.down_proj.forward(&(gate * up)?)
     }
 }
 
-/// Llama-architecture causal LM (see the module docs).
+/// A decoder-only causal LM of any supported family (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Llama {
     cfg: LlamaConfig,
     embed_tokens: Tensor,
+    /// Embeddings are multiplied by this (Gemma: √hidden).
+    embed_scale: Option<f64>,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: RmsNorm,
     lm_head: LoraLinear,
-    cos: Tensor,
-    sin: Tensor,
+    /// Final logits become `c · tanh(logits / c)`.
+    final_softcap: Option<f64>,
+    /// Keys a local layer sees.
+    sliding_window: Option<usize>,
+    rope: RopeTables,
+    /// The local layers' tables, when the model has local layers.
+    rope_local: Option<RopeTables>,
 }
 
 impl Llama {
@@ -208,55 +310,116 @@ impl Llama {
         let invalid = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
         cfg.validate().map_err(invalid)?;
         if let Some(lora) = lora {
-            lora.target_kinds().map_err(invalid)?;
+            lora.target_kinds(cfg).map_err(invalid)?;
         }
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let traits = cfg.traits().map_err(invalid)?;
+        let (h, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_size());
         let embed_tokens = vb.get((v, h), "model.embed_tokens.weight")?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let lin = |kind| load_linear(&vb, cfg, l, kind, lora);
             let prefix = format!("model.layers.{l}");
+            let norm =
+                |name: &str, size| RmsNorm::load(&vb, cfg, size, &format!("{prefix}.{name}"));
+            let qkv = match cfg.has_fused_projections() {
+                true => QkvProj::Fused(lin(LinearKind::QkvProj)?),
+                false => QkvProj::Separate([
+                    lin(LinearKind::QProj)?,
+                    lin(LinearKind::KProj)?,
+                    lin(LinearKind::VProj)?,
+                ]),
+            };
+            let gate_up = match cfg.has_fused_projections() {
+                true => GateUpProj::Fused(lin(LinearKind::GateUpProj)?),
+                false => {
+                    GateUpProj::Separate([lin(LinearKind::GateProj)?, lin(LinearKind::UpProj)?])
+                }
+            };
+            let biases = match cfg.has_qkv_bias() {
+                true => {
+                    let bias = |kind: LinearKind| {
+                        vb.get(kind.dims(cfg).1, &format!("{}.bias", kind.module_path(l)))
+                    };
+                    Some([
+                        bias(LinearKind::QProj)?,
+                        bias(LinearKind::KProj)?,
+                        bias(LinearKind::VProj)?,
+                    ])
+                }
+                false => None,
+            };
+            let qk_norms = match cfg.has_qk_norm() {
+                true => Some([
+                    norm("self_attn.q_norm.weight", d)?,
+                    norm("self_attn.k_norm.weight", d)?,
+                ]),
+                false => None,
+            };
+            let sandwich = cfg.has_sandwich_norms();
+            let (post_attention_norm, pre_mlp_norm, post_mlp_norm) = match sandwich {
+                true => (
+                    Some(norm("post_attention_layernorm.weight", h)?),
+                    norm("pre_feedforward_layernorm.weight", h)?,
+                    Some(norm("post_feedforward_layernorm.weight", h)?),
+                ),
+                false => (None, norm("post_attention_layernorm.weight", h)?, None),
+            };
             blocks.push(Block {
-                input_layernorm: vb.get(h, &format!("{prefix}.input_layernorm.weight"))?,
+                input_layernorm: norm("input_layernorm.weight", h)?,
                 attn: Attention {
-                    q_proj: lin(LinearKind::QProj)?,
-                    k_proj: lin(LinearKind::KProj)?,
-                    v_proj: lin(LinearKind::VProj)?,
+                    qkv,
+                    biases,
+                    qk_norms,
                     o_proj: lin(LinearKind::OProj)?,
                     heads: cfg.num_attention_heads,
                     kv_heads: cfg.kv_heads(),
-                    head_dim: cfg.head_size(),
+                    head_dim: d,
+                    scale: traits.attn_scale.map_or(1.0 / (d as f64).sqrt(), f64::from),
                 },
-                post_attention_layernorm: vb
-                    .get(h, &format!("{prefix}.post_attention_layernorm.weight"))?,
+                post_attention_norm,
+                pre_mlp_norm,
                 mlp: Mlp {
-                    gate_proj: lin(LinearKind::GateProj)?,
-                    up_proj: lin(LinearKind::UpProj)?,
+                    gate_up,
                     down_proj: lin(LinearKind::DownProj)?,
+                    activation: traits.activation,
                 },
+                post_mlp_norm,
+                local: traits.local_layers[l],
             });
         }
-        let norm = vb.get(h, "model.norm.weight")?;
+        let norm = RmsNorm::load(&vb, cfg, h, "model.norm.weight")?;
         let lm_head = if cfg.tie_word_embeddings {
             LoraLinear::from_weight(embed_tokens.clone())
         } else {
             LoraLinear::from_weight(vb.get((v, h), "lm_head.weight")?)
         };
-        let (cos, sin) = ops::rope_tables(
-            cfg.head_size(),
-            cfg.max_position_embeddings,
-            cfg.rope_theta,
-            vb.dtype(),
-            vb.device(),
-        )?;
+        let divisors = cfg.rope_divisors().map_err(invalid)?;
+        let tables = |p: &RopeParams| -> Result<RopeTables> {
+            let (cos, sin) = ops::rope_tables(
+                d,
+                cfg.max_position_embeddings,
+                (f64::from(p.theta), f64::from(p.freq_scale)),
+                divisors.as_deref(),
+                vb.dtype(),
+                vb.device(),
+            )?;
+            Ok(RopeTables { cos, sin })
+        };
+        let rope_local = match traits.local_layers.contains(&true) {
+            true => Some(tables(&traits.rope_local)?),
+            false => None,
+        };
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
+            embed_scale: traits.embed_scale.map(f64::from),
             blocks,
             norm,
             lm_head,
-            cos,
-            sin,
+            final_softcap: traits.final_softcap.map(f64::from),
+            sliding_window: traits.sliding_window,
+            rope: tables(&traits.rope)?,
+            rope_local,
         })
     }
 
@@ -290,27 +453,53 @@ impl Llama {
                 self.cfg.max_position_embeddings
             );
         }
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
-        let mask = ops::attention_mask(t, offset, padding, self.dtype(), self.device())?;
+        let narrow = |r: &RopeTables| -> Result<RopeTables> {
+            Ok(RopeTables {
+                cos: r.cos.narrow(0, offset, t)?,
+                sin: r.sin.narrow(0, offset, t)?,
+            })
+        };
+        let rope = narrow(&self.rope)?;
+        let rope_local = self.rope_local.as_ref().map(narrow).transpose()?;
+        let mask_of =
+            |window| ops::attention_mask(t, offset, padding, window, self.dtype(), self.device());
+        let mask = mask_of(None)?;
+        let mask_local = match self.sliding_window {
+            Some(w) if offset + t > w => Some(mask_of(Some(w))?),
+            _ => None,
+        };
         let mut xs = candle_nn::Embedding::new(self.embed_tokens.clone(), self.cfg.hidden_size)
             .forward(input_ids)?;
-        let eps = self.cfg.rms_norm_eps;
+        if let Some(scale) = self.embed_scale {
+            xs = (xs * scale)?;
+        }
         for (layer, block) in self.blocks.iter().enumerate() {
-            let normed = ops::rms_norm(&xs, &block.input_layernorm, eps)?;
+            let (rope, mask) = match block.local {
+                true => (
+                    rope_local.as_ref().unwrap_or(&rope),
+                    mask_local.as_ref().unwrap_or(&mask),
+                ),
+                false => (&rope, &mask),
+            };
+            let normed = block.input_layernorm.forward(&xs)?;
             let layer_cache = cache.as_deref_mut().map(|c| (c, layer));
-            let attn = block
-                .attn
-                .forward(&normed, &cos, &sin, &mask, layer_cache)?;
+            let mut attn = block.attn.forward(&normed, rope, mask, layer_cache)?;
+            if let Some(norm) = &block.post_attention_norm {
+                attn = norm.forward(&attn)?;
+            }
             xs = (xs + attn)?;
-            let normed = ops::rms_norm(&xs, &block.post_attention_layernorm, eps)?;
-            xs = (&xs + block.mlp.forward(&normed)?)?;
+            let normed = block.pre_mlp_norm.forward(&xs)?;
+            let mut mlp = block.mlp.forward(&normed)?;
+            if let Some(norm) = &block.post_mlp_norm {
+                mlp = norm.forward(&mlp)?;
+            }
+            xs = (xs + mlp)?;
         }
         if let Some(cache) = cache {
             cache.len += t;
         }
         debug_assert_eq!(xs.dims(), &[b, t, self.cfg.hidden_size]);
-        ops::rms_norm(&xs, &self.norm, eps)
+        self.norm.forward(&xs)
     }
 }
 
@@ -336,7 +525,11 @@ impl CausalLm for Llama {
     }
 
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+        let logits = self.lm_head.forward(hidden)?;
+        match self.final_softcap {
+            Some(c) => (logits / c)?.tanh()? * c,
+            None => Ok(logits),
+        }
     }
 
     fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {

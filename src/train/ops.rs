@@ -43,17 +43,26 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&log_sum)
 }
 
-/// Cosine and sine tables `[max_positions, head_dim / 2]` of the rotary embedding.
+/// Cosine and sine tables `[max_positions, head_dim / 2]` of the rotary embedding: frequency
+/// `i` is `theta^(-2i/head_dim) · freq_scale / divisors[i]` (linear scaling; Llama 3's
+/// per-frequency divisors).
 pub fn rope_tables(
     head_dim: usize,
     max_positions: usize,
-    theta: f64,
+    (theta, freq_scale): (f64, f64),
+    divisors: Option<&[f32]>,
     dtype: DType,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
+    if let Some(d) = divisors.filter(|d| d.len() != half) {
+        candle_core::bail!("{} rope divisors for {half} rotary frequencies", d.len());
+    }
     let inv_freq: Vec<f64> = (0..half)
-        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+        .map(|i| {
+            let base = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            base * freq_scale / divisors.map_or(1.0, |d| d[i] as f64)
+        })
         .collect();
     let mut cos = Vec::with_capacity(max_positions * half);
     let mut sin = Vec::with_capacity(max_positions * half);
@@ -83,18 +92,21 @@ pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// Additive attention mask `[b or 1, 1, t, offset + t]`: 0 where query `i` (at absolute
-/// position `offset + i`) may see key `j`, [`MASK_VALUE`] where `j` is in its future or
-/// where `padding` (`[b, offset + t]`, 1 = real token) marks the key as padding.
+/// position `offset + i`) may see key `j`, [`MASK_VALUE`] where `j` is in its future, where
+/// `padding` (`[b, offset + t]`, 1 = real token) marks the key as padding, and with a sliding
+/// `window` where `j` is `window` or more positions back.
 pub fn attention_mask(
     t: usize,
     offset: usize,
     padding: Option<&Tensor>,
+    window: Option<usize>,
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
     let total = offset + t;
+    let seen = |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
     let causal: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { 1.0 } else { 0.0 }))
+        .flat_map(|i| (0..total).map(move |j| if seen(offset + i, j) { 0.0 } else { 1.0 }))
         .collect();
     let mut blocked = Tensor::from_vec(causal, (1, 1, t, total), device)?;
     if let Some(padding) = padding {
@@ -208,7 +220,7 @@ mod tests {
     fn rope_matches_candle_fused_kernel() -> Result<()> {
         let dev = Device::Cpu;
         let xs = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
-        let (cos, sin) = rope_tables(8, 16, 10_000.0, DType::F32, &dev)?;
+        let (cos, sin) = rope_tables(8, 16, (10_000.0, 1.0), None, DType::F32, &dev)?;
         let (cos, sin) = (cos.narrow(0, 0, 5)?, sin.narrow(0, 0, 5)?);
         let fused = candle_nn::rotary_emb::rope(&xs, &cos, &sin)?;
         assert!(max_abs_diff(&rope(&xs, &cos, &sin)?, &fused) < 1e-5);
@@ -252,7 +264,7 @@ mod tests {
     fn attention_mask_blocks_future_and_padding() -> Result<()> {
         let dev = Device::Cpu;
         let pad = Tensor::new(&[[1u32, 1, 0]], &dev)?;
-        let m = attention_mask(3, 0, Some(&pad), DType::F32, &dev)?;
+        let m = attention_mask(3, 0, Some(&pad), None, DType::F32, &dev)?;
         let rows = m.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
         let blocked: Vec<Vec<bool>> = rows
             .iter()
@@ -267,9 +279,23 @@ mod tests {
             ]
         );
         // With a cache offset, the single new query sees everything.
-        let m = attention_mask(1, 4, None, DType::F32, &dev)?;
+        let m = attention_mask(1, 4, None, None, DType::F32, &dev)?;
         assert_eq!(m.dims(), &[1, 1, 1, 5]);
         assert_eq!(m.sum_all()?.to_scalar::<f32>()?, 0.0);
+        // A window of 2: each query sees itself and the key before it.
+        let m = attention_mask(2, 2, None, Some(2), DType::F32, &dev)?;
+        let rows = m.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
+        let seen: Vec<Vec<bool>> = rows
+            .iter()
+            .map(|r| r.iter().map(|v| *v == 0.0).collect())
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                vec![false, true, true, false],
+                vec![false, false, true, true]
+            ]
+        );
         Ok(())
     }
 }

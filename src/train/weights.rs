@@ -2,12 +2,13 @@
 //!
 //! Sources: a Hugging Face style folder (`config.json` plus `model.safetensors` or
 //! sharded `model-0000x-of-0000y.safetensors` with `model.safetensors.index.json`), a
-//! llama.cpp GGUF file (dequantized, renamed, and with llama.cpp's q/k row permutation
-//! undone), or seeded random initialisation for tests. Every loader returns
+//! llama.cpp GGUF file of any supported architecture (dequantized, renamed, and with what
+//! llama.cpp's conversion changed undone), or seeded random initialisation for tests. Every loader returns
 //! [`Weights`]: plain tensors in the requested dtype, which
 //! [`ParamStore`](super::params::ParamStore) then splits into trainable and frozen ones.
 
-use super::config::{LlamaConfig, TokenIds};
+use super::config::{Family, LlamaConfig, TokenIds};
+use crate::llm::local::GgufModel;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
@@ -156,8 +157,9 @@ pub fn unpermute_from_gguf(w: &Tensor, n_head: usize) -> Result<Tensor> {
         .reshape((rows, dim))?)
 }
 
-/// Hugging Face name of a GGUF llama tensor, `None` for tensors the model does not use.
-pub fn hf_name(gguf_name: &str) -> Option<String> {
+/// Hugging Face name of a GGUF tensor of a `family` model, `None` for tensors the model does
+/// not use.
+pub fn hf_name(family: Family, gguf_name: &str) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -170,96 +172,153 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
     let rest = gguf_name.strip_prefix("blk.")?;
     let (layer, tensor) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
+    let (tensor, kind) = tensor.rsplit_once('.')?;
+    let sandwich = family == Family::Gemma3;
     let module = match tensor {
-        "attn_q.weight" => "self_attn.q_proj",
-        "attn_k.weight" => "self_attn.k_proj",
-        "attn_v.weight" => "self_attn.v_proj",
-        "attn_output.weight" => "self_attn.o_proj",
-        "ffn_gate.weight" => "mlp.gate_proj",
-        "ffn_up.weight" => "mlp.up_proj",
-        "ffn_down.weight" => "mlp.down_proj",
-        "attn_norm.weight" => "input_layernorm",
-        "ffn_norm.weight" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        // Phi-3 stores gate and up as one `ffn_up` (gate rows first), as transformers does.
+        "ffn_up" if family == Family::Phi3 => "mlp.gate_up_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" if sandwich => "pre_feedforward_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" if sandwich => "post_attention_layernorm",
+        "post_ffw_norm" if sandwich => "post_feedforward_layernorm",
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{module}.weight"))
+    match kind {
+        "weight" | "bias" => Some(format!("model.layers.{layer}.{module}.{kind}")),
+        _ => None,
+    }
 }
 
-/// Reads the llama hyper-parameters of a GGUF file into a [`LlamaConfig`].
-fn gguf_config(content: &gguf_file::Content) -> Result<LlamaConfig> {
-    let md = &content.metadata;
-    let arch = md
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-        .unwrap_or("llama");
-    ensure!(arch == "llama", "unsupported GGUF architecture {arch:?}");
-    let get = |key: &str| {
-        md.get(key)
-            .with_context(|| format!("GGUF metadata lacks {key}"))
-    };
-    let get_usize = |key: &str| -> Result<usize> { Ok(get(key)?.to_u64()? as usize) };
-    let get_f64 = |key: &str| -> Result<f64> {
-        let v = get(key)?;
-        Ok(v.to_f32().map(f64::from).or_else(|_| v.to_f64())?)
-    };
+/// Reads the hyper-parameters of a GGUF file into a [`LlamaConfig`] of its family, with
+/// the engine's reading of the metadata ([`GgufModel::read_shape`]).
+fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig> {
+    let shape = GgufModel::read_shape(content, path)?;
+    let family = Family::from_arch(shape.arch.arch);
     let embd = content
         .tensor_infos
         .get("token_embd.weight")
         .context("GGUF file has no token_embd.weight")?;
     let (vocab_size, hidden_size) = embd.shape.dims2()?;
-    let mut cfg = LlamaConfig::new(
-        vocab_size,
-        get_usize("llama.embedding_length")?,
-        get_usize("llama.feed_forward_length")?,
-        get_usize("llama.block_count")?,
-        get_usize("llama.attention.head_count")?,
-        get_usize("llama.attention.head_count_kv")
-            .or_else(|_| get_usize("llama.attention.head_count"))?,
-    );
     ensure!(
-        cfg.hidden_size == hidden_size,
-        "token_embd width {hidden_size} != llama.embedding_length {}",
-        cfg.hidden_size
+        shape.hidden == hidden_size,
+        "token_embd width {hidden_size} != embedding_length {}",
+        shape.hidden
     );
-    if let Ok(eps) = get_f64("llama.attention.layer_norm_rms_epsilon") {
-        cfg.rms_norm_eps = eps;
+    let down = content
+        .tensor_infos
+        .get("blk.0.ffn_down.weight")
+        .context("GGUF file has no blk.0.ffn_down.weight")?;
+    let intermediate = down.shape.dims2()?.1;
+    let mut cfg = LlamaConfig::for_family(
+        family,
+        [
+            vocab_size,
+            shape.hidden,
+            intermediate,
+            shape.layers,
+            shape.heads,
+            shape.kv_heads,
+        ],
+    );
+    let t = &shape.arch;
+    cfg.rms_norm_eps = shape.rms_eps;
+    cfg.rope_theta = f64::from(t.rope.theta);
+    cfg.max_position_embeddings = shape.context;
+    if shape.head_dim * shape.heads != shape.hidden {
+        cfg.head_dim = Some(shape.head_dim);
     }
-    if let Ok(theta) = get_f64("llama.rope.freq_base") {
-        cfg.rope_theta = theta;
+    if t.rope.freq_scale != 1.0 {
+        let factor = 1.0 / f64::from(t.rope.freq_scale);
+        cfg.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": factor}));
     }
-    if let Ok(n) = get_usize("llama.context_length") {
-        cfg.max_position_embeddings = n;
-    }
-    if let Ok(d) = get_usize("llama.rope.dimension_count") {
-        if d != cfg.head_size() {
-            cfg.head_dim = Some(d);
-        }
+    cfg.final_logit_softcapping = t.final_softcap.map(f64::from);
+    if family == Family::Gemma3 {
+        cfg.query_pre_attn_scalar = t.attn_scale.map(|s| 1.0 / f64::from(s).powi(2));
+        cfg.rope_local_base_freq = Some(f64::from(t.rope_local.theta));
+        cfg.sliding_window = t.sliding_window;
+        cfg.sliding_window_pattern = None;
+        cfg.layer_types = Some(
+            t.local_layers
+                .iter()
+                .map(|&local| match local {
+                    true => "sliding_attention".to_string(),
+                    false => "full_attention".to_string(),
+                })
+                .collect(),
+        );
     }
     cfg.tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
-    cfg.bos_token_id = get_usize("tokenizer.ggml.bos_token_id")
-        .ok()
-        .map(|id| id as u32);
-    cfg.eos_token_id = get_usize("tokenizer.ggml.eos_token_id")
-        .ok()
-        .map(|id| TokenIds::One(id as u32));
-    cfg.validate()?;
+    let md = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
+    cfg.bos_token_id = md("tokenizer.ggml.bos_token_id");
+    cfg.eos_token_id = md("tokenizer.ggml.eos_token_id").map(TokenIds::One);
     Ok(cfg)
 }
 
+/// Llama 3 rope scaling from a GGUF file's `rope_freqs` divisors: llama.cpp stores only the
+/// divisors, so the `rope_scaling` of the published Llama 3.1 / 3.2 configs (low 1, high 4,
+/// 8192 original positions; factor 8 or 32) is taken when it reproduces them.
+fn llama3_scaling(cfg: &LlamaConfig, divisors: &[f32]) -> Result<serde_json::Value> {
+    let factor = divisors.iter().copied().fold(1f32, f32::max);
+    let scaling = serde_json::json!({"rope_type": "llama3", "factor": factor,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192});
+    let mut probe = cfg.clone();
+    probe.rope_scaling = Some(scaling.clone());
+    let rebuilt = probe.rope_divisors()?.unwrap_or_default();
+    let matches = rebuilt.len() == divisors.len()
+        && rebuilt
+            .iter()
+            .zip(divisors)
+            .all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0));
+    ensure!(
+        matches,
+        "its rope_freqs divisors are not Llama 3.1/3.2's rope scaling; train from the \
+         model's Hugging Face folder instead"
+    );
+    Ok(scaling)
+}
+
 /// Loads a llama.cpp GGUF file: config from the metadata, every tensor dequantized to
-/// `dtype` under its Hugging Face name, q/k rows restored to Hugging Face order.
+/// `dtype` under its Hugging Face name, with what llama.cpp's conversion changed undone (q/k
+/// rows back to Hugging Face order for the llama graph; Gemma's norm weights back to `w` from
+/// the stored `1 + w`).
 pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(LlamaConfig, Weights)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
         .with_context(|| format!("reading GGUF header of {}", path.display()))?;
-    let cfg = gguf_config(&content).with_context(|| format!("reading {}", path.display()))?;
+    let mut cfg =
+        gguf_config(&content, path).with_context(|| format!("reading {}", path.display()))?;
+    let family = cfg.family()?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        let divisors: Vec<f32> = content
+            .tensor(&mut file, "rope_freqs.weight", device)?
+            .dequantize(device)?
+            .flatten_all()?
+            .to_vec1()?;
+        cfg.rope_scaling = Some(
+            llama3_scaling(&cfg, &divisors)
+                .with_context(|| format!("cannot train from {}", path.display()))?,
+        );
+    }
+    cfg.validate()
+        .with_context(|| format!("reading {}", path.display()))?;
     let mut weights = Weights::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for gguf_name in names {
-        let Some(name) = hf_name(gguf_name) else {
+        let Some(name) = hf_name(family, gguf_name) else {
             continue;
         };
         let qtensor = content
@@ -268,15 +327,17 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(LlamaCon
         let mut tensor = qtensor
             .dequantize(device)
             .with_context(|| format!("dequantizing {gguf_name}"))?;
-        if name.ends_with("q_proj.weight") {
+        if family.gguf_permutes_qk() && name.ends_with("q_proj.weight") {
             tensor = unpermute_from_gguf(&tensor, cfg.num_attention_heads)?;
-        } else if name.ends_with("k_proj.weight") {
+        } else if family.gguf_permutes_qk() && name.ends_with("k_proj.weight") {
             tensor = unpermute_from_gguf(&tensor, cfg.kv_heads())?;
+        } else if cfg.norm_offset() != 0.0 && name.ends_with("norm.weight") {
+            tensor = (tensor - cfg.norm_offset())?;
         }
         weights.insert(name, tensor.to_dtype(dtype)?);
     }
     if weights.is_empty() {
-        bail!("{} holds no llama tensors", path.display());
+        bail!("{} holds no model tensors", path.display());
     }
     let weights =
         check_weights(&cfg, weights).with_context(|| format!("loading {}", path.display()))?;
@@ -311,7 +372,8 @@ mod tests {
         let (heads, d, dim, t) = (2, 8, 6, 5);
         let w = Tensor::randn(0f32, 1.0, (heads * d, dim), &dev)?;
         let x = Tensor::randn(0f32, 1.0, (t, dim), &dev)?;
-        let (cos, sin) = super::super::ops::rope_tables(d, t, 10_000.0, DType::F32, &dev)?;
+        let (cos, sin) =
+            super::super::ops::rope_tables(d, t, (10_000.0, 1.0), None, DType::F32, &dev)?;
         let heads_of = |w: &Tensor| -> Result<Tensor> {
             let q = x.matmul(&w.t()?)?;
             Ok(q.reshape((1, t, heads, d))?.transpose(1, 2)?.contiguous()?)
@@ -329,16 +391,42 @@ mod tests {
 
     #[test]
     fn maps_gguf_names() {
+        let name = |f, n| hf_name(f, n).unwrap_or_default();
         assert_eq!(
-            hf_name("blk.3.attn_k.weight").unwrap(),
+            name(Family::Llama, "blk.3.attn_k.weight"),
             "model.layers.3.self_attn.k_proj.weight"
         );
         assert_eq!(
-            hf_name("blk.0.ffn_norm.weight").unwrap(),
+            name(Family::Llama, "blk.0.ffn_norm.weight"),
             "model.layers.0.post_attention_layernorm.weight"
         );
-        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
-        assert!(hf_name("rope_freqs.weight").is_none());
+        assert_eq!(name(Family::Llama, "output.weight"), "lm_head.weight");
+        assert!(hf_name(Family::Llama, "rope_freqs.weight").is_none());
+        // Gemma's four norms per block.
+        assert_eq!(
+            name(Family::Gemma3, "blk.1.ffn_norm.weight"),
+            "model.layers.1.pre_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            name(Family::Gemma3, "blk.1.post_attention_norm.weight"),
+            "model.layers.1.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            name(Family::Gemma3, "blk.1.post_ffw_norm.weight"),
+            "model.layers.1.post_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            name(Family::Qwen2, "blk.2.attn_v.bias"),
+            "model.layers.2.self_attn.v_proj.bias"
+        );
+        assert_eq!(
+            name(Family::Phi3, "blk.0.ffn_up.weight"),
+            "model.layers.0.mlp.gate_up_proj.weight"
+        );
+        assert_eq!(
+            name(Family::Phi3, "blk.0.attn_qkv.weight"),
+            "model.layers.0.self_attn.qkv_proj.weight"
+        );
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! `tokenizer_config.json`) for the local backend: how `cai train` checkpoints become models
 //! that every stage can run.
 //!
-//! The f32 weights are renamed to GGUF names, the q/k rows permuted to llama.cpp's
-//! interleaved rotary order (the layout [`GgufModel`] computes in), and the projection
+//! The f32 weights are renamed to GGUF names and changed as llama.cpp's conversion changes
+//! them (for the llama graph the q/k rows permuted to the interleaved rotary order
+//! [`GgufModel`] computes in; Gemma's norm weights `w` stored as `1 + w`; Llama 3's rope
+//! scaling as `rope_freqs` divisors), and the projection
 //! matrices quantized to Q8_0 so decoding streams about a quarter of the f32 bytes (rows whose
 //! width is not a multiple of the 32-value Q8_0 block, as in tiny test models, stay f32).
 //! LoRA checkpoints are merged on load.
@@ -14,7 +16,6 @@ use anyhow::{Context, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::arch::ArchTraits;
 use super::gguf_model::{GgufModel, ModelShape};
 use crate::train::weights::{hf_name, permute_for_gguf};
 use crate::train::{load_model_dir, LlamaConfig, Weights};
@@ -39,6 +40,7 @@ impl GgufModel {
         dense: bool,
     ) -> Result<Self> {
         cfg.validate()?;
+        let family = cfg.family()?;
         let shape = ModelShape {
             vocab: cfg.vocab_size,
             hidden: cfg.hidden_size,
@@ -48,17 +50,28 @@ impl GgufModel {
             head_dim: cfg.head_size(),
             rms_eps: cfg.rms_norm_eps,
             context: cfg.max_position_embeddings,
-            arch: ArchTraits::llama(cfg.num_hidden_layers, cfg.rope_theta as f32),
+            arch: cfg.traits()?,
         };
+        let divisors = cfg.rope_divisors()?;
         let mut tensor = |gguf: &str| -> Result<Option<QTensor>> {
-            let Some(w) = hf_name(gguf).and_then(|name| weights.get(&name)) else {
+            if gguf == "rope_freqs.weight" {
+                let Some(d) = &divisors else {
+                    return Ok(None);
+                };
+                let t = Tensor::new(d.as_slice(), device)?;
+                return Ok(Some(QTensor::quantize(&t, GgmlDType::F32)?));
+            }
+            let Some(w) = hf_name(family, gguf).and_then(|name| weights.get(&name)) else {
                 return Ok(None);
             };
             let w = w.to_dtype(DType::F32)?;
-            let w = if gguf.ends_with("attn_q.weight") {
+            let permutes = family.gguf_permutes_qk();
+            let w = if permutes && gguf.ends_with("attn_q.weight") {
                 permute_for_gguf(&w, cfg.num_attention_heads)?
-            } else if gguf.ends_with("attn_k.weight") {
+            } else if permutes && gguf.ends_with("attn_k.weight") {
                 permute_for_gguf(&w, cfg.kv_heads())?
+            } else if gguf.ends_with("norm.weight") && cfg.norm_offset() != 0.0 {
+                (w + cfg.norm_offset())?
             } else {
                 w
             };

@@ -6,7 +6,7 @@
 //! comparison, several samples) compute it once. Alignment makes results independent of what
 //! the cache held: chunk k always covers the same positions with the same inputs.
 
-mod arch;
+pub mod arch;
 mod chat_template;
 mod chat_tokenizer;
 mod decode_attention;

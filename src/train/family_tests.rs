@@ -1,0 +1,236 @@
+//! The trainable model of every supported family on tiny random weights: gradients against
+//! finite differences, cached decoding against the full pass, the inference engine's logits
+//! against the trainable model's, and save/load round trips. Each config turns on what its
+//! family adds (biases, q/k norms, Gemma's norms and local layers, fused projections, Llama 3
+//! rope scaling, soft-capping), with sequences longer than the sliding windows.
+
+use super::config::{Family, LlamaConfig};
+use super::data::{Batch, TokenizedExample};
+use super::lora::{self, LoraConfig};
+use super::model::CausalLm;
+use super::params::{ParamStore, Trainable};
+use super::tests::{dataset, ids, max_diff, VOCAB};
+use super::weights::{init_random, Weights};
+use super::{load_model_dir, model_from_weights, save_model_dir};
+use crate::llm::local::GgufModel;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A tiny model of `family` with every switch of the family on. No matrix has rows of a
+/// multiple of 32 values, so the engine keeps every weight in f32 (no Q8_0 noise).
+fn family_config(family: Family) -> LlamaConfig {
+    let mut cfg = LlamaConfig::for_family(family, [VOCAB, 16, 24, 3, 4, 2]);
+    cfg.max_position_embeddings = 64;
+    cfg.rope_theta = 1_000.0;
+    match family {
+        Family::Llama => {
+            cfg.rope_scaling = Some(serde_json::json!({"rope_type": "llama3", "factor": 4.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 2.0,
+                "original_max_position_embeddings": 16}));
+            cfg.final_logit_softcapping = Some(3.0);
+        }
+        Family::Mistral => cfg.sliding_window = Some(3),
+        Family::Gemma3 => {
+            cfg.head_dim = Some(6);
+            cfg.sliding_window = Some(3);
+            cfg.sliding_window_pattern = Some(2);
+            cfg.query_pre_attn_scalar = Some(6.0);
+            cfg.rope_local_base_freq = Some(50.0);
+        }
+        Family::Qwen2 | Family::Qwen3 | Family::Phi3 => {}
+    }
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// Random weights; vectors (norms, biases) random too, so that each one matters.
+fn family_weights(cfg: &LlamaConfig, dtype: DType, seed: u64) -> Weights {
+    let mut weights = init_random(cfg, 0.3, seed, dtype, &Device::Cpu).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut names: Vec<String> = weights.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let w = weights.get_mut(&name).expect("listed");
+        if w.rank() == 1 {
+            let base = if name.ends_with("bias") {
+                0.0
+            } else {
+                1.0 - cfg.norm_offset()
+            };
+            let v: Vec<f64> = (0..w.elem_count())
+                .map(|_| base + rng.random_range(-0.3..0.3))
+                .collect();
+            *w = Tensor::from_vec(v, w.dims(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+        }
+    }
+    weights
+}
+
+const FAMILIES: [Family; 6] = [
+    Family::Llama,
+    Family::Mistral,
+    Family::Qwen2,
+    Family::Qwen3,
+    Family::Gemma3,
+    Family::Phi3,
+];
+
+const TOKENS: [u32; 9] = [1, 5, 9, 3, 22, 40, 7, 12, 30];
+
+/// The inference engine built from the same weights (f32: rows of 16 values stay unquantized)
+/// gives the trainable model's logits at every position: names, q/k permutation, Gemma's
+/// `1 + w`, fused parts, biases, windows and rope bases all agree.
+#[test]
+fn engine_matches_the_trainable_model_for_every_family() -> Result<()> {
+    for family in FAMILIES {
+        let cfg = family_config(family);
+        let weights = family_weights(&cfg, DType::F32, 11);
+        let want = model_from_weights(&cfg, &weights)?
+            .forward(&ids(&TOKENS), None)?
+            .squeeze(0)?;
+        let engine = GgufModel::from_hf_weights(&cfg, &weights, &Device::Cpu, false)?;
+        let got = engine.forward(&TOKENS, &mut engine.new_cache(), true)?;
+        let d = max_diff(&want, &got);
+        assert!(d < 1e-4, "{family:?}: engine differs by {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn cached_decoding_equals_the_full_pass_for_every_family() -> Result<()> {
+    for family in FAMILIES {
+        let cfg = family_config(family);
+        let model = model_from_weights(&cfg, &family_weights(&cfg, DType::F32, 3))?;
+        let tokens = ids(&TOKENS);
+        let full = model.forward(&tokens, None)?;
+        let mut cache = model.new_cache();
+        let mut parts = vec![model.forward_cached(&tokens.narrow(1, 0, 2)?, &mut cache)?];
+        for p in 2..TOKENS.len() {
+            parts.push(model.forward_cached(&tokens.narrow(1, p, 1)?, &mut cache)?);
+        }
+        let d = max_diff(&full, &Tensor::cat(&parts, 1)?);
+        assert!(d < 1e-5, "{family:?}: cached differs by {d}");
+    }
+    Ok(())
+}
+
+/// Central finite differences in f64 against autograd for the tensors each family adds, in
+/// full fine-tuning and with LoRA on every linear layer of the family.
+#[test]
+fn gradients_match_finite_differences_for_every_family() -> Result<()> {
+    let data: Vec<TokenizedExample> = dataset(2, 5);
+    let refs: Vec<&TokenizedExample> = data.iter().collect();
+    let batch = Batch::new(&refs, &Device::Cpu)?;
+    for family in FAMILIES {
+        let cfg = family_config(family);
+        let lora_cfg = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["all".to_string()],
+        };
+        for mode in [Trainable::All, Trainable::Lora(lora_cfg.clone())] {
+            let mut weights = family_weights(&cfg, DType::F64, 5);
+            if mode.lora().is_some() {
+                let adapters = lora::init_adapters(&cfg, &lora_cfg, 1, DType::F64, &Device::Cpu)?;
+                weights.extend(adapters);
+            }
+            let store = ParamStore::new(&cfg, weights, mode.clone())?;
+            for (name, var) in store.vars() {
+                if name.contains("lora_B") {
+                    var.set(&Tensor::randn(0f64, 0.3, var.shape(), &Device::Cpu)?)?;
+                }
+            }
+            let model = store.build_model()?;
+            let loss = |m: &super::Llama| -> Result<Tensor> {
+                Ok((batch.nll_sum(m)? / batch.num_targets as f64)?)
+            };
+            let grads = loss(&model)?.backward()?;
+            let mut checked = 0;
+            for (name, var) in store.vars() {
+                let wanted = name.contains("layers.0.") || name.contains("layers.1.");
+                let interesting = [
+                    "norm",
+                    "bias",
+                    "qkv_proj",
+                    "gate_up_proj",
+                    "q_proj",
+                    "lora_A",
+                ];
+                if !wanted || !interesting.iter().any(|k| name.contains(k)) {
+                    continue;
+                }
+                let grad = grads
+                    .get(var.as_tensor())
+                    .unwrap()
+                    .flatten_all()?
+                    .to_vec1::<f64>()?;
+                let orig = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+                for idx in [0, orig.len() - 1] {
+                    let eps = 1e-5;
+                    let eval_at = |delta: f64| -> Result<f64> {
+                        let mut v = orig.clone();
+                        v[idx] += delta;
+                        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
+                        Ok(loss(&model)?.to_scalar::<f64>()?)
+                    };
+                    let numeric = (eval_at(eps)? - eval_at(-eps)?) / (2.0 * eps);
+                    eval_at(0.0)?;
+                    let analytic = grad[idx];
+                    let tol = 1e-7 + 1e-4 * analytic.abs().max(numeric.abs());
+                    assert!(
+                        (numeric - analytic).abs() < tol,
+                        "{family:?} {mode:?} {name}[{idx}]: fd {numeric} vs autograd {analytic}"
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(checked >= 4, "{family:?}: only {checked} entries checked");
+        }
+    }
+    Ok(())
+}
+
+/// A saved folder names the family's class, reads back equal, and builds the same model.
+#[test]
+fn saved_folders_keep_the_family() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for family in FAMILIES {
+        let cfg = family_config(family);
+        let weights = family_weights(&cfg, DType::F32, 2);
+        let path = dir.path().join(family.model_type());
+        save_model_dir(&path, &cfg, &weights, &[])?;
+        let text = std::fs::read_to_string(path.join("config.json"))?;
+        assert!(text.contains(family.class_name()), "{text}");
+        let (cfg2, weights2) = load_model_dir(&path, DType::F32, &Device::Cpu)?;
+        assert_eq!(cfg, cfg2);
+        let a = model_from_weights(&cfg, &weights)?.forward(&ids(&TOKENS), None)?;
+        let b = model_from_weights(&cfg2, &weights2)?.forward(&ids(&TOKENS), None)?;
+        assert_eq!(max_diff(&a, &b), 0.0, "{family:?}");
+    }
+    Ok(())
+}
+
+/// LoRA targets are the family's own modules: Phi-3 has `qkv_proj`, not `q_proj`.
+#[test]
+fn lora_targets_follow_the_family() {
+    let phi3 = family_config(Family::Phi3);
+    let lora = |t: &str| LoraConfig {
+        targets: vec![t.to_string()],
+        ..LoraConfig::default()
+    };
+    let names = |l: LoraConfig| -> Vec<&str> {
+        let kinds = l.target_kinds(&phi3).unwrap();
+        kinds.into_iter().map(|k| k.name()).collect()
+    };
+    assert_eq!(
+        names(lora("all")),
+        ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    );
+    let err = lora("q_proj").target_kinds(&phi3).unwrap_err().to_string();
+    assert!(err.contains("qkv_proj") && err.contains("phi3"), "{err}");
+}
