@@ -1,5 +1,5 @@
 //! Tiny random-weight GGUF models of every supported architecture, written here with the
-//! default model's tokenizer, and their perplexity under cai against llama.cpp's
+//! default model's tokenizer (and llama once more with Gemma 3's SentencePiece tokenizer), and their perplexity under cai against llama.cpp's
 //! `llama-perplexity` on the same files (golden numbers in `tests/data/tiny-arch-ppl.json`,
 //! made by `scripts/golden-tiny-arch.sh`, so CI need not build llama.cpp).
 //!
@@ -30,14 +30,68 @@ const CHUNKS: usize = 3;
 /// within 0.002 %; a wrong local-layer rope base alone moves gemma3 by 0.37 %.
 const TOLERANCE: f64 = 5e-4;
 
-/// The architectures written, and for each its head size.
-const ARCHS: [(&str, usize); 5] = [
-    ("llama", 16),
-    ("qwen2", 16),
-    ("qwen3", 16),
-    ("phi3", 16),
-    ("gemma3", 32),
+/// Where a tiny model's tokenizer comes from.
+#[derive(Clone, Copy)]
+enum Vocab {
+    /// The default model's byte-level BPE (49 152 tokens).
+    SmolLm2,
+    /// Gemma 3's SentencePiece (262 144 tokens).
+    Gemma3,
+}
+
+/// One tiny model: its name (file `tiny-{name}.gguf`, key of the golden numbers), GGUF
+/// architecture, head size and tokenizer.
+struct Tiny {
+    name: &'static str,
+    arch: &'static str,
+    head_dim: usize,
+    vocab: Vocab,
+}
+
+const fn tiny(name: &'static str, arch: &'static str, head_dim: usize, vocab: Vocab) -> Tiny {
+    Tiny {
+        name,
+        arch,
+        head_dim,
+        vocab,
+    }
+}
+
+/// The models written: every architecture, and llama with a SentencePiece tokenizer.
+const ARCHS: [Tiny; 6] = [
+    tiny("llama", "llama", 16, Vocab::SmolLm2),
+    tiny("llama-spm", "llama", 16, Vocab::Gemma3),
+    tiny("qwen2", "qwen2", 16, Vocab::SmolLm2),
+    tiny("qwen3", "qwen3", 16, Vocab::SmolLm2),
+    tiny("phi3", "phi3", 16, Vocab::SmolLm2),
+    tiny("gemma3", "gemma3", 32, Vocab::SmolLm2),
 ];
+
+/// The model files the tokenizers come from, or `None` (test skipped) when one is missing.
+struct Vocabs {
+    smollm2: PathBuf,
+    gemma3: PathBuf,
+}
+
+impl Vocabs {
+    fn find() -> Option<Self> {
+        Some(Self {
+            smollm2: util::default_model()?,
+            gemma3: util::model_file(&["gemma-3-270m-Q4_K_M.gguf"])?,
+        })
+    }
+
+    /// Writes `t` into `dir` and returns its path.
+    fn write(&self, t: &Tiny, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("tiny-{}.gguf", t.name));
+        let from = match t.vocab {
+            Vocab::SmolLm2 => &self.smollm2,
+            Vocab::Gemma3 => &self.gemma3,
+        };
+        write_tiny(t.arch, t.head_dim, from, &path);
+        path
+    }
+}
 
 /// Values in [-a, a) with standard deviation `std`.
 fn uniform(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
@@ -210,7 +264,7 @@ fn text() -> Option<PathBuf> {
 
 #[test]
 fn tiny_architectures_match_llamacpp_perplexity() {
-    let (Some(model), Some(text)) = (util::default_model(), text()) else {
+    let (Some(vocabs), Some(text)) = (Vocabs::find(), text()) else {
         return;
     };
     let keep = std::env::var_os("CAI_TINY_GGUF_DIR").map(PathBuf::from);
@@ -222,9 +276,9 @@ fn tiny_architectures_match_llamacpp_perplexity() {
     )
     .unwrap();
     let mut failures = Vec::new();
-    for (arch, head_dim) in ARCHS {
-        let path = dir.join(format!("tiny-{arch}.gguf"));
-        write_tiny(arch, head_dim, &model, &path);
+    for t in &ARCHS {
+        let arch = t.name;
+        let path = vocabs.write(t, &dir);
         let cfg = cai::perplexity::PerplexityConfig {
             model: path.display().to_string(),
             file: text.clone(),
@@ -233,7 +287,12 @@ fn tiny_architectures_match_llamacpp_perplexity() {
             quiet: true,
         };
         let ours = cai::perplexity::run(&cfg).unwrap().sums.ppl();
-        let want = golden[arch];
+        let Some(&want) = golden.get(arch) else {
+            failures.push(format!(
+                "{arch}: no golden number (run scripts/golden-tiny-arch.sh)"
+            ));
+            continue;
+        };
         let diff = (ours - want).abs() / want;
         eprintln!(
             "{arch}: cai {ours:.4}, llama.cpp {want:.4} ({:+.3} %)",
@@ -254,15 +313,15 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn tiny_architectures_decode_as_they_prefill() {
-    let Some(model) = util::default_model() else {
+    let Some(vocabs) = Vocabs::find() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     // 30 tokens: past gemma3's window of 20 on its local layers.
     let tokens: Vec<u32> = (0..30).map(|i| 100 + 37 * i).collect();
-    for (arch, head_dim) in ARCHS {
-        let path = tmp.path().join(format!("tiny-{arch}.gguf"));
-        write_tiny(arch, head_dim, &model, &path);
+    for t in &ARCHS {
+        let arch = t.name;
+        let path = vocabs.write(t, tmp.path());
         let mut f = std::fs::File::open(&path).unwrap();
         let content = gguf_file::Content::read(&mut f).unwrap();
         let m = cai::llm::local::GgufModel::load(&content, &path, &Device::Cpu, true).unwrap();
@@ -290,14 +349,14 @@ fn tiny_architectures_decode_as_they_prefill() {
 /// every position, past gemma3's window.
 #[test]
 fn tiny_architectures_train_as_they_run() {
-    let Some(model) = util::default_model() else {
+    let Some(vocabs) = Vocabs::find() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let tokens: Vec<u32> = (0..30).map(|i| 100 + 37 * i).collect();
-    for (arch, head_dim) in ARCHS {
-        let path = tmp.path().join(format!("tiny-{arch}.gguf"));
-        write_tiny(arch, head_dim, &model, &path);
+    for t in &ARCHS {
+        let arch = t.name;
+        let path = vocabs.write(t, tmp.path());
         let mut f = std::fs::File::open(&path).unwrap();
         let content = gguf_file::Content::read(&mut f).unwrap();
         let engine = cai::llm::local::GgufModel::load(&content, &path, &Device::Cpu, true).unwrap();

@@ -288,6 +288,7 @@ impl LlamaConfig {
         cfg.model_type = family.model_type().to_string();
         cfg.architectures = vec![family.class_name().to_string()];
         if family == Family::Gemma3 {
+            cfg.hidden_act = "gelu_pytorch_tanh".to_string();
             cfg.hidden_activation = Some("gelu_pytorch_tanh".to_string());
             cfg.sliding_window = Some(512);
             cfg.sliding_window_pattern = Some(6);

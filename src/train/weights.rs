@@ -232,8 +232,11 @@ fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig>
         ],
     );
     let t = &shape.arch;
-    cfg.rms_norm_eps = shape.rms_eps;
-    cfg.rope_theta = f64::from(t.rope.theta);
+    // GGUF stores these as f32: written back as the decimal the file meant (1e-6, not
+    // 9.99999997e-7).
+    let decimal = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
+    cfg.rms_norm_eps = decimal(shape.rms_eps as f32);
+    cfg.rope_theta = decimal(t.rope.theta);
     cfg.max_position_embeddings = shape.context;
     if shape.head_dim * shape.heads != shape.hidden {
         cfg.head_dim = Some(shape.head_dim);
@@ -245,7 +248,7 @@ fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig>
     cfg.final_logit_softcapping = t.final_softcap.map(f64::from);
     if family == Family::Gemma3 {
         cfg.query_pre_attn_scalar = t.attn_scale.map(|s| 1.0 / f64::from(s).powi(2));
-        cfg.rope_local_base_freq = Some(f64::from(t.rope_local.theta));
+        cfg.rope_local_base_freq = Some(decimal(t.rope_local.theta));
         cfg.sliding_window = t.sliding_window;
         cfg.sliding_window_pattern = None;
         cfg.layer_types = Some(
