@@ -101,7 +101,8 @@ pub fn run(cfg: &PerplexityConfig) -> Result<PerplexityReport> {
         ModelSpec::GgufFile(p) => LocalBackend::open_gguf(&p, &cfg.model, None)?,
         ModelSpec::Folder(d) => LocalBackend::open_folder(&d, &cfg.model, None)?,
     };
-    let tokens = backend.tokenizer().encode(&text)?;
+    // As llama-perplexity: special-token literals in the text are text.
+    let tokens = backend.tokenizer().encode_plain(&text)?;
     let available = tokens.len() / cfg.ctx;
     if available == 0 || tokens.len() < 2 * cfg.ctx {
         bail!(

@@ -93,10 +93,21 @@ impl TextTokenizer {
     /// special tokens. A GGUF vocabulary that asks for it (`tokenizer.ggml.add_eos_token`)
     /// also gets EOS at the end.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Like [`Self::encode`], but special-token literals in `text` stay text, as
+    /// `llama-perplexity` tokenizes (GGUF vocabularies; a Hugging Face tokenizer always
+    /// matches its added tokens).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = self.bos_id.into_iter().collect();
         match &self.inner {
             Engine::Gguf(vocab) => {
-                ids.extend(vocab.tokenize(text)?);
+                ids.extend(vocab.tokenize_with(text, parse_special)?);
                 if vocab.add_eos {
                     ids.extend(vocab.eos);
                 }

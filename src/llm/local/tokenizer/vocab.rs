@@ -243,10 +243,21 @@ impl Vocab {
 
     /// llama.cpp's `tokenize(text, add_special = false, parse_special = true)`.
     pub(super) fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenize_with(text, true)
+    }
+
+    /// llama.cpp's `tokenize(text, add_special = false, parse_special)`: without
+    /// `parse_special`, special-token literals in `text` are tokenized as plain text.
+    pub(super) fn tokenize_with(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         // After BOS, as at the very start, SentencePiece text gets its space prefix.
         let mut prev_special = true;
-        for piece in self.partition(text) {
+        let pieces = match parse_special {
+            true => self.partition(text),
+            false if text.is_empty() => Vec::new(),
+            false => vec![Piece::Text(text)],
+        };
+        for piece in pieces {
             match piece {
                 Piece::Special(id) => {
                     out.push(id);
@@ -533,6 +544,9 @@ mod tests {
             [11, 12, 11]
         );
         assert_eq!(spm(false, -0.5).tokenize("a<|user|>a").unwrap(), [6, 12, 6]);
+        // Unparsed, the literal is text like any other: this vocabulary has no piece for `<`.
+        let plain = spm(false, -0.5).tokenize_with("a<|user|>a", false);
+        assert!(plain.unwrap_err().to_string().contains("byte 0x3C"));
         let v = spm(true, -0.5);
         // Decoding drops the prefix space and control tokens, keeps user-defined ones...
         assert_eq!(v.detokenize(&[11, 12, 11, 2]), "a<|user|> a");
