@@ -234,3 +234,49 @@ fn lora_targets_follow_the_family() {
     let err = lora("q_proj").target_kinds(&phi3).unwrap_err().to_string();
     assert!(err.contains("qkv_proj") && err.contains("phi3"), "{err}");
 }
+
+/// With activation checkpointing the loss and every parameter's gradient are those of the
+/// plain model (up to summation order), in full fine-tuning and with LoRA on frozen weights.
+#[test]
+fn checkpointing_gives_the_same_gradients() -> Result<()> {
+    let data: Vec<TokenizedExample> = dataset(3, 9);
+    let refs: Vec<&TokenizedExample> = data.iter().collect();
+    let batch = Batch::new(&refs, &Device::Cpu)?;
+    let cfg = family_config(Family::Gemma3);
+    let lora_cfg = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["all".to_string()],
+    };
+    for mode in [Trainable::All, Trainable::Lora(lora_cfg.clone())] {
+        let mut weights = family_weights(&cfg, DType::F64, 4);
+        if mode.lora().is_some() {
+            weights.extend(lora::init_adapters(
+                &cfg,
+                &lora_cfg,
+                1,
+                DType::F64,
+                &Device::Cpu,
+            )?);
+        }
+        let store = ParamStore::new(&cfg, weights, mode.clone())?;
+        let plain = store.build_model()?;
+        let ckpt = store.build_model()?.with_checkpointing();
+        let (la, lb) = (batch.nll_sum(&plain)?, batch.nll_sum(&ckpt)?);
+        assert_eq!(la.to_scalar::<f64>()?, lb.to_scalar::<f64>()?);
+        let (ga, gb) = (plain.backward(&la)?, ckpt.backward(&lb)?);
+        let mut compared = 0;
+        for (name, var) in store.vars() {
+            let a = ga.get(var.as_tensor());
+            let b = gb.get(var.as_tensor());
+            let (Some(a), Some(b)) = (a, b) else {
+                panic!("{mode:?} {name}: gradient only on one side");
+            };
+            let d = max_diff(a, b);
+            assert!(d < 1e-10, "{mode:?} {name}: gradients differ by {d}");
+            compared += 1;
+        }
+        assert!(compared > 4, "{mode:?}: {compared} compared");
+    }
+    Ok(())
+}

@@ -22,6 +22,7 @@ pub mod ppo;
 pub mod ppo_config;
 pub mod ppo_math;
 pub mod ppo_rollout;
+pub mod recompute;
 pub mod reward;
 pub mod reward_data;
 pub mod reward_loss;

@@ -16,9 +16,12 @@
 use super::config::LlamaConfig;
 use super::lora::{LinearKind, LoraConfig, LoraLinear};
 use super::ops;
+use super::recompute::{checkpointed, BlockFn, RecomputedGrads};
 use crate::llm::local::arch::{Activation, RopeParams};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use std::sync::Arc;
 
 /// A causal language model that can be trained and sampled from.
 pub trait CausalLm {
@@ -56,6 +59,13 @@ pub trait CausalLm {
     /// An empty cache for this model.
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.num_layers())
+    }
+
+    /// Gradients of `loss` with respect to every variable it depends on. Use this rather
+    /// than `loss.backward()`: with activation checkpointing, the blocks' parameters receive
+    /// their gradients here.
+    fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        loss.backward()
     }
 }
 
@@ -255,6 +265,29 @@ impl Attention {
     }
 }
 
+impl Block {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RopeTables,
+        mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let normed = self.input_layernorm.forward(xs)?;
+        let mut attn = self.attn.forward(&normed, rope, mask, cache)?;
+        if let Some(norm) = &self.post_attention_norm {
+            attn = norm.forward(&attn)?;
+        }
+        let xs = (xs + attn)?;
+        let normed = self.pre_mlp_norm.forward(&xs)?;
+        let mut mlp = self.mlp.forward(&normed)?;
+        if let Some(norm) = &self.post_mlp_norm {
+            mlp = norm.forward(&mlp)?;
+        }
+        xs + mlp
+    }
+}
+
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (gate, up) = match &self.gate_up {
@@ -291,6 +324,9 @@ pub struct Llama {
     rope: RopeTables,
     /// The local layers' tables, when the model has local layers.
     rope_local: Option<RopeTables>,
+    /// With activation checkpointing: where recomputed blocks leave their parameters'
+    /// gradients (see [`Llama::with_checkpointing`]).
+    recompute: Option<RecomputedGrads>,
 }
 
 impl Llama {
@@ -420,7 +456,16 @@ impl Llama {
             sliding_window: traits.sliding_window,
             rope: tables(&traits.rope)?,
             rope_local,
+            recompute: None,
         })
+    }
+
+    /// The same model with activation checkpointing in its uncached forward passes: each
+    /// block keeps only its input for backward and recomputes its activations there (see
+    /// [`super::recompute`]). Gradients must then be taken with [`CausalLm::backward`].
+    pub fn with_checkpointing(mut self) -> Self {
+        self.recompute = Some(RecomputedGrads::default());
+        self
     }
 
     /// The model's configuration.
@@ -481,19 +526,14 @@ impl Llama {
                 ),
                 false => (&rope, &mask),
             };
-            let normed = block.input_layernorm.forward(&xs)?;
-            let layer_cache = cache.as_deref_mut().map(|c| (c, layer));
-            let mut attn = block.attn.forward(&normed, rope, mask, layer_cache)?;
-            if let Some(norm) = &block.post_attention_norm {
-                attn = norm.forward(&attn)?;
-            }
-            xs = (xs + attn)?;
-            let normed = block.pre_mlp_norm.forward(&xs)?;
-            let mut mlp = block.mlp.forward(&normed)?;
-            if let Some(norm) = &block.post_mlp_norm {
-                mlp = norm.forward(&mlp)?;
-            }
-            xs = (xs + mlp)?;
+            xs = match (&self.recompute, cache.as_deref_mut()) {
+                (Some(sink), None) => {
+                    let (block, rope, mask) = (block.clone(), rope.clone(), mask.clone());
+                    let f: BlockFn = Arc::new(move |x| block.forward(x, &rope, &mask, None));
+                    checkpointed(&xs, f, sink)?
+                }
+                (_, cache) => block.forward(&xs, rope, mask, cache.map(|c| (c, layer)))?,
+            };
         }
         if let Some(cache) = cache {
             cache.len += t;
@@ -530,6 +570,16 @@ impl CausalLm for Llama {
             Some(c) => (logits / c)?.tanh()? * c,
             None => Ok(logits),
         }
+    }
+
+    fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let Some(sink) = &self.recompute else {
+            return loss.backward();
+        };
+        sink.clear()?;
+        let mut grads = loss.backward()?;
+        sink.merge_into(&mut grads)?;
+        Ok(grads)
     }
 
     fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {

@@ -153,9 +153,12 @@ impl GradOnFirst {
     }
 }
 
-fn clone_contiguous<S: BackendStorage>(storage: &S, layout: &Layout) -> Result<(S, Shape)> {
+pub(super) fn clone_contiguous<S: BackendStorage>(
+    storage: &S,
+    layout: &Layout,
+) -> Result<(S, Shape)> {
     if !layout.is_contiguous() || layout.start_offset() != 0 {
-        candle_core::bail!("grad-on-first: the value must be a fresh contiguous tensor")
+        candle_core::bail!("a precomputed value must be a fresh contiguous tensor")
     }
     Ok((storage.try_clone(layout)?, layout.shape().clone()))
 }

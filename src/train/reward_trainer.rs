@@ -11,7 +11,7 @@
 use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
 use super::lora;
-use super::model::Llama;
+use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::reward::{batch_rewards, evaluate_pairs, RewardEval, RewardHead};
@@ -207,7 +207,7 @@ impl RewardTrainer {
             group_batches(&train, t.batch_size, t.seed, state.epoch),
         );
         Ok(Self {
-            model: params.build_model()?,
+            model: params.build_model()?.with_checkpointing(),
             cfg,
             params,
             head,
@@ -305,7 +305,7 @@ impl RewardTrainer {
                     correct += f64::from(u8::from((ra[i] > rb[i]) == (p > 0.5)));
                 }
             }
-            grads.accumulate(&self.vars, &part.backward()?)?;
+            grads.accumulate(&self.vars, &self.model.backward(&part)?)?;
         }
         let grad_norm = grads.clip_global_norm(self.cfg.train.max_grad_norm)?;
         if !grad_norm.is_finite() {

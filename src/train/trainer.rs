@@ -10,7 +10,7 @@ use super::config::LlamaConfig;
 use super::data::{eval_loss, prepare_examples, Batch, TokenizedExample};
 use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
 use super::lora;
-use super::model::Llama;
+use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::sft::{NonFiniteError, SftConfig, SftSummary};
@@ -149,7 +149,7 @@ impl SftTrainer {
             kind: cfg.schedule,
             min_lr_ratio: cfg.min_lr_ratio,
         };
-        let model = params.build_model()?;
+        let model = params.build_model()?.with_checkpointing();
         let order = (
             state.epoch,
             epoch_order(cfg.seed, state.epoch, prepared.examples.len()),
@@ -242,7 +242,7 @@ impl SftTrainer {
                 return Err(self.non_finite(step, "loss", value));
             }
             loss += value;
-            grads.accumulate(self.params.vars(), &part.backward()?)?;
+            grads.accumulate(self.params.vars(), &self.model.backward(&part)?)?;
         }
         let grad_norm = grads.clip_global_norm(self.cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {

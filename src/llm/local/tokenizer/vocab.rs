@@ -242,6 +242,7 @@ impl Vocab {
     }
 
     /// llama.cpp's `tokenize(text, add_special = false, parse_special = true)`.
+    #[cfg(test)]
     pub(super) fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenize_with(text, true)
     }

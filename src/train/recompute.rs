@@ -1,0 +1,143 @@
+//! Activation checkpointing: a transformer block whose activations are not kept for the
+//! backward pass but recomputed there.
+//!
+//! [`checkpointed`] runs the block once, keeps only its output, and puts that output into the
+//! graph through a custom op on the block's input. When backward reaches the op it recomputes
+//! the block from the saved input with a graph, back-propagates the incoming gradient through
+//! it, returns the input's gradient and hands the parameters' gradients to a
+//! [`RecomputedGrads`] sink (a custom op can only return gradients for its own arguments),
+//! which [`RecomputedGrads::merge_into`] then adds to the main gradient store. Peak memory is
+//! one block's activations plus one hidden state per block, instead of every block's
+//! attention matrices; the numbers are the same up to float summation order.
+
+use super::ops::clone_contiguous;
+use candle_core::backprop::GradStore;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, TensorId, Var,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A block's forward pass, `[b, t, hidden] -> [b, t, hidden]`.
+pub type BlockFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// Gradients of parameters used inside checkpointed blocks, collected during backward.
+#[derive(Debug, Clone, Default)]
+pub struct RecomputedGrads(Arc<Mutex<HashMap<TensorId, Tensor>>>);
+
+impl RecomputedGrads {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<TensorId, Tensor>>> {
+        self.0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("recomputed gradients: poisoned lock".into()))
+    }
+
+    /// Adds every variable's gradient in `store` except `input`'s.
+    fn add(&self, store: &GradStore, input: &Tensor) -> Result<()> {
+        let mut sink = self.lock()?;
+        for &id in store.get_ids() {
+            if id == input.id() {
+                continue;
+            }
+            let Some(grad) = store.get_id(id) else {
+                continue;
+            };
+            let sum = match sink.remove(&id) {
+                Some(prev) => (prev + grad)?,
+                None => grad.clone(),
+            };
+            sink.insert(id, sum);
+        }
+        Ok(())
+    }
+
+    /// Moves the collected gradients into `store` (added to any already there).
+    pub fn merge_into(&self, store: &mut GradStore) -> Result<()> {
+        for (id, grad) in self.lock()?.drain() {
+            let sum = match store.get_id(id) {
+                Some(prev) => (prev + grad)?,
+                None => grad,
+            };
+            store.insert_id(id, sum);
+        }
+        Ok(())
+    }
+
+    /// Forgets gradients collected but never merged (a backward pass that failed).
+    pub fn clear(&self) -> Result<()> {
+        self.lock()?.clear();
+        Ok(())
+    }
+}
+
+/// `block(xs)`, with `block`'s activations recomputed in backward (see the module docs).
+/// A block with nothing to train (its output tracks no gradient) runs plainly, and keeps no
+/// activations either.
+pub fn checkpointed(xs: &Tensor, block: BlockFn, sink: &RecomputedGrads) -> Result<Tensor> {
+    let out = block(xs)?;
+    if !out.track_op() {
+        return Ok(out);
+    }
+    // Dropping the tracked output frees the block's activations; only the value stays.
+    let value = out.detach().contiguous()?;
+    drop(out);
+    // A frozen input (LoRA on frozen embeddings) still needs the op in the graph, so that
+    // backward reaches the block's own parameters: it enters as a fresh leaf variable.
+    let input = match xs.track_op() {
+        true => xs.clone(),
+        false => Var::from_tensor(xs)?.as_tensor().clone(),
+    };
+    input.apply_op2(
+        &value,
+        Recompute {
+            block,
+            sink: sink.clone(),
+        },
+    )
+}
+
+/// `(x, value) -> value`; backward recomputes `block(x)` (see the module docs).
+struct Recompute {
+    block: BlockFn,
+    sink: RecomputedGrads,
+}
+
+impl CustomOp2 for Recompute {
+    fn name(&self) -> &'static str {
+        "recompute-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        value: &CpuStorage,
+        layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        clone_contiguous(value, layout)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        value: &CudaStorage,
+        layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        clone_contiguous(value, layout)
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let input = Var::from_tensor(&xs.detach())?;
+        let out = (self.block)(input.as_tensor())?;
+        let store = (out * grad.detach())?.sum_all()?.backward()?;
+        self.sink.add(&store, input.as_tensor())?;
+        Ok((store.get(input.as_tensor()).cloned(), None))
+    }
+}
