@@ -1,0 +1,318 @@
+//! AVX-512 VNNI kernels (with AVX-512 VL, on 256-bit vectors) for the signed 32-value block
+//! types Q4_0, Q5_0 and Q8_0, and the tile driver they share with the K-quants
+//! (`vnni_k_quants`): one quantized product for one row, a batch of rows and a whole prompt
+//! chunk, fast enough that prompts need no f32 copy of the weights.
+//!
+//! The AVX2 kernels (`avx2`, `k_quants`) give each lane a slice of one weight row and sum the
+//! lanes per activation row, so most of their work is per (weight row, activation row) pair
+//! outside the multiply. Here, as in llama.cpp's repacked layouts (`ggml-cpu/repack.cpp`), the
+//! weights are repacked at load, 8 rows interleaved 4 bytes at a time, so that one
+//! `vpdpbusd` multiplies 4 values of each of 8 weight rows by the same 4 activation bytes
+//! (broadcast) and accumulates each weight row's sum in its own i32 lane: the eight lanes are
+//! eight outputs, and no horizontal sum is left. A tile of up to 8 activation rows shares each
+//! loaded weight vector.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, so weights are stored unsigned with the
+//! type's offset (`q + 8` for Q4_0, `q + 16` for Q5_0, `q + 128` for Q8_0) and the offset
+//! times the activation block's byte sum is subtracted, all in exact integers. Activations are
+//! quantized to Q8_0 by candle's own `from_float` (llama.cpp's activation type for these
+//! weights).
+//!
+//! Batch invariance: each output is `Σ_b float(I_b) · (d_w · d_y)` accumulated block after
+//! block with fused multiply-adds, where `I_b` is the block's exact integer dot product. The
+//! integer sums may be split into several accumulators (more independent chains for small
+//! tiles) without changing a bit, and the float chain is the same whatever the tile, so a row
+//! gets the same result in any batch (see the tests).
+
+use std::arch::x86_64::*;
+
+use anyhow::Result;
+use candle_core::quantized::k_quants::BlockQ8_0;
+use rayon::prelude::*;
+
+use super::avx2::{block_bytes, check_size, f16_at, quantize_rows, Block32};
+use super::RowsMatMul;
+
+/// Whether the CPU runs these kernels (AVX2 and FMA for the float parts, AVX-512 VNNI and VL
+/// for `vpdpbusd` on 256-bit vectors).
+pub(super) fn available() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Weight rows interleaved per output lane.
+pub(super) const LANES: usize = 8;
+/// Activation rows sharing each loaded weight vector, at most.
+const TILE: usize = 8;
+/// Activation rows per task when a product has many (prompt chunks): tasks over both weight
+/// and activation rows keep both cores busy on products with few weight rows.
+const ROWS_PER_TASK: usize = 32;
+/// Groups of [`LANES`] weight rows per task.
+const GROUPS_PER_TASK: usize = 8;
+
+/// A weight matrix repacked in groups of [`LANES`] rows, with its tile kernel.
+///
+/// # Safety
+/// [`Self::Act`] must be plain data: all-zero bytes a valid value.
+pub(super) unsafe trait Packed: Sync {
+    /// One block of quantized activations.
+    type Act: Send + Sync + Copy;
+    /// Output rows (weight rows) and the row length.
+    fn shape(&self) -> (usize, usize);
+    /// Activation blocks per row.
+    fn act_blocks(&self) -> usize;
+    /// `x`'s row (`k` values) quantized into `out` ([`Self::act_blocks`] blocks).
+    fn quantize(&self, x: &[f32], out: &mut [Self::Act]);
+    /// The [`LANES`] outputs of group `g` (weight rows `8g..8g + 8`) for the `R` activation
+    /// rows whose blocks start at `at[r]` in `y`.
+    ///
+    /// # Safety
+    /// [`available`] must hold; `g` is a group of the matrix and `y` holds
+    /// [`Self::act_blocks`] blocks from each `at[r]`.
+    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Self::Act], at: [usize; R]) -> [__m256; R];
+}
+
+/// A raw pointer to the output, written by tasks at disjoint places.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes its own (row, group) places only (see `matmul_packed`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `dst[m, n] = x[m, k] · Wᵀ` for a [`Packed`] `W`: activations quantized once, then tasks of
+/// [`GROUPS_PER_TASK`] weight groups × [`ROWS_PER_TASK`] activation rows in parallel.
+pub(super) fn matmul_packed<P: Packed>(p: &P, x: &[f32], m: usize, dst: &mut [f32]) {
+    let (n, k) = p.shape();
+    assert!(x.len() >= m * k && dst.len() >= m * n, "matmul_packed: short buffers");
+    let kb = p.act_blocks();
+    // SAFETY: `Packed::Act` is plain data (see the trait); every block is overwritten below.
+    let mut y = vec![unsafe { std::mem::zeroed::<P::Act>() }; m * kb];
+    let quantize = |(r, out): (usize, &mut [P::Act])| p.quantize(&x[r * k..(r + 1) * k], out);
+    if m >= 16 {
+        y.par_chunks_mut(kb).enumerate().for_each(quantize);
+    } else {
+        y.chunks_mut(kb).enumerate().for_each(quantize);
+    }
+    let groups = n.div_ceil(LANES);
+    let rows_per_task = match m > 2 * ROWS_PER_TASK {
+        true => ROWS_PER_TASK,
+        false => m,
+    };
+    let row_tasks = m.div_ceil(rows_per_task);
+    let group_tasks = groups.div_ceil(GROUPS_PER_TASK);
+    let out = Out(dst.as_mut_ptr());
+    (0..group_tasks * row_tasks).into_par_iter().for_each(|t| {
+        let out = out;
+        let (gt, rt) = (t % group_tasks, t / group_tasks);
+        let rows = rt * rows_per_task..m.min((rt + 1) * rows_per_task);
+        for g in gt * GROUPS_PER_TASK..groups.min((gt + 1) * GROUPS_PER_TASK) {
+            let mut r = rows.start;
+            while r < rows.end {
+                let take = (rows.end - r).min(TILE);
+                // SAFETY: `Packed` kernels are built only when `available()` holds; `g` is
+                // below `groups` and `y` holds `kb` blocks for each of the `m` rows; each
+                // (row, group) is written by this task alone, inside `dst` (`n` per row).
+                unsafe {
+                    match take {
+                        1 => store(out, n, g, r, p.tile(g, &y, [r * kb])),
+                        2 => store(out, n, g, r, p.tile(g, &y, at::<2>(r, kb))),
+                        3 => store(out, n, g, r, p.tile(g, &y, at::<3>(r, kb))),
+                        4 => store(out, n, g, r, p.tile(g, &y, at::<4>(r, kb))),
+                        5 => store(out, n, g, r, p.tile(g, &y, at::<5>(r, kb))),
+                        6 => store(out, n, g, r, p.tile(g, &y, at::<6>(r, kb))),
+                        7 => store(out, n, g, r, p.tile(g, &y, at::<7>(r, kb))),
+                        _ => store(out, n, g, r, p.tile(g, &y, at::<8>(r, kb))),
+                    }
+                }
+                r += take;
+            }
+        }
+    });
+}
+
+/// The first block of `R` consecutive activation rows from row `r`.
+fn at<const R: usize>(r: usize, kb: usize) -> [usize; R] {
+    std::array::from_fn(|i| (r + i) * kb)
+}
+
+/// Writes the outputs of group `g` for the activation rows `r..r + R` (the lanes past the last
+/// weight row are dropped).
+///
+/// # Safety
+/// AVX must be available; `out` has `n` values per row for every row written.
+#[inline(always)]
+unsafe fn store<const R: usize>(out: Out, n: usize, g: usize, r: usize, v: [__m256; R]) {
+    let c = g * LANES;
+    for (i, v) in v.into_iter().enumerate() {
+        let dst = out.0.add((r + i) * n + c);
+        if c + LANES <= n {
+            _mm256_storeu_ps(dst, v);
+        } else {
+            let mut lanes = [0f32; LANES];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, n - c);
+        }
+    }
+}
+
+/// Integer accumulators per activation row for a tile of `R` rows: enough independent
+/// `vpdpbusd` chains to hide its latency.
+pub(super) const fn chains(r: usize) -> usize {
+    match r {
+        1 => 4,
+        2 | 3 => 2,
+        _ => 1,
+    }
+}
+
+/// 4 activation bytes at `p`, in every i32 lane.
+///
+/// # Safety
+/// `p` must point to 4 readable bytes; AVX must be available.
+#[inline(always)]
+pub(super) unsafe fn broadcast4(p: *const i8) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// One block of 32 activations quantized to Q8_0: the bytes, their sum and the scale.
+#[derive(Clone, Copy)]
+pub(super) struct Act32 {
+    qs: [i8; 32],
+    sum: i32,
+    d: f32,
+}
+
+/// 8 weight rows' block `b` (32 values each): `qs[32t + 4j + l]` is value `4t + l` of row `j`,
+/// unsigned (the type's offset added); `d[j]` is row `j`'s scale.
+#[derive(Clone, Copy)]
+pub(super) struct Group32 {
+    qs: [u8; 256],
+    d: [f32; LANES],
+}
+
+/// A signed [`Block32`] type's weights repacked for [`Packed::tile`].
+pub(super) struct Packed32 {
+    groups: Vec<Group32>,
+    /// The offset added to the values to make them unsigned.
+    offset: i32,
+    n: usize,
+    k: usize,
+}
+
+impl Packed32 {
+    /// The kernel for `n` rows of `k` values of the signed type `B` stored as `data` (the
+    /// tensor's GGUF bytes).
+    pub(super) fn new<B: Block32>(data: &[u8], n: usize, k: usize) -> Result<Self> {
+        assert!(!B::HAS_MIN, "Packed32 is for signed block types");
+        check_size(B::NAME, data.len(), (32, B::BYTES), n, k)?;
+        let kb = k / 32;
+        let blocks: Vec<B> = data.chunks_exact(B::BYTES).map(|b| B::read(b).0).collect();
+        let offset = B::OFFSET;
+        let empty = Group32 {
+            qs: [offset as u8; 256],
+            d: [0.0; LANES],
+        };
+        let mut groups = vec![empty; n.div_ceil(LANES) * kb];
+        for (c, row) in blocks.chunks_exact(kb).enumerate() {
+            let (g, j) = (c / LANES, c % LANES);
+            for (b, block) in row.iter().enumerate() {
+                let mut v = [0i8; 32];
+                // SAFETY: `rows_matmul` builds this kernel only when `available()` holds.
+                unsafe { _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, block.values()) };
+                let dst = &mut groups[g * kb + b];
+                for (i, &q) in v.iter().enumerate() {
+                    dst.qs[32 * (i / 4) + 4 * j + i % 4] = (q as i32 + offset) as u8;
+                }
+                dst.d[j] = block.d();
+            }
+        }
+        Ok(Self {
+            groups,
+            offset,
+            n,
+            k,
+        })
+    }
+}
+
+// SAFETY: `Act32` holds integers and a float.
+unsafe impl Packed for Packed32 {
+    type Act = Act32;
+
+    fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    fn act_blocks(&self) -> usize {
+        self.k / 32
+    }
+
+    fn quantize(&self, x: &[f32], out: &mut [Act32]) {
+        let blocks = quantize_rows::<BlockQ8_0>(x, 1, self.k);
+        // SAFETY: BlockQ8_0 is a `repr(C)` block of 34 plain bytes (candle asserts it).
+        let bytes = unsafe { block_bytes(&blocks, 34) };
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(34)) {
+            let qs: [i8; 32] = std::array::from_fn(|i| b[2 + i] as i8);
+            *o = Act32 {
+                sum: qs.iter().map(|&q| q as i32).sum(),
+                qs,
+                d: f16_at(b, 0),
+            };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Act32], at: [usize; R]) -> [__m256; R] {
+        let kb = self.k / 32;
+        match chains(R) {
+            4 => tile32::<R, 4>(&self.groups[g * kb..(g + 1) * kb], self.offset, y, at),
+            2 => tile32::<R, 2>(&self.groups[g * kb..(g + 1) * kb], self.offset, y, at),
+            _ => tile32::<R, 1>(&self.groups[g * kb..(g + 1) * kb], self.offset, y, at),
+        }
+    }
+}
+
+/// [`Packed::tile`] for [`Packed32`], with `C` integer accumulators per activation row.
+///
+/// # Safety
+/// As for [`Packed::tile`]; `w` is one group's blocks.
+#[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
+unsafe fn tile32<const R: usize, const C: usize>(
+    w: &[Group32],
+    offset: i32,
+    y: &[Act32],
+    at: [usize; R],
+) -> [__m256; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, wb) in w.iter().enumerate() {
+        let mut sums = [[_mm256_setzero_si256(); C]; R];
+        for t in 0..8 {
+            let wv = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * t) as *const __m256i);
+            for r in 0..R {
+                let yb = y.get_unchecked(at[r] + b);
+                let s = &mut sums[r][t % C];
+                *s = _mm256_dpbusd_epi32(*s, wv, broadcast4(yb.qs.as_ptr().add(4 * t)));
+            }
+        }
+        let d = _mm256_loadu_ps(wb.d.as_ptr());
+        for r in 0..R {
+            let yb = y.get_unchecked(at[r] + b);
+            let mut s = sums[r][0];
+            for c in 1..C {
+                s = _mm256_add_epi32(s, sums[r][c]);
+            }
+            s = _mm256_sub_epi32(s, _mm256_set1_epi32(offset * yb.sum));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);
+        }
+    }
+    acc
+}
+
+impl RowsMatMul for Packed32 {
+    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        matmul_packed(self, x, m, dst)
+    }
+}
