@@ -30,10 +30,18 @@ mod avx2;
 mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+#[cfg(target_arch = "x86_64")]
+mod vnni_k_quants;
 
 /// `dst[m, n] = x[m, k] · Wᵀ` for a quantized `W[n, k]`.
 pub trait RowsMatMul: Send + Sync {
     fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]);
+
+    /// Whether prompt chunks (hundreds of rows) run faster here than through an f32 copy of
+    /// the weights and a float gemm: then no such copy is kept.
+    fn fast_for_many_rows(&self) -> bool {
+        false
+    }
 }
 
 struct Typed<T: GgmlType> {
@@ -148,17 +156,23 @@ fn kernel_for(q: &QTensor, vnni: bool) -> Result<Option<Box<dyn RowsMatMul>>> {
     let vnni = vnni && has_vnni();
     Ok(Some(match q.dtype() {
         #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q4_0 if vnni => {
-            Box::new(vnni::Packed32::new::<avx2::Q4_0Block>(&data, n, k)?)
-        }
+        GgmlDType::Q4_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q4_0Block>(&data, n, k)?),
         #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q5_0 if vnni => {
-            Box::new(vnni::Packed32::new::<avx2::Q5_0Block>(&data, n, k)?)
-        }
+        GgmlDType::Q5_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q5_0Block>(&data, n, k)?),
         #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q8_0 if vnni => {
-            Box::new(vnni::Packed32::new::<avx2::Q8_0Block>(&data, n, k)?)
-        }
+        GgmlDType::Q8_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q8_0Block>(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q4K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q4KBlock>::new(
+            &data, n, k,
+        )?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q5K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q5KBlock>::new(
+            &data, n, k,
+        )?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q6K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q6KBlock>::new(
+            &data, n, k,
+        )?),
         #[cfg(target_arch = "x86_64")]
         GgmlDType::Q4_0 if has_avx2_fma() => Box::new(avx2::Q4_0Avx2::new(&data, n, k)?),
         #[cfg(target_arch = "x86_64")]
@@ -249,7 +263,11 @@ mod tests {
                 let one = x.narrow(0, r, 1).unwrap();
                 let got = &batch[r * n..(r + 1) * n];
                 // A row's numbers never depend on the batch it is in.
-                assert_eq!(got, rows(ours.as_ref(), &one, 1, n), "{dtype:?} {vnni} row {r}");
+                assert_eq!(
+                    got,
+                    rows(ours.as_ref(), &one, 1, n),
+                    "{dtype:?} {vnni} row {r}"
+                );
                 let want: Vec<f32> = qm
                     .forward(&one)
                     .unwrap()
@@ -262,7 +280,10 @@ mod tests {
                     // the terms' absolute sum (Σ|x||w| ≈ k / 3): 1e-6 of it, ~2e-4 for k = 576.
                     for (c, (a, b)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-6 * l1[r * n + c];
-                        assert!((a - b).abs() <= tol, "{dtype:?} {vnni} [{r},{c}]: {a} vs {b}");
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{dtype:?} {vnni} [{r},{c}]: {a} vs {b}"
+                        );
                     }
                 } else {
                     // Without AVX2 every type runs candle's own `vec_dot`: bit for bit.
