@@ -36,7 +36,7 @@ pub(super) struct Q8KBlock {
 }
 
 /// `m` activation rows of `k` values (a multiple of 256) quantized to Q8_K.
-pub(super) fn quantize_q8k(x: &[f32], m: usize, k: usize) -> Vec<Q8KBlock> {
+fn quantize_q8k(x: &[f32], m: usize, k: usize) -> Vec<Q8KBlock> {
     let blocks = quantize_rows::<BlockQ8K>(x, m, k);
     // SAFETY: BlockQ8K is a `repr(C)` block of Q8K_BYTES plain bytes (candle asserts it).
     let bytes = unsafe { block_bytes(&blocks, Q8K_BYTES) };

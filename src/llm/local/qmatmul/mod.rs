@@ -25,6 +25,8 @@ use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+mod act_quant;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod k_quants;

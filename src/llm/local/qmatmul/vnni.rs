@@ -15,8 +15,7 @@
 //! `vpdpbusd` multiplies unsigned by signed bytes, so weights are stored unsigned with the
 //! type's offset (`q + 8` for Q4_0, `q + 16` for Q5_0, `q + 128` for Q8_0) and the offset
 //! times the activation block's byte sum is subtracted, all in exact integers. Activations are
-//! quantized to Q8_0 by candle's own `from_float` (llama.cpp's activation type for these
-//! weights).
+//! quantized to Q8_0 (llama.cpp's activation type for these weights) by `act_quant`.
 //!
 //! Batch invariance: each output is `Σ_b float(I_b) · (d_w · d_y)` accumulated block after
 //! block with fused multiply-adds, where `I_b` is the block's exact integer dot product. The
@@ -27,10 +26,10 @@
 use std::arch::x86_64::*;
 
 use anyhow::Result;
-use candle_core::quantized::k_quants::BlockQ8_0;
 use rayon::prelude::*;
 
-use super::avx2::{block_bytes, check_size, f16_at, quantize_rows, Block32};
+use super::act_quant;
+use super::avx2::{check_size, Block32};
 use super::RowsMatMul;
 
 /// Whether the CPU runs these kernels (AVX2 and FMA for the float parts, AVX-512 VNNI and VL
@@ -254,16 +253,9 @@ unsafe impl Packed for Packed32 {
     }
 
     fn quantize(&self, x: &[f32], out: &mut [Act32]) {
-        let blocks = quantize_rows::<BlockQ8_0>(x, 1, self.k);
-        // SAFETY: BlockQ8_0 is a `repr(C)` block of 34 plain bytes (candle asserts it).
-        let bytes = unsafe { block_bytes(&blocks, 34) };
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(34)) {
-            let qs: [i8; 32] = std::array::from_fn(|i| b[2 + i] as i8);
-            *o = Act32 {
-                sum: qs.iter().map(|&q| q as i32).sum(),
-                qs,
-                d: f16_at(b, 0),
-            };
+        for (x, o) in x.chunks_exact(32).zip(out) {
+            // SAFETY: `rows_matmul` builds this kernel only when `available()` holds.
+            (o.d, o.sum) = unsafe { act_quant::q8_0(x, &mut o.qs) };
         }
     }
 

@@ -2,7 +2,7 @@
 //! driver of `vnni` (8 weight rows interleaved 4 bytes at a time, one `vpdpbusd` per 4 values
 //! of the 8 rows, each row's sum in its own lane).
 //!
-//! Activations are quantized to Q8_K as for the AVX2 kernels (`k_quants`). Per super-block,
+//! Activations are quantized to Q8_K as for the AVX2 kernels (`k_quants`), by `act_quant`. Per super-block,
 //! in exact integers: each sub-block's dot product `I_g` (its values unsigned, Q6_K's offset
 //! of 32 taken back through the activation's 16-value sums) times the sub-block's integer
 //! scale, summed into `S`; and for Q4_K and Q5_K the minimums' term `M = Σ_i min_i · Σ y_i`
@@ -15,8 +15,9 @@ use std::arch::x86_64::*;
 
 use anyhow::Result;
 
+use super::act_quant;
 use super::avx2::check_size;
-use super::k_quants::{quantize_q8k, BlockK, Q8KBlock, QK_K};
+use super::k_quants::{BlockK, Q8KBlock, QK_K};
 use super::vnni::{broadcast4, chains, matmul_packed, Packed, LANES};
 use super::RowsMatMul;
 
@@ -93,7 +94,12 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
     }
 
     fn quantize(&self, x: &[f32], out: &mut [Q8KBlock]) {
-        out.copy_from_slice(&quantize_q8k(x, 1, self.k));
+        for (x, o) in x.chunks_exact(QK_K).zip(out) {
+            // SAFETY: `rows_matmul` builds this kernel only when `vnni::available()` holds.
+            o.d = unsafe { act_quant::q8_k(x, &mut o.qs, &mut o.bsums) };
+            // At most 32 · 128 in magnitude: no overflow.
+            o.sums32 = std::array::from_fn(|i| o.bsums[2 * i] + o.bsums[2 * i + 1]);
+        }
     }
 
     #[inline(always)]
