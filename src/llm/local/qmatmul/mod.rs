@@ -324,4 +324,37 @@ mod tests {
         check_types(&k_quants, 1536, 15);
         check_types(&k_quants, 256, 70);
     }
+
+    /// Throughput of the kernels on SmolLM2's feed-forward shape (`cargo test --release --lib
+    /// kernel_throughput -- --ignored --nocapture`): for tuning, not a check.
+    #[test]
+    #[ignore]
+    fn kernel_throughput() {
+        let (n, k) = (1536, 768);
+        let w = Tensor::from_vec(uniform(n * k, 1), (n, k), &Device::Cpu).unwrap();
+        let x = uniform(256 * k, 2);
+        for dtype in [
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q4_1,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let ours = rows_matmul(&q).unwrap().unwrap();
+            for m in [1, 8, 32, 256] {
+                let mut dst = vec![0f32; m * n];
+                let reps = 2048 / m;
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        ours.matmul(&x[..m * k], m, &mut dst);
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let gmacs = (reps * m * n * k) as f64 / best / 1e9;
+                println!("{dtype:?} m={m}: {gmacs:.1} GMAC/s");
+            }
+        }
+    }
 }

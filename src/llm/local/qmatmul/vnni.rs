@@ -179,11 +179,12 @@ pub(super) unsafe fn broadcast4(p: *const i8) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
-/// One block of 32 activations quantized to Q8_0: the bytes, their sum and the scale.
+/// One block of 32 activations quantized to Q8_0: the bytes, minus their sum times the
+/// weights' offset (where the block's integer dot product starts), and the scale.
 #[derive(Clone, Copy)]
 pub(super) struct Act32 {
     qs: [i8; 32],
-    sum: i32,
+    start: i32,
     d: f32,
 }
 
@@ -255,7 +256,8 @@ unsafe impl Packed for Packed32 {
     fn quantize(&self, x: &[f32], out: &mut [Act32]) {
         for (x, o) in x.chunks_exact(32).zip(out) {
             // SAFETY: `rows_matmul` builds this kernel only when `available()` holds.
-            (o.d, o.sum) = unsafe { act_quant::q8_0(x, &mut o.qs) };
+            let (d, sum) = unsafe { act_quant::q8_0(x, &mut o.qs) };
+            (o.d, o.start) = (d, -self.offset * sum);
         }
     }
 
@@ -263,9 +265,9 @@ unsafe impl Packed for Packed32 {
     unsafe fn tile<const R: usize>(&self, g: usize, y: &[Act32], at: [usize; R]) -> [__m256; R] {
         let kb = self.k / 32;
         match chains(R) {
-            4 => tile32::<R, 4>(&self.groups[g * kb..(g + 1) * kb], self.offset, y, at),
-            2 => tile32::<R, 2>(&self.groups[g * kb..(g + 1) * kb], self.offset, y, at),
-            _ => tile32::<R, 1>(&self.groups[g * kb..(g + 1) * kb], self.offset, y, at),
+            4 => tile32::<R, 4>(&self.groups[g * kb..(g + 1) * kb], y, at),
+            2 => tile32::<R, 2>(&self.groups[g * kb..(g + 1) * kb], y, at),
+            _ => tile32::<R, 1>(&self.groups[g * kb..(g + 1) * kb], y, at),
         }
     }
 }
@@ -277,13 +279,16 @@ unsafe impl Packed for Packed32 {
 #[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
 unsafe fn tile32<const R: usize, const C: usize>(
     w: &[Group32],
-    offset: i32,
     y: &[Act32],
     at: [usize; R],
 ) -> [__m256; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, wb) in w.iter().enumerate() {
         let mut sums = [[_mm256_setzero_si256(); C]; R];
+        for (r, sums) in sums.iter_mut().enumerate() {
+            // The offset's term, so that the sum ends exact.
+            sums[0] = _mm256_set1_epi32(y.get_unchecked(at[r] + b).start);
+        }
         for t in 0..8 {
             let wv = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * t) as *const __m256i);
             for r in 0..R {
@@ -299,7 +304,6 @@ unsafe fn tile32<const R: usize, const C: usize>(
             for c in 1..C {
                 s = _mm256_add_epi32(s, sums[r][c]);
             }
-            s = _mm256_sub_epi32(s, _mm256_set1_epi32(offset * yb.sum));
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);
         }
