@@ -1,5 +1,5 @@
-//! AVX-512 VNNI kernels (with AVX-512 VL, on 256-bit vectors) for the signed 32-value block
-//! types Q4_0, Q5_0 and Q8_0, and the tile driver they share with the K-quants
+//! AVX-512 VNNI kernels (with AVX-512 VL, on 256-bit vectors) for the 32-value block types
+//! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, and the tile driver they share with the K-quants
 //! (`vnni_k_quants`): one quantized product for one row, a batch of rows and a whole prompt
 //! chunk, fast enough that prompts need no f32 copy of the weights.
 //!
@@ -14,7 +14,9 @@
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so weights are stored unsigned with the
 //! type's offset (`q + 8` for Q4_0, `q + 16` for Q5_0, `q + 128` for Q8_0) and the offset
-//! times the activation block's byte sum is subtracted, all in exact integers. Activations are
+//! times the activation block's byte sum is subtracted, all in exact integers. Q4_1 and Q5_1
+//! values are unsigned already; their minimums add `min · s` per block (`s`: the activation
+//! block's scaled sum, as in llama.cpp's Q8_1). Activations are
 //! quantized to Q8_0 (llama.cpp's activation type for these weights) by `act_quant`.
 //!
 //! Batch invariance: each output is `Σ_b float(I_b) · (d_w · d_y)` accumulated block after
@@ -186,6 +188,8 @@ pub(super) struct Act32 {
     qs: [i8; 32],
     start: i32,
     d: f32,
+    /// `d · Σ q` in f16 arithmetic (Q8_1's `s`), which the minimums of Q4_1 and Q5_1 multiply.
+    s: f32,
 }
 
 /// 8 weight rows' block `b` (32 values each): `qs[32t + 4j + l]` is value `4t + l` of row `j`,
@@ -196,9 +200,12 @@ pub(super) struct Group32 {
     d: [f32; LANES],
 }
 
-/// A signed [`Block32`] type's weights repacked for [`Packed::tile`].
+/// A [`Block32`] type's weights repacked for [`Packed::tile`].
 pub(super) struct Packed32 {
     groups: Vec<Group32>,
+    /// For the types with a minimum (Q4_1, Q5_1), the 8 rows' minimums of each group's block
+    /// (as `groups`); else empty.
+    mins: Vec<[f32; LANES]>,
     /// The offset added to the values to make them unsigned.
     offset: i32,
     n: usize,
@@ -206,22 +213,28 @@ pub(super) struct Packed32 {
 }
 
 impl Packed32 {
-    /// The kernel for `n` rows of `k` values of the signed type `B` stored as `data` (the
-    /// tensor's GGUF bytes).
+    /// The kernel for `n` rows of `k` values of type `B` stored as `data` (the tensor's GGUF
+    /// bytes).
     pub(super) fn new<B: Block32>(data: &[u8], n: usize, k: usize) -> Result<Self> {
-        assert!(!B::HAS_MIN, "Packed32 is for signed block types");
         check_size(B::NAME, data.len(), (32, B::BYTES), n, k)?;
         let kb = k / 32;
-        let blocks: Vec<B> = data.chunks_exact(B::BYTES).map(|b| B::read(b).0).collect();
+        let blocks: Vec<(B, f32)> = data.chunks_exact(B::BYTES).map(B::read).collect();
         let offset = B::OFFSET;
         let empty = Group32 {
             qs: [offset as u8; 256],
             d: [0.0; LANES],
         };
         let mut groups = vec![empty; n.div_ceil(LANES) * kb];
+        let mut mins = match B::HAS_MIN {
+            true => vec![[0.0; LANES]; groups.len()],
+            false => Vec::new(),
+        };
         for (c, row) in blocks.chunks_exact(kb).enumerate() {
             let (g, j) = (c / LANES, c % LANES);
-            for (b, block) in row.iter().enumerate() {
+            for (b, (block, min)) in row.iter().enumerate() {
+                if B::HAS_MIN {
+                    mins[g * kb + b][j] = *min;
+                }
                 let mut v = [0i8; 32];
                 // SAFETY: `rows_matmul` builds this kernel only when `available()` holds.
                 unsafe { _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, block.values()) };
@@ -234,6 +247,7 @@ impl Packed32 {
         }
         Ok(Self {
             groups,
+            mins,
             offset,
             n,
             k,
@@ -258,16 +272,24 @@ unsafe impl Packed for Packed32 {
             // SAFETY: `rows_matmul` builds this kernel only when `available()` holds.
             let (d, sum) = unsafe { act_quant::q8_0(x, &mut o.qs) };
             (o.d, o.start) = (d, -self.offset * sum);
+            if !self.mins.is_empty() {
+                o.s = (half::f16::from_f32(sum as f32) * half::f16::from_f32(d)).to_f32();
+            }
         }
     }
 
     #[inline(always)]
     unsafe fn tile<const R: usize>(&self, g: usize, y: &[Act32], at: [usize; R]) -> [__m256; R] {
         let kb = self.k / 32;
+        let w = &self.groups[g * kb..(g + 1) * kb];
+        let mins = match self.mins.is_empty() {
+            true => &[][..],
+            false => &self.mins[g * kb..(g + 1) * kb],
+        };
         match chains(R) {
-            4 => tile32::<R, 4>(&self.groups[g * kb..(g + 1) * kb], y, at),
-            2 => tile32::<R, 2>(&self.groups[g * kb..(g + 1) * kb], y, at),
-            _ => tile32::<R, 1>(&self.groups[g * kb..(g + 1) * kb], y, at),
+            4 => tile32::<R, 4>(w, mins, y, at),
+            2 => tile32::<R, 2>(w, mins, y, at),
+            _ => tile32::<R, 1>(w, mins, y, at),
         }
     }
 }
@@ -275,10 +297,11 @@ unsafe impl Packed for Packed32 {
 /// [`Packed::tile`] for [`Packed32`], with `C` integer accumulators per activation row.
 ///
 /// # Safety
-/// As for [`Packed::tile`]; `w` is one group's blocks.
+/// As for [`Packed::tile`]; `w` is one group's blocks, `mins` their minimums or empty.
 #[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
 unsafe fn tile32<const R: usize, const C: usize>(
     w: &[Group32],
+    mins: &[[f32; LANES]],
     y: &[Act32],
     at: [usize; R],
 ) -> [__m256; R] {
@@ -306,6 +329,10 @@ unsafe fn tile32<const R: usize, const C: usize>(
             }
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);
+            if !mins.is_empty() {
+                let m = _mm256_loadu_ps(mins.get_unchecked(b).as_ptr());
+                acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(yb.s), acc[r]);
+            }
         }
     }
     acc
