@@ -109,7 +109,6 @@ pub(super) fn matmul_packed<P: Packed>(p: &P, x: &[f32], m: usize, dst: &mut [f3
     let group_tasks = groups.div_ceil(GROUPS_PER_TASK);
     let out = Out(dst.as_mut_ptr());
     (0..group_tasks * row_tasks).into_par_iter().for_each(|t| {
-        let out = out;
         let (gt, rt) = (t % group_tasks, t / group_tasks);
         let rows = rt * rows_per_task..m.min((rt + 1) * rows_per_task);
         for g in gt * GROUPS_PER_TASK..groups.min((gt + 1) * GROUPS_PER_TASK) {
@@ -324,8 +323,8 @@ unsafe fn tile32<const R: usize, const C: usize>(
         for r in 0..R {
             let yb = y.get_unchecked(at[r] + b);
             let mut s = sums[r][0];
-            for c in 1..C {
-                s = _mm256_add_epi32(s, sums[r][c]);
+            for part in &sums[r][1..] {
+                s = _mm256_add_epi32(s, *part);
             }
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);

@@ -144,8 +144,8 @@ unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
             }
             for r in 0..R {
                 let mut sum = sums[r][0];
-                for c in 1..C {
-                    sum = _mm256_add_epi32(sum, sums[r][c]);
+                for part in &sums[r][1..] {
+                    sum = _mm256_add_epi32(sum, *part);
                 }
                 if B::OFFSET != 0 {
                     // Q6_K: 16-value sub-blocks, one activation sum each.
