@@ -42,7 +42,8 @@ pub struct ModelShape {
 const GEMM_ROWS: usize = 8;
 
 /// A projection kept quantized (streams the least memory: best for one or a few rows) and,
-/// when `dense` is on, also as f32 weights (a cache-blocked gemm: best for prompt chunks).
+/// when `dense` is on, also as f32 weights (a cache-blocked gemm: best for prompt chunks),
+/// unless its quantized kernel is the faster one for prompt chunks too (the VNNI kernels).
 struct Linear {
     quant: Quant,
     dense: Option<Tensor>,
@@ -59,13 +60,19 @@ enum Quant {
 impl Linear {
     fn new(q: QTensor, dense: bool) -> Result<Self> {
         let out_features = q.shape().dims2()?.0;
-        let dense = match dense {
-            true => Some(q.dequantize(&q.device())?),
+        let rows = match q.device().is_cpu() {
+            true => rows_matmul(&q)?,
             false => None,
         };
-        let quant = match (q.device().is_cpu(), rows_matmul(&q)?) {
-            (true, Some(k)) => Quant::Rows(k),
-            _ => Quant::Candle(QMatMul::from_qtensor(q)?),
+        // A kernel as fast as the float gemm on prompt chunks needs no f32 copy.
+        let dense = match &rows {
+            Some(k) if k.fast_for_many_rows() => None,
+            _ if dense => Some(q.dequantize(&q.device())?),
+            _ => None,
+        };
+        let quant = match rows {
+            Some(k) => Quant::Rows(k),
+            None => Quant::Candle(QMatMul::from_qtensor(q)?),
         };
         Ok(Self {
             quant,

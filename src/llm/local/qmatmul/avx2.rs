@@ -287,6 +287,9 @@ pub(super) trait Block32: Copy + Send + Sync {
     /// Unsigned values with a per-block minimum (dotted with Q8_1 activations, whose block
     /// sums the minimums multiply), or signed values (dotted with Q8_0 activations).
     const HAS_MIN: bool;
+    /// For signed types, what makes every value non-negative (`q + OFFSET` fits a byte
+    /// unsigned): the VNNI kernels (`vnni`) multiply unsigned weight bytes.
+    const OFFSET: i32;
     /// The block read from its file bytes, and its minimum (0 for signed types).
     fn read(bytes: &[u8]) -> (Self, f32);
     /// The block's scale.
@@ -335,6 +338,7 @@ impl Block32 for Q4_0Block {
     const NAME: &'static str = "Q4_0";
     const BYTES: usize = 18;
     const HAS_MIN: bool = false;
+    const OFFSET: i32 = 8;
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qs = b[2..18].try_into().expect("16 bytes");
@@ -368,6 +372,7 @@ impl Block32 for Q4_1Block {
     const NAME: &'static str = "Q4_1";
     const BYTES: usize = 20;
     const HAS_MIN: bool = true;
+    const OFFSET: i32 = 0;
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qs = b[4..20].try_into().expect("16 bytes");
@@ -402,6 +407,7 @@ impl Block32 for Q5_0Block {
     const NAME: &'static str = "Q5_0";
     const BYTES: usize = 22;
     const HAS_MIN: bool = false;
+    const OFFSET: i32 = 16;
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qh = u32::from_le_bytes(b[2..6].try_into().expect("4 bytes"));
@@ -440,6 +446,7 @@ impl Block32 for Q5_1Block {
     const NAME: &'static str = "Q5_1";
     const BYTES: usize = 24;
     const HAS_MIN: bool = true;
+    const OFFSET: i32 = 0;
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qh = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
@@ -476,6 +483,7 @@ impl Block32 for Q8_0Block {
     const NAME: &'static str = "Q8_0";
     const BYTES: usize = Q8_0_BYTES;
     const HAS_MIN: bool = false;
+    const OFFSET: i32 = 128;
 
     fn read(b: &[u8]) -> (Self, f32) {
         let qs = std::array::from_fn(|i| b[2 + i] as i8);

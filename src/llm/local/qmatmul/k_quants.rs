@@ -20,18 +20,19 @@ use super::avx2::{block_bytes, check_size, dot_rows, f16_at, quantize_rows, Weig
 use super::{by_columns, RowsMatMul};
 
 /// Values per super-block.
-const QK_K: usize = 256;
+pub(super) const QK_K: usize = 256;
 /// Bytes of one Q8_K block (f32 d, 256 signed bytes, 16 i16 sums), as candle's `repr(C)`
 /// `BlockQ8K`.
 const Q8K_BYTES: usize = 4 + QK_K + 32;
 
 /// One super-block of 256 activations quantized to 8 bits: the bytes, the sums of each 16 and
 /// of each 32 of them, and the scale.
+#[derive(Clone, Copy)]
 pub(super) struct Q8KBlock {
-    qs: [i8; QK_K],
-    bsums: [i16; 16],
-    sums32: [i16; 8],
-    d: f32,
+    pub(super) qs: [i8; QK_K],
+    pub(super) bsums: [i16; 16],
+    pub(super) sums32: [i16; 8],
+    pub(super) d: f32,
 }
 
 /// `m` activation rows of `k` values (a multiple of 256) quantized to Q8_K.
@@ -73,6 +74,46 @@ pub(super) trait BlockK: Copy + Send + Sync {
     /// # Safety
     /// AVX2 and FMA must be available.
     unsafe fn fma(w: &Self::Unpacked, y: &Q8KBlock, acc: __m256) -> __m256;
+    /// Values sharing one integer scale: 32 (Q4_K, Q5_K) or 16 (Q6_K).
+    const SUB: usize;
+    /// Subtracted from every value `q` (Q6_K: 32).
+    const OFFSET: i32;
+    /// Whether the sub-blocks have minimums (Q4_K, Q5_K).
+    const HAS_MIN: bool;
+    /// The block as integers, for the VNNI kernels (`vnni_k_quants`).
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    unsafe fn ints(&self) -> KInts;
+}
+
+/// A K-quant super-block as integers: value `i` is
+/// `d · scales[i / SUB] · (q[i] - OFFSET) - dmin · mins[i / 32]`.
+pub(super) struct KInts {
+    pub(super) q: [u8; QK_K],
+    pub(super) scales: [i8; 16],
+    pub(super) mins: [u8; 8],
+    pub(super) d: f32,
+    pub(super) dmin: f32,
+}
+
+/// [`KInts`] of an unpacked Q4_K or Q5_K block.
+///
+/// # Safety
+/// AVX must be available.
+#[inline(always)]
+unsafe fn scale_min_ints(u: &ScaleMinBlock, scales: &[u8; 8], mins: &[u8; 8]) -> KInts {
+    let mut q = [0u8; QK_K];
+    for (i, v) in u.q.iter().enumerate() {
+        _mm256_storeu_si256(q.as_mut_ptr().add(32 * i) as *mut __m256i, *v);
+    }
+    KInts {
+        q,
+        scales: std::array::from_fn(|i| if i < 8 { scales[i] as i8 } else { 0 }),
+        mins: *mins,
+        d: u.d,
+        dmin: u.dmin,
+    }
 }
 
 /// `Σ_i scales[i] · q[i] · y_i` over the eight 32-value sub-blocks, in eight i32 lanes (exact:
@@ -210,6 +251,14 @@ impl BlockK for Q4KBlock {
     unsafe fn fma(w: &ScaleMinBlock, y: &Q8KBlock, acc: __m256) -> __m256 {
         w.fma(y, acc)
     }
+
+    const SUB: usize = 32;
+    const OFFSET: i32 = 0;
+    const HAS_MIN: bool = true;
+
+    unsafe fn ints(&self) -> KInts {
+        scale_min_ints(&self.unpack(), &self.scales, &self.mins)
+    }
 }
 
 /// Q5_K: as Q4_K, with a fifth bit per value (bit `i` of `qh[l]` for value `l` of sub-block
@@ -260,6 +309,14 @@ impl BlockK for Q5KBlock {
     #[inline(always)]
     unsafe fn fma(w: &ScaleMinBlock, y: &Q8KBlock, acc: __m256) -> __m256 {
         w.fma(y, acc)
+    }
+
+    const SUB: usize = 32;
+    const OFFSET: i32 = 0;
+    const HAS_MIN: bool = true;
+
+    unsafe fn ints(&self) -> KInts {
+        scale_min_ints(&self.unpack(), &self.scales, &self.mins)
     }
 }
 
@@ -341,6 +398,25 @@ impl BlockK for Q6KBlock {
         let offset = _mm256_slli_epi32(_mm256_madd_epi16(w.scales16, bsums), 5);
         let sum = _mm256_sub_epi32(sum, offset);
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(w.d * y.d), acc)
+    }
+
+    const SUB: usize = 16;
+    const OFFSET: i32 = 32;
+    const HAS_MIN: bool = false;
+
+    unsafe fn ints(&self) -> KInts {
+        let u = self.unpack();
+        let mut q = [0u8; QK_K];
+        for (i, v) in u.q.iter().enumerate() {
+            _mm256_storeu_si256(q.as_mut_ptr().add(32 * i) as *mut __m256i, *v);
+        }
+        KInts {
+            q,
+            scales: self.scales,
+            mins: [0; 8],
+            d: self.d,
+            dmin: 0.0,
+        }
     }
 }
 

@@ -12,6 +12,10 @@
 //! weight block is unpacked once and dotted with a tile of up to 8 activation rows, with
 //! llama.cpp's arithmetic. They compute candle's quantities in another float order: equal to
 //! candle's within rounding, and bit for bit the same whatever the batch (see the tests).
+//! CPUs with AVX-512 VNNI (and VL) run instead the kernels of `vnni` and `vnni_k_quants`:
+//! weights repacked 8 rows per vector at load, activations quantized by `act_quant`, one
+//! `vpdpbusd` per 4 values of 8 weight rows, fast enough for prompt chunks too (those kernels
+//! say so through [`RowsMatMul::fast_for_many_rows`], and the model then keeps no f32 copy).
 //! Other types, and other CPUs, run candle's `vec_dot` ([`Typed`]).
 
 use std::borrow::Cow;
@@ -25,13 +29,25 @@ use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+mod act_quant;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod k_quants;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+#[cfg(target_arch = "x86_64")]
+mod vnni_k_quants;
 
 /// `dst[m, n] = x[m, k] · Wᵀ` for a quantized `W[n, k]`.
 pub trait RowsMatMul: Send + Sync {
     fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]);
+
+    /// Whether prompt chunks (hundreds of rows) run faster here than through an f32 copy of
+    /// the weights and a float gemm: then no such copy is kept.
+    fn fast_for_many_rows(&self) -> bool {
+        false
+    }
 }
 
 struct Typed<T: GgmlType> {
@@ -124,9 +140,49 @@ fn has_avx2_fma() -> bool {
 
 /// The batched kernel for `q` (a 2-D `[n, k]` weight), or `None` for types without one.
 pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
+    kernel_for(q, true)
+}
+
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        vnni::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`rows_matmul`], with the VNNI kernels only when `vnni` (the tests check the AVX2 ones on
+/// CPUs that have both).
+fn kernel_for(q: &QTensor, vnni: bool) -> Result<Option<Box<dyn RowsMatMul>>> {
     let (n, k) = q.shape().dims2()?;
     let data = q.data()?;
+    let vnni = vnni && has_vnni();
     Ok(Some(match q.dtype() {
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q4_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q4_0Block>(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q4_1 if vnni => Box::new(vnni::Packed32::new::<avx2::Q4_1Block>(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q5_1 if vnni => Box::new(vnni::Packed32::new::<avx2::Q5_1Block>(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q5_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q5_0Block>(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q8_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q8_0Block>(&data, n, k)?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q4K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q4KBlock>::new(
+            &data, n, k,
+        )?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q5K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q5KBlock>::new(
+            &data, n, k,
+        )?),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q6K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q6KBlock>::new(
+            &data, n, k,
+        )?),
         #[cfg(target_arch = "x86_64")]
         GgmlDType::Q4_0 if has_avx2_fma() => Box::new(avx2::Q4_0Avx2::new(&data, n, k)?),
         #[cfg(target_arch = "x86_64")]
@@ -183,12 +239,13 @@ mod tests {
             .collect()
     }
 
-    /// Checks every kernel type on `m = 15` rows (tiles of 8, 4 and 3) of `k` values against
-    /// `n = 100` weight rows: a row's output is bit for bit the same alone and in the batch, and
-    /// equal to candle's quantized product (the same quantized activations) within rounding.
-    fn check_types(dtypes: &[GgmlDType], k: usize) {
+    /// Checks every kernel type on `m` rows of `k` values against `n = 100` weight rows (not a
+    /// multiple of 8: a partial group): a row's output is bit for bit the same alone and in the
+    /// batch, and equal to candle's quantized product (the same quantized activations) within
+    /// rounding. Both the VNNI kernels and the AVX2 ones where the CPU has them.
+    fn check_types(dtypes: &[GgmlDType], k: usize, m: usize) {
         let dev = Device::Cpu;
-        let (m, n) = (15, 100);
+        let n = 100;
         let w = Tensor::from_vec(uniform(n * k, 1), (n, k), &dev).unwrap();
         let x = Tensor::from_vec(uniform(m * k, 2), (m, k), &dev).unwrap();
         let l1: Vec<f32> = x
@@ -200,16 +257,27 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        for &dtype in dtypes {
+        let variants = match has_vnni() {
+            true => vec![true, false],
+            false => vec![false],
+        };
+        for (&dtype, vnni) in dtypes
+            .iter()
+            .flat_map(|d| variants.iter().map(move |&v| (d, v)))
+        {
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let ours = rows_matmul(&q).unwrap().unwrap();
+            let ours = kernel_for(&q, vnni).unwrap().unwrap();
             let batch = rows(ours.as_ref(), &x, m, n);
             let qm = QMatMul::from_qtensor(q).unwrap();
             for r in 0..m {
                 let one = x.narrow(0, r, 1).unwrap();
                 let got = &batch[r * n..(r + 1) * n];
                 // A row's numbers never depend on the batch it is in.
-                assert_eq!(got, rows(ours.as_ref(), &one, 1, n), "{dtype:?} row {r}");
+                assert_eq!(
+                    got,
+                    rows(ours.as_ref(), &one, 1, n),
+                    "{dtype:?} {vnni} row {r}"
+                );
                 let want: Vec<f32> = qm
                     .forward(&one)
                     .unwrap()
@@ -222,7 +290,10 @@ mod tests {
                     // the terms' absolute sum (Σ|x||w| ≈ k / 3): 1e-6 of it, ~2e-4 for k = 576.
                     for (c, (a, b)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-6 * l1[r * n + c];
-                        assert!((a - b).abs() <= tol, "{dtype:?} [{r},{c}]: {a} vs {b}");
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{dtype:?} {vnni} [{r},{c}]: {a} vs {b}"
+                        );
                     }
                 } else {
                     // Without AVX2 every type runs candle's own `vec_dot`: bit for bit.
@@ -232,26 +303,66 @@ mod tests {
         }
     }
 
+    const BLOCK32: [GgmlDType; 5] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ];
+
     #[test]
     fn rows_are_batch_invariant_and_equal_candles() {
         // k = 576 (SmolLM2's hidden size): 18 blocks, even and odd accumulators both used.
-        check_types(
-            &[
-                GgmlDType::Q4_0,
-                GgmlDType::Q4_1,
-                GgmlDType::Q5_0,
-                GgmlDType::Q5_1,
-                GgmlDType::Q8_0,
-            ],
-            576,
-        );
+        // 15 rows: tiles of 8 and 7 (VNNI), 8, 4 and 3 (AVX2).
+        check_types(&BLOCK32, 576, 15);
+    }
+
+    #[test]
+    fn prompt_chunks_are_batch_invariant_and_equal_candles() {
+        // 70 rows: the VNNI driver splits them over tasks of 32 rows (32, 32, 6).
+        check_types(&BLOCK32, 128, 70);
     }
 
     #[test]
     fn k_quant_rows_are_batch_invariant_and_equal_candles() {
         let k_quants = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
         // Three super-blocks (an odd count) and six (SmolLM2's ffn_down rows of 1536).
-        check_types(&k_quants, 768);
-        check_types(&k_quants, 1536);
+        check_types(&k_quants, 768, 15);
+        check_types(&k_quants, 1536, 15);
+        check_types(&k_quants, 256, 70);
+    }
+
+    /// Throughput of the kernels on SmolLM2's feed-forward shape (`cargo test --release --lib
+    /// kernel_throughput -- --ignored --nocapture`): for tuning, not a check.
+    #[test]
+    #[ignore]
+    fn kernel_throughput() {
+        let (n, k) = (1536, 768);
+        let w = Tensor::from_vec(uniform(n * k, 1), (n, k), &Device::Cpu).unwrap();
+        let x = uniform(256 * k, 2);
+        for dtype in [
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q4_1,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let ours = rows_matmul(&q).unwrap().unwrap();
+            for m in [1, 8, 32, 256] {
+                let mut dst = vec![0f32; m * n];
+                let reps = 2048 / m;
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        ours.matmul(&x[..m * k], m, &mut dst);
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let gmacs = (reps * m * n * k) as f64 / best / 1e9;
+                println!("{dtype:?} m={m}: {gmacs:.1} GMAC/s");
+            }
+        }
     }
 }

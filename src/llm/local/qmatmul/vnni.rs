@@ -1,0 +1,350 @@
+//! AVX-512 VNNI kernels (with AVX-512 VL, on 256-bit vectors) for the 32-value block types
+//! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, and the tile driver they share with the K-quants
+//! (`vnni_k_quants`): one quantized product for one row, a batch of rows and a whole prompt
+//! chunk, fast enough that prompts need no f32 copy of the weights.
+//!
+//! The AVX2 kernels (`avx2`, `k_quants`) give each lane a slice of one weight row and sum the
+//! lanes per activation row, so most of their work is per (weight row, activation row) pair
+//! outside the multiply. Here, as in llama.cpp's repacked layouts (`ggml-cpu/repack.cpp`), the
+//! weights are repacked at load, 8 rows interleaved 4 bytes at a time, so that one
+//! `vpdpbusd` multiplies 4 values of each of 8 weight rows by the same 4 activation bytes
+//! (broadcast) and accumulates each weight row's sum in its own i32 lane: the eight lanes are
+//! eight outputs, and no horizontal sum is left. A tile of up to 8 activation rows shares each
+//! loaded weight vector.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, so weights are stored unsigned with the
+//! type's offset (`q + 8` for Q4_0, `q + 16` for Q5_0, `q + 128` for Q8_0) and the offset
+//! times the activation block's byte sum is subtracted, all in exact integers. Q4_1 and Q5_1
+//! values are unsigned already; their minimums add `min · s` per block (`s`: the activation
+//! block's scaled sum, as in llama.cpp's Q8_1). Activations are
+//! quantized to Q8_0 (llama.cpp's activation type for these weights) by `act_quant`.
+//!
+//! Batch invariance: each output is `Σ_b float(I_b) · (d_w · d_y)` accumulated block after
+//! block with fused multiply-adds, where `I_b` is the block's exact integer dot product. The
+//! integer sums may be split into several accumulators (more independent chains for small
+//! tiles) without changing a bit, and the float chain is the same whatever the tile, so a row
+//! gets the same result in any batch (see the tests).
+
+use std::arch::x86_64::*;
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use super::act_quant;
+use super::avx2::{check_size, Block32};
+use super::RowsMatMul;
+
+/// Whether the CPU runs these kernels (AVX2 and FMA for the float parts, AVX-512 VNNI and VL
+/// for `vpdpbusd` on 256-bit vectors).
+pub(super) fn available() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Weight rows interleaved per output lane.
+pub(super) const LANES: usize = 8;
+/// Activation rows sharing each loaded weight vector, at most.
+const TILE: usize = 8;
+/// Activation rows per task when a product has many (prompt chunks): tasks over both weight
+/// and activation rows keep both cores busy on products with few weight rows.
+const ROWS_PER_TASK: usize = 32;
+/// Groups of [`LANES`] weight rows per task.
+const GROUPS_PER_TASK: usize = 8;
+
+/// A weight matrix repacked in groups of [`LANES`] rows, with its tile kernel.
+///
+/// # Safety
+/// [`Self::Act`] must be plain data: all-zero bytes a valid value.
+pub(super) unsafe trait Packed: Sync {
+    /// One block of quantized activations.
+    type Act: Send + Sync + Copy;
+    /// Output rows (weight rows) and the row length.
+    fn shape(&self) -> (usize, usize);
+    /// Activation blocks per row.
+    fn act_blocks(&self) -> usize;
+    /// `x`'s row (`k` values) quantized into `out` ([`Self::act_blocks`] blocks).
+    fn quantize(&self, x: &[f32], out: &mut [Self::Act]);
+    /// The [`LANES`] outputs of group `g` (weight rows `8g..8g + 8`) for the `R` activation
+    /// rows whose blocks start at `at[r]` in `y`.
+    ///
+    /// # Safety
+    /// [`available`] must hold; `g` is a group of the matrix and `y` holds
+    /// [`Self::act_blocks`] blocks from each `at[r]`.
+    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Self::Act], at: [usize; R])
+        -> [__m256; R];
+}
+
+/// A raw pointer to the output, written by tasks at disjoint places.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes its own (row, group) places only (see `matmul_packed`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `dst[m, n] = x[m, k] · Wᵀ` for a [`Packed`] `W`: activations quantized once, then tasks of
+/// [`GROUPS_PER_TASK`] weight groups × [`ROWS_PER_TASK`] activation rows in parallel.
+pub(super) fn matmul_packed<P: Packed>(p: &P, x: &[f32], m: usize, dst: &mut [f32]) {
+    let (n, k) = p.shape();
+    assert!(
+        x.len() >= m * k && dst.len() >= m * n,
+        "matmul_packed: short buffers"
+    );
+    let kb = p.act_blocks();
+    // SAFETY: `Packed::Act` is plain data (see the trait); every block is overwritten below.
+    let mut y = vec![unsafe { std::mem::zeroed::<P::Act>() }; m * kb];
+    let quantize = |(r, out): (usize, &mut [P::Act])| p.quantize(&x[r * k..(r + 1) * k], out);
+    if m >= 16 {
+        y.par_chunks_mut(kb).enumerate().for_each(quantize);
+    } else {
+        y.chunks_mut(kb).enumerate().for_each(quantize);
+    }
+    let groups = n.div_ceil(LANES);
+    let rows_per_task = match m > 2 * ROWS_PER_TASK {
+        true => ROWS_PER_TASK,
+        false => m,
+    };
+    let row_tasks = m.div_ceil(rows_per_task);
+    let group_tasks = groups.div_ceil(GROUPS_PER_TASK);
+    let out = Out(dst.as_mut_ptr());
+    (0..group_tasks * row_tasks).into_par_iter().for_each(|t| {
+        let (gt, rt) = (t % group_tasks, t / group_tasks);
+        let rows = rt * rows_per_task..m.min((rt + 1) * rows_per_task);
+        for g in gt * GROUPS_PER_TASK..groups.min((gt + 1) * GROUPS_PER_TASK) {
+            let mut r = rows.start;
+            while r < rows.end {
+                let take = (rows.end - r).min(TILE);
+                // SAFETY: `Packed` kernels are built only when `available()` holds; `g` is
+                // below `groups` and `y` holds `kb` blocks for each of the `m` rows; each
+                // (row, group) is written by this task alone, inside `dst` (`n` per row).
+                unsafe {
+                    match take {
+                        1 => store(out, n, g, r, p.tile(g, &y, [r * kb])),
+                        2 => store(out, n, g, r, p.tile(g, &y, at::<2>(r, kb))),
+                        3 => store(out, n, g, r, p.tile(g, &y, at::<3>(r, kb))),
+                        4 => store(out, n, g, r, p.tile(g, &y, at::<4>(r, kb))),
+                        5 => store(out, n, g, r, p.tile(g, &y, at::<5>(r, kb))),
+                        6 => store(out, n, g, r, p.tile(g, &y, at::<6>(r, kb))),
+                        7 => store(out, n, g, r, p.tile(g, &y, at::<7>(r, kb))),
+                        _ => store(out, n, g, r, p.tile(g, &y, at::<8>(r, kb))),
+                    }
+                }
+                r += take;
+            }
+        }
+    });
+}
+
+/// The first block of `R` consecutive activation rows from row `r`.
+fn at<const R: usize>(r: usize, kb: usize) -> [usize; R] {
+    std::array::from_fn(|i| (r + i) * kb)
+}
+
+/// Writes the outputs of group `g` for the activation rows `r..r + R` (the lanes past the last
+/// weight row are dropped).
+///
+/// # Safety
+/// AVX must be available; `out` has `n` values per row for every row written.
+#[inline(always)]
+unsafe fn store<const R: usize>(out: Out, n: usize, g: usize, r: usize, v: [__m256; R]) {
+    let c = g * LANES;
+    for (i, v) in v.into_iter().enumerate() {
+        let dst = out.0.add((r + i) * n + c);
+        if c + LANES <= n {
+            _mm256_storeu_ps(dst, v);
+        } else {
+            let mut lanes = [0f32; LANES];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, n - c);
+        }
+    }
+}
+
+/// Integer accumulators per activation row for a tile of `R` rows: enough independent
+/// `vpdpbusd` chains to hide its latency.
+pub(super) const fn chains(r: usize) -> usize {
+    match r {
+        1 => 4,
+        2 | 3 => 2,
+        _ => 1,
+    }
+}
+
+/// 4 activation bytes at `p`, in every i32 lane.
+///
+/// # Safety
+/// `p` must point to 4 readable bytes; AVX must be available.
+#[inline(always)]
+pub(super) unsafe fn broadcast4(p: *const i8) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// One block of 32 activations quantized to Q8_0: the bytes, minus their sum times the
+/// weights' offset (where the block's integer dot product starts), and the scale.
+#[derive(Clone, Copy)]
+pub(super) struct Act32 {
+    qs: [i8; 32],
+    start: i32,
+    d: f32,
+    /// `d · Σ q` in f16 arithmetic (Q8_1's `s`), which the minimums of Q4_1 and Q5_1 multiply.
+    s: f32,
+}
+
+/// 8 weight rows' block `b` (32 values each): `qs[32t + 4j + l]` is value `4t + l` of row `j`,
+/// unsigned (the type's offset added); `d[j]` is row `j`'s scale.
+#[derive(Clone, Copy)]
+pub(super) struct Group32 {
+    qs: [u8; 256],
+    d: [f32; LANES],
+}
+
+/// A [`Block32`] type's weights repacked for [`Packed::tile`].
+pub(super) struct Packed32 {
+    groups: Vec<Group32>,
+    /// For the types with a minimum (Q4_1, Q5_1), the 8 rows' minimums of each group's block
+    /// (as `groups`); else empty.
+    mins: Vec<[f32; LANES]>,
+    /// The offset added to the values to make them unsigned.
+    offset: i32,
+    n: usize,
+    k: usize,
+}
+
+impl Packed32 {
+    /// The kernel for `n` rows of `k` values of type `B` stored as `data` (the tensor's GGUF
+    /// bytes).
+    pub(super) fn new<B: Block32>(data: &[u8], n: usize, k: usize) -> Result<Self> {
+        check_size(B::NAME, data.len(), (32, B::BYTES), n, k)?;
+        let kb = k / 32;
+        let blocks: Vec<(B, f32)> = data.chunks_exact(B::BYTES).map(B::read).collect();
+        let offset = B::OFFSET;
+        let empty = Group32 {
+            qs: [offset as u8; 256],
+            d: [0.0; LANES],
+        };
+        let mut groups = vec![empty; n.div_ceil(LANES) * kb];
+        let mut mins = match B::HAS_MIN {
+            true => vec![[0.0; LANES]; groups.len()],
+            false => Vec::new(),
+        };
+        for (c, row) in blocks.chunks_exact(kb).enumerate() {
+            let (g, j) = (c / LANES, c % LANES);
+            for (b, (block, min)) in row.iter().enumerate() {
+                if B::HAS_MIN {
+                    mins[g * kb + b][j] = *min;
+                }
+                let mut v = [0i8; 32];
+                // SAFETY: `rows_matmul` builds this kernel only when `available()` holds.
+                unsafe { _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, block.values()) };
+                let dst = &mut groups[g * kb + b];
+                for (i, &q) in v.iter().enumerate() {
+                    dst.qs[32 * (i / 4) + 4 * j + i % 4] = (q as i32 + offset) as u8;
+                }
+                dst.d[j] = block.d();
+            }
+        }
+        Ok(Self {
+            groups,
+            mins,
+            offset,
+            n,
+            k,
+        })
+    }
+}
+
+// SAFETY: `Act32` holds integers and a float.
+unsafe impl Packed for Packed32 {
+    type Act = Act32;
+
+    fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    fn act_blocks(&self) -> usize {
+        self.k / 32
+    }
+
+    fn quantize(&self, x: &[f32], out: &mut [Act32]) {
+        for (x, o) in x.chunks_exact(32).zip(out) {
+            // SAFETY: `rows_matmul` builds this kernel only when `available()` holds.
+            let (d, sum) = unsafe { act_quant::q8_0(x, &mut o.qs) };
+            (o.d, o.start) = (d, -self.offset * sum);
+            if !self.mins.is_empty() {
+                o.s = (half::f16::from_f32(sum as f32) * half::f16::from_f32(d)).to_f32();
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Act32], at: [usize; R]) -> [__m256; R] {
+        let kb = self.k / 32;
+        let w = &self.groups[g * kb..(g + 1) * kb];
+        let mins = match self.mins.is_empty() {
+            true => &[][..],
+            false => &self.mins[g * kb..(g + 1) * kb],
+        };
+        match chains(R) {
+            4 => tile32::<R, 4>(w, mins, y, at),
+            2 => tile32::<R, 2>(w, mins, y, at),
+            _ => tile32::<R, 1>(w, mins, y, at),
+        }
+    }
+}
+
+/// [`Packed::tile`] for [`Packed32`], with `C` integer accumulators per activation row.
+///
+/// # Safety
+/// As for [`Packed::tile`]; `w` is one group's blocks, `mins` their minimums or empty.
+#[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
+unsafe fn tile32<const R: usize, const C: usize>(
+    w: &[Group32],
+    mins: &[[f32; LANES]],
+    y: &[Act32],
+    at: [usize; R],
+) -> [__m256; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, wb) in w.iter().enumerate() {
+        let mut sums = [[_mm256_setzero_si256(); C]; R];
+        for (r, sums) in sums.iter_mut().enumerate() {
+            // The offset's term, so that the sum ends exact.
+            sums[0] = _mm256_set1_epi32(y.get_unchecked(at[r] + b).start);
+        }
+        for t in 0..8 {
+            let wv = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * t) as *const __m256i);
+            for r in 0..R {
+                let yb = y.get_unchecked(at[r] + b);
+                let s = &mut sums[r][t % C];
+                *s = _mm256_dpbusd_epi32(*s, wv, broadcast4(yb.qs.as_ptr().add(4 * t)));
+            }
+        }
+        let d = _mm256_loadu_ps(wb.d.as_ptr());
+        for r in 0..R {
+            let yb = y.get_unchecked(at[r] + b);
+            let mut s = sums[r][0];
+            for part in &sums[r][1..] {
+                s = _mm256_add_epi32(s, *part);
+            }
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);
+            if !mins.is_empty() {
+                let m = _mm256_loadu_ps(mins.get_unchecked(b).as_ptr());
+                acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(yb.s), acc[r]);
+            }
+        }
+    }
+    acc
+}
+
+impl RowsMatMul for Packed32 {
+    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        matmul_packed(self, x, m, dst)
+    }
+
+    /// About twice candle's f32 gemm on SmolLM2 Q8_0's prompts (measured with `cai bench
+    /// --quantized-only` on a 2-core Zen 4).
+    fn fast_for_many_rows(&self) -> bool {
+        true
+    }
+}
