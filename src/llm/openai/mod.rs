@@ -8,12 +8,17 @@
 //!   without either, an estimate ([`wire::estimate_tokens`]), counted in [`Backend::stats`].
 //!
 //! Requests run on at most `concurrency` threads, spread over the servers, with retries
-//! ([`client`]) and a disk cache ([`cache`]). The API key is read from an environment variable
-//! and never stored or printed.
+//! ([`client`]) and a disk cache ([`cache`]), over HTTP or HTTPS ([`transport`]). The API key
+//! is read from an environment variable and sent in the `Authorization` header only: never
+//! printed, cached (the cache key is model, endpoint and body) or written to a manifest.
+//!
+//! A server's "context length exceeded" answer (HTTP 400 from OpenAI, vLLM, llama.cpp, TGI)
+//! becomes a [`super::ContextOverflow`], so stages skip that record with a warning.
 
+mod base_url;
 mod cache;
 mod client;
-mod http;
+mod transport;
 mod wire;
 
 use std::path::PathBuf;
@@ -29,23 +34,29 @@ pub use cache::default_dir as default_cache_dir;
 pub use client::RetryPolicy;
 
 use super::{Backend, Choice, ChoiceRequest, GenerateRequest, Generation, ModelInfo, Prompt};
+use base_url::BaseUrl;
 use cache::RequestCache;
 use client::{Client, HttpStatus};
-use http::BaseUrl;
+use transport::{ApiKey, Transport, TransportConfig};
 
 /// Settings of the openai backend (`--base-url`, `--concurrency`, …).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenaiConfig {
-    /// Server roots (`http://host:port`, a trailing `/v1` is accepted); requests are spread
-    /// over them in turn.
+    /// Server roots (`http://host:port` or `https://…`, with or without the trailing `/v1`,
+    /// behind a path prefix or not); requests are spread over them in turn.
     pub base_urls: Vec<String>,
     /// Environment variable holding the API key (sent as a bearer token when set).
     pub api_key_env: String,
     /// Requests in flight at once.
     pub concurrency: usize,
-    /// Per-request timeout in seconds (connect, and every read and write).
+    /// Longest wait for a whole answer in seconds (connecting, sending, reading it all).
     pub timeout_s: f64,
+    /// Longest wait for a connection in seconds, TLS handshake included.
+    pub connect_timeout_s: f64,
+    /// PEM file of the CA certificates to trust instead of the built-in (webpki) roots;
+    /// without it `$SSL_CERT_FILE` is read when set.
+    pub ca_cert: Option<PathBuf>,
     pub retry: RetryPolicy,
     /// Request cache folder [default: ~/.cache/cai/requests].
     pub cache_dir: Option<PathBuf>,
@@ -59,6 +70,8 @@ impl Default for OpenaiConfig {
             api_key_env: "OPENAI_API_KEY".into(),
             concurrency: 64,
             timeout_s: 600.0,
+            connect_timeout_s: 10.0,
+            ca_cert: None,
             retry: RetryPolicy::default(),
             cache_dir: None,
             no_cache: false,
@@ -90,7 +103,10 @@ impl OpenaiBackend {
     /// Connects to the servers; `model` = `default` takes the first model the server lists.
     pub fn open(cfg: &OpenaiConfig, model: &str) -> Result<Self> {
         if cfg.base_urls.is_empty() {
-            bail!("--backend openai needs at least one --base-url (e.g. http://127.0.0.1:8000)");
+            bail!(
+                "--backend openai needs at least one --base-url (e.g. http://127.0.0.1:8000 or \
+                 https://api.openai.com/v1)"
+            );
         }
         if cfg.concurrency == 0 {
             bail!("--concurrency must be at least 1");
@@ -102,9 +118,27 @@ impl OpenaiBackend {
             .collect::<Result<Vec<_>>>()?;
         let api_key = std::env::var(&cfg.api_key_env)
             .ok()
-            .filter(|k| !k.is_empty());
-        let timeout = Duration::from_secs_f64(cfg.timeout_s.max(0.001));
-        let client = Client::new(servers, api_key, timeout, cfg.retry.clone());
+            .filter(|k| !k.is_empty())
+            .map(ApiKey::new);
+        for (what, s) in [
+            ("--timeout", cfg.timeout_s),
+            ("--connect-timeout", cfg.connect_timeout_s),
+        ] {
+            if !(s > 0.0 && s.is_finite()) {
+                bail!("{what} must be a positive number of seconds, not {s}");
+            }
+        }
+        let timeout = Duration::from_secs_f64(cfg.timeout_s);
+        let transport = Transport::new(
+            &TransportConfig {
+                timeout,
+                connect_timeout: Duration::from_secs_f64(cfg.connect_timeout_s),
+                ca_cert: cfg.ca_cert.clone(),
+                pool: cfg.concurrency,
+            },
+            api_key,
+        )?;
+        let client = Client::new(servers, transport, timeout, cfg.retry.clone());
         let server = client.server_name();
         let models = client
             .call("/v1/models", None)
@@ -162,6 +196,18 @@ impl OpenaiBackend {
         Ok(answer)
     }
 
+    /// A server's "context length exceeded" refusal as a [`ContextOverflow`] (stages skip such
+    /// a record with a warning); any other error unchanged.
+    fn overflow_or(&self, e: anyhow::Error) -> anyhow::Error {
+        match e
+            .downcast_ref::<HttpStatus>()
+            .and_then(|s| wire::context_overflow(s.status, &s.body, self.info.context))
+        {
+            Some(o) => anyhow::Error::new(o).context(e.to_string()),
+            None => e,
+        }
+    }
+
     /// Runs `f` over `items` on at most `concurrency` threads, results in input order.
     fn fan_out<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -192,7 +238,9 @@ impl OpenaiBackend {
         let mut prompt_tokens = 0;
         for i in 0..req.n.max(1) {
             let body = wire::chat_body(&self.info.name, req, i);
-            let answer = self.call("/v1/chat/completions", &body)?;
+            let answer = self
+                .call("/v1/chat/completions", &body)
+                .map_err(|e| self.overflow_or(e))?;
             let (c, p) = wire::parse_chat(&answer)
                 .with_context(|| format!("{}/v1/chat/completions", self.client.server_name()))?;
             completions.push(c);
@@ -206,7 +254,9 @@ impl OpenaiBackend {
 
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
         let body = wire::choice_body(&self.info.name, &req.prompt);
-        let answer = self.call("/v1/chat/completions", &body)?;
+        let answer = self
+            .call("/v1/chat/completions", &body)
+            .map_err(|e| self.overflow_or(e))?;
         let server = format!("{}/v1/chat/completions", self.client.server_name());
         let logprobs = wire::parse_choice(&answer, &req.options, &server)?;
         Ok(Choice {

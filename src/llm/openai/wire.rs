@@ -19,7 +19,9 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::llm::{Completion, FinishReason, GenerateRequest, Prompt, SamplingParams};
+use crate::llm::{
+    Completion, ContextOverflow, FinishReason, GenerateRequest, Prompt, SamplingParams,
+};
 
 /// Number of first-token alternatives asked for when scoring options (the OpenAI maximum).
 pub const TOP_LOGPROBS: usize = 20;
@@ -169,6 +171,62 @@ pub fn parse_choice(answer: &Value, options: &[String], server: &str) -> Result<
         }
     }
     Ok(out)
+}
+
+/// A server's refusal of a prompt longer than its context, as a [`ContextOverflow`] with the
+/// sizes the server named (0 where it named none); `None` for any other answer.
+///
+/// The shapes recognised (HTTP 400, 413 or 422):
+/// - OpenAI and vLLM: "This model's maximum context length is 4096 tokens. However, you
+///   requested 5000 tokens (4900 in the messages, 100 in the completion)…", OpenAI with
+///   `"code": "context_length_exceeded"`;
+/// - llama.cpp server: `"type": "exceed_context_size_error"` with `n_prompt_tokens` and `n_ctx`;
+/// - TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096";
+/// - Ollama and others: a message naming the context length or window.
+pub fn context_overflow(status: u16, body: &str, context: usize) -> Option<ContextOverflow> {
+    if !matches!(status, 400 | 413 | 422) {
+        return None;
+    }
+    let lower = body.to_ascii_lowercase();
+    const SIGNS: [&str; 7] = [
+        "context length",
+        "context_length",
+        "context size",
+        "exceed_context_size",
+        "context window",
+        "`inputs` tokens + `max_new_tokens`",
+        "maximum context",
+    ];
+    if !SIGNS.iter().any(|s| lower.contains(s)) {
+        return None;
+    }
+    let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let field = |name: &str| json["error"][name].as_u64().map(|n| n as usize);
+    let after = |cue: &str| -> Option<usize> {
+        let i = lower.find(cue)? + cue.len();
+        let digits: String = lower[i..]
+            .chars()
+            .skip_while(|c| c.is_whitespace())
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    let context = field("n_ctx")
+        .or_else(|| after("maximum context length is"))
+        .or_else(|| after("must be <="))
+        .unwrap_or(context);
+    let prompt_tokens = field("n_prompt_tokens")
+        .or_else(|| after("("))
+        .filter(|_| lower.contains("in the messages") || field("n_prompt_tokens").is_some())
+        .unwrap_or(0);
+    let needed = after("you requested")
+        .or((prompt_tokens > 0).then_some(prompt_tokens))
+        .unwrap_or(0);
+    Some(ContextOverflow {
+        prompt_tokens,
+        needed,
+        context,
+    })
 }
 
 /// Rough token count when the server offers no tokenizer: about 4 characters per token plus
@@ -343,6 +401,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not support"), "{e}");
+    }
+
+    #[test]
+    fn context_length_refusals_become_overflows() {
+        // vLLM's wording (OpenAI's is the same with a `code`).
+        let vllm = r#"{"object":"error","message":"This model's maximum context length is 2048 tokens. However, you requested 2100 tokens (2000 in the messages, 100 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError","code":400}"#;
+        assert_eq!(
+            context_overflow(400, vllm, 0),
+            Some(ContextOverflow {
+                prompt_tokens: 2000,
+                needed: 2100,
+                context: 2048
+            })
+        );
+        let llama = r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":5000,"n_ctx":4096}}"#;
+        assert_eq!(
+            context_overflow(400, llama, 0),
+            Some(ContextOverflow {
+                prompt_tokens: 5000,
+                needed: 5000,
+                context: 4096
+            })
+        );
+        let tgi = r#"{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`","error_type":"validation"}"#;
+        assert_eq!(context_overflow(422, tgi, 0).unwrap().context, 4096);
+        // The model's known context when the server names none.
+        let plain = r#"{"error":{"message":"prompt exceeds the context window"}}"#;
+        assert_eq!(context_overflow(400, plain, 8192).unwrap().context, 8192);
+        // Other refusals, and other statuses, are not overflows.
+        assert_eq!(context_overflow(400, r#"{"error":"bad model"}"#, 0), None);
+        assert_eq!(context_overflow(500, vllm, 0), None);
     }
 
     #[test]
