@@ -14,6 +14,10 @@ use crate::revise::{LongPrompt, SftFormat};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Errors with the backtraces libraries captured (as does CAI_DEBUG=1); without it an
+    /// error is one line, whatever RUST_BACKTRACE says.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 }
 
 // Parsed once per process: the size of the largest variant does not matter.

@@ -193,6 +193,35 @@ fn resume_completes_exactly_once() {
 }
 
 #[test]
+fn errors_stay_one_line_unless_debugging() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notagguf.txt"), "hello\n").unwrap();
+    let run = |extra: &[(&str, &str)], flags: &[&str]| {
+        let mut cmd = cai(dir.path());
+        cmd.env("RUST_BACKTRACE", "1")
+            .env_remove("CAI_DEBUG")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .args(["label", "--model", "notagguf.txt", "-q", "--out", "o.jsonl"])
+            .args(flags)
+            .arg("--pairs")
+            .arg(root().join("data/sample-pairs.jsonl"))
+            .arg("--constitution")
+            .arg(root().join("constitutions/harmless.yaml"));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        fails(&mut cmd)
+    };
+    let e = run(&[], &[]);
+    assert!(e.contains("notagguf.txt"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+    // Asked for: the captured backtrace follows.
+    for debug in [run(&[("CAI_DEBUG", "1")], &[]), run(&[], &["-v"])] {
+        assert!(debug.trim_end().lines().count() > 3, "{debug}");
+    }
+}
+
+#[test]
 fn bad_inputs_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
