@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::label::LabelMode;
+use crate::llm::openai::PrefillMode;
 use crate::llm::BackendKind;
 use crate::revise::{LongPrompt, SftFormat};
 
@@ -132,6 +133,12 @@ pub struct ServerArgs {
     /// First retry backoff in seconds, doubled each retry [default: 0.5].
     #[arg(long)]
     pub backoff: Option<f64>,
+    /// How a prefill reaches the server: `continue` (a partial assistant message the server
+    /// continues: llama.cpp, vLLM, Ollama), `instruct` (folded into the user turn as "reply with
+    /// only the continuation": api.openai.com, which cannot continue one), `auto` (instruct for
+    /// api.openai.com only) [default: auto].
+    #[arg(long, value_enum)]
+    pub prefill: Option<PrefillMode>,
     /// Request cache folder [default: ~/.cache/cai/requests].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

@@ -58,6 +58,9 @@ pub struct OpenaiConfig {
     /// without it `$SSL_CERT_FILE` is read when set.
     pub ca_cert: Option<PathBuf>,
     pub retry: RetryPolicy,
+    /// How a prefill (the text a reply must start with, e.g. "The answer is (" before the
+    /// options are scored) reaches the server.
+    pub prefill: PrefillMode,
     /// Request cache folder [default: ~/.cache/cai/requests].
     pub cache_dir: Option<PathBuf>,
     pub no_cache: bool,
@@ -72,11 +75,28 @@ impl Default for OpenaiConfig {
             timeout_s: 600.0,
             connect_timeout_s: 10.0,
             ca_cert: None,
+            prefill: PrefillMode::Auto,
             retry: RetryPolicy::default(),
             cache_dir: None,
             no_cache: false,
         }
     }
+}
+
+/// How a prefill reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefillMode {
+    /// `instruct` for api.openai.com, `continue` for every other server.
+    #[default]
+    Auto,
+    /// A final, partial assistant message the server continues (llama.cpp server, Ollama;
+    /// vLLM with `continue_final_message`).
+    Continue,
+    /// Folded into the last user message as "reply with only the continuation of: …"
+    /// (api.openai.com cannot continue an assistant message; the options are then scored as
+    /// the first token of a new reply, an approximation of the local backend's exact scores).
+    Instruct,
 }
 
 /// How this server counts tokens, found on first use.
@@ -97,6 +117,8 @@ pub struct OpenaiBackend {
     concurrency: usize,
     tokenizer: OnceLock<Tokenizer>,
     estimated_counts: AtomicU64,
+    /// Prefills are folded into the user turn ([`PrefillMode::Instruct`]).
+    instruct: bool,
 }
 
 impl OpenaiBackend {
@@ -138,6 +160,13 @@ impl OpenaiBackend {
             },
             api_key,
         )?;
+        let instruct = match cfg.prefill {
+            PrefillMode::Instruct => true,
+            PrefillMode::Continue => false,
+            PrefillMode::Auto => servers
+                .iter()
+                .any(|s| s.authority.eq_ignore_ascii_case("api.openai.com")),
+        };
         let client = Client::new(servers, transport, timeout, cfg.retry.clone());
         let server = client.server_name();
         let models = client
@@ -175,6 +204,7 @@ impl OpenaiBackend {
             concurrency: cfg.concurrency,
             tokenizer: OnceLock::new(),
             estimated_counts: AtomicU64::new(0),
+            instruct,
         })
     }
 
@@ -233,7 +263,19 @@ impl OpenaiBackend {
             .collect()
     }
 
+    /// The prompt as this server gets it (see [`PrefillMode`]).
+    fn sent_prompt(&self, prompt: &Prompt) -> Prompt {
+        match self.instruct {
+            true => wire::instruct_prefill(prompt),
+            false => prompt.clone(),
+        }
+    }
+
     fn generate_one(&self, req: &GenerateRequest) -> Result<Generation> {
+        let req = &GenerateRequest {
+            prompt: self.sent_prompt(&req.prompt),
+            ..req.clone()
+        };
         let mut completions = Vec::with_capacity(req.n);
         let mut prompt_tokens = 0;
         for i in 0..req.n.max(1) {
@@ -253,7 +295,7 @@ impl OpenaiBackend {
     }
 
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
-        let body = wire::choice_body(&self.info.name, &req.prompt);
+        let body = wire::choice_body(&self.info.name, &self.sent_prompt(&req.prompt));
         let answer = self
             .call("/v1/chat/completions", &body)
             .map_err(|e| self.overflow_or(e))?;

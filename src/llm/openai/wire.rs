@@ -39,6 +39,29 @@ pub fn messages(prompt: &Prompt) -> Vec<Value> {
     out
 }
 
+/// What tells a model that cannot continue an assistant message (api.openai.com) to go on from
+/// the prefill.
+pub const INSTRUCT_CUE: &str =
+    "Reply with only the continuation of the following text, starting right where it stops:";
+
+/// The prompt with its prefill folded into the last user message as an instruction (the
+/// "instruct" prefill mode), for servers that answer a final assistant message with a new
+/// reply instead of continuing it. Without a prefill the prompt is unchanged.
+pub fn instruct_prefill(prompt: &Prompt) -> Prompt {
+    if prompt.prefill.is_empty() {
+        return prompt.clone();
+    }
+    let cue = format!("{INSTRUCT_CUE}\n\n{}", prompt.prefill);
+    let mut messages = prompt.messages.clone();
+    match messages.last_mut() {
+        Some(last) if last.role == crate::chat::Role::User => {
+            last.content = format!("{}\n\n{cue}", last.content);
+        }
+        _ => messages.push(crate::chat::ChatMessage::user(cue)),
+    }
+    Prompt::new(messages)
+}
+
 /// Fields that make a server continue the prefill instead of starting a new reply.
 fn prefill_fields(body: &mut Value, prompt: &Prompt) {
     if !prompt.prefill.is_empty() {
@@ -401,6 +424,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not support"), "{e}");
+    }
+
+    #[test]
+    fn instruct_mode_folds_the_prefill_into_the_user_turn() {
+        let p = instruct_prefill(&prompt("The answer is ("));
+        assert!(p.prefill.is_empty());
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(
+            p.messages[0].content,
+            format!("Hi\n\n{INSTRUCT_CUE}\n\nThe answer is (")
+        );
+        // No assistant message, so no continuation fields either.
+        let b = choice_body("m", &p);
+        assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+        assert!(b.get("continue_final_message").is_none());
+        assert_eq!(instruct_prefill(&prompt("")), prompt(""));
     }
 
     #[test]
