@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use cai::llm::openai::{OpenaiBackend, OpenaiConfig};
-use cai::llm::{Backend, GenerateRequest, Prompt, SamplingParams};
-use fake_server::{ConnectProxy, FakeServer, Fault, TestCa, CANNED};
+use cai::llm::{Backend, ChoiceRequest, ContextOverflow, GenerateRequest, Prompt, SamplingParams};
+use fake_server::{ConnectProxy, FakeServer, Fault, Flavor, TestCa, CANNED};
 use serde_json::Value;
 use util::{cai, fails, ok, root};
 
@@ -250,4 +250,42 @@ fn a_context_length_refusal_skips_the_record_with_a_warning() {
     assert_eq!(m["stats"]["backend"]["retries"], 0, "not retried: {m}");
     let written = lines(dir.path(), "sample.jsonl").len();
     assert_eq!(written, 1, "one of the two prompts skipped: {m}");
+}
+
+#[test]
+fn vllm_llama_cpp_and_ollama_shapes() {
+    let prompt = Prompt::new(vec![cai::chat::ChatMessage::user("one two three")]);
+    let choice = ChoiceRequest {
+        prompt: prompt.clone(),
+        options: vec!["A".into(), "B".into()],
+    };
+    // (flavor, context the backend learns, token counts estimated?)
+    for (flavor, context, estimated) in [
+        (Flavor::Vllm, 2048, false),
+        (Flavor::LlamaCpp, 4096, false),
+        (Flavor::Ollama, 0, true),
+    ] {
+        let server = FakeServer::start_flavor(&[Fault::ContextLength], flavor);
+        let b = OpenaiBackend::open(&config(&server.url), "default").unwrap();
+        assert_eq!(b.info().context, context, "{flavor:?}");
+        assert!(b.count_tokens(&prompt).unwrap() > 0, "{flavor:?}");
+        let s = b.stats().unwrap();
+        assert_eq!(
+            s["estimated_token_counts"].as_u64().unwrap() > 0,
+            estimated,
+            "{flavor:?}: {s}"
+        );
+        // The server's own wording of "context length exceeded" is a context overflow.
+        let e = b
+            .choose(std::slice::from_ref(&choice))
+            .remove(0)
+            .unwrap_err();
+        assert!(
+            e.downcast_ref::<ContextOverflow>().is_some(),
+            "{flavor:?}: {e:#}"
+        );
+        assert_eq!(b.stats().unwrap()["retries"], 0, "{flavor:?}");
+        let c = b.choose(std::slice::from_ref(&choice)).remove(0).unwrap();
+        assert_eq!(c.logprobs.len(), 2, "{flavor:?}");
+    }
 }

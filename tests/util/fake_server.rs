@@ -40,11 +40,24 @@ pub enum Fault {
     ContextLength,
 }
 
+/// Which server the fake imitates, beyond the chat endpoint they share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// vLLM: `max_model_len` in `/v1/models`, chat `/tokenize` with `messages` → `count`.
+    #[default]
+    Vllm,
+    /// llama.cpp server: `/props` for the context, `/apply-template` + `/tokenize` (`content`).
+    LlamaCpp,
+    /// Ollama's OpenAI API: no context size and no tokenizer endpoint.
+    Ollama,
+}
+
 /// The canned start of every chat completion.
 pub const CANNED: &str = "I can't help with that, but here is a safer idea.";
 
 #[derive(Default)]
 pub struct State {
+    pub flavor: Mutex<Flavor>,
     pub faults: Mutex<VecDeque<Fault>>,
     pub injected: Mutex<Vec<Fault>>,
     pub chat_requests: AtomicUsize,
@@ -157,6 +170,13 @@ impl FakeServer {
         Self { url, port, state }
     }
 
+    /// A plain-HTTP server imitating `flavor`.
+    pub fn start_flavor(faults: &[Fault], flavor: Flavor) -> Self {
+        let s = Self::start(faults);
+        *s.state.flavor.lock().unwrap() = flavor;
+        s
+    }
+
     pub fn chat_requests(&self) -> usize {
         self.state.chat_requests.load(Ordering::SeqCst)
     }
@@ -231,25 +251,29 @@ fn serve(conn: Box<dyn Conn>, st: &State, prefix: &str) {
             return;
         }
         let path = full_path.strip_prefix(prefix).unwrap_or("/outside-prefix");
-        let keep = match (method.as_str(), path) {
-            ("GET", "/v1/models") => io
+        let flavor = *st.flavor.lock().unwrap();
+        let keep = match (flavor, method.as_str(), path) {
+            (Flavor::Vllm, "GET", "/v1/models") => io
                 .send(
                     "200 OK",
                     "",
                     r#"{"data":[{"id":"fake-model","max_model_len":2048}]}"#,
                 )
                 .is_ok(),
-            ("POST", "/v1/chat/completions") => {
+            (_, "GET", "/v1/models") => io
+                .send("200 OK", "", r#"{"data":[{"id":"fake-model"}]}"#)
+                .is_ok(),
+            (_, "POST", "/v1/chat/completions") => {
                 st.chat_requests.fetch_add(1, Ordering::SeqCst);
                 let req: Value = serde_json::from_slice(&body).unwrap();
                 let fault = st.faults.lock().unwrap().pop_front();
                 if let Some(f) = &fault {
                     st.injected.lock().unwrap().push(f.clone());
                 }
-                chat(&mut io, &req, fault)
+                chat(&mut io, &req, fault, flavor)
             }
             // vLLM-style chat tokenizer: a count from the words, so long prompts can overflow.
-            ("POST", "/tokenize") => {
+            (Flavor::Vllm, "POST", "/tokenize") => {
                 let req: Value = serde_json::from_slice(&body).unwrap();
                 let words = req.to_string().split_whitespace().count();
                 io.send(
@@ -258,6 +282,26 @@ fn serve(conn: Box<dyn Conn>, st: &State, prefix: &str) {
                     &json!({"count": words, "tokens": []}).to_string(),
                 )
                 .is_ok()
+            }
+            (Flavor::LlamaCpp, "GET", "/props") => io
+                .send(
+                    "200 OK",
+                    "",
+                    r#"{"default_generation_settings":{"n_ctx":4096}}"#,
+                )
+                .is_ok(),
+            (Flavor::LlamaCpp, "POST", "/apply-template") => {
+                let req: Value = serde_json::from_slice(&body).unwrap();
+                let text = req["messages"].to_string();
+                io.send("200 OK", "", &json!({ "prompt": text }).to_string())
+                    .is_ok()
+            }
+            (Flavor::LlamaCpp, "POST", "/tokenize") => {
+                let req: Value = serde_json::from_slice(&body).unwrap();
+                let n = req["content"].as_str().unwrap().split_whitespace().count();
+                let tokens: Vec<usize> = (0..n).collect();
+                io.send("200 OK", "", &json!({ "tokens": tokens }).to_string())
+                    .is_ok()
             }
             _ => io
                 .send("404 Not Found", "", r#"{"error":"not found"}"#)
@@ -270,7 +314,7 @@ fn serve(conn: Box<dyn Conn>, st: &State, prefix: &str) {
 }
 
 /// Answers one chat request, applying `fault`; false when the connection is to be dropped.
-fn chat(io: &mut Io, req: &Value, fault: Option<Fault>) -> bool {
+fn chat(io: &mut Io, req: &Value, fault: Option<Fault>, flavor: Flavor) -> bool {
     let good = || chat_answer(req, true).to_string();
     match fault {
         None => io.send("200 OK", "", &good()).is_ok(),
@@ -325,13 +369,20 @@ fn chat(io: &mut Io, req: &Value, fault: Option<Fault>) -> bool {
         Some(Fault::NoLogprobs) => io
             .send("200 OK", "", &chat_answer(req, false).to_string())
             .is_ok(),
-        Some(Fault::ContextLength) => io
-            .send(
-                "400 Bad Request",
-                "",
-                r#"{"object":"error","message":"This model's maximum context length is 2048 tokens. However, you requested 2100 tokens (2000 in the messages, 100 in the completion).","type":"BadRequestError","code":400}"#,
-            )
-            .is_ok(),
+        Some(Fault::ContextLength) => {
+            let body = match flavor {
+                Flavor::Vllm => {
+                    r#"{"object":"error","message":"This model's maximum context length is 2048 tokens. However, you requested 2100 tokens (2000 in the messages, 100 in the completion).","type":"BadRequestError","code":400}"#
+                }
+                Flavor::LlamaCpp => {
+                    r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":5000,"n_ctx":4096}}"#
+                }
+                Flavor::Ollama => {
+                    r#"{"error":{"message":"input length exceeds the context length","type":"api_error"}}"#
+                }
+            };
+            io.send("400 Bad Request", "", body).is_ok()
+        }
     }
 }
 
