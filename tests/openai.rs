@@ -104,7 +104,7 @@ fn a_server_that_stays_down_gives_a_clear_error() {
 }
 
 #[test]
-fn malformed_json_is_retried_and_missing_logprobs_is_a_clear_error() {
+fn malformed_json_and_missing_logprobs_are_retried_then_clear_errors() {
     let server = FakeServer::start(&[Fault::Malformed]);
     let b = OpenaiBackend::open(&config(&server.url, None), "fake-model").unwrap();
     // A body that is not JSON once: retried, counted.
@@ -115,7 +115,12 @@ fn malformed_json_is_retried_and_missing_logprobs_is_a_clear_error() {
         prompt: Prompt::new(vec![ChatMessage::user("A or B?")]),
         options: vec!["A".into(), "B".into()],
     };
+    // Logprobs dropped once: retried, counted, and the answer is the server's.
     server.push_faults([Fault::NoLogprobs]);
+    assert!(b.choose(std::slice::from_ref(&choice))[0].is_ok());
+    assert_eq!(stat(&b, "incomplete_answers"), 1);
+    // Never any logprobs: a clear error once the retries (4) are spent.
+    server.push_faults(std::iter::repeat_n(Fault::NoLogprobs, 5));
     let err = format!(
         "{:#}",
         b.choose(std::slice::from_ref(&choice))[0]

@@ -1,9 +1,9 @@
 //! The fault suite of `--backend openai`, on loopback: `cai label` through a server that
 //! answers 429 with Retry-After, 500, 502 and 503, drops connections without an answer, cuts
-//! bodies short, drips an answer past the timeout and sends a body that is not JSON writes the
-//! same label file, byte for byte, as a run against a server without faults, and the manifest's
-//! counters equal the faults injected. (A server that never returns logprobs is a clear error,
-//! not a fault to retry: `tests/openai.rs`.)
+//! bodies short, drips an answer past the timeout, sends a body that is not JSON and drops the
+//! logprobs asked for writes the same label file, byte for byte, as a run against a server
+//! without faults, and the manifest's counters equal the faults injected. (A server that never
+//! returns logprobs ends in a clear error once the retries are spent: `tests/openai.rs`.)
 
 #[path = "util/fake_server.rs"]
 mod fake_server;
@@ -60,7 +60,7 @@ fn label(dir: &Path, url: &str, mode: &str, out: &str) -> (String, Value) {
     (text, m["stats"]["backend"].clone())
 }
 
-/// Every kind of fault twice, each after two good answers.
+/// Every kind of fault twice, each after a good answer.
 fn faults() -> Vec<Fault> {
     let kinds = [
         Fault::TooMany { retry_after_s: 0 },
@@ -71,12 +71,13 @@ fn faults() -> Vec<Fault> {
         Fault::CutShort,
         Fault::Drip(Duration::from_millis(100)),
         Fault::Malformed,
+        Fault::NoLogprobs,
     ];
     let pass = Fault::Slow(Duration::ZERO);
     kinds
         .iter()
         .chain(&kinds)
-        .flat_map(|f| [pass.clone(), pass.clone(), f.clone()])
+        .flat_map(|f| [pass.clone(), f.clone()])
         .collect()
 }
 
@@ -94,15 +95,21 @@ fn suite(mode: &str) {
         "{mode}: the labels differ from the fault-free run"
     );
     let n = |name: &str| faulty.injected(name) as u64;
-    let injected =
-        n("TooMany") + n("Status") + n("Drop") + n("CutShort") + n("Drip") + n("Malformed");
-    assert_eq!(injected, 16, "every fault was injected");
+    let injected = n("TooMany")
+        + n("Status")
+        + n("Drop")
+        + n("CutShort")
+        + n("Drip")
+        + n("Malformed")
+        + n("NoLogprobs");
+    assert_eq!(injected, 18, "every fault was injected");
     let count = |k: &str| s[k].as_u64().unwrap();
     assert_eq!(count("http_429"), n("TooMany"), "{s}");
     assert_eq!(count("http_5xx"), n("Status"), "{s}");
     assert_eq!(count("connection_errors"), n("Drop") + n("CutShort"), "{s}");
     assert_eq!(count("timeouts"), n("Drip"), "{s}");
     assert_eq!(count("invalid_json"), n("Malformed"), "{s}");
+    assert_eq!(count("incomplete_answers"), n("NoLogprobs"), "{s}");
     assert_eq!(count("retries"), injected, "{s}");
     // The same refusals as without faults (the probe of llama.cpp's /apply-template: 404).
     assert_eq!(

@@ -266,7 +266,14 @@ fn serve(conn: Box<dyn Conn>, st: &State, prefix: &str) {
             (_, "POST", "/v1/chat/completions") => {
                 st.chat_requests.fetch_add(1, Ordering::SeqCst);
                 let req: Value = serde_json::from_slice(&body).unwrap();
-                let fault = st.faults.lock().unwrap().pop_front();
+                let fault = {
+                    let mut queue = st.faults.lock().unwrap();
+                    // Dropping logprobs is a fault only where they were asked for.
+                    match queue.front() {
+                        Some(Fault::NoLogprobs) if req["logprobs"] != json!(true) => None,
+                        _ => queue.pop_front(),
+                    }
+                };
                 if let Some(f) = &fault {
                     st.injected.lock().unwrap().push(f.clone());
                 }

@@ -80,6 +80,8 @@ pub struct Counters {
     pub http_5xx: AtomicU64,
     /// 2xx answers whose body is not JSON (cut short by a proxy, say); retried.
     pub invalid_json: AtomicU64,
+    /// JSON answers without a field asked for (`logprobs`); retried.
+    pub incomplete_answers: AtomicU64,
     pub failures: AtomicU64,
 }
 
@@ -94,6 +96,7 @@ impl Counters {
             "http_429": g(&self.http_429),
             "http_5xx": g(&self.http_5xx),
             "invalid_json": g(&self.invalid_json),
+            "incomplete_answers": g(&self.incomplete_answers),
             "failures": g(&self.failures),
         })
     }
@@ -129,6 +132,17 @@ impl Client {
     /// The first server, for messages.
     pub fn server_name(&self) -> String {
         self.servers[0].to_string()
+    }
+
+    /// Counts a retry of attempt `attempt` (0-based) and waits its backoff; false (and no wait)
+    /// once the retries are spent.
+    pub fn pause_before_retry(&self, attempt: u32) -> bool {
+        if attempt >= self.policy.retries {
+            return false;
+        }
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(self.policy.delay(attempt, None, jitter()));
+        true
     }
 
     /// POSTs `body` (or GETs when `None`) to `path` and parses the JSON answer.

@@ -210,20 +210,46 @@ impl OpenaiBackend {
 
     /// A cached or fresh answer of `path` for `body`.
     fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call_complete(path, body, |_| true)
+    }
+
+    /// A cached or fresh answer of `path` for `body` that `complete` accepts. An answer it
+    /// rejects (a chat answer without the `logprobs` asked for, from a server that dropped
+    /// them once) is retried like a failed request and never cached; once the retries are
+    /// spent the last such answer is returned, for the caller's own error.
+    fn call_complete(
+        &self,
+        path: &str,
+        body: &Value,
+        complete: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let key = self
             .cache
             .as_ref()
             .map(|_| RequestCache::key(&self.info.name, path, body));
         if let (Some(c), Some(k)) = (&self.cache, &key) {
-            if let Some(hit) = c.get(k) {
+            if let Some(hit) = c.get(k).filter(|a| complete(a)) {
                 return Ok(hit);
             }
         }
-        let answer = self.client.call(path, Some(body))?;
-        if let (Some(c), Some(k)) = (&self.cache, &key) {
-            c.put(k, &answer)?;
+        let mut attempt = 0;
+        loop {
+            let answer = self.client.call(path, Some(body))?;
+            if complete(&answer) {
+                if let (Some(c), Some(k)) = (&self.cache, &key) {
+                    c.put(k, &answer)?;
+                }
+                return Ok(answer);
+            }
+            self.client
+                .counters
+                .incomplete_answers
+                .fetch_add(1, Ordering::Relaxed);
+            if !self.client.pause_before_retry(attempt) {
+                return Ok(answer);
+            }
+            attempt += 1;
         }
-        Ok(answer)
     }
 
     /// A server's "context length exceeded" refusal as a [`ContextOverflow`] (stages skip such
@@ -297,7 +323,7 @@ impl OpenaiBackend {
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
         let body = wire::choice_body(&self.info.name, &self.sent_prompt(&req.prompt));
         let answer = self
-            .call("/v1/chat/completions", &body)
+            .call_complete("/v1/chat/completions", &body, wire::has_top_logprobs)
             .map_err(|e| self.overflow_or(e))?;
         let server = format!("{}/v1/chat/completions", self.client.server_name());
         let logprobs = wire::parse_choice(&answer, &req.options, &server)?;

@@ -161,6 +161,11 @@ pub fn parse_chat(answer: &Value) -> Result<(Completion, usize)> {
     ))
 }
 
+/// Whether a chat answer holds the first token's `top_logprobs` that option scoring reads.
+pub fn has_top_logprobs(answer: &Value) -> bool {
+    answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"].is_array()
+}
+
 /// Log-probability of each option as the whole first token, from the answer's
 /// `top_logprobs`. An option outside the top list is an error, never a guessed value.
 pub fn parse_choice(answer: &Value, options: &[String], server: &str) -> Result<Vec<f64>> {
