@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::label::LabelMode;
+use crate::llm::openai::PrefillMode;
 use crate::llm::BackendKind;
 use crate::revise::{LongPrompt, SftFormat};
 
@@ -14,6 +15,10 @@ use crate::revise::{LongPrompt, SftFormat};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Errors with the backtraces libraries captured (as does CAI_DEBUG=1); without it an
+    /// error is one line, whatever RUST_BACKTRACE says.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -100,7 +105,9 @@ pub struct ModelArgs {
 /// Settings of `--backend openai` (an OpenAI-compatible server).
 #[derive(Debug, Args, Clone, Default)]
 pub struct ServerArgs {
-    /// Server root, e.g. http://127.0.0.1:8000; repeat to spread requests over several.
+    /// Server root, e.g. http://127.0.0.1:8000 or https://api.openai.com/v1 (with or without
+    /// the trailing /v1, behind a path prefix or not); repeat to spread requests over several.
+    /// HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY are honoured.
     #[arg(long = "base-url")]
     pub base_urls: Vec<String>,
     /// Environment variable with the API key [default: OPENAI_API_KEY].
@@ -109,15 +116,29 @@ pub struct ServerArgs {
     /// Requests in flight at once [default: 64].
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Per-request timeout in seconds [default: 600].
+    /// Longest wait for a whole answer in seconds, a slow trickle included [default: 600].
     #[arg(long)]
     pub timeout: Option<f64>,
-    /// Retries of a failed request (timeouts, connection errors, 429, 5xx) [default: 6].
+    /// Longest wait for a connection (TLS handshake included) in seconds [default: 10].
+    #[arg(long)]
+    pub connect_timeout: Option<f64>,
+    /// PEM file of the CA certificates that sign the server's certificate (a private CA),
+    /// trusted instead of the built-in roots [default: $SSL_CERT_FILE when set].
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Retries of a failed request (timeouts, connection errors, answers cut short or not JSON,
+    /// 429, 5xx) [default: 6].
     #[arg(long)]
     pub retries: Option<u32>,
     /// First retry backoff in seconds, doubled each retry [default: 0.5].
     #[arg(long)]
     pub backoff: Option<f64>,
+    /// How a prefill reaches the server: `continue` (a partial assistant message the server
+    /// continues: llama.cpp, vLLM, Ollama), `instruct` (folded into the user turn as "reply with
+    /// only the continuation": api.openai.com, which cannot continue one), `auto` (instruct for
+    /// api.openai.com only) [default: auto].
+    #[arg(long, value_enum)]
+    pub prefill: Option<PrefillMode>,
     /// Request cache folder [default: ~/.cache/cai/requests].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

@@ -52,6 +52,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// No progress bars.
+    /// A label within ±DELTA of 0.5 is a tie (½), not a win; the tie share is reported next
+    /// to the win rate [default: 0.05].
+    #[arg(long, value_name = "DELTA")]
+    pub tie_margin: Option<f64>,
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -80,6 +84,7 @@ impl EvalConfig {
             c.seed = seed;
             c.labeler.seed = seed;
         }
+        set(&mut c.tie_margin, a.tie_margin);
         c.quiet |= a.quiet;
         Ok(c)
     }

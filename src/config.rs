@@ -124,6 +124,9 @@ impl ServerArgs {
         set(&mut cfg.api_key_env, self.api_key_env);
         set(&mut cfg.concurrency, self.concurrency);
         set(&mut cfg.timeout_s, self.timeout);
+        set(&mut cfg.connect_timeout_s, self.connect_timeout);
+        cfg.ca_cert = self.ca_cert.or(cfg.ca_cert.take());
+        set(&mut cfg.prefill, self.prefill);
         set(&mut cfg.retry.retries, self.retries);
         set(&mut cfg.retry.backoff_s, self.backoff);
         cfg.cache_dir = self.cache_dir.or(cfg.cache_dir.take());

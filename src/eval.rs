@@ -41,6 +41,10 @@ pub struct EvalConfig {
     pub labeler: LabelConfig,
     /// Pairs shown side by side in the report.
     pub examples: usize,
+    /// δ: a soft label within ±δ of 0.5 is a tie, not a win. A labeler that says P(A) = 0.527
+    /// has not told A from B; counted as a win, a coin-flip labeler's near-0.5 labels turn into
+    /// confident-looking win rates. In [0, 0.5).
+    pub tie_margin: f64,
     pub quiet: bool,
 }
 
@@ -67,6 +71,7 @@ impl Default for EvalConfig {
                 ..LabelConfig::default()
             },
             examples: 5,
+            tie_margin: 0.05,
             quiet: false,
         }
     }
@@ -90,8 +95,13 @@ pub struct EvalReport {
     pub pairs: usize,
     /// Identical answers (counted as ties).
     pub identical: usize,
-    /// A wins by the labeler's hard decision (P(A) > 0.5; 0.5 is a tie).
+    /// A wins by the labeler's decision: P(A) > 0.5 + δ a win, P(A) < 0.5 − δ a loss, a tie
+    /// (½) in between.
     pub labeler_win_rate: WinRate,
+    /// Pairs the labeler called a tie (|P(A) − 0.5| ≤ δ).
+    pub labeler_ties: usize,
+    /// δ of `labeler_ties`.
+    pub tie_margin: f64,
     /// Mean soft label P(A better) of the labeler.
     pub labeler_mean_p_a: f64,
     /// Pairs whose preferred slot flipped with the order (position inconsistency).
@@ -104,6 +114,11 @@ pub struct EvalReport {
 
 /// Runs `cai eval`.
 pub fn run(cfg: &EvalConfig) -> Result<EvalReport> {
+    ensure!(
+        (0.0..0.5).contains(&cfg.tie_margin),
+        "tie_margin (--tie-margin) must lie in [0, 0.5), not {}",
+        cfg.tie_margin
+    );
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let a = answers(cfg, &cfg.policy_a, "a")?;
@@ -217,12 +232,26 @@ fn outcome(x: f64, y: f64) -> f64 {
     }
 }
 
+/// The labeler's verdict on A: 1 (win) above 0.5 + δ, 0 (loss) below 0.5 − δ, ½ (tie) within.
+fn labeler_outcome(p_a: f64, margin: f64) -> f64 {
+    if p_a > 0.5 + margin {
+        1.0
+    } else if p_a < 0.5 - margin {
+        0.0
+    } else {
+        0.5
+    }
+}
+
 fn summarize(
     cfg: &EvalConfig,
     labels: &[LabelRecord],
     rewards: Option<&[(f64, f64)]>,
 ) -> EvalReport {
-    let hard: Vec<f64> = labels.iter().map(|l| outcome(l.p_a, 0.5)).collect();
+    let hard: Vec<f64> = labels
+        .iter()
+        .map(|l| labeler_outcome(l.p_a, cfg.tie_margin))
+        .collect();
     let mean = |xs: &mut dyn Iterator<Item = f64>, n: usize| xs.sum::<f64>() / n.max(1) as f64;
     EvalReport {
         policy_a: cfg.policy_a.clone(),
@@ -233,6 +262,8 @@ fn summarize(
             .filter(|l| l.response_a == l.response_b)
             .count(),
         labeler_win_rate: win_rate(&hard),
+        labeler_ties: hard.iter().filter(|&&o| o == 0.5).count(),
+        tie_margin: cfg.tie_margin,
         labeler_mean_p_a: mean(&mut labels.iter().map(|l| l.p_a), labels.len()),
         position_flips: labels.iter().filter(|l| l.position_flip).count(),
         reward_win_rate: rewards
@@ -262,7 +293,8 @@ fn render_report(
          {} held-out prompts from `{}`; answers in `a.jsonl` and `b.jsonl`, labels in \
          `labels.jsonl`, numbers in `eval.json`.\n\n\
          | measure | value |\n|---|---|\n\
-         | A wins, AI labeler (both orders, P(A) > 0.5; ties ½) | {} |\n\
+         | A wins, AI labeler (both orders, P(A) > 0.5 + δ; ties ½) | {} |\n\
+         | ties, AI labeler (\\|P(A) − 0.5\\| ≤ δ = {}) | {} of {} ({:.0} %) |\n\
          | mean P(A better), AI labeler | {:.3} |\n\
          | pairs whose preferred slot flipped with the order | {} of {} |\n\
          | identical answers | {} |\n",
@@ -271,6 +303,10 @@ fn render_report(
         r.pairs,
         cfg.prompts.display(),
         wr(&r.labeler_win_rate),
+        r.tie_margin,
+        r.labeler_ties,
+        r.pairs,
+        100.0 * r.labeler_ties as f64 / r.pairs.max(1) as f64,
         r.labeler_mean_p_a,
         r.position_flips,
         r.pairs,
@@ -324,5 +360,17 @@ mod tests {
         assert_eq!(outcome(0.7, 0.5), 1.0);
         assert_eq!(outcome(0.5, 0.5), 0.5);
         assert_eq!(outcome(0.2, 0.5), 0.0);
+    }
+
+    #[test]
+    fn near_even_labels_are_ties() {
+        // The quickstart's case: P(A) = 0.527 is no win at δ = 0.05.
+        assert_eq!(labeler_outcome(0.527, 0.05), 0.5);
+        assert_eq!(labeler_outcome(0.473, 0.05), 0.5);
+        assert_eq!(labeler_outcome(0.551, 0.05), 1.0);
+        assert_eq!(labeler_outcome(0.449, 0.05), 0.0);
+        // δ = 0: only exactly 0.5 is a tie.
+        assert_eq!(labeler_outcome(0.527, 0.0), 1.0);
+        assert_eq!(labeler_outcome(0.5, 0.0), 0.5);
     }
 }

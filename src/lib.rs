@@ -264,11 +264,14 @@ pub fn run(cli: Cli) -> Result<()> {
             let r = eval::run(&cfg)?;
             let w = r.labeler_win_rate;
             eprintln!(
-                "cai: eval: {} pairs; A wins {:.1} % [{:.1}, {:.1}] by the AI labeler{} -> {}",
+                "cai: eval: {} pairs; A wins {:.1} % [{:.1}, {:.1}] by the AI labeler ({} ties: \
+                 |P(A) - 0.5| <= {}){} -> {}",
                 r.pairs,
                 100.0 * w.rate,
                 100.0 * w.low,
                 100.0 * w.high,
+                r.labeler_ties,
+                r.tie_margin,
                 r.reward_win_rate
                     .map(|w| format!(
                         ", {:.1} % [{:.1}, {:.1}] by reward",

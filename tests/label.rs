@@ -192,6 +192,76 @@ fn resume_completes_exactly_once() {
     assert_eq!(label(dir.path(), "part.jsonl", &[]), full);
 }
 
+/// A full disk (here a 4 KiB file-size limit, with SIGXFSZ ignored so writes fail with EFBIG):
+/// a one-line error naming the file, the complete records kept, and a resumed run equal to an
+/// uninterrupted one.
+#[cfg(unix)]
+#[test]
+fn a_full_disk_stops_cleanly_and_the_resume_completes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = label(dir.path(), "fresh.jsonl", &[]);
+    let args = format!(
+        "trap '' XFSZ; ulimit -f 4; exec '{}' label --backend mock --seed 3 --quiet \
+         --out full.jsonl --constitution '{}' --pairs '{}'",
+        env!("CARGO_BIN_EXE_cai"),
+        root().join("constitutions/harmless.yaml").display(),
+        root().join("data/sample-pairs.jsonl").display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &args])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("full.jsonl") && err.contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let partial = std::fs::read_to_string(dir.path().join("full.jsonl")).unwrap();
+    let complete: Vec<&str> = partial
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .collect();
+    assert!(!complete.is_empty() && complete.len() < 12);
+    assert!(
+        fresh.starts_with(&complete.concat()),
+        "complete records kept as written"
+    );
+    let resumed = label(dir.path(), "full.jsonl", &[]);
+    assert_eq!(resumed, fresh);
+}
+
+#[test]
+fn errors_stay_one_line_unless_debugging() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notagguf.txt"), "hello\n").unwrap();
+    let run = |extra: &[(&str, &str)], flags: &[&str]| {
+        let mut cmd = cai(dir.path());
+        cmd.env("RUST_BACKTRACE", "1")
+            .env_remove("CAI_DEBUG")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .args(["label", "--model", "notagguf.txt", "-q", "--out", "o.jsonl"])
+            .args(flags)
+            .arg("--pairs")
+            .arg(root().join("data/sample-pairs.jsonl"))
+            .arg("--constitution")
+            .arg(root().join("constitutions/harmless.yaml"));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        fails(&mut cmd)
+    };
+    let e = run(&[], &[]);
+    assert!(e.contains("notagguf.txt"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+    // Asked for: the captured backtrace follows.
+    for debug in [run(&[("CAI_DEBUG", "1")], &[]), run(&[], &["-v"])] {
+        assert!(debug.trim_end().lines().count() > 3, "{debug}");
+    }
+}
+
 #[test]
 fn bad_inputs_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,154 +2,19 @@
 //! 500 / dropped connections / timeouts, clear errors for a dead server, malformed JSON and
 //! missing logprobs, the request cache, and `cai revise` end to end.
 
+#[path = "util/fake_server.rs"]
+mod fake_server;
 mod util;
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use cai::chat::ChatMessage;
 use cai::llm::openai::{OpenaiBackend, OpenaiConfig, RetryPolicy};
 use cai::llm::{Backend, ChoiceRequest, GenerateRequest, Prompt, SamplingParams};
-use serde_json::{json, Value};
+use fake_server::{FakeServer, Fault, CANNED};
+use serde_json::Value;
 use util::{cai, ok, root};
-
-/// What the fake server does with the next chat request.
-#[derive(Debug, Clone)]
-enum Fault {
-    Slow(Duration),
-    TooMany { retry_after_s: u32 },
-    ServerError,
-    Drop,
-    Malformed,
-    NoLogprobs,
-}
-
-/// The canned answer of every chat completion.
-const CANNED: &str = "I can't help with that, but here is a safer idea.";
-
-#[derive(Default)]
-struct State {
-    faults: Mutex<VecDeque<Fault>>,
-    chat_requests: AtomicUsize,
-    auth: Mutex<Vec<String>>,
-}
-
-struct FakeServer {
-    url: String,
-    state: Arc<State>,
-}
-
-impl FakeServer {
-    fn start(faults: &[Fault]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(State::default());
-        state.faults.lock().unwrap().extend(faults.iter().cloned());
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let st = st.clone();
-                std::thread::spawn(move || serve(conn, &st));
-            }
-        });
-        Self { url, state }
-    }
-
-    fn chat_requests(&self) -> usize {
-        self.state.chat_requests.load(Ordering::SeqCst)
-    }
-}
-
-fn serve(conn: TcpStream, st: &State) {
-    let mut r = BufReader::new(conn.try_clone().unwrap());
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (
-        parts.next().unwrap_or("").to_string(),
-        parts.next().unwrap_or("").to_string(),
-    );
-    let mut length = 0;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        if h.trim().is_empty() {
-            break;
-        }
-        let (name, value) = h.split_once(':').unwrap();
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().unwrap(),
-            "authorization" => st.auth.lock().unwrap().push(value.trim().to_string()),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body).unwrap();
-    let mut w = conn;
-    let send = |w: &mut TcpStream, status: &str, extra: &str, body: &str| {
-        let _ = write!(
-            w,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    };
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/v1/models") => send(
-            &mut w,
-            "200 OK",
-            "",
-            r#"{"data":[{"id":"fake-model","max_model_len":2048}]}"#,
-        ),
-        ("POST", "/v1/chat/completions") => {
-            st.chat_requests.fetch_add(1, Ordering::SeqCst);
-            let req: Value = serde_json::from_slice(&body).unwrap();
-            let fault = st.faults.lock().unwrap().pop_front();
-            match fault {
-                Some(Fault::Slow(d)) => {
-                    std::thread::sleep(d);
-                    send(&mut w, "200 OK", "", &chat_answer(&req, true).to_string());
-                }
-                Some(Fault::TooMany { retry_after_s }) => send(
-                    &mut w,
-                    "429 Too Many Requests",
-                    &format!("Retry-After: {retry_after_s}\r\n"),
-                    r#"{"error":"slow down"}"#,
-                ),
-                Some(Fault::ServerError) => send(
-                    &mut w,
-                    "500 Internal Server Error",
-                    "",
-                    r#"{"error":"boom"}"#,
-                ),
-                Some(Fault::Drop) => {}
-                Some(Fault::Malformed) => send(&mut w, "200 OK", "", r#"{"choices": [{"mess"#),
-                Some(Fault::NoLogprobs) => {
-                    send(&mut w, "200 OK", "", &chat_answer(&req, false).to_string())
-                }
-                None => send(&mut w, "200 OK", "", &chat_answer(&req, true).to_string()),
-            }
-        }
-        // vLLM-style chat tokenizer: a fixed count, so the revise test needs no estimate.
-        ("POST", "/tokenize") => send(&mut w, "200 OK", "", r#"{"count": 12, "tokens": []}"#),
-        _ => send(&mut w, "404 Not Found", "", r#"{"error":"not found"}"#),
-    }
-}
-
-fn chat_answer(req: &Value, with_logprobs: bool) -> Value {
-    let mut a = json!({
-        "choices": [{"message": {"role": "assistant", "content": CANNED}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 11},
-    });
-    if req["logprobs"] == json!(true) && with_logprobs {
-        a["choices"][0]["logprobs"] = json!({"content": [{"token": "A", "logprob": -0.25,
-            "top_logprobs": [{"token": "A", "logprob": -0.25}, {"token": "B", "logprob": -1.5}]}]});
-    }
-    a
-}
 
 fn config(url: &str, cache: Option<&std::path::Path>) -> OpenaiConfig {
     OpenaiConfig {
@@ -184,7 +49,7 @@ fn stat(b: &OpenaiBackend, key: &str) -> u64 {
 fn retries_429_500_drops_and_timeouts_then_succeeds() {
     let server = FakeServer::start(&[
         Fault::TooMany { retry_after_s: 1 },
-        Fault::ServerError,
+        Fault::Status(500),
         Fault::Drop,
         Fault::Slow(Duration::from_millis(800)),
     ]);
@@ -194,7 +59,7 @@ fn retries_429_500_drops_and_timeouts_then_succeeds() {
     let start = Instant::now();
     let out = b.generate(&[request(0)]);
     let g = out[0].as_ref().unwrap();
-    assert_eq!(g.completions[0].text, CANNED);
+    assert!(g.completions[0].text.starts_with(CANNED));
     // Retry-After: 1 was honoured although our own backoff is 10 ms.
     assert!(start.elapsed() >= Duration::from_secs(1));
     assert_eq!(stat(&b, "retries"), 4);
@@ -215,11 +80,11 @@ fn a_server_that_stays_down_gives_a_clear_error() {
         .faults
         .lock()
         .unwrap()
-        .extend(std::iter::repeat_n(Fault::ServerError, 10));
+        .extend(std::iter::repeat_n(Fault::Status(503), 10));
     let err = format!("{:#}", b.generate(&[request(0)])[0].as_ref().unwrap_err());
     assert!(err.contains("giving up after 5 attempts"), "{err}");
     assert!(
-        err.contains(&server.url) && err.contains("HTTP 500"),
+        err.contains(&server.url) && err.contains("HTTP 503"),
         "{err}"
     );
     assert_eq!(stat(&b, "failures"), 1);
@@ -239,15 +104,23 @@ fn a_server_that_stays_down_gives_a_clear_error() {
 }
 
 #[test]
-fn malformed_json_and_missing_logprobs_are_clear_errors() {
-    let server = FakeServer::start(&[Fault::Malformed, Fault::NoLogprobs]);
+fn malformed_json_and_missing_logprobs_are_retried_then_clear_errors() {
+    let server = FakeServer::start(&[Fault::Malformed]);
     let b = OpenaiBackend::open(&config(&server.url, None), "fake-model").unwrap();
-    let err = format!("{:#}", b.generate(&[request(0)])[0].as_ref().unwrap_err());
-    assert!(err.contains("malformed JSON"), "{err}");
+    // A body that is not JSON once: retried, counted.
+    assert!(b.generate(&[request(0)])[0].is_ok());
+    assert_eq!(stat(&b, "invalid_json"), 1);
+    assert_eq!(stat(&b, "retries"), 1);
     let choice = ChoiceRequest {
         prompt: Prompt::new(vec![ChatMessage::user("A or B?")]),
         options: vec!["A".into(), "B".into()],
     };
+    // Logprobs dropped once: retried, counted, and the answer is the server's.
+    server.push_faults([Fault::NoLogprobs]);
+    assert!(b.choose(std::slice::from_ref(&choice))[0].is_ok());
+    assert_eq!(stat(&b, "incomplete_answers"), 1);
+    // Never any logprobs: a clear error once the retries (4) are spent.
+    server.push_faults(std::iter::repeat_n(Fault::NoLogprobs, 5));
     let err = format!(
         "{:#}",
         b.choose(std::slice::from_ref(&choice))[0]
@@ -259,8 +132,29 @@ fn malformed_json_and_missing_logprobs_are_clear_errors() {
         "{err}"
     );
     // With logprobs: exact values from the server, in option order.
-    let c = b.choose(&[choice])[0].as_ref().unwrap().clone();
-    assert_eq!(c.logprobs, vec![-0.25, -1.5]);
+    let c = b.choose(std::slice::from_ref(&choice))[0]
+        .as_ref()
+        .unwrap()
+        .clone();
+    let want = fake_server::chat_answer(
+        &serde_json::json!({"messages": [{"role": "user", "content": "A or B?"}], "logprobs": true}),
+        true,
+    );
+    let top = &want["choices"][0]["logprobs"]["content"][0]["top_logprobs"];
+    assert_eq!(
+        c.logprobs,
+        vec![
+            top[0]["logprob"].as_f64().unwrap(),
+            top[1]["logprob"].as_f64().unwrap()
+        ]
+    );
+    // Never JSON: a clear error once the retries are spent.
+    server.push_faults(std::iter::repeat_n(Fault::Malformed, 10));
+    let err = format!("{:#}", b.generate(&[request(1)])[0].as_ref().unwrap_err());
+    assert!(
+        err.contains("malformed JSON") && err.contains("giving up after 5 attempts"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -278,7 +172,10 @@ fn the_cache_answers_a_repeated_run_without_the_server() {
         6,
         "a repeated run asks the server nothing"
     );
-    assert_eq!(again[3].as_ref().unwrap().completions[0].text, CANNED);
+    assert_eq!(
+        again[3].as_ref().unwrap().completions[0].text,
+        first.generate(&reqs[3..4])[0].as_ref().unwrap().completions[0].text
+    );
     let cache = &second.stats().unwrap()["cache"];
     assert_eq!(
         (cache["hits"].as_u64(), cache["misses"].as_u64()),
@@ -288,7 +185,7 @@ fn the_cache_answers_a_repeated_run_without_the_server() {
 
 #[test]
 fn revise_through_the_openai_backend_writes_the_servers_answers() {
-    let server = FakeServer::start(&[Fault::ServerError]);
+    let server = FakeServer::start(&[Fault::Status(500)]);
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = cai(dir.path());
     cmd.env("CAI_TEST_KEY", "sk-secret-123")
@@ -324,9 +221,9 @@ fn revise_through_the_openai_backend_writes_the_servers_answers() {
         .collect();
     assert_eq!(recs.len(), 3);
     for r in &recs {
-        assert_eq!(r["initial"], CANNED);
-        assert_eq!(r["rounds"][0]["critique"], CANNED);
-        assert_eq!(r["final"], CANNED);
+        for text in [&r["initial"], &r["rounds"][0]["critique"], &r["final"]] {
+            assert!(text.as_str().unwrap().starts_with(CANNED), "{r}");
+        }
     }
     // 3 prompts x (answer, critique, revision) + one retried 500.
     assert_eq!(server.chat_requests(), 10);

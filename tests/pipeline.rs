@@ -192,7 +192,8 @@ fn check_report(run: &Path) {
         "![PPO reward](ppo/reward.svg)",
         "[ppo/ppo_log.csv](ppo/ppo_log.csv)",
         "2 steps on ",
-        "| A wins, AI labeler, both orders (95 % interval) | ",
+        "| A wins, AI labeler, both orders (95 % interval; ties ½) | ",
+        "| ties, AI labeler (\\|P(A) − 0.5\\| ≤ 0.05) | ",
         "[eval/report.md](eval/report.md)",
         "on 3 held-out prompts",
     ] {

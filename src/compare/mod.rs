@@ -180,13 +180,9 @@ pub fn run(cfg: &CompareConfig) -> Result<CompareReport> {
                 .filter_map(|r| Some((r.key.clone(), score(r)?)))
                 .collect(),
         );
-        files.push(file_report(
-            format!("L{}", i + 1),
-            path,
-            &joined,
-            stats,
-            cfg,
-        ));
+        let file = file_report(format!("L{}", i + 1), path, &joined, stats, cfg);
+        warnings.extend(chance_warning(&file));
+        files.push(file);
     }
     let paired = (1..files.len())
         .map(|i| PairedComparison {
@@ -208,6 +204,23 @@ pub fn run(cfg: &CompareConfig) -> Result<CompareReport> {
         report::write_report(dir, &report)?;
     }
     Ok(report)
+}
+
+/// A warning, in words, when a labeler's agreement interval contains 50 %: its labels cannot be
+/// told from coin flips on these pairs.
+fn chance_warning(f: &FileReport) -> Option<String> {
+    let (agreement, (low, high)) = (f.agreement?, f.agreement_ci?);
+    (low <= 0.5 && 0.5 <= high).then(|| {
+        format!(
+            "{} ({}): agreement {:.1} % [{:.1}, {:.1}] is indistinguishable from chance: a reward \
+             model trained on these labels learns noise",
+            f.label,
+            f.path.display(),
+            100.0 * agreement,
+            100.0 * low,
+            100.0 * high
+        )
+    })
 }
 
 /// The agreement score of a joined row, `None` without a hard human choice.
@@ -398,6 +411,16 @@ mod tests {
         let r = run(&cfg).unwrap();
         let f = &r.files[0];
         assert_eq!((f.join.matched, f.join.swapped, f.n_scored), (6, 3, 6));
+        // 58.3 % on 6 pairs: the interval holds 50 %, and the report says so in words.
+        let (low, high) = f.agreement_ci.unwrap();
+        assert!(low < 0.5 && high > 0.5);
+        let chance: Vec<&String> = r
+            .warnings
+            .iter()
+            .filter(|w| w.contains("indistinguishable from chance"))
+            .collect();
+        assert_eq!(chance.len(), 2, "{:?}", r.warnings);
+        assert!(chance[0].starts_with("L1 (") && chance[0].contains("58.3 %"));
         // Agreement: scores 1, 1, 0, 0.5, 1, 0 -> 3.5 / 6.
         assert!((f.agreement.unwrap() - 3.5 / 6.0).abs() < 1e-12);
         assert!((f.tie_rate.unwrap() - 1.0 / 6.0).abs() < 1e-12);

@@ -6,6 +6,10 @@
 //! calibration divides out the model's prior for each slot; chain-of-thought mode samples
 //! reasoning first and averages (clamped) answer probabilities over the samples.
 
+mod answers;
+#[cfg(test)]
+mod identity_tests;
+mod modes;
 mod prompt;
 pub mod soft;
 
@@ -13,7 +17,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::ValueEnum;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,10 +28,7 @@ use crate::chat::{ChatMessage, Role};
 use crate::constitution::{ComparisonPrinciple, Loaded};
 use crate::llm::mock::fnv1a;
 use crate::llm::openai::OpenaiConfig;
-use crate::llm::{
-    open_backend_with, Backend, BackendKind, Choice, ChoiceRequest, ContextOverflow,
-    GenerateRequest, Prompt, SamplingParams,
-};
+use crate::llm::{open_backend_with, Backend, BackendKind, SamplingParams};
 use crate::pairs::{read_pairs, PreferencePair};
 use crate::progress;
 use crate::prompts::{PromptSet, TemplateKind};
@@ -231,6 +232,16 @@ struct Job {
 
 /// Runs `cai label`; returns the counters.
 pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
+    run_with(cfg, || {
+        open_backend_with(cfg.backend, &cfg.model, &cfg.openai)
+    })
+}
+
+/// Runs `cai label` on the backend `open` gives (called once the inputs are checked).
+pub fn run_with(
+    cfg: &LabelConfig,
+    open: impl FnOnce() -> Result<Box<dyn Backend>>,
+) -> Result<LabelStats> {
     let loaded = Loaded::read_valid(&cfg.constitution)?;
     if loaded.constitution.comparison_principles.is_empty() {
         bail!(
@@ -250,7 +261,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
         pairs.truncate(n);
     }
     unique_ids(&mut pairs);
-    let backend = open_backend_with(cfg.backend, &cfg.model, &cfg.openai)?;
+    let backend = open()?;
     let fp = label_fingerprint(cfg, &loaded, &templates, backend.as_ref())?;
     let mut output =
         StageOutput::open("label", &cfg.out, cfg, Some(&loaded), backend.as_ref(), fp)?;
@@ -306,12 +317,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {
                 }
             }
         }
-        let records = match cfg.mode {
-            LabelMode::Direct => label_direct(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
-            LabelMode::Cot => label_cot(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
-            LabelMode::Likelihood => label_likelihood(cfg, backend.as_ref(), &jobs, &mut stats)?,
-            LabelMode::Score => label_score(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?,
-        };
+        let records = modes::label_batch(cfg, backend.as_ref(), &prompts, &jobs, &mut stats)?;
         for (job, rec) in jobs.iter().zip(records) {
             match rec {
                 Some(r) => {
@@ -405,429 +411,6 @@ fn fit(
         },
         true,
     ))
-}
-
-/// The question of one (pair, principle, order): `swapped` puts response_b in slot (A).
-fn question(
-    prompts: &FeedbackPrompts,
-    job: &Job,
-    p: &ComparisonPrinciple,
-    swapped: bool,
-    cot: bool,
-) -> Result<Prompt> {
-    let (a, b) = match swapped {
-        false => (&job.pair.response_a, &job.pair.response_b),
-        true => (&job.pair.response_b, &job.pair.response_a),
-    };
-    match cot {
-        false => prompts.direct(&job.pair.conversation, a, b, p),
-        true => prompts.cot(&job.pair.conversation, a, b, p),
-    }
-}
-
-fn orders(cfg: &LabelConfig) -> &'static [bool] {
-    if cfg.asks_both_orders() {
-        &[false, true]
-    } else {
-        &[false]
-    }
-}
-
-fn is_identical(job: &Job) -> bool {
-    job.pair.response_a.trim() == job.pair.response_b.trim()
-}
-
-/// `label(job, stats)` for every job but those with identical responses, which get 0.5 (and a
-/// flag) without a question.
-fn each_job(
-    cfg: &LabelConfig,
-    backend: &dyn Backend,
-    jobs: &[Job],
-    stats: &mut LabelStats,
-    mut label: impl FnMut(&Job, &mut LabelStats) -> Result<Option<LabelRecord>>,
-) -> Result<Vec<Option<LabelRecord>>> {
-    let mut out = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        if is_identical(job) {
-            stats.identical += 1;
-            out.push(Some(identical_record(cfg, backend, job)));
-        } else {
-            out.push(label(job, stats)?);
-        }
-    }
-    Ok(out)
-}
-
-/// Runs choose requests; `None` for the ones that overflow the context.
-fn choose_all(
-    backend: &dyn Backend,
-    reqs: Vec<Prompt>,
-    stats: &mut LabelStats,
-) -> Result<Vec<Option<(f64, usize)>>> {
-    let requests: Vec<ChoiceRequest> = reqs
-        .into_iter()
-        .map(|prompt| ChoiceRequest {
-            prompt,
-            options: OPTIONS.iter().map(|s| s.to_string()).collect(),
-        })
-        .collect();
-    backend
-        .choose(&requests)
-        .into_iter()
-        .map(|r| match r {
-            Ok(c) => {
-                stats.prompt_tokens += c.prompt_tokens;
-                Ok(Some((
-                    soft::normalize_pair(c.logprobs[0], c.logprobs[1]),
-                    c.prompt_tokens,
-                )))
-            }
-            Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => Ok(None),
-            Err(e) => Err(e.context("feedback model failed")),
-        })
-        .collect()
-}
-
-/// Direct mode for a batch of pairs.
-fn label_direct(
-    cfg: &LabelConfig,
-    backend: &dyn Backend,
-    prompts: &FeedbackPrompts,
-    jobs: &[Job],
-    stats: &mut LabelStats,
-) -> Result<Vec<Option<LabelRecord>>> {
-    // Requests in a fixed layout: per job, per principle: each order, then the content-free one.
-    let mut reqs = Vec::new();
-    for job in jobs.iter().filter(|j| !is_identical(j)) {
-        for p in &job.principles {
-            for &swapped in orders(cfg) {
-                reqs.push(question(prompts, job, p, swapped, false)?);
-            }
-            if cfg.calibrate {
-                reqs.push(prompts.direct(&job.pair.conversation, "N/A", "N/A", p)?);
-            }
-        }
-    }
-    let mut answers = choose_all(backend, reqs, stats)?.into_iter();
-    each_job(cfg, backend, jobs, stats, |job, _| {
-        let mut labels = Vec::new();
-        let mut overflow = false;
-        let mut used = 0;
-        let mut next = || {
-            answers.next().flatten().map(|(p, n)| {
-                used += n;
-                p
-            })
-        };
-        for p in &job.principles {
-            let per_order: Vec<Option<f64>> = orders(cfg).iter().map(|_| next()).collect();
-            let prior = if cfg.calibrate { next() } else { None };
-            if per_order.iter().any(Option::is_none) || (cfg.calibrate && prior.is_none()) {
-                overflow = true;
-                continue;
-            }
-            let cal = |p_slot_a: f64| prior.map_or(p_slot_a, |c| soft::calibrate(p_slot_a, c));
-            let first = soft::clamp(cal(per_order[0].expect("checked")), cfg.clamp_range());
-            let second = per_order.get(1).map(|p| {
-                soft::clamp(
-                    soft::from_swapped(cal(p.expect("checked"))),
-                    cfg.clamp_range(),
-                )
-            });
-            labels.push(PrincipleLabel {
-                p_a_second: second,
-                prior_a: prior,
-                ..PrincipleLabel::new(p, first)
-            });
-        }
-        Ok((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))))
-    })
-}
-
-/// Chain-of-thought mode with self-consistency for a batch of pairs.
-fn label_cot(
-    cfg: &LabelConfig,
-    backend: &dyn Backend,
-    prompts: &FeedbackPrompts,
-    jobs: &[Job],
-    stats: &mut LabelStats,
-) -> Result<Vec<Option<LabelRecord>>> {
-    let mut gen = Vec::new();
-    for job in jobs.iter().filter(|j| !is_identical(j)) {
-        for p in &job.principles {
-            for &swapped in orders(cfg) {
-                let prompt = question(prompts, job, p, swapped, true)?;
-                let seed = fnv1a(&[
-                    &cfg.seed.to_le_bytes(),
-                    job.pair.id.as_bytes(),
-                    p.id.as_bytes(),
-                    &[swapped as u8],
-                ]);
-                gen.push(GenerateRequest {
-                    prompt,
-                    params: cfg.reasoning.clone(),
-                    n: cfg.samples,
-                    seed,
-                });
-            }
-        }
-    }
-    let mut gens = Vec::new();
-    let mut answer_prompts = Vec::new();
-    for (req, res) in gen.iter().zip(backend.generate(&gen)) {
-        match res {
-            Ok(g) => {
-                stats.prompt_tokens += g.prompt_tokens;
-                let texts: Vec<String> = g
-                    .completions
-                    .iter()
-                    .map(|c| c.text.trim().to_string())
-                    .collect();
-                let tokens: usize = g.completions.iter().map(|c| c.tokens).sum();
-                stats.generated_tokens += tokens;
-                for t in &texts {
-                    answer_prompts.push(FeedbackPrompts::cot_answer(&req.prompt, t));
-                }
-                gens.push(Some((texts, tokens)));
-            }
-            Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => gens.push(None),
-            Err(e) => return Err(e.context("feedback model failed to reason")),
-        }
-    }
-    let mut answers = choose_all(backend, answer_prompts, stats)?.into_iter();
-    let mut gens = gens.into_iter();
-    each_job(cfg, backend, jobs, stats, |job, _| {
-        let mut labels = Vec::new();
-        let mut overflow = false;
-        let mut generated = 0;
-        let mut used = 0;
-        let mut all_samples = Vec::new();
-        for p in &job.principles {
-            let mut per_order = Vec::new();
-            let mut rationales = Vec::new();
-            let mut samples = Vec::new();
-            for &swapped in orders(cfg) {
-                let Some((texts, tokens)) = gens.next().flatten() else {
-                    overflow = true;
-                    continue;
-                };
-                generated += tokens;
-                let ps: Vec<f64> = texts
-                    .iter()
-                    .map(|_| {
-                        answers.next().flatten().map(|(p, n)| {
-                            used += n;
-                            p
-                        })
-                    })
-                    .collect::<Option<_>>()
-                    .unwrap_or_default();
-                if ps.len() != texts.len() {
-                    overflow = true;
-                    continue;
-                }
-                let ps: Vec<f64> = ps
-                    .into_iter()
-                    .map(|p| {
-                        soft::clamp(
-                            if swapped { soft::from_swapped(p) } else { p },
-                            cfg.clamp_range(),
-                        )
-                    })
-                    .collect();
-                per_order.push(soft::mean(&ps));
-                samples.extend(ps);
-                rationales.extend(texts);
-            }
-            if overflow {
-                continue;
-            }
-            all_samples.extend(samples.iter().copied());
-            labels.push(PrincipleLabel {
-                p_a_second: per_order.get(1).copied(),
-                samples,
-                rationales,
-                ..PrincipleLabel::new(p, per_order[0])
-            });
-        }
-        let votes = soft::votes(&all_samples);
-        Ok((!overflow).then(|| record(cfg, backend, job, labels, Some(votes), (used, generated))))
-    })
-}
-
-/// The options' log-probabilities and the prompt tokens of one choice answer; `None` when the
-/// prompt overflows the context.
-fn option_logprobs(
-    answer: Option<Result<Choice>>,
-    stats: &mut LabelStats,
-) -> Result<Option<(Vec<f64>, usize)>> {
-    match answer.context("internal error: one answer per request")? {
-        Ok(c) => {
-            stats.prompt_tokens += c.prompt_tokens;
-            Ok(Some((c.logprobs, c.prompt_tokens)))
-        }
-        Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => Ok(None),
-        Err(e) => Err(e.context("feedback model failed to score the responses")),
-    }
-}
-
-/// The conversation with the principle stated as guidance in a system message.
-fn guided(conversation: &[ChatMessage], p: &ComparisonPrinciple) -> Prompt {
-    let mut messages = vec![ChatMessage::system(format!(
-        "You are an AI assistant. Answer in the way this question prefers: {}",
-        p.question
-    ))];
-    messages.extend(
-        conversation
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .cloned(),
-    );
-    Prompt::new(messages)
-}
-
-/// Likelihood mode for a batch of pairs.
-fn label_likelihood(
-    cfg: &LabelConfig,
-    backend: &dyn Backend,
-    jobs: &[Job],
-    stats: &mut LabelStats,
-) -> Result<Vec<Option<LabelRecord>>> {
-    let mut reqs = Vec::new();
-    for job in jobs.iter().filter(|j| !is_identical(j)) {
-        let options = vec![job.pair.response_a.clone(), job.pair.response_b.clone()];
-        reqs.push(ChoiceRequest {
-            prompt: Prompt::new(job.pair.conversation.clone()),
-            options: options.clone(),
-        });
-        for p in &job.principles {
-            reqs.push(ChoiceRequest {
-                prompt: guided(&job.pair.conversation, p),
-                options: options.clone(),
-            });
-        }
-    }
-    let mut answers = backend.choose(&reqs).into_iter();
-    each_job(cfg, backend, jobs, stats, |job, stats| {
-        let mut take = || option_logprobs(answers.next(), stats);
-        let plain = take()?;
-        let mut labels = Vec::new();
-        let mut used = plain.as_ref().map_or(0, |p| p.1);
-        let mut overflow = plain.is_none();
-        for p in &job.principles {
-            let g = take()?;
-            let (Some((u, _)), Some((g, n))) = (&plain, g) else {
-                overflow = true;
-                continue;
-            };
-            used += n;
-            let delta = (g[0] - u[0]) - (g[1] - u[1]);
-            let p_a = soft::clamp(soft::normalize_pair(delta, 0.0), cfg.clamp_range());
-            labels.push(PrincipleLabel::new(p, p_a));
-        }
-        Ok((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))))
-    })
-}
-
-/// Score mode for a batch of pairs: each response rated 1–10 on its own under each principle.
-fn label_score(
-    cfg: &LabelConfig,
-    backend: &dyn Backend,
-    prompts: &FeedbackPrompts,
-    jobs: &[Job],
-    stats: &mut LabelStats,
-) -> Result<Vec<Option<LabelRecord>>> {
-    let options = score_options();
-    let mut reqs = Vec::new();
-    for job in jobs.iter().filter(|j| !is_identical(j)) {
-        for p in &job.principles {
-            for response in [&job.pair.response_a, &job.pair.response_b] {
-                reqs.push(ChoiceRequest {
-                    prompt: prompts.score(&job.pair.conversation, response, p)?,
-                    options: options.clone(),
-                });
-            }
-        }
-    }
-    let mut answers = backend.choose(&reqs).into_iter();
-    each_job(cfg, backend, jobs, stats, |job, stats| {
-        let mut labels = Vec::new();
-        let mut overflow = false;
-        let mut used = 0;
-        for p in &job.principles {
-            let a = option_logprobs(answers.next(), stats)?;
-            let b = option_logprobs(answers.next(), stats)?;
-            let (Some((a, na)), Some((b, nb))) = (a, b) else {
-                overflow = true;
-                continue;
-            };
-            used += na + nb;
-            let (a, b) = (soft::score_distribution(&a), soft::score_distribution(&b));
-            labels.push(PrincipleLabel {
-                scores: Some((soft::expected_score(&a), soft::expected_score(&b))),
-                ..PrincipleLabel::new(p, soft::p_higher(&a, &b))
-            });
-        }
-        Ok((!overflow).then(|| record(cfg, backend, job, labels, None, (used, 0))))
-    })
-}
-
-fn record(
-    cfg: &LabelConfig,
-    backend: &dyn Backend,
-    job: &Job,
-    labels: Vec<PrincipleLabel>,
-    votes: Option<(usize, usize)>,
-    tokens: (usize, usize),
-) -> LabelRecord {
-    let firsts: Vec<f64> = labels.iter().map(|l| l.p_a_first).collect();
-    let seconds: Vec<f64> = labels.iter().filter_map(|l| l.p_a_second).collect();
-    let p_a_first = soft::mean(&firsts);
-    let p_a_second = (!seconds.is_empty()).then(|| soft::mean(&seconds));
-    let p_a = match p_a_second {
-        Some(s) => soft::mean(&[p_a_first, s]),
-        None => p_a_first,
-    };
-    let scores: Option<Vec<(f64, f64)>> = labels.iter().map(|l| l.scores).collect();
-    let scores = scores.filter(|s| !s.is_empty()).map(|s| {
-        let (a, b): (Vec<f64>, Vec<f64>) = s.into_iter().unzip();
-        (soft::mean(&a), soft::mean(&b))
-    });
-    LabelRecord {
-        id: job.pair.id.clone(),
-        conversation: job.pair.conversation.clone(),
-        response_a: job.pair.response_a.clone(),
-        response_b: job.pair.response_b.clone(),
-        principles: labels.iter().map(|l| l.principle.clone()).collect(),
-        p_a_first,
-        p_a_second,
-        p_a,
-        position_flip: p_a_second.is_some_and(|s| soft::position_flip(p_a_first, s)),
-        votes,
-        scores,
-        per_principle: labels,
-        mode: cfg.mode,
-        model: backend.info().name.clone(),
-        prompt_tokens: tokens.0,
-        generated_tokens: tokens.1,
-        flags: job.flags.clone(),
-    }
-}
-
-/// Identical responses: no question to ask; the label is 0.5 and flagged.
-fn identical_record(cfg: &LabelConfig, backend: &dyn Backend, job: &Job) -> LabelRecord {
-    let labels = job
-        .principles
-        .iter()
-        .map(|p| PrincipleLabel {
-            p_a_second: cfg.asks_both_orders().then_some(0.5),
-            scores: (cfg.mode == LabelMode::Score).then_some((5.5, 5.5)),
-            ..PrincipleLabel::new(p, 0.5)
-        })
-        .collect();
-    let mut r = record(cfg, backend, job, labels, None, (0, 0));
-    r.flags.push("identical".into());
-    r
 }
 
 fn label_fingerprint(

@@ -187,7 +187,8 @@ pub struct Choice {
     pub prompt_tokens: usize,
 }
 
-/// A prompt that does not fit in the model's context window.
+/// A prompt that does not fit in the model's context window (`needed` 0: the server that
+/// refused it did not say by how much).
 ///
 /// Stages catch this (via `downcast_ref`) to skip or truncate the record with a counted warning.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +200,14 @@ pub struct ContextOverflow {
 
 impl fmt::Display for ContextOverflow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A server that refused the prompt may not say how long it was.
+        if self.needed == 0 {
+            return write!(
+                f,
+                "prompt does not fit in the model's context of {} tokens",
+                self.context
+            );
+        }
         write!(
             f,
             "prompt of {} tokens needs {} tokens with its completion, more than the model's context of {}",

@@ -1,6 +1,6 @@
 //! Fault-tolerant JSON calls to one or several servers: load spreading, per-request timeout,
 //! retries with exponential backoff and jitter on timeouts, connection errors, 429 and 5xx
-//! (honouring `Retry-After`), and counters of what happened.
+//! (honouring `Retry-After`) and answers that are not JSON, and counters of what happened.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,7 +9,8 @@ use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::http::{self, BaseUrl, Response, TransportError};
+use super::base_url::BaseUrl;
+use super::transport::{Response, Transport, TransportError};
 
 /// When and how often to retry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +78,10 @@ pub struct Counters {
     pub connection_errors: AtomicU64,
     pub http_429: AtomicU64,
     pub http_5xx: AtomicU64,
+    /// 2xx answers whose body is not JSON (cut short by a proxy, say); retried.
+    pub invalid_json: AtomicU64,
+    /// JSON answers without a field asked for (`logprobs`); retried.
+    pub incomplete_answers: AtomicU64,
     pub failures: AtomicU64,
 }
 
@@ -90,6 +95,8 @@ impl Counters {
             "connection_errors": g(&self.connection_errors),
             "http_429": g(&self.http_429),
             "http_5xx": g(&self.http_5xx),
+            "invalid_json": g(&self.invalid_json),
+            "incomplete_answers": g(&self.incomplete_answers),
             "failures": g(&self.failures),
         })
     }
@@ -98,7 +105,7 @@ impl Counters {
 /// JSON POST/GET against a rotating set of servers.
 pub struct Client {
     servers: Vec<BaseUrl>,
-    api_key: Option<String>,
+    transport: Transport,
     timeout: Duration,
     policy: RetryPolicy,
     next: AtomicUsize,
@@ -108,13 +115,13 @@ pub struct Client {
 impl Client {
     pub fn new(
         servers: Vec<BaseUrl>,
-        api_key: Option<String>,
+        transport: Transport,
         timeout: Duration,
         policy: RetryPolicy,
     ) -> Self {
         Self {
             servers,
-            api_key,
+            transport,
             timeout,
             policy,
             next: AtomicUsize::new(0),
@@ -124,43 +131,53 @@ impl Client {
 
     /// The first server, for messages.
     pub fn server_name(&self) -> String {
-        self.servers[0].display()
+        self.servers[0].to_string()
+    }
+
+    /// Counts a retry of attempt `attempt` (0-based) and waits its backoff; false (and no wait)
+    /// once the retries are spent.
+    pub fn pause_before_retry(&self, attempt: u32) -> bool {
+        if attempt >= self.policy.retries {
+            return false;
+        }
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(self.policy.delay(attempt, None, jitter()));
+        true
     }
 
     /// POSTs `body` (or GETs when `None`) to `path` and parses the JSON answer.
     ///
     /// Each attempt goes to the next server in turn, so load spreads and a retry avoids a
-    /// server that just failed.
+    /// server that just failed. Retried: timeouts, connection errors (bodies cut short
+    /// included), 429, 5xx and 2xx answers that are not JSON; not retried: other statuses
+    /// and TLS failures.
     pub fn call(&self, path: &str, body: Option<&Value>) -> Result<Value> {
         let bytes = body.map(|b| b.to_string().into_bytes());
-        let method = if body.is_some() { "POST" } else { "GET" };
         let mut attempt = 0u32;
         loop {
             let server =
                 &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len()];
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = http::request(
-                server,
-                method,
-                path,
-                bytes.as_deref(),
-                self.api_key.as_deref(),
-                self.timeout,
-            );
+            let outcome = self
+                .transport
+                .send(&server.endpoint(path), bytes.as_deref());
             let (why, retry_after) = match outcome {
-                Ok(r) if (200..300).contains(&r.status) => {
-                    return serde_json::from_slice(&r.body).map_err(|e| {
-                        self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                        anyhow!(
-                            "{}{path} sent malformed JSON ({e}): {}",
-                            server.display(),
-                            String::from_utf8_lossy(&r.body)
-                                .chars()
-                                .take(200)
-                                .collect::<String>()
+                Ok(r) if (200..300).contains(&r.status) => match serde_json::from_slice(&r.body) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => {
+                        self.counters.invalid_json.fetch_add(1, Ordering::Relaxed);
+                        (
+                            anyhow!(
+                                "{server}{path} sent malformed JSON ({e}): {}",
+                                String::from_utf8_lossy(&r.body)
+                                    .chars()
+                                    .take(200)
+                                    .collect::<String>()
+                            ),
+                            None,
                         )
-                    });
-                }
+                    }
+                },
                 Ok(r) if r.status == 429 || r.status >= 500 => {
                     let c = if r.status == 429 {
                         &self.counters.http_429
@@ -174,18 +191,18 @@ impl Client {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
                     return Err(anyhow!(status_error(server, path, &r)));
                 }
+                Err(e @ TransportError::Tls(_)) => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(anyhow!("{server}{path}: {e}"));
+                }
                 Err(e) => {
                     let c = match e {
                         TransportError::Timeout(_) => &self.counters.timeouts,
-                        TransportError::Connection(_) => &self.counters.connection_errors,
+                        _ => &self.counters.connection_errors,
                     };
                     c.fetch_add(1, Ordering::Relaxed);
                     (
-                        anyhow!(
-                            "{}{path}: {e} (timeout {:?})",
-                            server.display(),
-                            self.timeout
-                        ),
+                        anyhow!("{server}{path}: {e} (timeout {:?})", self.timeout),
                         None,
                     )
                 }
@@ -198,7 +215,7 @@ impl Client {
                     self.servers.len(),
                     self.servers
                         .iter()
-                        .map(|s| s.display())
+                        .map(|s| s.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 )));
@@ -212,7 +229,7 @@ impl Client {
 
 fn status_error(server: &BaseUrl, path: &str, r: &Response) -> HttpStatus {
     HttpStatus {
-        server: server.display(),
+        server: server.to_string(),
         path: path.to_string(),
         status: r.status,
         body: String::from_utf8_lossy(&r.body).into_owned(),

@@ -8,12 +8,17 @@
 //!   without either, an estimate ([`wire::estimate_tokens`]), counted in [`Backend::stats`].
 //!
 //! Requests run on at most `concurrency` threads, spread over the servers, with retries
-//! ([`client`]) and a disk cache ([`cache`]). The API key is read from an environment variable
-//! and never stored or printed.
+//! ([`client`]) and a disk cache ([`cache`]), over HTTP or HTTPS ([`transport`]). The API key
+//! is read from an environment variable and sent in the `Authorization` header only: never
+//! printed, cached (the cache key is model, endpoint and body) or written to a manifest.
+//!
+//! A server's "context length exceeded" answer (HTTP 400 from OpenAI, vLLM, llama.cpp, TGI)
+//! becomes a [`super::ContextOverflow`], so stages skip that record with a warning.
 
+mod base_url;
 mod cache;
 mod client;
-mod http;
+mod transport;
 mod wire;
 
 use std::path::PathBuf;
@@ -29,24 +34,33 @@ pub use cache::default_dir as default_cache_dir;
 pub use client::RetryPolicy;
 
 use super::{Backend, Choice, ChoiceRequest, GenerateRequest, Generation, ModelInfo, Prompt};
+use base_url::BaseUrl;
 use cache::RequestCache;
 use client::{Client, HttpStatus};
-use http::BaseUrl;
+use transport::{ApiKey, Transport, TransportConfig};
 
 /// Settings of the openai backend (`--base-url`, `--concurrency`, …).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenaiConfig {
-    /// Server roots (`http://host:port`, a trailing `/v1` is accepted); requests are spread
-    /// over them in turn.
+    /// Server roots (`http://host:port` or `https://…`, with or without the trailing `/v1`,
+    /// behind a path prefix or not); requests are spread over them in turn.
     pub base_urls: Vec<String>,
     /// Environment variable holding the API key (sent as a bearer token when set).
     pub api_key_env: String,
     /// Requests in flight at once.
     pub concurrency: usize,
-    /// Per-request timeout in seconds (connect, and every read and write).
+    /// Longest wait for a whole answer in seconds (connecting, sending, reading it all).
     pub timeout_s: f64,
+    /// Longest wait for a connection in seconds, TLS handshake included.
+    pub connect_timeout_s: f64,
+    /// PEM file of the CA certificates to trust instead of the built-in (webpki) roots;
+    /// without it `$SSL_CERT_FILE` is read when set.
+    pub ca_cert: Option<PathBuf>,
     pub retry: RetryPolicy,
+    /// How a prefill (the text a reply must start with, e.g. "The answer is (" before the
+    /// options are scored) reaches the server.
+    pub prefill: PrefillMode,
     /// Request cache folder [default: ~/.cache/cai/requests].
     pub cache_dir: Option<PathBuf>,
     pub no_cache: bool,
@@ -59,11 +73,30 @@ impl Default for OpenaiConfig {
             api_key_env: "OPENAI_API_KEY".into(),
             concurrency: 64,
             timeout_s: 600.0,
+            connect_timeout_s: 10.0,
+            ca_cert: None,
+            prefill: PrefillMode::Auto,
             retry: RetryPolicy::default(),
             cache_dir: None,
             no_cache: false,
         }
     }
+}
+
+/// How a prefill reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefillMode {
+    /// `instruct` for api.openai.com, `continue` for every other server.
+    #[default]
+    Auto,
+    /// A final, partial assistant message the server continues (llama.cpp server, Ollama;
+    /// vLLM with `continue_final_message`).
+    Continue,
+    /// Folded into the last user message as "reply with only the continuation of: …"
+    /// (api.openai.com cannot continue an assistant message; the options are then scored as
+    /// the first token of a new reply, an approximation of the local backend's exact scores).
+    Instruct,
 }
 
 /// How this server counts tokens, found on first use.
@@ -84,13 +117,18 @@ pub struct OpenaiBackend {
     concurrency: usize,
     tokenizer: OnceLock<Tokenizer>,
     estimated_counts: AtomicU64,
+    /// Prefills are folded into the user turn ([`PrefillMode::Instruct`]).
+    instruct: bool,
 }
 
 impl OpenaiBackend {
     /// Connects to the servers; `model` = `default` takes the first model the server lists.
     pub fn open(cfg: &OpenaiConfig, model: &str) -> Result<Self> {
         if cfg.base_urls.is_empty() {
-            bail!("--backend openai needs at least one --base-url (e.g. http://127.0.0.1:8000)");
+            bail!(
+                "--backend openai needs at least one --base-url (e.g. http://127.0.0.1:8000 or \
+                 https://api.openai.com/v1)"
+            );
         }
         if cfg.concurrency == 0 {
             bail!("--concurrency must be at least 1");
@@ -102,9 +140,34 @@ impl OpenaiBackend {
             .collect::<Result<Vec<_>>>()?;
         let api_key = std::env::var(&cfg.api_key_env)
             .ok()
-            .filter(|k| !k.is_empty());
-        let timeout = Duration::from_secs_f64(cfg.timeout_s.max(0.001));
-        let client = Client::new(servers, api_key, timeout, cfg.retry.clone());
+            .filter(|k| !k.is_empty())
+            .map(ApiKey::new);
+        for (what, s) in [
+            ("--timeout", cfg.timeout_s),
+            ("--connect-timeout", cfg.connect_timeout_s),
+        ] {
+            if !(s > 0.0 && s.is_finite()) {
+                bail!("{what} must be a positive number of seconds, not {s}");
+            }
+        }
+        let timeout = Duration::from_secs_f64(cfg.timeout_s);
+        let transport = Transport::new(
+            &TransportConfig {
+                timeout,
+                connect_timeout: Duration::from_secs_f64(cfg.connect_timeout_s),
+                ca_cert: cfg.ca_cert.clone(),
+                pool: cfg.concurrency,
+            },
+            api_key,
+        )?;
+        let instruct = match cfg.prefill {
+            PrefillMode::Instruct => true,
+            PrefillMode::Continue => false,
+            PrefillMode::Auto => servers
+                .iter()
+                .any(|s| s.authority.eq_ignore_ascii_case("api.openai.com")),
+        };
+        let client = Client::new(servers, transport, timeout, cfg.retry.clone());
         let server = client.server_name();
         let models = client
             .call("/v1/models", None)
@@ -141,25 +204,64 @@ impl OpenaiBackend {
             concurrency: cfg.concurrency,
             tokenizer: OnceLock::new(),
             estimated_counts: AtomicU64::new(0),
+            instruct,
         })
     }
 
     /// A cached or fresh answer of `path` for `body`.
     fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call_complete(path, body, |_| true)
+    }
+
+    /// A cached or fresh answer of `path` for `body` that `complete` accepts. An answer it
+    /// rejects (a chat answer without the `logprobs` asked for, from a server that dropped
+    /// them once) is retried like a failed request and never cached; once the retries are
+    /// spent the last such answer is returned, for the caller's own error.
+    fn call_complete(
+        &self,
+        path: &str,
+        body: &Value,
+        complete: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let key = self
             .cache
             .as_ref()
             .map(|_| RequestCache::key(&self.info.name, path, body));
         if let (Some(c), Some(k)) = (&self.cache, &key) {
-            if let Some(hit) = c.get(k) {
+            if let Some(hit) = c.get(k).filter(|a| complete(a)) {
                 return Ok(hit);
             }
         }
-        let answer = self.client.call(path, Some(body))?;
-        if let (Some(c), Some(k)) = (&self.cache, &key) {
-            c.put(k, &answer)?;
+        let mut attempt = 0;
+        loop {
+            let answer = self.client.call(path, Some(body))?;
+            if complete(&answer) {
+                if let (Some(c), Some(k)) = (&self.cache, &key) {
+                    c.put(k, &answer)?;
+                }
+                return Ok(answer);
+            }
+            self.client
+                .counters
+                .incomplete_answers
+                .fetch_add(1, Ordering::Relaxed);
+            if !self.client.pause_before_retry(attempt) {
+                return Ok(answer);
+            }
+            attempt += 1;
         }
-        Ok(answer)
+    }
+
+    /// A server's "context length exceeded" refusal as a [`ContextOverflow`] (stages skip such
+    /// a record with a warning); any other error unchanged.
+    fn overflow_or(&self, e: anyhow::Error) -> anyhow::Error {
+        match e
+            .downcast_ref::<HttpStatus>()
+            .and_then(|s| wire::context_overflow(s.status, &s.body, self.info.context))
+        {
+            Some(o) => anyhow::Error::new(o).context(e.to_string()),
+            None => e,
+        }
     }
 
     /// Runs `f` over `items` on at most `concurrency` threads, results in input order.
@@ -187,12 +289,26 @@ impl OpenaiBackend {
             .collect()
     }
 
+    /// The prompt as this server gets it (see [`PrefillMode`]).
+    fn sent_prompt(&self, prompt: &Prompt) -> Prompt {
+        match self.instruct {
+            true => wire::instruct_prefill(prompt),
+            false => prompt.clone(),
+        }
+    }
+
     fn generate_one(&self, req: &GenerateRequest) -> Result<Generation> {
+        let req = &GenerateRequest {
+            prompt: self.sent_prompt(&req.prompt),
+            ..req.clone()
+        };
         let mut completions = Vec::with_capacity(req.n);
         let mut prompt_tokens = 0;
         for i in 0..req.n.max(1) {
             let body = wire::chat_body(&self.info.name, req, i);
-            let answer = self.call("/v1/chat/completions", &body)?;
+            let answer = self
+                .call("/v1/chat/completions", &body)
+                .map_err(|e| self.overflow_or(e))?;
             let (c, p) = wire::parse_chat(&answer)
                 .with_context(|| format!("{}/v1/chat/completions", self.client.server_name()))?;
             completions.push(c);
@@ -205,8 +321,10 @@ impl OpenaiBackend {
     }
 
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
-        let body = wire::choice_body(&self.info.name, &req.prompt);
-        let answer = self.call("/v1/chat/completions", &body)?;
+        let body = wire::choice_body(&self.info.name, &self.sent_prompt(&req.prompt));
+        let answer = self
+            .call_complete("/v1/chat/completions", &body, wire::has_top_logprobs)
+            .map_err(|e| self.overflow_or(e))?;
         let server = format!("{}/v1/chat/completions", self.client.server_name());
         let logprobs = wire::parse_choice(&answer, &req.options, &server)?;
         Ok(Choice {

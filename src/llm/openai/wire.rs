@@ -19,7 +19,9 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::llm::{Completion, FinishReason, GenerateRequest, Prompt, SamplingParams};
+use crate::llm::{
+    Completion, ContextOverflow, FinishReason, GenerateRequest, Prompt, SamplingParams,
+};
 
 /// Number of first-token alternatives asked for when scoring options (the OpenAI maximum).
 pub const TOP_LOGPROBS: usize = 20;
@@ -35,6 +37,29 @@ pub fn messages(prompt: &Prompt) -> Vec<Value> {
         out.push(json!({"role": "assistant", "content": prompt.prefill}));
     }
     out
+}
+
+/// What tells a model that cannot continue an assistant message (api.openai.com) to go on from
+/// the prefill.
+pub const INSTRUCT_CUE: &str =
+    "Reply with only the continuation of the following text, starting right where it stops:";
+
+/// The prompt with its prefill folded into the last user message as an instruction (the
+/// "instruct" prefill mode), for servers that answer a final assistant message with a new
+/// reply instead of continuing it. Without a prefill the prompt is unchanged.
+pub fn instruct_prefill(prompt: &Prompt) -> Prompt {
+    if prompt.prefill.is_empty() {
+        return prompt.clone();
+    }
+    let cue = format!("{INSTRUCT_CUE}\n\n{}", prompt.prefill);
+    let mut messages = prompt.messages.clone();
+    match messages.last_mut() {
+        Some(last) if last.role == crate::chat::Role::User => {
+            last.content = format!("{}\n\n{cue}", last.content);
+        }
+        _ => messages.push(crate::chat::ChatMessage::user(cue)),
+    }
+    Prompt::new(messages)
 }
 
 /// Fields that make a server continue the prefill instead of starting a new reply.
@@ -136,6 +161,11 @@ pub fn parse_chat(answer: &Value) -> Result<(Completion, usize)> {
     ))
 }
 
+/// Whether a chat answer holds the first token's `top_logprobs` that option scoring reads.
+pub fn has_top_logprobs(answer: &Value) -> bool {
+    answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"].is_array()
+}
+
 /// Log-probability of each option as the whole first token, from the answer's
 /// `top_logprobs`. An option outside the top list is an error, never a guessed value.
 pub fn parse_choice(answer: &Value, options: &[String], server: &str) -> Result<Vec<f64>> {
@@ -169,6 +199,62 @@ pub fn parse_choice(answer: &Value, options: &[String], server: &str) -> Result<
         }
     }
     Ok(out)
+}
+
+/// A server's refusal of a prompt longer than its context, as a [`ContextOverflow`] with the
+/// sizes the server named (0 where it named none); `None` for any other answer.
+///
+/// The shapes recognised (HTTP 400, 413 or 422):
+/// - OpenAI and vLLM: "This model's maximum context length is 4096 tokens. However, you
+///   requested 5000 tokens (4900 in the messages, 100 in the completion)…", OpenAI with
+///   `"code": "context_length_exceeded"`;
+/// - llama.cpp server: `"type": "exceed_context_size_error"` with `n_prompt_tokens` and `n_ctx`;
+/// - TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096";
+/// - Ollama and others: a message naming the context length or window.
+pub fn context_overflow(status: u16, body: &str, context: usize) -> Option<ContextOverflow> {
+    if !matches!(status, 400 | 413 | 422) {
+        return None;
+    }
+    let lower = body.to_ascii_lowercase();
+    const SIGNS: [&str; 7] = [
+        "context length",
+        "context_length",
+        "context size",
+        "exceed_context_size",
+        "context window",
+        "`inputs` tokens + `max_new_tokens`",
+        "maximum context",
+    ];
+    if !SIGNS.iter().any(|s| lower.contains(s)) {
+        return None;
+    }
+    let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let field = |name: &str| json["error"][name].as_u64().map(|n| n as usize);
+    let after = |cue: &str| -> Option<usize> {
+        let i = lower.find(cue)? + cue.len();
+        let digits: String = lower[i..]
+            .chars()
+            .skip_while(|c| c.is_whitespace())
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    let context = field("n_ctx")
+        .or_else(|| after("maximum context length is"))
+        .or_else(|| after("must be <="))
+        .unwrap_or(context);
+    let prompt_tokens = field("n_prompt_tokens")
+        .or_else(|| after("("))
+        .filter(|_| lower.contains("in the messages") || field("n_prompt_tokens").is_some())
+        .unwrap_or(0);
+    let needed = after("you requested")
+        .or((prompt_tokens > 0).then_some(prompt_tokens))
+        .unwrap_or(0);
+    Some(ContextOverflow {
+        prompt_tokens,
+        needed,
+        context,
+    })
 }
 
 /// Rough token count when the server offers no tokenizer: about 4 characters per token plus
@@ -343,6 +429,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not support"), "{e}");
+    }
+
+    #[test]
+    fn instruct_mode_folds_the_prefill_into_the_user_turn() {
+        let p = instruct_prefill(&prompt("The answer is ("));
+        assert!(p.prefill.is_empty());
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(
+            p.messages[0].content,
+            format!("Hi\n\n{INSTRUCT_CUE}\n\nThe answer is (")
+        );
+        // No assistant message, so no continuation fields either.
+        let b = choice_body("m", &p);
+        assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+        assert!(b.get("continue_final_message").is_none());
+        assert_eq!(instruct_prefill(&prompt("")), prompt(""));
+    }
+
+    #[test]
+    fn context_length_refusals_become_overflows() {
+        // vLLM's wording (OpenAI's is the same with a `code`).
+        let vllm = r#"{"object":"error","message":"This model's maximum context length is 2048 tokens. However, you requested 2100 tokens (2000 in the messages, 100 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError","code":400}"#;
+        assert_eq!(
+            context_overflow(400, vllm, 0),
+            Some(ContextOverflow {
+                prompt_tokens: 2000,
+                needed: 2100,
+                context: 2048
+            })
+        );
+        let llama = r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":5000,"n_ctx":4096}}"#;
+        assert_eq!(
+            context_overflow(400, llama, 0),
+            Some(ContextOverflow {
+                prompt_tokens: 5000,
+                needed: 5000,
+                context: 4096
+            })
+        );
+        let tgi = r#"{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`","error_type":"validation"}"#;
+        assert_eq!(context_overflow(422, tgi, 0).unwrap().context, 4096);
+        // The model's known context when the server names none.
+        let plain = r#"{"error":{"message":"prompt exceeds the context window"}}"#;
+        assert_eq!(context_overflow(400, plain, 8192).unwrap().context, 8192);
+        // Other refusals, and other statuses, are not overflows.
+        assert_eq!(context_overflow(400, r#"{"error":"bad model"}"#, 0), None);
+        assert_eq!(context_overflow(500, vllm, 0), None);
     }
 
     #[test]

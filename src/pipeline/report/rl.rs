@@ -90,7 +90,8 @@ pub(super) fn eval(md: &mut String, run: &RunDir) {
         md,
         "`{}` (A) against `{}` (B) on {} held-out prompts (`{}`; answers side by side in \
          [{r}]({r})).\n\n| measure | value |\n|---|---|\n\
-         | A wins, AI labeler, both orders (95 % interval) | {} |\n\
+         | A wins, AI labeler, both orders (95 % interval; ties ½) | {} |\n\
+         | ties, AI labeler (\\|P(A) − 0.5\\| ≤ {}) | {} |\n\
          | mean P(A better) | {} |\n| position flips | {} |\n\
          | A wins, reward model (95 % interval) | {} |\n| mean reward A / B | {} / {} |\n",
         cell(
@@ -106,6 +107,8 @@ pub(super) fn eval(md: &mut String, run: &RunDir) {
         num(&e, "/pairs", 0),
         rel(run, &path),
         rate("labeler_win_rate"),
+        num(&e, "/tie_margin", 2),
+        num(&e, "/labeler_ties", 0),
         num(&e, "/labeler_mean_p_a", 3),
         num(&e, "/position_flips", 0),
         rate("reward_win_rate"),

@@ -204,6 +204,18 @@ pub(super) fn label(md: &mut String, run: &RunDir) {
         num(&c, "/files/0/calibration/ece", 3),
         num(&c, "/files/0/position/consistency", 3),
     );
+    let ci = |i: usize| {
+        c.pointer(&format!("/files/0/agreement_ci/{i}"))
+            .and_then(Value::as_f64)
+    };
+    if let (Some(low), Some(high)) = (ci(0), ci(1)) {
+        if low <= 0.5 && 0.5 <= high {
+            md.push_str(
+                "**The agreement interval contains 50 %: these labels are indistinguishable from \
+                 chance, and a reward model trained on them learns noise.**\n\n",
+            );
+        }
+    }
     let dir = run.compare_dir();
     images(
         md,
