@@ -1,5 +1,5 @@
-//! Command-line interface of `cai train`: one subcommand per training stage (SFT now; the
-//! reward model and PPO join as `rm` and `ppo`). Doc comments are the `--help`.
+//! Command-line interface of `cai train`: one subcommand per training stage (`sft`, `rm`,
+//! `ppo`, `dpo`). Doc comments are the `--help`.
 
 use std::path::PathBuf;
 
@@ -18,6 +18,9 @@ pub enum TrainCommand {
     Rm(crate::cli_rm::RmArgs),
     /// PPO of the SFT policy against the reward model, with a KL penalty to the SFT model.
     Ppo(PpoArgs),
+    /// DPO (and cDPO, rDPO, IPO, SLiC) of a policy on AI labels, human pairs and SL-CAI
+    /// revision pairs, against a frozen reference: no reward model, no sampling.
+    Dpo(crate::cli_dpo::DpoArgs),
 }
 
 /// What `--trainable` names; `--top-layers` and `--lora-*` give the details.

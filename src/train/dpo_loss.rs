@@ -270,7 +270,10 @@ mod tests {
         close(pair_loss(&s(DpoLoss::Ipo, 0.0), 2.0, 1.0), 1.0);
         close(pair_loss(&s(DpoLoss::Ipo, 0.0), 2.0, 0.75), 3.0);
         // Large margins stay finite: −log σ(−100) ≈ 100.
-        close(pair_loss(&spec(DpoLoss::Sigmoid, 1.0, 0.0), -100.0, 1.0), 100.0);
+        close(
+            pair_loss(&spec(DpoLoss::Sigmoid, 1.0, 0.0), -100.0, 1.0),
+            100.0,
+        );
     }
 
     #[test]
@@ -315,9 +318,13 @@ mod tests {
                 close(values[i], pair_loss(&s, hs[i], ps[i]));
                 // Central finite difference of the scalar reference.
                 let d = 1e-5;
-                let fd = (pair_loss(&s, hs[i] + d, ps[i]) - pair_loss(&s, hs[i] - d, ps[i]))
-                    / (2.0 * d);
-                assert!((grad[i] - fd).abs() < 1e-5, "{loss} pair {i}: {} vs {fd}", grad[i]);
+                let fd =
+                    (pair_loss(&s, hs[i] + d, ps[i]) - pair_loss(&s, hs[i] - d, ps[i])) / (2.0 * d);
+                assert!(
+                    (grad[i] - fd).abs() < 1e-5,
+                    "{loss} pair {i}: {} vs {fd}",
+                    grad[i]
+                );
             }
         }
         // A hand gradient: DPO, a chosen, d/dh −log σ(βh) = −β·σ(−βh); β = 0.5, h = 2:
@@ -327,7 +334,10 @@ mod tests {
         let g = pair_losses(&s, h.as_tensor(), &[1.0])?
             .sum_all()?
             .backward()?;
-        close(g.get(h.as_tensor()).unwrap().to_vec1::<f64>()?[0], -0.134_470_7);
+        close(
+            g.get(h.as_tensor()).unwrap().to_vec1::<f64>()?[0],
+            -0.134_470_7,
+        );
         Ok(())
     }
 

@@ -190,7 +190,9 @@ fn resumed_lora_run_equals_the_uninterrupted_one() -> Result<()> {
     // Other data, or other reference log-probabilities, are refused on resume.
     let mut other = data;
     other.train_reference[0][0] += 1.0;
-    let err = DpoTrainer::resume(&ckpt, other, &Device::Cpu).err().unwrap();
+    let err = DpoTrainer::resume(&ckpt, other, &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(format!("{err:#}").contains("differ"), "{err:#}");
     Ok(())
 }
