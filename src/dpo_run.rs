@@ -293,13 +293,21 @@ fn model_sha(model: &str) -> Result<Option<String>> {
     })
 }
 
+/// The reference's log-probabilities `[a, b]` of the training and held-out pairs.
+struct ReferenceLogps {
+    train: Vec<[f64; 2]>,
+    eval: Vec<[f64; 2]>,
+    /// Whether they came from the output folder.
+    reused: bool,
+}
+
 /// The reference log-probabilities: read from `out/REFERENCE_FILE` when it matches the
 /// reference and the pairs, computed (and written) otherwise.
 fn reference_logps(
     cfg: &TrainDpoConfig,
     train: &[DpoPair],
     eval: &[DpoPair],
-) -> Result<(Vec<[f64; 2]>, Vec<[f64; 2]>, bool)> {
+) -> Result<ReferenceLogps> {
     let path = cfg.out.join(REFERENCE_FILE);
     let reference = cfg.reference_model();
     let sha = model_sha(reference)?;
@@ -311,7 +319,11 @@ fn reference_logps(
             && stored.train_fingerprint == train_fp
             && stored.eval_fingerprint == eval_fp
         {
-            return Ok((stored.train, stored.eval, true));
+            return Ok(ReferenceLogps {
+                train: stored.train,
+                eval: stored.eval,
+                reused: true,
+            });
         }
         eprintln!(
             "cai: train dpo: {} is for other pairs or another reference; computing it anew",
@@ -344,7 +356,11 @@ fn reference_logps(
     std::fs::write(&tmp, serde_json::to_vec(&file)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok((file.train, file.eval, false))
+    Ok(ReferenceLogps {
+        train: file.train,
+        eval: file.eval,
+        reused: false,
+    })
 }
 
 /// What a finished run reports.
@@ -413,12 +429,13 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
     );
 
     let resume_from = resume_point(&cfg.out, cfg.resume)?;
-    let (train_reference, eval_reference, reused) = reference_logps(cfg, &train, &eval)?;
+    let reference = reference_logps(cfg, &train, &eval)?;
+    let reused = reference.reused;
     let data = DpoData {
         train: train.clone(),
-        train_reference,
+        train_reference: reference.train,
         eval: eval.clone(),
-        eval_reference,
+        eval_reference: reference.eval,
     };
     let device = compute_device()?;
     let (mut trainer, model_sha) = match resume_from {
