@@ -10,6 +10,7 @@
 //! and the pairwise losses of [`reward_loss`]; DPO ([`dpo_trainer`]) with the preference
 //! losses of [`dpo_loss`] on response log-probabilities against a frozen reference.
 
+pub mod advantage;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
