@@ -21,6 +21,7 @@ pub mod export;
 pub mod inputs;
 pub mod jsonl;
 pub mod label;
+pub mod labeler_reward;
 pub mod llm;
 pub mod manifest;
 pub mod pairs;
