@@ -8,17 +8,8 @@ use clap::Args;
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::reward_data::DataSource;
 
-/// `cai train dpo`: direct preference optimisation of a policy on preference pairs, against
-/// a frozen reference (no reward model, no sampling).
-///
-/// Data, any mix of (`FILE:WEIGHT` weights a file's pairs in the loss):
-/// `cai label` rows keep their soft label p_a; human pairs (HH-RLHF, TRL preference rows,
-/// ours) their human label (rows without one are skipped); `cai revise` records give the
-/// SL-CAI pair "final revision preferred to the initial answer" (records never revised are
-/// skipped). Pairs whose two responses are the same text or, after --max-len, the same tokens
-/// carry no preference and are dropped. Labels of exactly 0.5 (ties) are dropped by the
-/// losses that round the label (sigmoid, robust, hinge) and kept by cdpo and ipo, which
-/// pull the tie's margin to 0. Every drop is counted on stderr; no pair left is an error.
+/// The flags of `cai train dpo`; its `--help` text (data handling: ties, identical pairs) is
+/// on [`TrainCommand::Dpo`](crate::cli_train::TrainCommand::Dpo).
 #[derive(Debug, Args, Default)]
 pub struct DpoArgs {
     /// YAML file with any TrainDpoConfig fields (optimizer settings under `train:`); flags

@@ -22,6 +22,15 @@ pub enum TrainCommand {
     Ppo(PpoArgs),
     /// DPO (and cDPO, rDPO, IPO, SLiC) of a policy on AI labels, human pairs and SL-CAI
     /// revision pairs, against a frozen reference: no reward model, no sampling.
+    ///
+    /// Data, any mix (`FILE:WEIGHT` weights a file's pairs in the loss): `cai label` rows keep
+    /// their soft label p_a; human pairs (HH-RLHF, TRL preference rows, ours) their human label
+    /// (rows without one are skipped); `cai revise` records give the SL-CAI pair "final
+    /// revision preferred to the initial answer" (records never revised are skipped). Pairs
+    /// whose two responses are the same text or, after --max-len, the same tokens carry no
+    /// preference and are dropped. Labels of exactly 0.5 (ties) are dropped by the losses that
+    /// round the label (sigmoid, robust, hinge) and kept by cdpo and ipo, which pull a tie's
+    /// margin to 0. Every drop is counted on stderr; no pair left is an error.
     Dpo(crate::cli_dpo::DpoArgs),
 }
 
