@@ -15,6 +15,7 @@ pub mod compare;
 pub mod config;
 pub mod constitution;
 pub mod device;
+pub mod dpo_pairs;
 pub mod dpo_run;
 pub mod eval;
 pub mod export;
