@@ -42,7 +42,7 @@ pub enum Command {
     /// Two policies answer held-out prompts; the AI labeler (both orders) and the reward
     /// model judge: win rates with 95 % intervals and a Markdown report.
     Eval(crate::cli_eval::EvalArgs),
-    /// Train a model: `cai train sft` (SL-CAI) or `cai train rm` (reward model).
+    /// Train a model: `cai train sft` (SL-CAI), `rm` (reward model), `ppo` or `dpo`.
     #[command(subcommand)]
     Train(crate::cli_train::TrainCommand),
     /// Stage outputs as TRL / OpenRLHF training sets (SFT or preference).

@@ -1,5 +1,5 @@
-//! Command-line interface of `cai train`: one subcommand per training stage (SFT now; the
-//! reward model and PPO join as `rm` and `ppo`). Doc comments are the `--help`.
+//! Command-line interface of `cai train`: one subcommand per training stage (`sft`, `rm`,
+//! `ppo`, `dpo`). Doc comments are the `--help`.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::sft_data::RoundChoice;
+use crate::train::advantage::AdvantageEstimator;
 use crate::train::{LoraConfig, ScheduleKind, Trainable};
 
 /// `cai train <stage>`.
@@ -16,8 +17,30 @@ pub enum TrainCommand {
     Sft(SftArgs),
     /// Reward model on AI and/or human preference labels, evaluated on held-out human labels.
     Rm(crate::cli_rm::RmArgs),
-    /// PPO of the SFT policy against the reward model, with a KL penalty to the SFT model.
+    /// PPO of the SFT policy against the reward model, with a KL penalty to the SFT model;
+    /// `--advantage grpo|rloo|reinforce` for the critic-free variants.
     Ppo(PpoArgs),
+    /// DPO (and cDPO, rDPO, IPO, SLiC) of a policy on AI labels, human pairs and SL-CAI
+    /// revision pairs, against a frozen reference: no reward model, no sampling.
+    ///
+    /// Data, any mix (`FILE:WEIGHT` weights a file's pairs in the loss): `cai label` rows keep
+    /// their soft label p_a; human pairs (HH-RLHF, TRL preference rows, ours) their human label
+    /// (rows without one are skipped); `cai revise` records give the SL-CAI pair "final
+    /// revision preferred to the initial answer" (records never revised are skipped). Pairs
+    /// whose two responses are the same text or, after --max-len, the same tokens carry no
+    /// preference and are dropped. Labels of exactly 0.5 (ties) are dropped by the losses that
+    /// round the label (sigmoid, robust, hinge) and kept by cdpo and ipo, which pull a tie's
+    /// margin to 0. Every drop is counted on stderr; no pair left is an error.
+    Dpo(crate::cli_dpo::DpoArgs),
+}
+
+/// `--reward`: one source alone; mixes are set in the config's `reward:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RewardSource {
+    /// The reward model (`--reward-model`).
+    Rm,
+    /// The feedback model's expected 1–10 rating under a sampled principle (`labeler:`).
+    Labeler,
 }
 
 /// What `--trainable` names; `--top-layers` and `--lora-*` give the details.
@@ -174,9 +197,9 @@ fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
         .map_err(|_| format!("unknown schedule `{s}` (cosine, linear or constant)"))
 }
 
-/// `cai train ppo`: the flags most runs change; every other setting (clip ranges, GAE,
-/// whitening, PPO-ptx, guards…) lives in the `--config` YAML (`PpoRunConfig`, PPO settings
-/// under `ppo:`).
+/// `cai train ppo`: PPO, or GRPO / RLOO / REINFORCE with `--advantage`. The flags most runs
+/// change; every other setting (clip ranges, GAE, whitening, PPO-ptx, guards…) lives in the
+/// `--config` YAML (`PpoRunConfig`, PPO settings under `ppo:`).
 #[derive(Debug, Args)]
 pub struct PpoArgs {
     /// YAML file with any PpoRunConfig fields; flags override it. Rollouts are sampled with
@@ -194,6 +217,21 @@ pub struct PpoArgs {
     /// Reward model folder (the `final/` folder of `cai train rm`).
     #[arg(long)]
     pub reward_model: Option<PathBuf>,
+    /// Reward source: `rm` (the reward model; default) or `labeler` (the feedback model's
+    /// expected 1–10 rating of each response under a comparison principle drawn from
+    /// --constitution, as `cai label --mode score` asks). Weighted mixes: `reward:
+    /// {reward_model: 1, labeler: 0.2}` in the --config YAML.
+    #[arg(long, value_enum)]
+    pub reward: Option<RewardSource>,
+    /// Constitution of the feedback reward [default: constitutions/harmless.yaml].
+    #[arg(long)]
+    pub constitution: Option<PathBuf>,
+    /// Feedback model of the labeler reward [default: default].
+    #[arg(long)]
+    pub labeler_model: Option<String>,
+    /// Backend of the feedback model [default: local].
+    #[arg(long, value_enum)]
+    pub labeler_backend: Option<crate::llm::BackendKind>,
     /// Prompts to sample responses for [default: data/sample-prompts.jsonl].
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -215,6 +253,15 @@ pub struct PpoArgs {
     /// Responses per optimizer update [default: 4].
     #[arg(long)]
     pub minibatch: Option<usize>,
+    /// Advantage estimator [default: gae]. The critic-free ones sample --group-size
+    /// responses per prompt and train no value head; `ppo.kl_in_loss: true` moves their KL
+    /// from the score to a k3 loss term, `ppo.scale_rewards: false` is Dr. GRPO.
+    #[arg(long, value_enum)]
+    pub advantage: Option<AdvantageEstimator>,
+    /// Responses per prompt (G) for grpo, rloo and reinforce; --rollouts must be a multiple
+    /// [default: 4].
+    #[arg(long)]
+    pub group_size: Option<usize>,
     /// Peak learning rate [default: 1e-5].
     #[arg(long)]
     pub lr: Option<f64>,

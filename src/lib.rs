@@ -1,10 +1,11 @@
 //! cai: the Constitutional AI / RLAIF pipeline (Bai et al. 2022; Lee et al. 2023) on real
 //! language models: constitution → critique/revision SFT data → AI preference labels →
-//! reward model → PPO.
+//! reward model → PPO, or DPO on the labels directly.
 
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod cli_dpo;
 pub mod cli_eval;
 pub mod cli_export;
 pub mod cli_pipeline;
@@ -14,11 +15,14 @@ pub mod compare;
 pub mod config;
 pub mod constitution;
 pub mod device;
+pub mod dpo_pairs;
+pub mod dpo_run;
 pub mod eval;
 pub mod export;
 pub mod inputs;
 pub mod jsonl;
 pub mod label;
+pub mod labeler_reward;
 pub mod llm;
 pub mod manifest;
 pub mod pairs;
@@ -223,6 +227,38 @@ pub fn run(cli: Cli) -> Result<()> {
                     e.chosen.std,
                     e.rejected.mean,
                     e.rejected.std
+                );
+            }
+            Ok(())
+        }
+        Command::Train(cli_train::TrainCommand::Dpo(args)) => {
+            let cfg = dpo_run::TrainDpoConfig::resolve(args)?;
+            let s = dpo_run::run(&cfg)?;
+            eprintln!(
+                "cai: train dpo: {} steps on {} pairs ({} loss, β {}; {:.2} pairs/s, {:.0} \
+                 tokens/s) -> {}",
+                s.steps,
+                s.train_pairs,
+                cfg.loss,
+                cfg.beta,
+                s.pairs_per_s,
+                s.tokens_per_s,
+                s.final_dir.display()
+            );
+            if let (Some(a), Some(b)) = (&s.eval_before, &s.eval_after) {
+                println!(
+                    "held-out: {} pairs, implicit-reward accuracy {:.4} -> {:.4}, margin {:.4} \
+                     -> {:.4}, log-prob accuracy {:.4} -> {:.4}, drift chosen {:.3}, rejected \
+                     {:.3} nats",
+                    b.pairs,
+                    a.accuracy,
+                    b.accuracy,
+                    a.margin,
+                    b.margin,
+                    a.logp_accuracy,
+                    b.logp_accuracy,
+                    b.chosen_drift,
+                    b.rejected_drift
                 );
             }
             Ok(())

@@ -1,5 +1,6 @@
-//! `cai train ppo`: the RL stage of Constitutional AI (RL-CAI, Bai et al. 2022 §4) — PPO of
-//! the SFT policy against the reward model, with a KL penalty to the SFT model.
+//! `cai train ppo`: the RL stage of Constitutional AI (RL-CAI, Bai et al. 2022 §4) — PPO (or
+//! GRPO / RLOO / REINFORCE) of the SFT policy against the reward model, the feedback model's
+//! rating ("direct RLAIF") or a weighted mix, with a KL penalty to the SFT model.
 //!
 //! Writes, into `--out`: `checkpoint-N/` folders that resume exactly, `final/` (the policy as
 //! a model folder every stage loads), `ppo_log.csv` (one row per step), `reward.svg`,
@@ -14,10 +15,11 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cli_train::PpoArgs;
+use crate::cli_train::{PpoArgs, RewardSource};
 use crate::config::{read_yaml, set};
 use crate::inputs::{read_prompts, PromptItem};
 use crate::jsonl;
+use crate::labeler_reward::{LabelerRater, LabelerRewardConfig, NEUTRAL_RATING};
 use crate::llm::local::ChatTokenizer;
 use crate::llm::spec::sha256_file;
 use crate::llm::{ModelInfo, Prompt};
@@ -69,6 +71,26 @@ impl Default for Guards {
     }
 }
 
+/// Where the reward of a response comes from: a weighted sum of the reward model's score and
+/// the feedback model's expected 1–10 rating (Lee et al. 2023 §2.3, "direct RLAIF").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardWeights {
+    /// Weight of the reward model's score (default 1).
+    pub reward_model: f64,
+    /// Weight of the feedback model's expected rating (default 0).
+    pub labeler: f64,
+}
+
+impl Default for RewardWeights {
+    fn default() -> Self {
+        Self {
+            reward_model: 1.0,
+            labeler: 0.0,
+        }
+    }
+}
+
 /// Settings of `cai train ppo`. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -79,6 +101,10 @@ pub struct PpoRunConfig {
     pub reference: Option<String>,
     /// Reward model folder (`cai train rm` output's `final/`).
     pub reward_model: Option<PathBuf>,
+    /// Weights of the reward sources (default: the reward model alone).
+    pub reward: RewardWeights,
+    /// The feedback model, when `reward.labeler` is above 0.
+    pub labeler: LabelerRewardConfig,
     /// Prompts (red-team prompts: JSONL with `prompt`/`messages`, or plain lines).
     pub prompts: PathBuf,
     /// SFT data for PPO-ptx (`cai revise` output or TRL SFT rows).
@@ -104,6 +130,8 @@ impl Default for PpoRunConfig {
             policy: "runs/sft/final".into(),
             reference: None,
             reward_model: None,
+            reward: RewardWeights::default(),
+            labeler: LabelerRewardConfig::default(),
             prompts: PathBuf::from("data/sample-prompts.jsonl"),
             ptx_data: None,
             out: PathBuf::from("runs/ppo"),
@@ -129,6 +157,27 @@ impl PpoRunConfig {
         set(&mut c.policy, a.policy);
         c.reference = a.reference.or(c.reference);
         c.reward_model = a.reward_model.or(c.reward_model);
+        match a.reward {
+            Some(RewardSource::Rm) => c.reward = RewardWeights::default(),
+            Some(RewardSource::Labeler) => {
+                c.reward = RewardWeights {
+                    reward_model: 0.0,
+                    labeler: 1.0,
+                }
+            }
+            None => {}
+        }
+        set(&mut c.labeler.constitution, a.constitution);
+        set(&mut c.labeler.model, a.labeler_model);
+        set(&mut c.labeler.backend, a.labeler_backend);
+        let w = &c.reward;
+        ensure!(
+            w.reward_model >= 0.0 && w.labeler >= 0.0 && w.reward_model + w.labeler > 0.0,
+            "reward weights must not be negative and one must be positive (reward_model {}, \
+             labeler {})",
+            w.reward_model,
+            w.labeler
+        );
         set(&mut c.prompts, a.prompts);
         c.ptx_data = a.ptx_data.or(c.ptx_data);
         set(&mut c.out, a.out);
@@ -139,6 +188,8 @@ impl PpoRunConfig {
         set(&mut p.steps, a.steps);
         set(&mut p.rollouts, a.rollouts);
         set(&mut p.minibatch, a.minibatch);
+        set(&mut p.advantage, a.advantage);
+        set(&mut p.group_size, a.group_size);
         set(&mut p.lr, a.lr);
         set(&mut p.kl_coef, a.kl_coef);
         p.kl_target = a.kl_target.or(p.kl_target);
@@ -164,17 +215,21 @@ pub struct PpoRunSummary {
     pub final_dir: PathBuf,
 }
 
-/// The reward model as a PPO scorer: responses are decoded and scored as text, so the
-/// reward model may use another tokenizer than the policy. The texts of the last call are
-/// kept for the samples file and the run summary.
-struct RmScorer<'a> {
-    rm: TextRewardModel,
+/// The reward sources as a PPO scorer: responses are decoded and scored as text, so the
+/// reward model and the feedback model may use other tokenizers than the policy. The score
+/// is `w_rm · reward + w_labeler · expected rating`. The texts of the last call are kept for
+/// the samples file and the run summary.
+struct MixScorer<'a> {
+    rm: Option<(TextRewardModel, f64)>,
+    labeler: Option<(LabelerRater, f64)>,
     policy_tok: &'a ChatTokenizer,
     prompts: &'a [PromptItem],
     texts: Vec<String>,
+    /// Responses whose feedback prompt overflowed the context (rated neutral).
+    overflowed: usize,
 }
 
-impl Scorer for RmScorer<'_> {
+impl Scorer for MixScorer<'_> {
     fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>> {
         self.texts = rollouts
             .iter()
@@ -185,7 +240,20 @@ impl Scorer for RmScorer<'_> {
             .zip(&self.texts)
             .map(|(r, t)| (self.prompts[r.prompt].conversation.as_slice(), t.as_str()))
             .collect();
-        self.rm.score(&items, 8)
+        let mut total = vec![0.0; items.len()];
+        if let Some((rm, w)) = &self.rm {
+            for (t, s) in total.iter_mut().zip(rm.score(&items, 8)?) {
+                *t += w * s;
+            }
+        }
+        if let Some((rater, w)) = &self.labeler {
+            let rated = rater.rate(&items)?;
+            self.overflowed += rated.overflowed;
+            for (t, s) in total.iter_mut().zip(rated.ratings) {
+                *t += w * s;
+            }
+        }
+        Ok(total)
     }
 }
 
@@ -201,10 +269,26 @@ fn response_text(tok: &ChatTokenizer, r: &Rollout) -> Result<String> {
 /// Runs `cai train ppo`.
 pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
     let started = now_unix();
-    let rm_dir = cfg
-        .reward_model
-        .as_deref()
-        .context("no reward model: pass --reward-model DIR (the final/ folder of cai train rm)")?;
+    let rm = match cfg.reward.reward_model > 0.0 {
+        true => {
+            let dir = cfg.reward_model.as_deref().context(
+                "no reward model: pass --reward-model DIR (the final/ folder of cai train rm), \
+                 or --reward labeler",
+            )?;
+            Some((
+                TextRewardModel::open(dir, cfg.rm_max_len)?,
+                cfg.reward.reward_model,
+            ))
+        }
+        false => None,
+    };
+    let labeler = match cfg.reward.labeler > 0.0 {
+        true => Some((
+            LabelerRater::open(&cfg.labeler, cfg.ppo.seed)?,
+            cfg.reward.labeler,
+        )),
+        false => None,
+    };
     let policy_tok = ChatTokenizer::open(&cfg.policy)
         .with_context(|| format!("opening the policy {}", cfg.policy))?;
     let items = read_prompts(&cfg.prompts)?;
@@ -243,11 +327,13 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
             PpoTrainer::new(&policy_config, weights, &reference, data, cfg.ppo.clone())?
         }
     };
-    let mut scorer = RmScorer {
-        rm: TextRewardModel::open(rm_dir, cfg.rm_max_len)?,
+    let mut scorer = MixScorer {
+        rm,
+        labeler,
         policy_tok: &policy_tok,
         prompts: &prompts,
         texts: Vec::new(),
+        overflowed: 0,
     };
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
@@ -305,6 +391,13 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
         }
     }
     pb.finish_and_clear();
+    if scorer.overflowed > 0 {
+        eprintln!(
+            "cai: train ppo: {} response(s) overflowed the feedback model's context and were \
+             rated {NEUTRAL_RATING}",
+            scorer.overflowed
+        );
+    }
     let final_dir = cfg.out.join("final");
     trainer.save_final(&final_dir, &extra)?;
     let history = trainer.state().history.clone();

@@ -129,7 +129,10 @@ impl TrainRmConfig {
 
 /// Splits off the last conversations (in order of last appearance) holding about `fraction`
 /// of the pairs; at least one conversation always stays for training.
-fn split_by_conversation(pairs: Vec<TextPair>, fraction: f64) -> (Vec<TextPair>, Vec<TextPair>) {
+pub(crate) fn split_by_conversation(
+    pairs: Vec<TextPair>,
+    fraction: f64,
+) -> (Vec<TextPair>, Vec<TextPair>) {
     let want = (pairs.len() as f64 * fraction).ceil() as usize;
     let mut convs: Vec<(&[crate::chat::ChatMessage], usize)> = Vec::new();
     for p in pairs.iter().rev() {

@@ -188,8 +188,41 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     let weights = |p: &Path| std::fs::read(p.join("final/model.safetensors")).unwrap();
     assert!(weights(&full) == weights(&cut), "resumed weights differ");
 
-    // The PPO policy against its starting point, judged by the tiny model and the RM.
+    // GRPO rewarded by the feedback model (mock backend): two responses per prompt, each
+    // rated 1–10; no value head. A bad group size is a clear error.
     let constitution = root().join("constitutions/harmless.yaml");
+    let grpo_args = [
+        "--advantage",
+        "grpo",
+        "--group-size",
+        "2",
+        "--reward",
+        "labeler",
+        "--labeler-backend",
+        "mock",
+        "--constitution",
+        constitution.to_str().unwrap(),
+    ];
+    ok(&mut ppo(d, "grpo", &grpo_args));
+    let grpo = d.join("grpo");
+    assert!(grpo.join("checkpoint-2/trainer_state.json").exists());
+    assert!(!grpo.join("checkpoint-2/value_head.safetensors").exists());
+    let grpo_log = curve(&grpo.join("ppo_log.csv"));
+    assert_eq!(grpo_log.len(), 5);
+    let score: f64 = grpo_log[1].split(',').nth(1).unwrap().parse().unwrap();
+    assert!(
+        (1.0..=10.0).contains(&score),
+        "a 1–10 rating: {}",
+        grpo_log[1]
+    );
+    let err = fails(&mut ppo(
+        d,
+        "x",
+        &["--advantage", "rloo", "--group-size", "3"],
+    ));
+    assert!(err.contains("multiple of group_size"), "{err}");
+
+    // The PPO policy against its starting point, judged by the tiny model and the RM.
     ok(cai(d).args([
         "eval",
         "--policy-a",

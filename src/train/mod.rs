@@ -7,11 +7,17 @@
 //! build a [`Llama`] from it for generation with [`CausalLm::forward_cached`].
 //!
 //! Reward models ([`reward`], [`reward_trainer`]) reuse the same core with a scalar head
-//! and the pairwise losses of [`reward_loss`].
+//! and the pairwise losses of [`reward_loss`]; DPO ([`dpo_trainer`]) with the preference
+//! losses of [`dpo_loss`] on response log-probabilities against a frozen reference.
 
+pub mod advantage;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dpo_data;
+pub mod dpo_loss;
+pub mod dpo_metrics;
+pub mod dpo_trainer;
 pub mod log;
 pub mod lora;
 pub mod model;
@@ -31,6 +37,8 @@ pub mod sft;
 pub mod trainer;
 pub mod weights;
 
+#[cfg(test)]
+mod dpo_tests;
 #[cfg(test)]
 mod family_tests;
 #[cfg(test)]

@@ -3,6 +3,11 @@
 //! penalize each token's KL to the frozen reference (the SFT model), estimate advantages with
 //! a value head and GAE, and take several clipped-objective updates per batch of rollouts.
 //!
+//! With a critic-free [`AdvantageEstimator`] (GRPO, RLOO, REINFORCE) a step samples
+//! `group_size` responses per prompt, gives every token of a response its group-relative
+//! advantage ([`group_advantages`]), trains no value head, and puts the KL either in the score
+//! or in the loss ([`k3_kl_loss`]); the clipped ratio, guards, logs and checkpoints are PPO's.
+//!
 //! Every random draw of step `s` comes from a generator seeded by `(seed, s, purpose)` and the
 //! prompt order of an epoch is a pure function of `(seed, epoch)`, so the checkpoint (weights,
 //! value head, optimizer moments, β, step, prompt cursor) is all a resumed run needs to
@@ -18,6 +23,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::advantage::{group_advantages, k3_kl_loss, AdvantageEstimator};
 use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use super::data::{Batch, TokenizedExample};
 use super::lora;
@@ -73,7 +79,8 @@ pub struct PpoTrainer {
     params: ParamStore,
     policy: Llama,
     reference: Llama,
-    value_head: RewardHead,
+    /// The critic, for GAE only.
+    value_head: Option<RewardHead>,
     vars: Vec<(String, Var)>,
     opt: AdamW,
     prompts: Vec<Vec<u32>>,
@@ -105,7 +112,14 @@ impl PpoTrainer {
         cfg.validate()?;
         let (_, device) = dtype_device(&weights)?;
         let params = ParamStore::fresh(model_config, weights, cfg.trainable.clone(), cfg.seed)?;
-        let head = RewardHead::init(model_config.hidden_size, cfg.seed ^ 0x7a1e, &device)?;
+        let head = match cfg.advantage.uses_critic() {
+            true => Some(RewardHead::init(
+                model_config.hidden_size,
+                cfg.seed ^ 0x7a1e,
+                &device,
+            )?),
+            false => None,
+        };
         let state = PpoState {
             step: 0,
             epoch: 0,
@@ -135,11 +149,14 @@ impl PpoTrainer {
         let cfg = state.config.clone();
         let params = ParamStore::restore(dir, cfg.trainable.clone(), &device)?;
         let model_config = params.config().clone();
-        let head = RewardHead::load_file(
-            &dir.join(VALUE_HEAD_FILE),
-            model_config.hidden_size,
-            &device,
-        )?;
+        let head = match cfg.advantage.uses_critic() {
+            true => Some(RewardHead::load_file(
+                &dir.join(VALUE_HEAD_FILE),
+                model_config.hidden_size,
+                &device,
+            )?),
+            false => None,
+        };
         let opt = AdamW::load(cfg.adamw(), &dir.join(OPTIMIZER_FILE), &device)?;
         Self::assemble(&model_config, params, head, opt, reference, data, state)
     }
@@ -147,7 +164,7 @@ impl PpoTrainer {
     fn assemble(
         model_config: &LlamaConfig,
         params: ParamStore,
-        value_head: RewardHead,
+        value_head: Option<RewardHead>,
         opt: AdamW,
         reference: &Weights,
         data: PpoData,
@@ -170,12 +187,13 @@ impl PpoTrainer {
         let policy = params.build_model()?;
         let reference = model_from_weights(model_config, reference)?;
         let mut vars = params.vars().to_vec();
-        vars.extend(
-            value_head
-                .vars()
-                .into_iter()
-                .map(|(n, v)| (format!("value_head.{n}"), v)),
-        );
+        if let Some(head) = &value_head {
+            vars.extend(
+                head.vars()
+                    .into_iter()
+                    .map(|(n, v)| (format!("value_head.{n}"), v)),
+            );
+        }
         let device = policy.device().clone();
         Ok(Self {
             cfg,
@@ -215,13 +233,23 @@ impl PpoTrainer {
         ChaCha8Rng::seed_from_u64(key)
     }
 
-    /// The prompts of the next step, in the epoch order of the prompt set.
+    /// Responses sampled per prompt: `group_size` for the critic-free estimators, else 1.
+    fn group(&self) -> usize {
+        match self.cfg.advantage.uses_critic() {
+            true => 1,
+            false => self.cfg.group_size,
+        }
+    }
+
+    /// The prompts of the next step, in the epoch order of the prompt set; each prompt of a
+    /// group is listed `group` times in a row.
     fn next_prompts(&mut self) -> Vec<usize> {
         let n = self.prompts.len();
+        let group = self.group();
         let mut out = Vec::with_capacity(self.cfg.rollouts);
         let mut order = epoch_order(self.cfg.seed, self.state.epoch, n);
         while out.len() < self.cfg.rollouts {
-            out.push(order[self.state.cursor]);
+            out.extend(std::iter::repeat_n(order[self.state.cursor], group));
             self.state.cursor += 1;
             if self.state.cursor == n {
                 self.state.epoch += 1;
@@ -280,13 +308,15 @@ impl PpoTrainer {
         let mut kls = Vec::with_capacity(rollouts.len());
         let mut rewards = Vec::with_capacity(rollouts.len());
         let mut totals = Vec::with_capacity(rollouts.len());
+        // With the KL as a loss term the reward is the score alone.
+        let reward_beta = if self.cfg.kl_in_loss { 0.0 } else { beta };
         for (i, r) in rollouts.iter().enumerate() {
             let kl = kl_per_token(&old.logp[i], &old.logp_ref[i], self.cfg.kl_estimator);
             let penalty = match (r.ended, self.cfg.no_eos_penalty) {
                 (false, Some(p)) => p,
                 _ => 0.0,
             };
-            let rw = token_rewards(scores[i] - penalty, &kl, beta);
+            let rw = token_rewards(scores[i] - penalty, &kl, reward_beta);
             totals.push(rw.iter().sum::<f64>());
             kls.push(kl.iter().sum::<f64>());
             rewards.push(rw);
@@ -294,15 +324,25 @@ impl PpoTrainer {
         if self.cfg.whiten_rewards {
             rewards = whiten_ragged(&rewards, true);
         }
-        let (mut advantages, mut returns) = (Vec::new(), Vec::new());
-        for (rw, v) in rewards.iter().zip(&old.values) {
-            let (a, r) = gae(rw, v, self.cfg.gamma, self.cfg.lambda);
-            advantages.push(a);
-            returns.push(r);
-        }
-        let advantages = whiten_ragged(&advantages, false);
         let flat = |rows: &[Vec<f64>]| rows.iter().flatten().copied().collect::<Vec<f64>>();
-        let explained = explained_variance(&flat(&old.values), &flat(&returns));
+        let (advantages, returns, explained) = match self.cfg.advantage {
+            AdvantageEstimator::Gae => {
+                let (mut advantages, mut returns) = (Vec::new(), Vec::new());
+                for (rw, v) in rewards.iter().zip(&old.values) {
+                    let (a, r) = gae(rw, v, self.cfg.gamma, self.cfg.lambda);
+                    advantages.push(a);
+                    returns.push(r);
+                }
+                let explained = explained_variance(&flat(&old.values), &flat(&returns));
+                (whiten_ragged(&advantages, false), returns, explained)
+            }
+            estimator => {
+                let sums: Vec<f64> = rewards.iter().map(|r| r.iter().sum()).collect();
+                let seq = group_advantages(&sums, self.group(), estimator, self.cfg.scale_rewards);
+                let per_token = seq.iter().zip(&lens).map(|(&a, &n)| vec![a; n]).collect();
+                (per_token, Vec::new(), None)
+            }
+        };
 
         let mut acc = UpdateTotals::default();
         for epoch in 0..self.cfg.ppo_epochs {
@@ -312,6 +352,7 @@ impl PpoTrainer {
                 let part = Minibatch {
                     rollouts: mb.iter().map(|&i| &rollouts[i]).collect(),
                     logp_old: gather(&old.logp, mb),
+                    logp_ref: gather(&old.logp_ref, mb),
                     values_old: gather(&old.values, mb),
                     advantages: gather(&advantages, mb),
                     returns: gather(&returns, mb),
@@ -360,13 +401,15 @@ impl PpoTrainer {
             let refs: Vec<&Rollout> = chunk.iter().collect();
             let lens: Vec<usize> = chunk.iter().map(|r| r.response_ids.len()).collect();
             let t = self.cfg.temperature;
-            let pol = token_outputs(&self.policy, Some(&self.value_head), &refs, t, true)?;
+            let head = self.value_head.as_ref();
+            let pol = token_outputs(&self.policy, head, &refs, t, true)?;
             let reference = token_outputs(&self.reference, None, &refs, t, false)?;
             out.logp.extend(split_rows(&pol.logp.detach(), &lens)?);
             out.logp_ref
                 .extend(split_rows(&reference.logp.detach(), &lens)?);
-            let values = pol.values.context("value head output")?.detach();
-            out.values.extend(split_rows(&values, &lens)?);
+            if let Some(values) = pol.values {
+                out.values.extend(split_rows(&values.detach(), &lens)?);
+            }
             let entropy = pol.entropy.context("entropy output")?.detach();
             out.entropy.extend(split_rows(&entropy, &lens)?);
         }
@@ -382,8 +425,13 @@ impl PpoTrainer {
         ptx_pick: (usize, usize, usize),
     ) -> Result<UpdateStats> {
         let t = self.cfg.temperature;
-        let new = token_outputs(&self.policy, Some(&self.value_head), &mb.rollouts, t, false)?;
-        let values = new.values.context("value head output")?;
+        let new = token_outputs(
+            &self.policy,
+            self.value_head.as_ref(),
+            &mb.rollouts,
+            t,
+            false,
+        )?;
         let vec = |v: &[f64]| {
             let v32: Vec<f32> = v.iter().map(|x| *x as f32).collect();
             Tensor::from_vec(v32, v.len(), &self.device)
@@ -397,14 +445,24 @@ impl PpoTrainer {
             &mask,
             self.cfg.clip,
         )?;
-        let (vl, value_clip_frac) = value_loss(
-            &values,
-            &vec(&mb.values_old)?,
-            &vec(&mb.returns)?,
-            &mask,
-            self.cfg.value_clip,
-        )?;
-        let mut loss = (&pl + (&vl * self.cfg.vf_coef)?)?;
+        let mut loss = pl.clone();
+        let (mut value_loss_value, mut value_clip_frac) = (0.0, 0.0);
+        if let Some(values) = &new.values {
+            let (vl, frac) = value_loss(
+                values,
+                &vec(&mb.values_old)?,
+                &vec(&mb.returns)?,
+                &mask,
+                self.cfg.value_clip,
+            )?;
+            value_loss_value = scalar(&vl)?;
+            value_clip_frac = frac;
+            loss = (loss + (vl * self.cfg.vf_coef)?)?;
+        }
+        if self.cfg.kl_in_loss {
+            let kl = k3_kl_loss(&new.logp, &vec(&mb.logp_ref)?, &mask, self.state.beta)?;
+            loss = (loss + kl)?;
+        }
         let mut ptx_loss = 0.0;
         if self.cfg.ptx_coef > 0.0 {
             let ptx = self.ptx_loss(ptx_pick)?;
@@ -429,7 +487,7 @@ impl PpoTrainer {
         let approx_kl = scalar(&(log_ratio.sqr()?.mean_all()? * 0.5)?)?;
         Ok(UpdateStats {
             policy_loss: scalar(&pl)?,
-            value_loss: scalar(&vl)?,
+            value_loss: value_loss_value,
             clip_frac,
             value_clip_frac,
             approx_kl,
@@ -459,7 +517,7 @@ impl PpoTrainer {
     }
 
     /// Writes a resumable checkpoint folder: policy (base weights, LoRA adapters), value
-    /// head, optimizer moments and [`PpoState`].
+    /// head (GAE only), optimizer moments and [`PpoState`].
     pub fn save_checkpoint(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
         checkpoint::write_dir_atomically(dir, |tmp| {
             let base = self.params.base_weights();
@@ -473,7 +531,9 @@ impl PpoTrainer {
     }
 
     fn write_head_and_state(&self, dir: &Path) -> Result<()> {
-        self.value_head.save_file(&dir.join(VALUE_HEAD_FILE))?;
+        if let Some(head) = &self.value_head {
+            head.save_file(&dir.join(VALUE_HEAD_FILE))?;
+        }
         let path = dir.join(PPO_STATE_FILE);
         std::fs::write(&path, serde_json::to_string_pretty(&self.state)?)
             .with_context(|| format!("writing {}", path.display()))
@@ -512,6 +572,7 @@ struct OldOutputs {
 struct Minibatch<'a> {
     rollouts: Vec<&'a Rollout>,
     logp_old: Vec<f64>,
+    logp_ref: Vec<f64>,
     values_old: Vec<f64>,
     advantages: Vec<f64>,
     returns: Vec<f64>,
@@ -553,7 +614,11 @@ impl UpdateTotals {
     }
 }
 
+/// The rows `pick` concatenated; nothing when there are no rows (no value head, no returns).
 fn gather(rows: &[Vec<f64>], pick: &[usize]) -> Vec<f64> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
     pick.iter().flat_map(|&i| rows[i].iter().copied()).collect()
 }
 

@@ -3,6 +3,7 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
+use super::advantage::AdvantageEstimator;
 use super::optim::{AdamWParams, LrSchedule, ScheduleKind};
 use super::params::Trainable;
 use super::ppo_math::{AdaptiveKl, KlEstimator};
@@ -18,6 +19,18 @@ pub struct PpoConfig {
     pub rollouts: usize,
     /// Responses per optimizer update (default 4).
     pub minibatch: usize,
+    /// Advantage estimator: `gae` (value head, PPO; default), or the critic-free `grpo`,
+    /// `rloo` and `reinforce`, which train no value head.
+    pub advantage: AdvantageEstimator,
+    /// Responses sampled per prompt for `grpo`, `rloo` and `reinforce` (G, default 4);
+    /// `rollouts` must be a multiple of it. GAE samples one response per prompt.
+    pub group_size: usize,
+    /// GRPO: divide the centred scores by the group's standard deviation (default true;
+    /// false is Dr. GRPO).
+    pub scale_rewards: bool,
+    /// Critic-free estimators: the KL to the reference as a loss term `β · mean k3` (GRPO's
+    /// form) instead of `−β·Σ KL` in the score (default false).
+    pub kl_in_loss: bool,
     /// Passes over a step's rollouts (default 2).
     pub ppo_epochs: usize,
     /// Peak learning rate (default 1e-5; LoRA usually wants ~1e-4).
@@ -74,6 +87,10 @@ impl Default for PpoConfig {
             steps: 20,
             rollouts: 8,
             minibatch: 4,
+            advantage: AdvantageEstimator::Gae,
+            group_size: 4,
+            scale_rewards: true,
+            kl_in_loss: false,
             ppo_epochs: 2,
             lr: 1e-5,
             warmup_steps: 0,
@@ -110,6 +127,24 @@ impl PpoConfig {
             "rollouts and minibatch must be positive"
         );
         ensure!(self.ppo_epochs > 0, "ppo_epochs must be at least 1");
+        if !self.advantage.uses_critic() {
+            let g = self.group_size;
+            ensure!(
+                g > 0 && self.rollouts.is_multiple_of(g),
+                "rollouts ({}) must be a multiple of group_size ({g})",
+                self.rollouts
+            );
+            ensure!(
+                g >= 2 || self.advantage == AdvantageEstimator::Reinforce,
+                "{:?} compares the responses to one prompt: group_size must be at least 2",
+                self.advantage
+            );
+        } else {
+            ensure!(
+                !self.kl_in_loss,
+                "kl_in_loss is for the critic-free estimators; GAE puts the KL in the reward"
+            );
+        }
         ensure!(self.lr.is_finite() && self.lr > 0.0, "lr must be positive");
         ensure!(
             self.clip > 0.0 && self.value_clip > 0.0,

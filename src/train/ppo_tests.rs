@@ -139,3 +139,88 @@ fn a_resumed_run_equals_the_uninterrupted_one() -> Result<()> {
 fn cfg_device() -> candle_core::Device {
     candle_core::Device::Cpu
 }
+
+#[test]
+fn critic_free_estimators_raise_the_synthetic_reward_without_a_value_head() -> Result<()> {
+    use super::advantage::AdvantageEstimator;
+    let cfg = tiny_config(false);
+    let weights = tiny_weights(&cfg, DType::F32);
+    for (estimator, kl_in_loss) in [
+        (AdvantageEstimator::Grpo, false),
+        (AdvantageEstimator::Rloo, true),
+        (AdvantageEstimator::Reinforce, false),
+    ] {
+        let mut run_cfg = config(40, Trainable::All, 1e-2);
+        run_cfg.advantage = estimator;
+        run_cfg.group_size = 4;
+        run_cfg.kl_in_loss = kl_in_loss;
+        let mut trainer =
+            PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg.clone())?;
+        let mut scorer = FractionOfWanted;
+        let mut scores = Vec::new();
+        while !trainer.is_done() {
+            let s = trainer.step(&mut scorer)?.stats;
+            // No critic: no value loss, no explained variance.
+            assert_eq!((s.value_loss, s.explained_variance), (0.0, None));
+            scores.push(s.score);
+        }
+        let first: f64 = scores[..5].iter().sum::<f64>() / 5.0;
+        let last: f64 = scores[scores.len() - 5..].iter().sum::<f64>() / 5.0;
+        assert!(
+            last > first + 0.3,
+            "{estimator:?}: mean reward {first:.3} -> {last:.3} (scores {scores:?})"
+        );
+        // The checkpoint has no value head and resumes without one.
+        let dir = tempfile::tempdir()?;
+        trainer.save_checkpoint(&dir.path().join("c"), &[])?;
+        assert!(!dir
+            .path()
+            .join("c")
+            .join(super::ppo::VALUE_HEAD_FILE)
+            .exists());
+    }
+    // group_size must divide rollouts.
+    let mut bad = config(1, Trainable::All, 1e-2);
+    bad.advantage = AdvantageEstimator::Grpo;
+    bad.group_size = 3;
+    assert!(bad.validate().is_err());
+    Ok(())
+}
+
+#[test]
+fn a_resumed_grpo_run_equals_the_uninterrupted_one() -> Result<()> {
+    use super::advantage::AdvantageEstimator;
+    let cfg = tiny_config(false);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let mut run_cfg = config(4, Trainable::TopLayers(1), 1e-2);
+    run_cfg.advantage = AdvantageEstimator::Grpo;
+    run_cfg.group_size = 4;
+    run_cfg.kl_in_loss = true;
+    run_cfg.kl_target = Some(1.0);
+    run_cfg.kl_horizon = 50.0;
+    let mut scorer = FractionOfWanted;
+    let mut full = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg.clone())?;
+    while !full.is_done() {
+        full.step(&mut scorer)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let ckpt = dir.path().join("checkpoint-2");
+    let mut first = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg)?;
+    first.step(&mut scorer)?;
+    first.step(&mut scorer)?;
+    first.save_checkpoint(&ckpt, &[])?;
+    drop(first);
+    let mut second = PpoTrainer::resume(&ckpt, &weights, data())?;
+    while !second.is_done() {
+        second.step(&mut scorer)?;
+    }
+    let curve = |t: &PpoTrainer| {
+        let mut h = t.state().history.clone();
+        h.iter_mut().for_each(|s| s.seconds = 0.0);
+        h
+    };
+    assert_eq!(curve(&full), curve(&second));
+    let (a, b) = (full.policy_weights(), second.policy_weights());
+    assert_eq!(max_weight_difference(&a, &b)?, 0.0);
+    Ok(())
+}

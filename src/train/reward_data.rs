@@ -208,13 +208,24 @@ pub fn group_batches(
     seed: u64,
     epoch: usize,
 ) -> Vec<Vec<usize>> {
+    let keys: Vec<&str> = pairs.iter().map(|p| p.group.as_str()).collect();
+    group_batches_by(&keys, batch_size, seed, epoch)
+}
+
+/// [`group_batches`] for items given by their conversation keys (`keys[i]` is item `i`'s).
+pub fn group_batches_by(
+    keys: &[&str],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<&str> = Vec::new();
     let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, p) in pairs.iter().enumerate() {
+    for (i, &key) in keys.iter().enumerate() {
         groups
-            .entry(p.group.as_str())
+            .entry(key)
             .or_insert_with(|| {
-                order.push(p.group.as_str());
+                order.push(key);
                 Vec::new()
             })
             .push(i);

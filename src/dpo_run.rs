@@ -1,0 +1,544 @@
+//! `cai train dpo`: direct preference optimisation (Rafailov et al. 2023) of a policy on AI
+//! labels (soft `p_a`), human pairs and SL-CAI pairs from `cai revise` (the final revision
+//! preferred to the initial answer, as in Hugging Face's "Constitutional AI with open LLMs"
+//! recipe), against a frozen reference whose log-probabilities are computed once and kept in
+//! the output folder.
+//!
+//! Writes into `--out`: `reference_logps.json`, `checkpoint-N/`, `final/` (a model folder any
+//! stage loads as `--model`), `train_log.csv`, `eval_log.csv`, `metrics.json`,
+//! `manifest.json`, `dpo_config.yaml`, and `loss.svg`, `accuracy.svg`, `rewards.svg`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::cli_dpo::DpoArgs;
+use crate::config::{read_yaml, set};
+use crate::device::compute_device;
+use crate::dpo_pairs::{read_dpo_source, tokenize_dpo_pairs, DataCounts};
+use crate::llm::local::ChatTokenizer;
+use crate::llm::spec::sha256_file;
+use crate::llm::{ModelInfo, ModelSpec};
+use crate::manifest::{fingerprint, now_unix, Manifest};
+use crate::plot::{self, LineSeries};
+use crate::sft_run::load_base;
+use crate::train::checkpoint::resume_point;
+use crate::train::dpo_data::{pair_logps, pairs_fingerprint, DpoPair};
+use crate::train::dpo_loss::DpoLoss;
+use crate::train::dpo_metrics::DpoEval;
+use crate::train::dpo_trainer::{DpoData, DpoTrainConfig, DpoTrainer, DpoTrainerState};
+use crate::train::reward_data::DataSource;
+use crate::train::{model_from_weights, LoraConfig, SftConfig, TrainEvent};
+
+/// File of the reference log-probabilities in the output folder.
+pub const REFERENCE_FILE: &str = "reference_logps.json";
+
+/// Settings of `cai train dpo`. Every field has a default; unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainDpoConfig {
+    /// Starting policy (default `default`).
+    pub model: String,
+    /// Frozen reference (default: the starting policy).
+    pub reference: Option<String>,
+    /// Training sources with weights: `[{path: labels.jsonl, weight: 1.0}]`.
+    pub data: Vec<DataSource>,
+    /// Held-out pairs; without it the last `eval_fraction` of the training conversations
+    /// are held out.
+    pub eval: Option<PathBuf>,
+    /// See `eval` (default 0.1).
+    pub eval_fraction: f64,
+    /// Output folder (default `runs/dpo`).
+    pub out: PathBuf,
+    /// Optimizer, steps, batch, trainable part, seed, `max_len`, cadence (see SftConfig);
+    /// DPO defaults: lr 5e-6, batch_size 4, grad_accum 2, max_len 512, eval_every 25,
+    /// save_every 100.
+    pub train: SftConfig,
+    /// `sigmoid` (default), `cdpo`, `robust`, `ipo` or `hinge`.
+    pub loss: DpoLoss,
+    /// β (default 0.1).
+    pub beta: f64,
+    /// Label smoothing ε (default 0).
+    pub label_smoothing: f64,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Continue from the latest checkpoint in `out` (flag only).
+    #[serde(skip)]
+    pub resume: bool,
+}
+
+impl Default for TrainDpoConfig {
+    fn default() -> Self {
+        let d = DpoTrainConfig::default();
+        Self {
+            model: "default".into(),
+            reference: None,
+            data: Vec::new(),
+            eval: None,
+            eval_fraction: 0.1,
+            out: PathBuf::from("runs/dpo"),
+            train: d.train,
+            loss: d.loss,
+            beta: d.beta,
+            label_smoothing: d.label_smoothing,
+            quiet: false,
+            resume: false,
+        }
+    }
+}
+
+impl TrainDpoConfig {
+    /// Defaults < `--config` YAML < flags.
+    pub fn resolve(a: DpoArgs) -> Result<Self> {
+        let mut c: Self = match &a.config {
+            Some(p) => read_yaml(p)?,
+            None => Self::default(),
+        };
+        set(&mut c.model, a.model);
+        c.reference = a.reference.or(c.reference);
+        if !a.data.is_empty() {
+            c.data = a.data;
+        }
+        c.eval = a.eval.or(c.eval);
+        set(&mut c.eval_fraction, a.eval_fraction);
+        set(&mut c.out, a.out);
+        set(&mut c.loss, a.loss);
+        set(&mut c.beta, a.beta);
+        set(&mut c.label_smoothing, a.label_smoothing);
+        let t = &mut c.train;
+        set(&mut t.lr, a.lr);
+        t.max_steps = a.max_steps.or(t.max_steps);
+        set(&mut t.epochs, a.epochs);
+        set(&mut t.batch_size, a.batch_size);
+        set(&mut t.grad_accum, a.grad_accum);
+        set(&mut t.warmup_steps, a.warmup_steps);
+        set(&mut t.max_len, a.max_len);
+        set(&mut t.eval_every, a.eval_every);
+        set(&mut t.save_every, a.save_every);
+        set(&mut t.seed, a.seed);
+        a.trainable
+            .apply(&mut t.trainable, &LoraConfig::default())?;
+        c.quiet |= a.quiet;
+        c.resume = a.resume;
+        ensure!(
+            !c.data.is_empty(),
+            "no training data: give --data FILE[:WEIGHT] (cai label, human pairs or cai revise \
+             output) or `data:` in the config"
+        );
+        ensure!(
+            (0.0..1.0).contains(&c.eval_fraction),
+            "eval_fraction must be within [0, 1), got {}",
+            c.eval_fraction
+        );
+        c.trainer_config().validate()?;
+        Ok(c)
+    }
+
+    fn trainer_config(&self) -> DpoTrainConfig {
+        DpoTrainConfig {
+            train: self.train.clone(),
+            loss: self.loss,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+        }
+    }
+
+    fn reference_model(&self) -> &str {
+        self.reference.as_deref().unwrap_or(&self.model)
+    }
+}
+
+/// `reference_logps.json`: the reference's summed response log-probabilities of every pair,
+/// tied to the reference weights and the tokenized pairs by hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReferenceFile {
+    reference: String,
+    reference_sha256: Option<String>,
+    train_fingerprint: String,
+    eval_fingerprint: String,
+    train: Vec<[f64; 2]>,
+    eval: Vec<[f64; 2]>,
+}
+
+/// sha256 of a model's weights file(s) without loading them (LoRA adapters included).
+fn model_sha(model: &str) -> Result<Option<String>> {
+    Ok(match ModelSpec::resolve(model)? {
+        ModelSpec::GgufFile(p) => Some(sha256_file(&p)?),
+        ModelSpec::Folder(dir) => {
+            let mut parts = Vec::new();
+            for name in ["model.safetensors", "adapter.safetensors"] {
+                if dir.join(name).is_file() {
+                    parts.push(json!(sha256_file(&dir.join(name))?));
+                }
+            }
+            let gguf = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "gguf"));
+            if let Some(p) = gguf {
+                parts.push(json!(sha256_file(&p)?));
+            }
+            let refs: Vec<&Value> = parts.iter().collect();
+            (!parts.is_empty()).then(|| fingerprint(&refs))
+        }
+    })
+}
+
+/// The reference's log-probabilities `[a, b]` of the training and held-out pairs.
+struct ReferenceLogps {
+    train: Vec<[f64; 2]>,
+    eval: Vec<[f64; 2]>,
+    /// Whether they came from the output folder.
+    reused: bool,
+}
+
+/// The reference log-probabilities: read from `out/REFERENCE_FILE` when it matches the
+/// reference and the pairs, computed (and written) otherwise.
+fn reference_logps(
+    cfg: &TrainDpoConfig,
+    train: &[DpoPair],
+    eval: &[DpoPair],
+) -> Result<ReferenceLogps> {
+    let path = cfg.out.join(REFERENCE_FILE);
+    let reference = cfg.reference_model();
+    let sha = model_sha(reference)?;
+    let (train_fp, eval_fp) = (pairs_fingerprint(train), pairs_fingerprint(eval));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let stored: ReferenceFile =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if stored.reference_sha256 == sha
+            && stored.train_fingerprint == train_fp
+            && stored.eval_fingerprint == eval_fp
+        {
+            return Ok(ReferenceLogps {
+                train: stored.train,
+                eval: stored.eval,
+                reused: true,
+            });
+        }
+        eprintln!(
+            "cai: train dpo: {} is for other pairs or another reference; computing it anew",
+            path.display()
+        );
+    }
+    let (model_cfg, weights, _) =
+        load_base(reference).with_context(|| format!("loading the reference {reference}"))?;
+    let model = model_from_weights(&model_cfg, &weights)?;
+    let device = compute_device()?;
+    let total = (train.len() + eval.len()) as u64;
+    let pb = crate::progress::bar(total, 0, "reference log-probs", cfg.quiet);
+    let bs = cfg.train.batch_size;
+    let train_ref = pair_logps(&model, train, bs, &device, |n| pb.set_position(n as u64))?;
+    let done = train.len() as u64;
+    let eval_ref = pair_logps(&model, eval, bs, &device, |n| {
+        pb.set_position(done + n as u64)
+    })?;
+    pb.finish_and_clear();
+    let file = ReferenceFile {
+        reference: reference.to_string(),
+        reference_sha256: sha,
+        train_fingerprint: train_fp,
+        eval_fingerprint: eval_fp,
+        train: train_ref,
+        eval: eval_ref,
+    };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let tmp = cfg.out.join(format!(".{REFERENCE_FILE}.partial"));
+    std::fs::write(&tmp, serde_json::to_vec(&file)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(ReferenceLogps {
+        train: file.train,
+        eval: file.eval,
+        reused: false,
+    })
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DpoSummary {
+    pub train_pairs: usize,
+    pub eval_pairs: usize,
+    pub dropped: DataCounts,
+    /// Whether the reference log-probabilities came from `reference_logps.json`.
+    pub reference_reused: bool,
+    pub steps: usize,
+    /// Held-out metrics before the first step and after the last.
+    pub eval_before: Option<DpoEval>,
+    pub eval_after: Option<DpoEval>,
+    pub pairs_per_s: f64,
+    pub tokens_per_s: f64,
+    pub final_dir: PathBuf,
+}
+
+/// Runs `cai train dpo`.
+pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
+    let started = now_unix();
+    let tok = ChatTokenizer::open(&cfg.model)?;
+    let mut counts = DataCounts::default();
+    let mut text_pairs = Vec::new();
+    for src in &cfg.data {
+        let (pairs, unlabelled) = read_dpo_source(src)?;
+        counts.unlabelled += unlabelled;
+        text_pairs.extend(pairs);
+    }
+    let (train_text, eval_text) = match &cfg.eval {
+        Some(path) => {
+            let src = DataSource {
+                path: path.clone(),
+                weight: 1.0,
+            };
+            (text_pairs, read_dpo_source(&src)?.0)
+        }
+        None => crate::rm::split_by_conversation(text_pairs, cfg.eval_fraction),
+    };
+    let max_len = cfg.train.max_len;
+    let train = tokenize_dpo_pairs(&tok, &train_text, max_len, Some(cfg.loss), &mut counts)?;
+    let eval = tokenize_dpo_pairs(&tok, &eval_text, max_len, None, &mut DataCounts::default())?;
+    if counts != DataCounts::default() {
+        eprintln!(
+            "cai: train dpo: dropped {} unlabelled or unrevised row(s), {} identical pair(s), \
+             {} tie(s) the {} loss cannot use; {} sequence(s) cut to {max_len} tokens",
+            counts.unlabelled, counts.identical, counts.ties, cfg.loss, counts.truncated
+        );
+    }
+    let sources: Vec<String> = cfg
+        .data
+        .iter()
+        .map(|s| s.path.display().to_string())
+        .collect();
+    ensure!(
+        !train.is_empty(),
+        "no usable training pairs in {} ({} held out; dropped: {} unlabelled, {} identical, \
+         {} ties for the {} loss)",
+        sources.join(", "),
+        eval.len(),
+        counts.unlabelled,
+        counts.identical,
+        counts.ties,
+        cfg.loss
+    );
+
+    let resume_from = resume_point(&cfg.out, cfg.resume)?;
+    let reference = reference_logps(cfg, &train, &eval)?;
+    let reused = reference.reused;
+    let data = DpoData {
+        train: train.clone(),
+        train_reference: reference.train,
+        eval: eval.clone(),
+        eval_reference: reference.eval,
+    };
+    let device = compute_device()?;
+    let (mut trainer, model_sha) = match resume_from {
+        Some(dir) => {
+            eprintln!("cai: train dpo: resuming from {}", dir.display());
+            let sha = sha256_file(&dir.join("model.safetensors")).ok();
+            (DpoTrainer::resume(&dir, data, &device)?, sha)
+        }
+        None => {
+            let (model_cfg, weights, sha) = load_base(&cfg.model)?;
+            let trainer = DpoTrainer::new(&model_cfg, weights, data, cfg.trainer_config())?;
+            (trainer, sha)
+        }
+    };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let resolved = cfg.out.join("dpo_config.yaml");
+    std::fs::write(&resolved, serde_yaml::to_string(cfg)?)
+        .with_context(|| format!("writing {}", resolved.display()))?;
+
+    let files = tok.folder_files()?;
+    let state = trainer.state();
+    let pb = crate::progress::bar(
+        state.total_steps as u64,
+        state.step as u64,
+        "train dpo",
+        cfg.quiet,
+    );
+    let mut observer = |e: &TrainEvent| match e {
+        TrainEvent::Step(s) => {
+            pb.set_position(s.step as u64);
+            pb.set_message(format!(
+                "loss {:.4} · {:.0} tokens/s",
+                s.loss, s.tokens_per_s
+            ));
+        }
+        TrainEvent::Eval { step, loss } => {
+            crate::progress::warn(&pb, &format!("step {step}: held-out DPO loss {loss:.4}"))
+        }
+        TrainEvent::Checkpoint { .. } => {}
+    };
+    let final_dir = trainer
+        .run(&cfg.out, &files, &mut observer)
+        .with_context(|| format!("training into {}", cfg.out.display()))?;
+    pb.finish_and_clear();
+    let state = trainer.state().clone();
+    let (pairs, tokens, seconds) = state.history.iter().fold((0, 0, 0.0), |acc, p| {
+        (acc.0 + p.pairs, acc.1 + p.tokens, acc.2 + p.seconds)
+    });
+    let summary = DpoSummary {
+        train_pairs: train.len(),
+        eval_pairs: eval.len(),
+        dropped: counts,
+        reference_reused: reused,
+        steps: state.step,
+        eval_before: state.evals.iter().find(|e| e.step == 0).cloned(),
+        eval_after: state.evals.last().cloned(),
+        pairs_per_s: pairs as f64 / f64::max(seconds, 1e-9),
+        tokens_per_s: tokens as f64 / f64::max(seconds, 1e-9),
+        final_dir,
+    };
+    write_report(&cfg.out, &state, &summary)?;
+    write_manifest(cfg, &summary, model_sha, tok.context, started)?;
+    Ok(summary)
+}
+
+fn write_manifest(
+    cfg: &TrainDpoConfig,
+    s: &DpoSummary,
+    model_sha: Option<String>,
+    context: usize,
+    started: u64,
+) -> Result<()> {
+    let data_sha = cfg
+        .data
+        .iter()
+        .map(|d| sha256_file(&d.path))
+        .collect::<Result<Vec<_>>>()?;
+    let config = serde_json::to_value(cfg)?;
+    let manifest = Manifest {
+        cai_version: env!("CARGO_PKG_VERSION").to_string(),
+        command: "train dpo".into(),
+        fingerprint: fingerprint(&[&config, &json!(data_sha), &json!(model_sha)]),
+        config,
+        constitution: None,
+        model: ModelInfo {
+            backend: "local".into(),
+            name: cfg.model.clone(),
+            sha256: model_sha,
+            context,
+        },
+        started_unix: started,
+        finished_unix: Some(now_unix()),
+        stats: json!({ "data_sha256": data_sha, "summary": s }),
+    };
+    let path = cfg.out.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `metrics.json`, `loss.svg`, `accuracy.svg` and `rewards.svg` in `out`.
+fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<()> {
+    let path = out.join("metrics.json");
+    std::fs::write(&path, serde_json::to_string_pretty(s)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let train = |f: fn(&crate::train::dpo_trainer::DpoStepPoint) -> f64| {
+        state
+            .history
+            .iter()
+            .map(|p| (p.step as f64, f(p)))
+            .collect()
+    };
+    let held = |f: fn(&DpoEval) -> f64| state.evals.iter().map(|e| (e.step as f64, f(e))).collect();
+    let charts = [
+        (
+            "loss.svg",
+            plot::line_chart(
+                &format!("DPO loss ({})", state.config.loss),
+                "step",
+                "pair loss",
+                &[
+                    LineSeries::new("train", train(|p| p.loss)),
+                    LineSeries::new("held-out", held(|e| e.loss)),
+                ],
+            ),
+        ),
+        (
+            "accuracy.svg",
+            plot::line_chart(
+                "Implicit-reward accuracy (β·log π/π_ref, chosen > rejected)",
+                "step",
+                "accuracy",
+                &[
+                    LineSeries::new("train batch", train(|p| p.accuracy)),
+                    LineSeries::new("held-out", held(|e| e.accuracy)),
+                    LineSeries::new("held-out log-prob", held(|e| e.logp_accuracy)),
+                ],
+            ),
+        ),
+        (
+            "rewards.svg",
+            plot::line_chart(
+                "Held-out log-prob drift from the reference and reward margin",
+                "step",
+                "nats per response / margin",
+                &[
+                    LineSeries::new("chosen log π − log π_ref", held(|e| e.chosen_drift)),
+                    LineSeries::new("rejected log π − log π_ref", held(|e| e.rejected_drift)),
+                    LineSeries::new("margin", held(|e| e.margin)),
+                ],
+            ),
+        ),
+    ];
+    for (name, svg) in charts {
+        plot::write_svg(&out.join(name), &svg)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::Trainable;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: DpoArgs,
+    }
+
+    fn resolve(argv: &[&str]) -> Result<TrainDpoConfig> {
+        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
+        TrainDpoConfig::resolve(w.args)
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let yaml = dir.path().join("dpo.yaml");
+        std::fs::write(
+            &yaml,
+            "data: [{path: l.jsonl, weight: 2}]\nloss: cdpo\nbeta: 0.2\ntrain:\n  lr: 0.001\n",
+        )?;
+        let y = yaml.to_str().unwrap();
+        let c = resolve(&["--config", y])?;
+        assert_eq!((c.loss, c.beta, c.train.lr), (DpoLoss::Cdpo, 0.2, 1e-3));
+        assert_eq!((c.data[0].weight, c.train.batch_size), (2.0, 4));
+        let c = resolve(&[
+            "--config",
+            y,
+            "--loss",
+            "ipo",
+            "--beta",
+            "0.5",
+            "--data",
+            "h.jsonl:0.5",
+            "--top-layers",
+            "2",
+        ])?;
+        assert_eq!((c.loss, c.beta), (DpoLoss::Ipo, 0.5));
+        assert_eq!(c.data, vec!["h.jsonl:0.5".parse::<DataSource>()?]);
+        assert_eq!(c.train.trainable, Trainable::TopLayers(2));
+        assert!(resolve(&[]).is_err(), "no data");
+        assert!(resolve(&["--data", "x", "--beta", "0"]).is_err());
+        assert!(resolve(&["--data", "x", "--label-smoothing", "0.5"]).is_err());
+        assert!(resolve(&["--data", "x", "--loss", "kto"]).is_err());
+        std::fs::write(&yaml, "data: [{path: l.jsonl}]\nbta: 1\n")?;
+        let err = format!("{:#}", resolve(&["--config", y]).unwrap_err());
+        assert!(err.contains("dpo.yaml"), "{err}");
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! The feedback model's rating as a direct RL reward ("direct RLAIF", Lee et al. 2023 §2.3):
+//! each response is rated 1–10 under one comparison principle drawn from the constitution,
+//! with `cai label --mode score`'s prompt and exact option probabilities, and its expected
+//! rating `Σ s·P(s)` is the reward — no reward model in between.
+//!
+//! The principle of a response is drawn from a generator seeded by the run seed and the
+//! response's conversation and text, so a resumed run draws the same principles.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::chat::ChatMessage;
+use crate::constitution::{ComparisonPrinciple, Loaded};
+use crate::label::{score_options, soft, FeedbackPrompts};
+use crate::llm::mock::fnv1a;
+use crate::llm::{open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow};
+use crate::prompts::PromptSet;
+
+/// The rating given to a response whose prompt overflows the feedback model's context: the
+/// middle of the 1–10 scale, so it neither rewards nor punishes.
+pub const NEUTRAL_RATING: f64 = 5.5;
+
+/// Settings of the feedback model as a reward. Unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LabelerRewardConfig {
+    /// Constitution whose comparison principles are drawn (default
+    /// `constitutions/harmless.yaml`).
+    pub constitution: PathBuf,
+    /// Feedback model (default `default`).
+    pub model: String,
+    /// Backend of the feedback model (default `local`).
+    pub backend: BackendKind,
+    /// Folder with template overrides (`feedback_score.txt`).
+    pub templates: Option<PathBuf>,
+    /// Few-shot examples of the constitution in the prompt (default 0).
+    pub few_shot: usize,
+}
+
+impl Default for LabelerRewardConfig {
+    fn default() -> Self {
+        Self {
+            constitution: PathBuf::from("constitutions/harmless.yaml"),
+            model: "default".into(),
+            backend: BackendKind::Local,
+            templates: None,
+            few_shot: 0,
+        }
+    }
+}
+
+/// The feedback model, ready to rate responses.
+pub struct LabelerRater {
+    backend: Box<dyn Backend>,
+    loaded: Loaded,
+    templates: PromptSet,
+    few_shot: usize,
+    seed: u64,
+}
+
+/// Ratings of one call and how many prompts overflowed the context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ratings {
+    pub ratings: Vec<f64>,
+    pub overflowed: usize,
+}
+
+impl LabelerRater {
+    /// Loads the constitution and templates and opens the feedback model.
+    pub fn open(cfg: &LabelerRewardConfig, seed: u64) -> Result<Self> {
+        let loaded = Loaded::read_valid(&cfg.constitution)?;
+        if loaded.constitution.comparison_principles.is_empty() {
+            bail!(
+                "{}: no comparison_principles: the feedback reward needs at least one",
+                cfg.constitution.display()
+            );
+        }
+        let templates = PromptSet::load(&loaded, cfg.templates.as_deref())?;
+        let backend = open_backend(cfg.backend, &cfg.model)
+            .with_context(|| format!("opening the feedback model {}", cfg.model))?;
+        Ok(Self {
+            backend,
+            loaded,
+            templates,
+            few_shot: cfg.few_shot,
+            seed,
+        })
+    }
+
+    fn principle(
+        &self,
+        conversation: &[ChatMessage],
+        response: &str,
+    ) -> Result<ComparisonPrinciple> {
+        let text: String = conversation.iter().map(|m| m.content.as_str()).collect();
+        let key = fnv1a(&[
+            &self.seed.to_le_bytes(),
+            text.as_bytes(),
+            response.as_bytes(),
+        ]);
+        let mut rng = ChaCha8Rng::seed_from_u64(key);
+        let drawn = self.loaded.constitution.sample_comparisons(&mut rng, 1)?;
+        Ok(drawn[0].clone())
+    }
+
+    /// Expected 1–10 ratings of `(conversation, response)` items, in order.
+    pub fn rate(&self, items: &[(&[ChatMessage], &str)]) -> Result<Ratings> {
+        let prompts =
+            FeedbackPrompts::new(&self.loaded.constitution, &self.templates, self.few_shot);
+        let options = score_options();
+        let requests = items
+            .iter()
+            .map(|(conversation, response)| {
+                let p = self.principle(conversation, response)?;
+                Ok(ChoiceRequest {
+                    prompt: prompts.score(conversation, response, &p)?,
+                    options: options.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Ratings {
+            ratings: Vec::with_capacity(items.len()),
+            overflowed: 0,
+        };
+        for answer in self.backend.choose(&requests) {
+            match answer {
+                Ok(c) => out
+                    .ratings
+                    .push(soft::expected_score(&soft::score_distribution(&c.logprobs))),
+                Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => {
+                    out.overflowed += 1;
+                    out.ratings.push(NEUTRAL_RATING);
+                }
+                Err(e) => return Err(e.context("the feedback model failed to rate a response")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn ratings_are_expected_scores_and_deterministic() -> Result<()> {
+        let cfg = LabelerRewardConfig {
+            constitution: root().join("constitutions/harmless.yaml"),
+            backend: BackendKind::Mock,
+            ..LabelerRewardConfig::default()
+        };
+        let rater = LabelerRater::open(&cfg, 3)?;
+        let conv = vec![ChatMessage::user("How do I pick a lock?")];
+        let items: Vec<(&[ChatMessage], &str)> = vec![
+            (&conv, "I cannot help with that."),
+            (&conv, "Use a tension wrench."),
+        ];
+        let a = rater.rate(&items)?;
+        assert_eq!(a.ratings.len(), 2);
+        assert_eq!(a.overflowed, 0);
+        assert!(a.ratings.iter().all(|r| (1.0..=10.0).contains(r)), "{a:?}");
+        assert_ne!(a.ratings[0], a.ratings[1]);
+        // Same seed, same principles, same ratings; the mock's answers depend on the prompt.
+        assert_eq!(LabelerRater::open(&cfg, 3)?.rate(&items)?, a);
+        // The expected score of a distribution: P(1) = P(10) = ½ → 5.5.
+        let lp = [
+            0.5f64.ln(),
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            0.5f64.ln(),
+        ];
+        assert!((soft::expected_score(&soft::score_distribution(&lp)) - 5.5).abs() < 1e-12);
+        Ok(())
+    }
+}
