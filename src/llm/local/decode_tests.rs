@@ -138,7 +138,9 @@ fn chunked_prompt_matches_token_by_token() -> Result<()> {
 #[test]
 fn matches_the_training_model_in_f32() -> Result<()> {
     // An independent implementation (the training model on dequantized f32 weights) as the
-    // reference: chunked prompts use the same f32 weights, so only summation order differs.
+    // reference. On CPUs with AVX-512 VNNI chunked prompts run the quantized kernel on 8-bit
+    // activations (like single rows, see above: up to 0.66 measured over the 49k logits);
+    // elsewhere they use the f32 weights and only summation order differs.
     use crate::train::{load_gguf, model_from_weights, CausalLm};
     let Some(model) = model()? else {
         return Ok(());
@@ -162,6 +164,7 @@ fn matches_the_training_model_in_f32() -> Result<()> {
         .zip(&want)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
-    assert!(diff < 1e-2, "max |ours - reference| = {diff}");
+    assert!(diff < 1.0, "max |ours - reference| = {diff}");
+    assert_eq!(argmax(&got), argmax(&want));
     Ok(())
 }
