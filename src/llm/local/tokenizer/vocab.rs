@@ -253,12 +253,7 @@ impl Vocab {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         // After BOS, as at the very start, SentencePiece text gets its space prefix.
         let mut prev_special = true;
-        let pieces = match parse_special {
-            true => self.partition(text),
-            false if text.is_empty() => Vec::new(),
-            false => vec![Piece::Text(text)],
-        };
-        for piece in pieces {
+        for piece in self.partition(text, parse_special) {
             match piece {
                 Piece::Special(id) => {
                     out.push(id);
@@ -285,7 +280,9 @@ impl Vocab {
 
     /// Cuts special-token texts out of `text` as llama.cpp's `tokenizer_st_partition` does:
     /// token by token, longest first, every occurrence in the fragments left so far.
-    fn partition<'t>(&self, text: &'t str) -> Vec<Piece<'t>> {
+    /// Splits out special tokens; without `parse_special`, only user-defined ones (control and
+    /// unknown tokens stay text), as llama.cpp's `tokenizer_st_partition`.
+    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Piece<'t>> {
         let mut pieces = vec![Piece::Text(text)];
         if text.is_empty() {
             return Vec::new();
@@ -295,7 +292,8 @@ impl Vocab {
             present[m.pattern().as_usize()] = true;
         }
         for (k, &id) in self.special.iter().enumerate() {
-            if !present[k] {
+            let control = matches!(self.types[id as usize], TYPE_CONTROL | TYPE_UNKNOWN);
+            if !present[k] || (control && !parse_special) {
                 continue;
             }
             let needle = self.tokens[id as usize].as_str();
@@ -545,9 +543,10 @@ mod tests {
             [11, 12, 11]
         );
         assert_eq!(spm(false, -0.5).tokenize("a<|user|>a").unwrap(), [6, 12, 6]);
-        // Unparsed, the literal is text like any other: this vocabulary has no piece for `<`.
-        let plain = spm(false, -0.5).tokenize_with("a<|user|>a", false);
-        assert!(plain.unwrap_err().to_string().contains("byte 0x3C"));
+        // Unparsed, a user-defined token is still split out, as in llama.cpp (only control and
+        // unknown tokens become text; Gemma's whitespace-run tokens depend on this).
+        let plain = spm(false, -0.5).tokenize_with("a<|user|>a", false).unwrap();
+        assert_eq!(plain, [6, 12, 6]);
         let v = spm(true, -0.5);
         // Decoding drops the prefix space and control tokens, keeps user-defined ones...
         assert_eq!(v.detokenize(&[11, 12, 11, 2]), "a<|user|> a");
