@@ -79,6 +79,38 @@ pub(super) fn ids(tokens: &[u32]) -> Tensor {
         .unwrap()
 }
 
+/// Compares `grad` (autograd's gradient of `loss` for `var`) at the entries `at` with central
+/// finite differences of `loss`, within `abs_tol + 1e-4 · |gradient|`; `var` is restored.
+/// Returns the number of entries checked.
+pub(super) fn check_finite_differences(
+    var: &Var,
+    grad: &[f64],
+    at: &[usize],
+    abs_tol: f64,
+    what: &str,
+    loss: impl Fn() -> Result<f64>,
+) -> Result<usize> {
+    let orig = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+    let eps = 1e-5;
+    for &idx in at {
+        let eval_at = |delta: f64| -> Result<f64> {
+            let mut v = orig.clone();
+            v[idx] += delta;
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
+            loss()
+        };
+        let numeric = (eval_at(eps)? - eval_at(-eps)?) / (2.0 * eps);
+        eval_at(0.0)?;
+        let analytic = grad[idx];
+        let tol = abs_tol + 1e-4 * analytic.abs().max(numeric.abs());
+        assert!(
+            (numeric - analytic).abs() < tol,
+            "{what}[{idx}]: fd {numeric} vs autograd {analytic}"
+        );
+    }
+    Ok(at.len())
+}
+
 pub(super) fn lora_all() -> Trainable {
     Trainable::Lora(LoraConfig {
         rank: 4,
@@ -258,25 +290,12 @@ fn gradients_match_finite_differences() -> Result<()> {
                 .unwrap()
                 .flatten_all()?
                 .to_vec1::<f64>()?;
-            let orig = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-            for idx in [0, orig.len() / 2 + 1, orig.len() - 1] {
-                let eps = 1e-5;
-                let eval_at = |delta: f64| -> Result<f64> {
-                    let mut v = orig.clone();
-                    v[idx] += delta;
-                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
-                    Ok(loss(&model)?.to_scalar::<f64>()?)
-                };
-                let numeric = (eval_at(eps)? - eval_at(-eps)?) / (2.0 * eps);
-                eval_at(0.0)?;
-                let analytic = grad[idx];
-                let tol = 1e-6 + 1e-4 * analytic.abs().max(numeric.abs());
-                assert!(
-                    (numeric - analytic).abs() < tol,
-                    "{mode:?} {name}[{idx}]: fd {numeric} vs autograd {analytic}"
-                );
-                checked += 1;
-            }
+            let orig_len = var.as_tensor().elem_count();
+            let at = [0, orig_len / 2 + 1, orig_len - 1];
+            let what = format!("{mode:?} {name}");
+            checked += check_finite_differences(var, &grad, &at, 1e-6, &what, || {
+                Ok(loss(&model)?.to_scalar::<f64>()?)
+            })?;
         }
         assert!(checked >= 6, "only {checked} entries checked");
     }
