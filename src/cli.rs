@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::label::LabelMode;
-use crate::llm::openai::PrefillMode;
+use crate::llm::openai::{OptionScoring, PrefillMode};
 use crate::llm::BackendKind;
 use crate::revise::{LongPrompt, SftFormat};
 
@@ -139,6 +139,14 @@ pub struct ServerArgs {
     /// api.openai.com only) [default: auto].
     #[arg(long, value_enum)]
     pub prefill: Option<PrefillMode>,
+    /// How answer options are scored: `first-token` (the chat answer's top 20 first-token
+    /// log-probabilities: exact for one-token options such as "A"/"B"), `echo` (the options'
+    /// own tokens through /v1/completions with echo + logprobs, vLLM: exact for options of any
+    /// length, e.g. score mode's " 7/10" or likelihood mode's whole responses), `auto`
+    /// (first-token, and echo for a request whose options the chat answer does not list)
+    /// [default: auto].
+    #[arg(long, value_enum)]
+    pub option_scoring: Option<OptionScoring>,
     /// Request cache folder [default: ~/.cache/cai/requests].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

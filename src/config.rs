@@ -127,6 +127,7 @@ impl ServerArgs {
         set(&mut cfg.connect_timeout_s, self.connect_timeout);
         cfg.ca_cert = self.ca_cert.or(cfg.ca_cert.take());
         set(&mut cfg.prefill, self.prefill);
+        set(&mut cfg.option_scoring, self.option_scoring);
         set(&mut cfg.retry.retries, self.retries);
         set(&mut cfg.retry.backoff_s, self.backoff);
         cfg.cache_dir = self.cache_dir.or(cfg.cache_dir.take());

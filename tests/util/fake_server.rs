@@ -52,12 +52,27 @@ pub enum Flavor {
     Ollama,
 }
 
+/// What `/v1/completions` with `echo` returns for the prompt's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EchoShape {
+    /// The OpenAI legacy shape: `logprobs.token_logprobs` (null first), prompt then generated.
+    #[default]
+    Legacy,
+    /// vLLM's `prompt_logprobs`: one `{"id": {"logprob", "rank", "decoded_token"}}` per prompt
+    /// token (null first), and `logprobs` null.
+    PromptLogprobs,
+    /// llama.cpp's server today: `echo` ignored, one log-probability (the generated token's).
+    GeneratedOnly,
+}
+
 /// The canned start of every chat completion.
 pub const CANNED: &str = "I can't help with that, but here is a safer idea.";
 
 #[derive(Default)]
 pub struct State {
     pub flavor: Mutex<Flavor>,
+    pub echo_shape: Mutex<EchoShape>,
+    pub completion_requests: AtomicUsize,
     pub faults: Mutex<VecDeque<Fault>>,
     pub injected: Mutex<Vec<Fault>>,
     pub chat_requests: AtomicUsize,
@@ -279,16 +294,23 @@ fn serve(conn: Box<dyn Conn>, st: &State, prefix: &str) {
                 }
                 chat(&mut io, &req, fault, flavor)
             }
-            // vLLM-style chat tokenizer: a count from the words, so long prompts can overflow.
+            // vLLM-style chat tokenizer: [`render_chat`], then [`tokenize`].
             (Flavor::Vllm, "POST", "/tokenize") => {
                 let req: Value = serde_json::from_slice(&body).unwrap();
-                let words = req.to_string().split_whitespace().count();
+                let tokens = tokenize(&render_chat(&req));
                 io.send(
                     "200 OK",
                     "",
-                    &json!({"count": words, "tokens": []}).to_string(),
+                    &json!({"count": tokens.len(), "tokens": tokens}).to_string(),
                 )
                 .is_ok()
+            }
+            (Flavor::Vllm | Flavor::LlamaCpp, "POST", "/v1/completions") => {
+                st.completion_requests.fetch_add(1, Ordering::SeqCst);
+                let req: Value = serde_json::from_slice(&body).unwrap();
+                let shape = *st.echo_shape.lock().unwrap();
+                io.send("200 OK", "", &echo_answer(&req, shape).to_string())
+                    .is_ok()
             }
             (Flavor::LlamaCpp, "GET", "/props") => io
                 .send(
@@ -305,8 +327,7 @@ fn serve(conn: Box<dyn Conn>, st: &State, prefix: &str) {
             }
             (Flavor::LlamaCpp, "POST", "/tokenize") => {
                 let req: Value = serde_json::from_slice(&body).unwrap();
-                let n = req["content"].as_str().unwrap().split_whitespace().count();
-                let tokens: Vec<usize> = (0..n).collect();
+                let tokens = tokenize(req["content"].as_str().unwrap());
                 io.send("200 OK", "", &json!({ "tokens": tokens }).to_string())
                     .is_ok()
             }
@@ -391,6 +412,94 @@ fn chat(io: &mut Io, req: &Value, fault: Option<Fault>, flavor: Flavor) -> bool 
             io.send("400 Bad Request", "", body).is_ok()
         }
     }
+}
+
+/// vLLM's chat rendering, imitated: `<role>content</role>` per message, the last one left open
+/// with `continue_final_message`, then `<assistant>` with `add_generation_prompt`.
+pub fn render_chat(req: &Value) -> String {
+    let messages = req["messages"].as_array().unwrap();
+    let open_last = req["continue_final_message"] == json!(true);
+    let mut text = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        let (role, content) = (m["role"].as_str().unwrap(), m["content"].as_str().unwrap());
+        text += &format!("<{role}>{content}");
+        if !(open_last && i + 1 == messages.len()) {
+            text += &format!("</{role}>\n");
+        }
+    }
+    if req["add_generation_prompt"] == json!(true) {
+        text += "<assistant>";
+    }
+    text
+}
+
+/// The fake tokenizer: a token per word with its leading whitespace, split again before each
+/// '/', so " 7/10" is two tokens (" 7", "/10") and "(A" one; ids are hashes of the pieces.
+pub fn tokenize(text: &str) -> Vec<u64> {
+    let mut pieces: Vec<String> = Vec::new();
+    let mut prev_space = true;
+    for c in text.chars() {
+        let starts = match pieces.last() {
+            None => true,
+            Some(_) if c == '/' => true,
+            Some(_) => c.is_whitespace() && !prev_space,
+        };
+        if starts {
+            pieces.push(String::new());
+        }
+        pieces.last_mut().unwrap().push(c);
+        prev_space = c.is_whitespace();
+    }
+    pieces.iter().map(|p| fnv(p) % 100_000).collect()
+}
+
+/// The log-probability the fake model gives token `i` of `tokens` after the ones before it.
+pub fn token_logprob(tokens: &[u64], i: usize) -> f64 {
+    -0.01 - (fnv(&format!("{:?}", &tokens[..=i])) % 1000) as f64 / 250.0
+}
+
+/// The answer of a `/v1/completions` request with `echo` (the prompt given as token ids).
+fn echo_answer(req: &Value, shape: EchoShape) -> Value {
+    let tokens: Vec<u64> = req["prompt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    let generated = 7u64;
+    let mut all = tokens.clone();
+    all.push(generated);
+    let lp = |i: usize| match i {
+        0 => Value::Null,
+        _ => json!(token_logprob(&all, i)),
+    };
+    let mut choice = json!({"index": 0, "text": "x", "finish_reason": "length", "logprobs": null});
+    match shape {
+        EchoShape::Legacy => {
+            choice["logprobs"] = json!({
+                "tokens": all.iter().map(|t| format!("t{t}")).collect::<Vec<_>>(),
+                "token_logprobs": (0..all.len()).map(lp).collect::<Vec<_>>(),
+                "text_offset": (0..all.len()).collect::<Vec<_>>(),
+                "top_logprobs": null,
+            });
+        }
+        EchoShape::PromptLogprobs => {
+            let per_token: Vec<Value> = (0..tokens.len())
+                .map(|i| match i {
+                    0 => Value::Null,
+                    _ => json!({ tokens[i].to_string(): {"logprob": token_logprob(&all, i),
+                                 "rank": 1, "decoded_token": format!("t{}", tokens[i])} }),
+                })
+                .collect();
+            choice["prompt_logprobs"] = json!(per_token);
+        }
+        EchoShape::GeneratedOnly => {
+            choice["logprobs"] = json!({"tokens": ["x"], "token_logprobs": [-0.5],
+                                        "text_offset": [0], "top_logprobs": null});
+        }
+    }
+    json!({"choices": [choice],
+           "usage": {"prompt_tokens": tokens.len(), "completion_tokens": 1}})
 }
 
 /// FNV-1a of the text, for answers that depend on the request.

@@ -2,8 +2,11 @@
 //! Ollama) as a [`Backend`], so every stage can label or revise at data-centre scale.
 //!
 //! - generate → `/v1/chat/completions`, one sample per HTTP request (see [`wire`]).
-//! - choose → the first token's `top_logprobs` of a chat completion; each option must be one
-//!   token the server lists, else a clear error (never "missing = 0").
+//! - choose → per [`OptionScoring`]: the first token's `top_logprobs` of a chat completion
+//!   (exact for an option that is one token the server lists), or the prompt's own
+//!   log-probabilities from `/v1/completions` with `echo` (vLLM), summed over the option's
+//!   tokens (exact for options of any length); `auto` tries the first and falls back to the
+//!   second. Never "missing = 0": an option neither can score is a clear error.
 //! - count_tokens → llama.cpp's `/apply-template` + `/tokenize`, or vLLM's chat `/tokenize`;
 //!   without either, an estimate ([`wire::estimate_tokens`]), counted in [`Backend::stats`].
 //!
@@ -61,6 +64,8 @@ pub struct OpenaiConfig {
     /// How a prefill (the text a reply must start with, e.g. "The answer is (" before the
     /// options are scored) reaches the server.
     pub prefill: PrefillMode,
+    /// How answer options (the labeler's "A"/"B", score mode's " 1/10" … " 10/10") are scored.
+    pub option_scoring: OptionScoring,
     /// Request cache folder [default: ~/.cache/cai/requests].
     pub cache_dir: Option<PathBuf>,
     pub no_cache: bool,
@@ -76,6 +81,7 @@ impl Default for OpenaiConfig {
             connect_timeout_s: 10.0,
             ca_cert: None,
             prefill: PrefillMode::Auto,
+            option_scoring: OptionScoring::Auto,
             retry: RetryPolicy::default(),
             cache_dir: None,
             no_cache: false,
@@ -99,6 +105,25 @@ pub enum PrefillMode {
     Instruct,
 }
 
+/// How the log-probabilities of answer options are read from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptionScoring {
+    /// `first-token` when every option is one of the tokens the chat answer lists, else
+    /// `echo` for that request (never with `--prefill instruct`, whose prompt is rephrased).
+    #[default]
+    Auto,
+    /// The first token's `top_logprobs` (at most 20) of a chat completion: exact for options
+    /// that are a single token the server lists, an error for any other.
+    FirstToken,
+    /// `/v1/completions` with `echo` and `logprobs` (vLLM also `prompt_logprobs`) on the chat
+    /// prompt rendered by the server's tokenizer endpoint, followed by each option: the sum of
+    /// the option tokens' log-probabilities, exact for options of any length. One request per
+    /// option, plus the tokenizer's. vLLM supports it; llama.cpp's server (which returns only
+    /// generated tokens' log-probabilities) and api.openai.com do not: a clear error.
+    Echo,
+}
+
 /// How this server counts tokens, found on first use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tokenizer {
@@ -117,8 +142,11 @@ pub struct OpenaiBackend {
     concurrency: usize,
     tokenizer: OnceLock<Tokenizer>,
     estimated_counts: AtomicU64,
+    /// Choices scored through `/v1/completions` ([`OptionScoring::Echo`]).
+    echo_choices: AtomicU64,
     /// Prefills are folded into the user turn ([`PrefillMode::Instruct`]).
     instruct: bool,
+    option_scoring: OptionScoring,
 }
 
 impl OpenaiBackend {
@@ -204,7 +232,9 @@ impl OpenaiBackend {
             concurrency: cfg.concurrency,
             tokenizer: OnceLock::new(),
             estimated_counts: AtomicU64::new(0),
+            echo_choices: AtomicU64::new(0),
             instruct,
+            option_scoring: cfg.option_scoring,
         })
     }
 
@@ -321,6 +351,26 @@ impl OpenaiBackend {
     }
 
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
+        match (self.option_scoring, self.instruct) {
+            (OptionScoring::FirstToken, _) | (OptionScoring::Auto, true) => {
+                self.choose_first_token(req)
+            }
+            (OptionScoring::Echo, _) => self.choose_echo(req),
+            (OptionScoring::Auto, false) => match self.choose_first_token(req) {
+                Err(e) if e.downcast_ref::<wire::NotListed>().is_some() => {
+                    self.choose_echo(req).map_err(|echo| {
+                        anyhow::anyhow!(
+                            "{e}; scoring it exactly through /v1/completions failed too: {echo:#}"
+                        )
+                    })
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// Options as the first token of a chat answer ([`OptionScoring::FirstToken`]).
+    fn choose_first_token(&self, req: &ChoiceRequest) -> Result<Choice> {
         let body = wire::choice_body(&self.info.name, &self.sent_prompt(&req.prompt));
         let answer = self
             .call_complete("/v1/chat/completions", &body, wire::has_top_logprobs)
@@ -330,6 +380,48 @@ impl OpenaiBackend {
         Ok(Choice {
             logprobs,
             prompt_tokens: answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+        })
+    }
+
+    /// Options scored as part of the prompt through `/v1/completions` ([`OptionScoring::Echo`]).
+    fn choose_echo(&self, req: &ChoiceRequest) -> Result<Choice> {
+        self.echo_choices.fetch_add(1, Ordering::Relaxed);
+        let server = self.client.server_name();
+        let how = self.tokenizer(&req.prompt)?;
+        if how == Tokenizer::Estimate {
+            bail!(
+                "{server} has no tokenizer endpoint (vLLM's /tokenize, llama.cpp's \
+                 /apply-template), which exact option scoring through /v1/completions needs"
+            );
+        }
+        let prompt = self
+            .token_ids(how, &req.prompt)
+            .with_context(|| format!("tokenizing the prompt on {server}"))?;
+        let mut logprobs = Vec::with_capacity(req.options.len());
+        for option in &req.options {
+            let full = Prompt {
+                prefill: format!("{}{option}", req.prompt.prefill),
+                ..req.prompt.clone()
+            };
+            let tokens = self
+                .token_ids(how, &full)
+                .with_context(|| format!("tokenizing option `{option}` on {server}"))?;
+            let start = wire::common_prefix(&prompt, &tokens).max(1);
+            if start >= tokens.len() {
+                bail!("{server}: option `{option}` adds no token to the prompt");
+            }
+            let body = wire::echo_body(&self.info.name, &tokens);
+            let answer = self
+                .call_complete("/v1/completions", &body, wire::has_prompt_logprobs)
+                .map_err(|e| self.overflow_or(e))?;
+            logprobs.push(
+                wire::parse_echo(&answer, &tokens, start, &server)
+                    .with_context(|| format!("scoring option `{option}`"))?,
+            );
+        }
+        Ok(Choice {
+            logprobs,
+            prompt_tokens: prompt.len(),
         })
     }
 
@@ -356,20 +448,28 @@ impl OpenaiBackend {
 
     fn count_with(&self, how: Tokenizer, prompt: &Prompt) -> Result<usize> {
         match how {
+            Tokenizer::Estimate => {
+                self.estimated_counts.fetch_add(1, Ordering::Relaxed);
+                Ok(wire::estimate_tokens(prompt))
+            }
+            _ => Ok(self.token_ids(how, prompt)?.len()),
+        }
+    }
+
+    /// The token ids of the prompt as the server renders it (chat template, then the prefill),
+    /// from its tokenizer endpoint.
+    fn token_ids(&self, how: Tokenizer, prompt: &Prompt) -> Result<Vec<u64>> {
+        let toks = match how {
             Tokenizer::ApplyTemplate => {
                 let rendered = self.call(
                     "/apply-template",
                     &json!({"messages": wire::messages(&Prompt::new(prompt.messages.clone()))}),
                 )?;
                 let text = rendered["prompt"].as_str().ok_or(MissingField("prompt"))?;
-                let toks = self.call(
+                self.call(
                     "/tokenize",
                     &json!({"content": format!("{text}{}", prompt.prefill), "add_special": false}),
-                )?;
-                toks["tokens"]
-                    .as_array()
-                    .map(|t| t.len())
-                    .ok_or(MissingField("tokens").into())
+                )?
             }
             Tokenizer::ChatTokenize => {
                 let mut body = json!({"model": self.info.name, "messages": wire::messages(prompt)});
@@ -379,17 +479,14 @@ impl OpenaiBackend {
                     body["continue_final_message"] = json!(true);
                     body["add_generation_prompt"] = json!(false);
                 }
-                let toks = self.call("/tokenize", &body)?;
-                toks["count"]
-                    .as_u64()
-                    .map(|n| n as usize)
-                    .ok_or(MissingField("count").into())
+                self.call("/tokenize", &body)?
             }
-            Tokenizer::Estimate => {
-                self.estimated_counts.fetch_add(1, Ordering::Relaxed);
-                Ok(wire::estimate_tokens(prompt))
-            }
-        }
+            Tokenizer::Estimate => bail!("internal error: no tokenizer endpoint to ask"),
+        };
+        toks["tokens"]
+            .as_array()
+            .and_then(|t| t.iter().map(|v| v.as_u64()).collect::<Option<Vec<_>>>())
+            .ok_or(MissingField("tokens").into())
     }
 }
 
@@ -430,6 +527,7 @@ impl Backend for OpenaiBackend {
         let mut s = self.client.counters.to_json();
         s["servers"] = json!(self.client.server_name());
         s["estimated_token_counts"] = json!(self.estimated_counts.load(Ordering::Relaxed));
+        s["echo_scored_choices"] = json!(self.echo_choices.load(Ordering::Relaxed));
         s["cache"] = match &self.cache {
             Some(c) => c.to_json(),
             None => json!(null),

@@ -185,20 +185,129 @@ pub fn parse_choice(answer: &Value, options: &[String], server: &str) -> Result<
             .and_then(|t| t["logprob"].as_f64());
         match lp {
             Some(lp) => out.push(lp),
-            None => bail!(
-                "{server}: option `{opt}` is not among the {} first-token alternatives the server \
-                 returned ({}); the openai backend scores options only when each is a single \
-                 token the server lists — use one-token option labels or the local backend",
-                top.len(),
-                top.iter()
-                    .filter_map(|t| t["token"].as_str())
-                    .map(|t| format!("{t:?}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
+            None => {
+                return Err(NotListed(format!(
+                    "{server}: option `{opt}` is not among the {} first-token alternatives the \
+                     server returned ({}): `--option-scoring first-token` scores only options \
+                     that are one token the server lists",
+                    top.len(),
+                    top.iter()
+                        .filter_map(|t| t["token"].as_str())
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ))
+                .into())
+            }
         }
     }
     Ok(out)
+}
+
+/// Why an option could not be scored from the first token's `top_logprobs`: it is not one of
+/// the tokens the server listed (several tokens long, or too unlikely to be listed).
+#[derive(Debug)]
+pub struct NotListed(pub String);
+
+impl std::fmt::Display for NotListed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotListed {}
+
+/// `/v1/completions` body that scores the prompt `tokens` themselves: `echo` with `logprobs`
+/// (the OpenAI legacy shape, `choices[0].logprobs.token_logprobs`) and vLLM's
+/// `prompt_logprobs` (`choices[0].prompt_logprobs`); one new token, greedy. The prompt goes as
+/// token ids, so the server scores exactly the tokens the option was counted in.
+pub fn echo_body(model: &str, tokens: &[u64]) -> Value {
+    json!({
+        "model": model,
+        "prompt": tokens,
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "seed": 0,
+        "echo": true,
+        "logprobs": 1,
+        "prompt_logprobs": 0,
+        "stream": false,
+    })
+}
+
+/// Whether a `/v1/completions` answer holds log-probabilities of the prompt in either shape.
+pub fn has_prompt_logprobs(answer: &Value) -> bool {
+    let c = &answer["choices"][0];
+    c["prompt_logprobs"].is_array() || c["logprobs"]["token_logprobs"].is_array()
+}
+
+/// Length of the common prefix of two token sequences: where an option's tokens start in the
+/// prompt that ends with it (earlier than the prompt's own end when the option's first
+/// characters merge into the prompt's last token, e.g. "(" + "A" = "(A").
+pub fn common_prefix(a: &[u64], b: &[u64]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The sum of the log-probabilities of `tokens[start..]` from an `echo_body` answer: vLLM's
+/// `prompt_logprobs` (one `{token id: {logprob, …}}` per prompt token, `null` first) when
+/// present, else the legacy `logprobs.token_logprobs` (`null` first, then one per prompt token
+/// and the generated one). An answer with fewer entries than the prompt has tokens (a server
+/// that returns only the generated token's log-probability, as llama.cpp's server does) is an
+/// error, never a partial sum.
+pub fn parse_echo(answer: &Value, tokens: &[u64], start: usize, server: &str) -> Result<f64> {
+    let choice = &answer["choices"][0];
+    if start == 0 || start >= tokens.len() {
+        bail!(
+            "internal error: option tokens {start}..{} of a {}-token prompt",
+            tokens.len(),
+            tokens.len()
+        );
+    }
+    if let Some(per_token) = choice["prompt_logprobs"].as_array() {
+        if per_token.len() < tokens.len() {
+            bail!(
+                "{server} returned `prompt_logprobs` for {} tokens of a {}-token prompt",
+                per_token.len(),
+                tokens.len()
+            );
+        }
+        return (start..tokens.len())
+            .map(|i| {
+                per_token[i][tokens[i].to_string()]["logprob"]
+                    .as_f64()
+                    .with_context(|| {
+                        format!(
+                            "{server}: `prompt_logprobs[{i}]` has no log-probability of the \
+                             prompt's token {}",
+                            tokens[i]
+                        )
+                    })
+            })
+            .sum();
+    }
+    let Some(lps) = choice["logprobs"]["token_logprobs"].as_array() else {
+        bail!(
+            "{server}/v1/completions returned neither `prompt_logprobs` nor \
+             `logprobs.token_logprobs`: it does not support `echo` with `logprobs`, which exact \
+             scoring of several-token options needs (vLLM does)"
+        );
+    };
+    if lps.len() < tokens.len() {
+        bail!(
+            "{server}/v1/completions returned {} log-probabilities for a {}-token prompt with \
+             `echo`: it scores only the tokens it generates, not the prompt's, so options of \
+             several tokens cannot be scored exactly on it (vLLM can; so can the local backend)",
+            lps.len(),
+            tokens.len()
+        );
+    }
+    (start..tokens.len())
+        .map(|i| {
+            lps[i]
+                .as_f64()
+                .with_context(|| format!("{server}: `token_logprobs[{i}]` is not a number"))
+        })
+        .sum()
 }
 
 /// A server's refusal of a prompt longer than its context, as a [`ContextOverflow`] with the
