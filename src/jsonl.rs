@@ -83,6 +83,8 @@ pub fn read_resumable<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
 pub struct Appender {
     path: PathBuf,
     file: File,
+    /// Bytes in the file after the last complete record.
+    len: u64,
 }
 
 impl Appender {
@@ -96,23 +98,38 @@ impl Appender {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {} for appending", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("cannot read the size of {}", path.display()))?
+            .len();
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            len,
         })
     }
 
     /// Writes one record as a single `write` call so a crash leaves at most one partial line.
+    ///
+    /// A write that fails part-way (disk full, file-size limit) is undone: the file is cut
+    /// back to its last complete record, so it stays a valid prefix of the run's output.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let mut line = serde_json::to_vec(record)?;
         if line.contains(&b'\n') {
             bail!("internal error: serialized record contains a newline");
         }
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|_| self.file.flush())
-            .with_context(|| format!("cannot write to {}", self.path.display()))
+        if let Err(e) = self.file.write_all(&line).and_then(|_| self.file.flush()) {
+            let kept = match self.file.set_len(self.len) {
+                Ok(()) => "every complete record before it is kept".to_string(),
+                Err(t) => format!("and cutting off the partial record failed too: {t}"),
+            };
+            return Err(e).with_context(|| {
+                format!("cannot write a record to {} ({kept})", self.path.display())
+            });
+        }
+        self.len += line.len() as u64;
+        Ok(())
     }
 }
 

@@ -6,7 +6,12 @@
 //! stage, output sizes between 1 byte and the uninterrupted run's size, so the kill lands while
 //! the file grows; for a trainer, delays between 20 % and 95 % of the uninterrupted run's wall
 //! time, so kills land in steps and in checkpoint writes alike. Each test prints what it did
-//! ("kill -9 …: 3 kills survived, …"), which `.ci/run` shows.
+//! ("kill -9 …: 3 kills survived, …"), which `.ci/run` shows
+//!
+//! A full disk (a file-size limit, `ulimit -f`) while revise writes its records or a trainer
+//! its checkpoint: a one-line error naming the file, every complete record or checkpoint kept,
+//! and the run completes from there once there is room
+//! ([`util::figure`]).
 
 #[path = "util/tiny.rs"]
 mod tiny;
@@ -129,10 +134,10 @@ fn jsonl_stage(stage: &str, dir: &Path, args: impl Fn(&str) -> Command) {
         "{stage}: the resumed output differs from the uninterrupted run"
     );
     assert!(survived >= 1, "{stage}: no kill landed while cai ran");
-    eprintln!(
+    util::figure(&format!(
         "kill -9 {stage}: {survived} kills survived, {} records byte-identical",
         whole.iter().filter(|&&b| b == b'\n').count()
-    );
+    ));
 }
 
 /// A trainer that saves every `every` steps: the uninterrupted run's final weights, then three
@@ -197,11 +202,11 @@ fn trainer(stage: &str, dir: &Path, every: usize, args: impl Fn(&str, bool) -> C
         survived, KILLS,
         "{stage}: a kill came after cai had finished"
     );
-    eprintln!(
+    util::figure(&format!(
         "kill -9 train {stage}: {survived} kills survived, {from_checkpoint} resumes from a \
          checkpoint, {compared} final weight files equal (uninterrupted run {:.1} s)",
         took.as_secs_f64()
-    );
+    ));
 }
 
 /// A `cai STAGE` command on the tiny model in `dir`, with the sample data.
@@ -383,4 +388,114 @@ fn trainers_resume_to_equal_weights_after_kill_9() {
     trainer("ppo", &d, 2, |out, resume| {
         train(&d, "ppo", out, resume, &ppo)
     });
+}
+
+/// `cmd` under `ulimit -f BLOCKS` (1 KiB blocks); its stderr, after asserting that it failed.
+fn fails_under_file_limit(cmd: &Command, blocks: u64) -> String {
+    let quoted: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!("ulimit -f {blocks}; exec {}", quoted.join(" ")),
+        ])
+        .current_dir(cmd.get_current_dir().unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "cai succeeded under ulimit -f {blocks}"
+    );
+    // The error is the last line (a trainer reports its held-out loss before it).
+    let err = stderr.trim_end().lines().last().unwrap_or("").to_string();
+    assert!(
+        err.starts_with("cai: ") && stderr.matches("File too large").count() == 1,
+        "one error line: {stderr}"
+    );
+    err
+}
+
+#[test]
+fn a_full_disk_keeps_complete_records_and_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    tiny::tiny_model(&d);
+    write_data(&d);
+    let revise = |out: &str| {
+        let mut c = local(&d, "revise", out);
+        c.args(["--rounds", "1", "--max-tokens", "24", "--few-shot", "0"])
+            .arg("--prompts")
+            .arg(root().join("data/sample-prompts.jsonl"))
+            .arg("--constitution")
+            .arg(root().join("constitutions/harmless.yaml"));
+        c
+    };
+    ok(&mut revise("whole.jsonl"));
+    let whole = std::fs::read_to_string(d.join("whole.jsonl")).unwrap();
+    assert!(whole.len() > 4096, "the limit must cut the file");
+    let err = fails_under_file_limit(&revise("full.jsonl"), 4);
+    assert!(
+        err.contains("full.jsonl") && err.contains("File too large"),
+        "{err}"
+    );
+    let kept = std::fs::read_to_string(d.join("full.jsonl")).unwrap();
+    assert!(kept.ends_with('\n') && whole.starts_with(&kept), "{kept}");
+    ok(&mut revise("full.jsonl"));
+    assert_eq!(
+        std::fs::read_to_string(d.join("full.jsonl")).unwrap(),
+        whole
+    );
+
+    // A trainer whose checkpoint does not fit: the error names the file, the earlier
+    // checkpoints are whole, and --resume ends with the weights of an uninterrupted run.
+    let sft = |out: &str, resume: bool| {
+        train(
+            &d,
+            "sft",
+            out,
+            resume,
+            &[
+                "--model",
+                "base",
+                "--data",
+                "sft.jsonl",
+                "--max-steps",
+                "6",
+                "--lr",
+                "1e-2",
+                "--warmup-steps",
+                "0",
+                "--save-every",
+                "3",
+                "--batch-size",
+                "4",
+            ],
+        )
+    };
+    ok(&mut sft("sft-whole", false));
+    let weights = std::fs::metadata(d.join("sft-whole/final/model.safetensors"))
+        .unwrap()
+        .len();
+    // Room for the weights but not for the optimizer's two moments.
+    let err = fails_under_file_limit(&sft("sft-full", false), weights / 1024 + 1);
+    assert!(
+        err.contains("checkpoint-3") && err.contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(
+        checkpoint_steps(&d.join("sft-full")).0,
+        0,
+        "no half-written checkpoint"
+    );
+    ok(&mut sft("sft-full", false));
+    let a = std::fs::read(d.join("sft-whole/final/model.safetensors")).unwrap();
+    let b = std::fs::read(d.join("sft-full/final/model.safetensors")).unwrap();
+    assert!(a == b, "weights differ after the full disk");
+    util::figure(
+        "disk full: revise kept every complete record and finished on resume; \
+                  train sft left no half-written checkpoint and finished with equal weights",
+    );
 }

@@ -122,11 +122,20 @@ fn suite(mode: &str) {
         clean_stats["requests"].as_u64().unwrap() + injected,
         "{s}"
     );
-    eprintln!(
-        "fault suite ({mode}): {injected} faults injected, {} retries, {} records equal",
+    util::figure(&format!(
+        "openai {mode}: {injected} faults injected (429: {}, 5xx: {}, dropped: {}, cut short: \
+         {}, drip past timeout: {}, not JSON: {}, logprobs missing: {}), {} retries, {} \
+         records byte-identical to the fault-free run",
+        n("TooMany"),
+        n("Status"),
+        n("Drop"),
+        n("CutShort"),
+        n("Drip"),
+        n("Malformed"),
+        n("NoLogprobs"),
         count("retries"),
         got.lines().count()
-    );
+    ));
 }
 
 #[test]

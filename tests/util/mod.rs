@@ -81,3 +81,11 @@ pub fn golden(name: &str, actual: &str) {
     });
     assert_eq!(actual, want, "output differs from {}", path.display());
 }
+
+/// Prints a line of the fault suite's figures on stderr past the test harness's capture
+/// (`eprintln!` is captured; a write to the stderr handle is not), so `cargo test` shows it
+/// in CI logs without `--nocapture`.
+pub fn figure(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "[fault suite] {line}");
+}
