@@ -70,6 +70,15 @@ fn checkpoint_steps(out: &Path) -> (usize, usize) {
     (done, partial)
 }
 
+/// The `.checkpoint-N.partial` folder in `out` and when it was last changed, if there is one.
+fn partial_folder(out: &Path) -> Option<(String, std::time::SystemTime)> {
+    std::fs::read_dir(out).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let when = e.metadata().and_then(|m| m.modified()).ok()?;
+        name.ends_with(".partial").then_some((name, when))
+    })
+}
+
 /// Starts `cmd`, kills it with SIGKILL at `at`; true when the kill found it still running.
 fn run_and_kill(mut cmd: Command, at: KillAt) -> bool {
     let mut written_at: Option<Instant> = None;
@@ -167,7 +176,7 @@ fn trainer(stage: &str, dir: &Path, every: usize, args: impl Fn(&str, bool) -> C
     steps.sort_unstable();
     let out = dir.join(&killed);
     let has_checkpoint = || checkpoint_steps(&out).0 > 0;
-    let (mut survived, mut from_checkpoint) = (0, 0);
+    let (mut survived, mut from_checkpoint, mut in_save) = (0, 0, 0);
     for step in steps {
         let delay = took.mul_f64(rng.random_range(0.0..1.0) / saves as f64);
         let resume = has_checkpoint();
@@ -177,7 +186,11 @@ fn trainer(stage: &str, dir: &Path, every: usize, args: impl Fn(&str, bool) -> C
             step,
             delay,
         };
+        let before = partial_folder(&out);
         survived += run_and_kill(args(&killed, resume), at) as usize;
+        // A kill during a save leaves a new temporary folder behind.
+        let after = partial_folder(&out);
+        in_save += (after.is_some() && after != before) as usize;
     }
     from_checkpoint += has_checkpoint() as usize;
     ok(&mut args(&killed, has_checkpoint()));
@@ -203,8 +216,8 @@ fn trainer(stage: &str, dir: &Path, every: usize, args: impl Fn(&str, bool) -> C
         "{stage}: a kill came after cai had finished"
     );
     util::figure(&format!(
-        "kill -9 train {stage}: {survived} kills survived, {from_checkpoint} resumes from a \
-         checkpoint, {compared} final weight files equal (uninterrupted run {:.1} s)",
+        "kill -9 train {stage}: {survived} kills survived ({in_save} while a checkpoint was \
+         written), {from_checkpoint} resumes from a checkpoint, {compared} final weight files equal (uninterrupted run {:.1} s)",
         took.as_secs_f64()
     ));
 }
