@@ -541,6 +541,40 @@ mod tests {
     }
 
     #[test]
+    fn echo_answers_sum_the_option_tokens_in_both_shapes() {
+        // Prompt tokens [5, 6, 7, 8]; the option is tokens 2..4 (7, 8).
+        let tokens = [5, 6, 7, 8];
+        assert_eq!(common_prefix(&[5, 6, 9], &tokens), 2);
+        // Legacy: null first, one per prompt token, then the generated token (ignored).
+        let legacy = json!({"choices": [{"logprobs": {"token_logprobs":
+            [null, -0.5, -0.25, -1.0, -9.0]}}]});
+        assert!(has_prompt_logprobs(&legacy));
+        assert_eq!(parse_echo(&legacy, &tokens, 2, "S").unwrap(), -1.25);
+        // vLLM: read by token id, whatever other candidates an entry lists.
+        let vllm = json!({"choices": [{"logprobs": null, "prompt_logprobs": [null,
+            {"6": {"logprob": -0.5, "rank": 1}},
+            {"3": {"logprob": -0.1, "rank": 1}, "7": {"logprob": -0.75, "rank": 2}},
+            {"8": {"logprob": -2.0, "rank": 4}}]}]});
+        assert!(has_prompt_logprobs(&vllm));
+        assert_eq!(parse_echo(&vllm, &tokens, 2, "S").unwrap(), -2.75);
+        // Only the generated token's log-probability (llama.cpp ignores echo): an error.
+        let short = json!({"choices": [{"logprobs": {"token_logprobs": [-0.5]}}]});
+        let e = parse_echo(&short, &tokens, 2, "http://s")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http://s") && e.contains("1 log-probabilities"),
+            "{e}"
+        );
+        let e = parse_echo(&json!({"choices": [{}]}), &tokens, 2, "S").unwrap_err();
+        assert!(e.to_string().contains("does not support `echo`"), "{e}");
+        // A prompt_logprobs entry without the prompt's own token is an error, not a skip.
+        let other = json!({"choices": [{"prompt_logprobs": [null, {"6": {"logprob": -1.0}},
+            {"3": {"logprob": -0.1}}, {"8": {"logprob": -2.0}}]}]});
+        assert!(parse_echo(&other, &tokens, 2, "S").is_err());
+    }
+
+    #[test]
     fn instruct_mode_folds_the_prefill_into_the_user_turn() {
         let p = instruct_prefill(&prompt("The answer is ("));
         assert!(p.prefill.is_empty());
