@@ -10,8 +10,8 @@ mod util;
 
 use cai::chat::ChatMessage;
 use cai::llm::openai::{OpenaiBackend, OpenaiConfig, OptionScoring, RetryPolicy};
-use cai::llm::{Backend, ChoiceRequest, Prompt};
-use fake_server::{EchoShape, FakeServer, Flavor};
+use cai::llm::{Backend, ChoiceRequest, ContextOverflow, Prompt};
+use fake_server::{EchoShape, FakeServer, Fault, Flavor};
 use serde_json::{json, Value};
 use util::{cai, ok, root};
 
@@ -228,4 +228,30 @@ fn score_mode_labels_through_the_cli_with_exact_option_scores() {
             .load(std::sync::atomic::Ordering::SeqCst) as u64,
         echoed * 10
     );
+}
+
+#[test]
+fn a_context_length_refusal_of_the_echo_request_stays_an_overflow() {
+    let req = ChoiceRequest {
+        prompt: prompt("Score:"),
+        options: score_options(),
+    };
+    // Echo: the completions request is refused. Auto: the chat answer passes, then the same.
+    for (scoring, faults) in [
+        (OptionScoring::Echo, vec![Fault::ContextLength]),
+        (
+            OptionScoring::Auto,
+            vec![Fault::Slow(std::time::Duration::ZERO), Fault::ContextLength],
+        ),
+    ] {
+        let server = FakeServer::start_flavor(&faults, Flavor::Vllm);
+        let e = backend(&server, scoring)
+            .choose(std::slice::from_ref(&req))
+            .remove(0)
+            .unwrap_err();
+        assert!(
+            e.downcast_ref::<ContextOverflow>().is_some(),
+            "{scoring:?}: {e:#}"
+        );
+    }
 }

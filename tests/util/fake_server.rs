@@ -309,8 +309,18 @@ fn serve(conn: Box<dyn Conn>, st: &State, prefix: &str) {
                 st.completion_requests.fetch_add(1, Ordering::SeqCst);
                 let req: Value = serde_json::from_slice(&body).unwrap();
                 let shape = *st.echo_shape.lock().unwrap();
-                io.send("200 OK", "", &echo_answer(&req, shape).to_string())
-                    .is_ok()
+                // The one fault a completions request takes from the queue: vLLM's refusal.
+                let overflow = {
+                    let mut queue = st.faults.lock().unwrap();
+                    let hit = queue.front() == Some(&Fault::ContextLength);
+                    hit.then(|| queue.pop_front())
+                };
+                match overflow {
+                    Some(_) => chat(&mut io, &req, Some(Fault::ContextLength), flavor),
+                    None => io
+                        .send("200 OK", "", &echo_answer(&req, shape).to_string())
+                        .is_ok(),
+                }
             }
             (Flavor::LlamaCpp, "GET", "/props") => io
                 .send(

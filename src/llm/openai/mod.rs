@@ -359,6 +359,10 @@ impl OpenaiBackend {
             (OptionScoring::Auto, false) => match self.choose_first_token(req) {
                 Err(e) if e.downcast_ref::<wire::NotListed>().is_some() => {
                     self.choose_echo(req).map_err(|echo| {
+                        // An overflow stays one, for the stage to skip the record.
+                        if echo.downcast_ref::<super::ContextOverflow>().is_some() {
+                            return echo;
+                        }
                         anyhow::anyhow!(
                             "{e}; scoring it exactly through /v1/completions failed too: {echo:#}"
                         )
