@@ -151,9 +151,9 @@ fn jsonl_stage(stage: &str, dir: &Path, args: impl Fn(&str) -> Command) {
 
 /// A trainer that saves every `every` steps: the uninterrupted run's final weights, then three
 /// kills, each while a random checkpoint is written or a random delay (up to half a save
-/// interval's share of the run) after it, each followed by a resume from the last checkpoint (or from scratch
-/// when there is none), then a resume to the end; every `.safetensors` file of `final/` must
-/// be equal.
+/// interval's share of the run) after it, each followed by a resume from the last checkpoint
+/// (or from scratch when there is none), then a resume to the end; every `.safetensors` file
+/// of `final/` must be equal.
 fn trainer(stage: &str, dir: &Path, every: usize, args: impl Fn(&str, bool) -> Command) {
     let (whole, killed) = (format!("{stage}-whole"), format!("{stage}-killed"));
     let start = Instant::now();
@@ -215,7 +215,8 @@ fn trainer(stage: &str, dir: &Path, every: usize, args: impl Fn(&str, bool) -> C
     assert!(survived >= 1, "{stage}: no kill landed while cai ran");
     util::figure(&format!(
         "kill -9 train {stage}: {survived} kills survived ({in_save} while a checkpoint was \
-         written), {from_checkpoint} resumes from a checkpoint, {compared} final weight files equal (uninterrupted run {:.1} s)",
+         written), {from_checkpoint} resumes from a checkpoint, {compared} final weight files \
+         equal (uninterrupted run {:.1} s)",
         took.as_secs_f64()
     ));
 }

@@ -116,9 +116,9 @@ pub enum OptionScoring {
     /// The first token's `top_logprobs` (at most 20) of a chat completion: exact for options
     /// that are a single token the server lists, an error for any other.
     FirstToken,
-    /// `/v1/completions` with `echo` and `logprobs` (vLLM also `prompt_logprobs`) on the chat
-    /// prompt rendered by the server's tokenizer endpoint, followed by each option: the sum of
-    /// the option tokens' log-probabilities, exact for options of any length. One request per
+    /// `/v1/completions` with `echo` and `logprobs` (vLLM also answers `prompt_logprobs`) on
+    /// the chat prompt rendered by the server's tokenizer endpoint, followed by each option:
+    /// the sum of the option tokens' log-probabilities, exact for any length. One request per
     /// option, plus the tokenizer's. vLLM supports it; llama.cpp's server (which returns only
     /// generated tokens' log-probabilities) and api.openai.com do not: a clear error.
     Echo,

@@ -217,10 +217,12 @@ impl std::fmt::Display for NotListed {
 
 impl std::error::Error for NotListed {}
 
-/// `/v1/completions` body that scores the prompt `tokens` themselves: `echo` with `logprobs`
-/// (the OpenAI legacy shape, `choices[0].logprobs.token_logprobs`) and vLLM's
-/// `prompt_logprobs` (`choices[0].prompt_logprobs`); one new token, greedy. The prompt goes as
-/// token ids, so the server scores exactly the tokens the option was counted in.
+/// `/v1/completions` body that scores the prompt `tokens` themselves: `echo` with `logprobs`,
+/// answered in the OpenAI legacy shape (`choices[0].logprobs.token_logprobs`); vLLM turns it
+/// into its `prompt_logprobs` (= `logprobs`) and also returns `choices[0].prompt_logprobs`.
+/// `prompt_logprobs` is not sent: vLLM would take an explicit 0 over `logprobs`. One new
+/// token, greedy. The prompt goes as token ids, so the server scores exactly the tokens the
+/// option was counted in.
 pub fn echo_body(model: &str, tokens: &[u64]) -> Value {
     json!({
         "model": model,
@@ -230,7 +232,6 @@ pub fn echo_body(model: &str, tokens: &[u64]) -> Value {
         "seed": 0,
         "echo": true,
         "logprobs": 1,
-        "prompt_logprobs": 0,
         "stream": false,
     })
 }
