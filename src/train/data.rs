@@ -129,11 +129,15 @@ impl Batch {
     }
 
     /// Summed cross-entropy of the counted predictions; the output projection runs only
-    /// on the hidden states of those predictions.
+    /// on the hidden states of those predictions, in slices of positions
+    /// ([`CausalLm::target_logprobs`]).
     pub fn nll_sum<M: CausalLm + ?Sized>(&self, model: &M) -> Result<Tensor> {
         let hidden = model.forward_hidden(&self.input_ids, Some(&self.attention_mask))?;
-        let logits = model.logits_from_hidden(&self.select_loss_rows(&hidden)?)?;
-        nll_sum(&logits, &self.targets)
+        let rows = self.select_loss_rows(&hidden)?;
+        Ok(model
+            .target_logprobs(&rows, &self.targets, 1.0)?
+            .sum_all()?
+            .neg()?)
     }
 }
 

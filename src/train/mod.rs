@@ -18,6 +18,7 @@ pub mod dpo_data;
 pub mod dpo_loss;
 pub mod dpo_metrics;
 pub mod dpo_trainer;
+pub mod lm_head;
 pub mod log;
 pub mod lora;
 pub mod model;
@@ -41,6 +42,8 @@ pub mod weights;
 mod dpo_tests;
 #[cfg(test)]
 mod family_tests;
+#[cfg(test)]
+mod memory_tests;
 #[cfg(test)]
 mod ppo_tests;
 #[cfg(test)]
