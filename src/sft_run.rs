@@ -109,6 +109,7 @@ impl SftRunConfig {
         set(&mut t.eval_every, a.eval_every);
         set(&mut t.save_every, a.save_every);
         set(&mut t.max_len, a.max_len);
+        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
         set(&mut t.seed, a.seed);
         a.trainable
             .apply(&mut t.trainable, &LoraConfig::default())?;

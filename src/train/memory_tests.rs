@@ -4,11 +4,16 @@
 use super::data::{Batch, TokenizedExample};
 use super::lora;
 use super::model::CausalLm;
+use super::optim::ScheduleKind;
 use super::params::{ParamStore, Trainable};
 use super::ppo::{PpoData, PpoTrainer, Scorer};
 use super::ppo_config::PpoConfig;
 use super::ppo_rollout::Rollout;
+use super::reward_data::TokenPair;
+use super::reward_trainer::{RewardTrainConfig, RewardTrainer};
+use super::sft::SftConfig;
 use super::tests::{dataset, lora_all, max_diff, tiny_config, tiny_weights, VOCAB};
+use super::trainer::SftTrainer;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -136,5 +141,105 @@ fn checkpointed_ppo_equals_plain_ppo() -> Result<()> {
         moved += usize::from(max_diff(a, &weights[name]) > 1e-6);
     }
     assert!(moved > 4, "only {moved} tensors changed");
+    Ok(())
+}
+
+fn accumulation_config(max_batch_tokens: Option<usize>) -> SftConfig {
+    SftConfig {
+        lr: 1e-2,
+        warmup_steps: 0,
+        schedule: ScheduleKind::Constant,
+        max_steps: Some(2),
+        batch_size: 6,
+        grad_accum: 2,
+        eval_every: 0,
+        save_every: 0,
+        max_batch_tokens,
+        ..SftConfig::default()
+    }
+}
+
+/// SFT steps whose micro-batches run in parts of at most 16 padded tokens (1–2 examples of
+/// 7–9 tokens) end with the weights of whole micro-batches.
+#[test]
+fn token_budget_micro_batches_give_the_whole_batch_update() -> Result<()> {
+    let cfg = tiny_config(true);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let data = dataset(24, 8);
+    let run = |budget| -> Result<SftTrainer> {
+        let mut t = SftTrainer::new(
+            &cfg,
+            weights.clone(),
+            &data,
+            &[],
+            accumulation_config(budget),
+        )?;
+        while !t.is_done() {
+            t.train_step()?;
+        }
+        Ok(t)
+    };
+    let (whole, parts) = (run(None)?, run(Some(16))?);
+    assert_eq!(whole.state().step, 2);
+    let (a, b) = (
+        whole.state().last_loss.unwrap(),
+        parts.state().last_loss.unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5 * a.abs(), "loss {a} vs {b}");
+    for (name, wa) in whole.params().tensors() {
+        let d = max_diff(wa, &parts.params().tensors()[name]);
+        assert!(d < 1e-5, "{name}: weights differ by {d}");
+        assert!(max_diff(wa, &weights[name]) > 1e-6, "{name} did not move");
+    }
+    Ok(())
+}
+
+/// Reward-model steps with a token budget of one conversation (2 pairs, 4 rows of 6 tokens)
+/// per part give the loss curve and weights of whole micro-batches of 8 pairs.
+#[test]
+fn token_budget_keeps_conversations_together_and_the_update() -> Result<()> {
+    let cfg = tiny_config(true);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let pairs: Vec<TokenPair> = (0..32)
+        .map(|i| {
+            let mut seq = || (0..6).map(|_| rng.random_range(3..VOCAB as u32)).collect();
+            TokenPair {
+                a: seq(),
+                b: seq(),
+                p_a: f64::from(i % 3 == 0),
+                weight: 1.0,
+                group: format!("conversation {}", i / 2),
+            }
+        })
+        .collect();
+    let run = |budget| -> Result<RewardTrainer> {
+        let mut train = accumulation_config(budget);
+        (train.batch_size, train.grad_accum) = (8, 1);
+        let rm_cfg = RewardTrainConfig {
+            train,
+            ..RewardTrainConfig::default()
+        };
+        let mut t = RewardTrainer::new(&cfg, weights.clone(), pairs.clone(), vec![], rm_cfg)?;
+        while !t.is_done() {
+            t.train_step()?;
+        }
+        Ok(t)
+    };
+    let (whole, parts) = (run(None)?, run(Some(24))?);
+    for (a, b) in whole.state().history.iter().zip(&parts.state().history) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-5,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert_eq!(a.accuracy, b.accuracy);
+    }
+    for (name, wa) in whole.params().tensors() {
+        let d = max_diff(wa, &parts.params().tensors()[name]);
+        assert!(d < 1e-5, "{name}: weights differ by {d}");
+    }
     Ok(())
 }
