@@ -11,6 +11,7 @@
 //! losses of [`dpo_loss`] on response log-probabilities against a frozen reference.
 
 pub mod advantage;
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -13,6 +13,7 @@
 //! The training path, [`CausalLm::forward`], keeps no state; generation goes through
 //! [`CausalLm::forward_cached`] with an explicit [`KvCache`].
 
+use super::attention::causal_attention;
 use super::config::LlamaConfig;
 use super::lm_head::LmHead;
 use super::lora::{LinearKind, LoraConfig, LoraLinear};
@@ -273,18 +274,7 @@ impl Attention {
         if let Some((cache, layer)) = cache {
             (k, v) = cache.append(layer, &k, &v)?;
         }
-        let t_k = k.dim(2)?;
-        // Grouped-query attention without copying keys: the `h / kvh` query heads that
-        // share a key head are stacked along the sequence axis.
-        let rep = h / kvh;
-        let q = q.reshape((b, kvh, rep * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?
-            .reshape((b, h, t, t_k))?
-            .broadcast_add(mask)?;
-        let probs = ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * t, t_k))?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, h, t, d))?
+        let out = causal_attention(&q, &k, &v, mask, self.scale)?
             .transpose(1, 2)?
             .reshape((b, t, h * d))?;
         self.o_proj.forward(&out)
