@@ -22,6 +22,7 @@ pub mod dpo_trainer;
 pub mod lm_head;
 pub mod log;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod optim;
