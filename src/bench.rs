@@ -263,7 +263,10 @@ fn training(path: &Path, steps: usize) -> Result<Vec<Figure>> {
             "tok/s",
         ));
         figures.push(Figure::new(
-            format!("train peak memory{}", if label.is_empty() { " full" } else { label }),
+            format!(
+                "train peak memory{}",
+                if label.is_empty() { " full" } else { label }
+            ),
             peak_rss_mib(),
             "MiB",
         ));
