@@ -482,7 +482,7 @@ impl PpoTrainer {
             return Err(self.non_finite(step, "PPO loss", value));
         }
         let mut grads = Gradients::new();
-        grads.accumulate(&self.vars, &self.policy.backward(&loss)?)?;
+        grads.accumulate(&self.vars, self.policy.backward(&loss)?)?;
         let norm = match self.cfg.max_grad_norm > 0.0 {
             true => grads.clip_global_norm(self.cfg.max_grad_norm)?,
             false => grads.global_norm()?,

@@ -331,7 +331,7 @@ impl RewardTrainer {
                     correct += f64::from(u8::from((ra[i] > rb[i]) == (p > 0.5)));
                 }
             }
-            grads.accumulate(&self.vars, &self.model.backward(&part)?)?;
+            grads.accumulate(&self.vars, self.model.backward(&part)?)?;
         }
         let grad_norm = grads.clip_global_norm(self.cfg.train.max_grad_norm)?;
         if !grad_norm.is_finite() {

@@ -245,7 +245,7 @@ impl SftTrainer {
                 return Err(self.non_finite(step, "loss", value));
             }
             loss += value;
-            grads.accumulate(self.params.vars(), &self.model.backward(&part)?)?;
+            grads.accumulate(self.params.vars(), self.model.backward(&part)?)?;
         }
         let grad_norm = grads.clip_global_norm(self.cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
