@@ -26,7 +26,7 @@ const SLICE_BUFFERS: u64 = 8;
 const SLICE_BYTES: u64 = 32 << 20;
 /// Runtime, tokenizer, data and allocator slack, measured as the resident size of a run on
 /// the default model before its first step less its weights.
-const BASE_BYTES: u64 = 400 << 20;
+const BASE_BYTES: u64 = 200 << 20;
 
 /// The parts of an estimated peak, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
