@@ -182,6 +182,11 @@ pub struct SftArgs {
     /// Examples are cut to this many tokens, with a counted warning [default: 1024].
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Token budget of one forward/backward pass: micro-batches larger than this (rows ×
+    /// longest row) run in parts whose gradients are accumulated, for the same update
+    /// [default: whole micro-batches].
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
     /// Seed of the data order, the eval split and LoRA initialisation [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,

@@ -8,6 +8,7 @@
 //! Reward-hacking guards stop (or warn) when the KL or the mean response length leave their
 //! bounds; the most repeated phrases of the last responses are reported.
 
+use crate::train::memory::{self, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -324,6 +325,16 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
                 policy_config.vocab_size,
                 ref_config.vocab_size
             );
+            let longest = data.prompts.iter().map(Vec::len).max().unwrap_or(0);
+            let plan = MemoryPlan {
+                model: &policy_config,
+                trainable: &cfg.ppo.trainable,
+                rows: cfg.ppo.minibatch,
+                tokens_per_row: longest + cfg.ppo.max_new_tokens,
+                // The reference and the reward model.
+                frozen_models: 2,
+            };
+            memory::check_fits(&plan, "train ppo")?;
             PpoTrainer::new(&policy_config, weights, &reference, data, cfg.ppo.clone())?
         }
     };

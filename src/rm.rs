@@ -2,6 +2,7 @@
 //! (Bai et al. 2022 §4.1; Lee et al. 2023 §2.2 "distilled RLAIF"), with held-out human
 //! evaluation, metrics and plots. `cai score` lives in [`crate::score`].
 
+use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
@@ -94,6 +95,7 @@ impl TrainRmConfig {
         set(&mut t.grad_accum, a.grad_accum);
         set(&mut t.warmup_steps, a.warmup_steps);
         set(&mut t.max_len, a.max_len);
+        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
         set(&mut t.eval_every, a.eval_every);
         set(&mut t.save_every, a.save_every);
         set(&mut t.seed, a.seed);
@@ -240,6 +242,17 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
         }
         None => {
             let (model_cfg, weights) = load_backbone(&cfg.model, &device)?;
+            let t = &cfg.train;
+            let longest = train.iter().map(|p| p.a.len().max(p.b.len())).max();
+            let longest = longest.unwrap_or(0).min(t.max_len);
+            let plan = MemoryPlan {
+                model: &model_cfg,
+                trainable: &t.trainable,
+                rows: 2 * rows_per_pass(t.batch_size, 2 * longest, t.max_batch_tokens),
+                tokens_per_row: longest,
+                frozen_models: 0,
+            };
+            memory::check_fits(&plan, "train rm")?;
             RewardTrainer::new(
                 &model_cfg,
                 weights,

@@ -6,6 +6,7 @@
 //! folders (loadable as `--model` by every stage), `train_log.csv`, `loss.svg` and
 //! `manifest.json` (resolved config, data and base model sha256, losses, throughput).
 
+use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -109,6 +110,7 @@ impl SftRunConfig {
         set(&mut t.eval_every, a.eval_every);
         set(&mut t.save_every, a.save_every);
         set(&mut t.max_len, a.max_len);
+        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
         set(&mut t.seed, a.seed);
         a.trainable
             .apply(&mut t.trainable, &LoraConfig::default())?;
@@ -166,6 +168,17 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
         }
         None => {
             let (model_config, weights, sha) = load_base(&cfg.model)?;
+            let t = &cfg.train;
+            let longest = train.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
+            let longest = longest.min(t.max_len);
+            let plan = MemoryPlan {
+                model: &model_config,
+                trainable: &t.trainable,
+                rows: rows_per_pass(t.batch_size, longest, t.max_batch_tokens),
+                tokens_per_row: longest,
+                frozen_models: 0,
+            };
+            memory::check_fits(&plan, "train sft")?;
             let before = match eval.is_empty() {
                 true => None,
                 false => {

@@ -129,12 +129,44 @@ impl Batch {
     }
 
     /// Summed cross-entropy of the counted predictions; the output projection runs only
-    /// on the hidden states of those predictions.
+    /// on the hidden states of those predictions, in slices of positions
+    /// ([`CausalLm::target_logprobs`]).
     pub fn nll_sum<M: CausalLm + ?Sized>(&self, model: &M) -> Result<Tensor> {
         let hidden = model.forward_hidden(&self.input_ids, Some(&self.attention_mask))?;
-        let logits = model.logits_from_hidden(&self.select_loss_rows(&hidden)?)?;
-        nll_sum(&logits, &self.targets)
+        let rows = self.select_loss_rows(&hidden)?;
+        Ok(model
+            .target_logprobs(&rows, &self.targets, 1.0)?
+            .sum_all()?
+            .neg()?)
     }
+}
+
+/// Splits a micro-batch of `units` (each `(rows, longest row in tokens)`, kept whole: an
+/// example, or the pairs of one conversation) into consecutive parts whose padded size,
+/// rows × longest row, is at most `max_tokens`; a unit larger than the budget is a part of
+/// its own. Without a budget the whole micro-batch is one part.
+pub fn split_by_tokens(
+    units: &[(usize, usize)],
+    max_tokens: Option<usize>,
+) -> Vec<std::ops::Range<usize>> {
+    let Some(budget) = max_tokens else {
+        return std::iter::once(0..units.len()).collect();
+    };
+    let mut parts = Vec::new();
+    let (mut start, mut rows, mut longest) = (0, 0, 0);
+    for (i, &(r, len)) in units.iter().enumerate() {
+        let (new_rows, new_longest) = (rows + r, longest.max(len));
+        if i > start && new_rows * new_longest > budget {
+            parts.push(start..i);
+            (start, rows, longest) = (i, r, len);
+        } else {
+            (rows, longest) = (new_rows, new_longest);
+        }
+    }
+    if start < units.len() {
+        parts.push(start..units.len());
+    }
+    parts
 }
 
 /// Summed negative log-likelihood of `targets: [n]` under `logits: [n, vocab]`, in f32
@@ -221,6 +253,22 @@ mod tests {
         assert_eq!(data.examples[0].tokens, vec![1, 2, 3]);
         assert!(prepare_examples(&[example(&[1, 2], &[true])], 8).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn token_budget_splits_whole_units() {
+        let units = [(1, 100), (1, 300), (1, 50), (2, 200), (1, 900)];
+        // Budget 600: [100, 300] pads to 2 × 300; adding 50 gives 3 × 300 > 600. [50, (2 ×
+        // 200)] is 3 × 200; the 900-token unit exceeds the budget alone.
+        assert_eq!(split_by_tokens(&units, Some(600)), vec![0..2, 2..4, 4..5]);
+        assert_eq!(
+            split_by_tokens(&units, None),
+            std::iter::once(0..5).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            split_by_tokens(&units, Some(1)),
+            vec![0..1, 1..2, 2..3, 3..4, 4..5]
+        );
     }
 
     #[test]

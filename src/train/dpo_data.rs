@@ -7,9 +7,8 @@
 
 use super::data::{Batch, TokenizedExample};
 use super::model::CausalLm;
-use super::ops;
 use anyhow::{ensure, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// A tokenized preference pair.
@@ -60,10 +59,9 @@ pub fn sequence_logps<M: CausalLm + ?Sized>(
         "a response has no tokens to score"
     );
     let hidden = model.forward_hidden(&batch.input_ids, Some(&batch.attention_mask))?;
-    let logits = model
-        .logits_from_hidden(&batch.select_loss_rows(&hidden)?)?
-        .to_dtype(DType::F32)?;
-    let token_logp = ops::log_softmax_last_dim(&logits)?.gather(&batch.targets.unsqueeze(1)?, 1)?;
+    let token_logp = model
+        .target_logprobs(&batch.select_loss_rows(&hidden)?, &batch.targets, 1.0)?
+        .unsqueeze(1)?;
     // The targets are in row order, so a 0/1 matrix [rows, targets] sums each row's share.
     let mut select = vec![0f32; rows.len() * batch.num_targets];
     let mut offset = 0;

@@ -384,7 +384,7 @@ impl DpoTrainer {
                     margin += spec.beta * d;
                 }
             }
-            grads.accumulate(self.params.vars(), &self.model.backward(&part)?)?;
+            grads.accumulate(self.params.vars(), self.model.backward(&part)?)?;
         }
         let grad_norm = grads.clip_global_norm(self.cfg.train.max_grad_norm)?;
         if !grad_norm.is_finite() {

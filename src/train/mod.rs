@@ -11,6 +11,7 @@
 //! losses of [`dpo_loss`] on response log-probabilities against a frozen reference.
 
 pub mod advantage;
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -18,8 +19,10 @@ pub mod dpo_data;
 pub mod dpo_loss;
 pub mod dpo_metrics;
 pub mod dpo_trainer;
+pub mod lm_head;
 pub mod log;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -41,6 +44,8 @@ pub mod weights;
 mod dpo_tests;
 #[cfg(test)]
 mod family_tests;
+#[cfg(test)]
+mod memory_tests;
 #[cfg(test)]
 mod ppo_tests;
 #[cfg(test)]

@@ -13,7 +13,9 @@
 //! The training path, [`CausalLm::forward`], keeps no state; generation goes through
 //! [`CausalLm::forward_cached`] with an explicit [`KvCache`].
 
+use super::attention::causal_attention;
 use super::config::LlamaConfig;
+use super::lm_head::LmHead;
 use super::lora::{LinearKind, LoraConfig, LoraLinear};
 use super::ops;
 use super::recompute::{checkpointed, BlockFn, RecomputedGrads};
@@ -43,6 +45,31 @@ pub trait CausalLm {
 
     /// Applies the output projection to hidden states `[.., hidden]`.
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor>;
+
+    /// `log p(targets[i] | rows[i])` as `[n]` (f32 or wider), for final hidden states `rows: [n, hidden]`
+    /// (from [`CausalLm::forward_hidden`]) and `targets: [n]` (u32), with the logits divided
+    /// by `temperature` (0 or 1: unchanged). Differentiable; take gradients with
+    /// [`CausalLm::backward`].
+    fn target_logprobs(&self, rows: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
+        let mut logits = super::lm_head::upcast(&self.logits_from_hidden(rows)?)?;
+        if temperature > 0.0 && temperature != 1.0 {
+            logits = (logits / temperature)?;
+        }
+        ops::log_softmax_last_dim(&logits)?
+            .gather(&targets.unsqueeze(1)?, 1)?
+            .squeeze(1)
+    }
+
+    /// Entropies `[n]` (f32 or wider, no gradient) of the next-token distributions at `rows:
+    /// [n, hidden]`, at `temperature`.
+    fn entropies(&self, rows: &Tensor, temperature: f64) -> Result<Tensor> {
+        let mut logits = super::lm_head::upcast(&self.logits_from_hidden(&rows.detach())?)?;
+        if temperature > 0.0 && temperature != 1.0 {
+            logits = (logits / temperature)?;
+        }
+        let log_probs = ops::log_softmax_last_dim(&logits)?.detach();
+        (log_probs.exp()? * &log_probs)?.sum(D::Minus1)?.neg()
+    }
 
     /// Logits `[b, t, vocab]` at every position.
     fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
@@ -247,18 +274,7 @@ impl Attention {
         if let Some((cache, layer)) = cache {
             (k, v) = cache.append(layer, &k, &v)?;
         }
-        let t_k = k.dim(2)?;
-        // Grouped-query attention without copying keys: the `h / kvh` query heads that
-        // share a key head are stacked along the sequence axis.
-        let rep = h / kvh;
-        let q = q.reshape((b, kvh, rep * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?
-            .reshape((b, h, t, t_k))?
-            .broadcast_add(mask)?;
-        let probs = ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * t, t_k))?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, h, t, d))?
+        let out = causal_attention(&q, &k, &v, mask, self.scale)?
             .transpose(1, 2)?
             .reshape((b, t, h * d))?;
         self.o_proj.forward(&out)
@@ -316,17 +332,17 @@ pub struct Llama {
     embed_scale: Option<f64>,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    lm_head: LoraLinear,
-    /// Final logits become `c · tanh(logits / c)`.
-    final_softcap: Option<f64>,
+    lm_head: LmHead,
     /// Keys a local layer sees.
     sliding_window: Option<usize>,
     rope: RopeTables,
     /// The local layers' tables, when the model has local layers.
     rope_local: Option<RopeTables>,
-    /// With activation checkpointing: where recomputed blocks leave their parameters'
-    /// gradients (see [`Llama::with_checkpointing`]).
-    recompute: Option<RecomputedGrads>,
+    /// Whether the uncached forward pass recomputes the blocks in backward (see
+    /// [`Llama::with_checkpointing`]).
+    checkpoint_blocks: bool,
+    /// Where recomputed blocks and loss slices leave their parameters' gradients.
+    recompute: RecomputedGrads,
 }
 
 impl Llama {
@@ -424,11 +440,13 @@ impl Llama {
             });
         }
         let norm = RmsNorm::load(&vb, cfg, h, "model.norm.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            LoraLinear::from_weight(embed_tokens.clone())
-        } else {
-            LoraLinear::from_weight(vb.get((v, h), "lm_head.weight")?)
-        };
+        let lm_head = LmHead::new(
+            LoraLinear::from_weight(match cfg.tie_word_embeddings {
+                true => embed_tokens.clone(),
+                false => vb.get((v, h), "lm_head.weight")?,
+            }),
+            traits.final_softcap.map(f64::from),
+        );
         let divisors = cfg.rope_divisors().map_err(invalid)?;
         let tables = |p: &RopeParams| -> Result<RopeTables> {
             let (cos, sin) = ops::rope_tables(
@@ -452,11 +470,11 @@ impl Llama {
             blocks,
             norm,
             lm_head,
-            final_softcap: traits.final_softcap.map(f64::from),
             sliding_window: traits.sliding_window,
             rope: tables(&traits.rope)?,
             rope_local,
-            recompute: None,
+            checkpoint_blocks: false,
+            recompute: RecomputedGrads::default(),
         })
     }
 
@@ -464,7 +482,14 @@ impl Llama {
     /// block keeps only its input for backward and recomputes its activations there (see
     /// [`super::recompute`]). Gradients must then be taken with [`CausalLm::backward`].
     pub fn with_checkpointing(mut self) -> Self {
-        self.recompute = Some(RecomputedGrads::default());
+        self.checkpoint_blocks = true;
+        self
+    }
+
+    /// The same model computing the losses' log-probabilities `rows` positions at a time
+    /// (see [`super::lm_head`]; by default a slice holds about 8 Mi logits).
+    pub fn with_loss_slice_rows(mut self, rows: usize) -> Self {
+        self.lm_head = self.lm_head.with_slice_rows(rows);
         self
     }
 
@@ -526,11 +551,11 @@ impl Llama {
                 ),
                 false => (&rope, &mask),
             };
-            xs = match (&self.recompute, cache.as_deref_mut()) {
-                (Some(sink), None) => {
+            xs = match (self.checkpoint_blocks, cache.as_deref_mut()) {
+                (true, None) => {
                     let (block, rope, mask) = (block.clone(), rope.clone(), mask.clone());
                     let f: BlockFn = Arc::new(move |x| block.forward(x, &rope, &mask, None));
-                    checkpointed(&xs, f, sink)?
+                    checkpointed(&xs, f, &self.recompute)?
                 }
                 (_, cache) => block.forward(&xs, rope, mask, cache.map(|c| (c, layer)))?,
             };
@@ -565,20 +590,22 @@ impl CausalLm for Llama {
     }
 
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = self.lm_head.forward(hidden)?;
-        match self.final_softcap {
-            Some(c) => (logits / c)?.tanh()? * c,
-            None => Ok(logits),
-        }
+        self.lm_head.logits(hidden)
+    }
+
+    fn target_logprobs(&self, rows: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
+        self.lm_head
+            .target_logprobs(rows, targets, temperature, &self.recompute)
+    }
+
+    fn entropies(&self, rows: &Tensor, temperature: f64) -> Result<Tensor> {
+        self.lm_head.entropies(rows, temperature)
     }
 
     fn backward(&self, loss: &Tensor) -> Result<GradStore> {
-        let Some(sink) = &self.recompute else {
-            return loss.backward();
-        };
-        sink.clear()?;
+        self.recompute.clear()?;
         let mut grads = loss.backward()?;
-        sink.merge_into(&mut grads)?;
+        self.recompute.merge_into(&mut grads)?;
         Ok(grads)
     }
 

@@ -25,17 +25,19 @@ impl Gradients {
         Self::default()
     }
 
-    /// Adds the gradients of `vars` from one backward pass.
-    pub fn accumulate(&mut self, vars: &[(String, Var)], store: &GradStore) -> Result<()> {
+    /// Adds the gradients of `vars` from one backward pass. The store is consumed entry by
+    /// entry, so that a gradient and its copy here are never both held for every variable.
+    pub fn accumulate(&mut self, vars: &[(String, Var)], mut store: GradStore) -> Result<()> {
         for (name, var) in vars {
-            let Some(grad) = store.get(var.as_tensor()) else {
+            let Some(grad) = store.remove(var.as_tensor()) else {
                 continue;
             };
+            let grad = grad.detach();
             // Weight gradients of `x @ Wᵀ` arrive transposed; one contiguous copy here
             // keeps clipping and the update on the fast elementwise paths.
             let sum = match self.grads.remove(name) {
                 Some(prev) => (prev + grad)?,
-                None => grad.detach().contiguous()?,
+                None => grad.contiguous()?,
             };
             self.grads.insert(name.clone(), sum);
         }

@@ -27,7 +27,7 @@ use super::advantage::{group_advantages, k3_kl_loss, AdvantageEstimator};
 use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use super::data::{Batch, TokenizedExample};
 use super::lora;
-use super::model::Llama;
+use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients};
 use super::params::ParamStore;
 use super::ppo_config::{PpoConfig, PpoStepStats};
@@ -184,7 +184,7 @@ impl PpoTrainer {
             cfg.max_new_tokens,
             model_config.max_position_embeddings
         );
-        let policy = params.build_model()?;
+        let policy = params.build_model()?.with_checkpointing();
         let reference = model_from_weights(model_config, reference)?;
         let mut vars = params.vars().to_vec();
         if let Some(head) = &value_head {
@@ -209,6 +209,14 @@ impl PpoTrainer {
             state,
             device,
         })
+    }
+
+    /// The same trainer whose policy keeps every activation for backward (the plain
+    /// computation that checkpointing must reproduce).
+    #[cfg(test)]
+    pub(super) fn without_checkpointing(mut self) -> Result<Self> {
+        self.policy = self.params.build_model()?;
+        Ok(self)
     }
 
     pub fn state(&self) -> &PpoState {
@@ -474,7 +482,7 @@ impl PpoTrainer {
             return Err(self.non_finite(step, "PPO loss", value));
         }
         let mut grads = Gradients::new();
-        grads.accumulate(&self.vars, &loss.backward()?)?;
+        grads.accumulate(&self.vars, self.policy.backward(&loss)?)?;
         let norm = match self.cfg.max_grad_norm > 0.0 {
             true => grads.clip_global_norm(self.cfg.max_grad_norm)?,
             false => grads.global_norm()?,

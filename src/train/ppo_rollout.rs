@@ -6,7 +6,6 @@ use candle_core::{DType, IndexOp, Tensor};
 
 use super::data::{Batch, TokenizedExample};
 use super::model::{CausalLm, KvCache, Llama};
-use super::ops;
 use super::reward::RewardHead;
 use crate::llm::sampling::sample_token;
 
@@ -95,20 +94,13 @@ pub fn token_outputs(
     let batch = Batch::new(&refs, model.device())?;
     let hidden = model.forward_hidden(&batch.input_ids, Some(&batch.attention_mask))?;
     let rows = batch.select_loss_rows(&hidden)?;
-    let mut logits = model.logits_from_hidden(&rows)?.to_dtype(DType::F32)?;
-    if temperature > 0.0 && temperature != 1.0 {
-        logits = (logits / temperature)?;
-    }
-    let log_probs = ops::log_softmax_last_dim(&logits)?;
-    let logp = log_probs
-        .gather(&batch.targets.unsqueeze(1)?, 1)?
-        .squeeze(1)?;
+    let logp = model.target_logprobs(&rows, &batch.targets, temperature)?;
     let values = match head {
         Some(h) => Some(h.forward(&rows)?.to_dtype(DType::F32)?),
         None => None,
     };
     let entropy = match with_entropy {
-        true => Some((log_probs.exp()? * &log_probs)?.sum(1)?.neg()?),
+        true => Some(model.entropies(&rows, temperature)?),
         false => None,
     };
     Ok(TokenOutputs {

@@ -9,6 +9,7 @@
 //! run repeats the uninterrupted one.
 
 use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use super::data::split_by_tokens;
 use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
 use super::lora;
 use super::model::{CausalLm, Llama};
@@ -233,6 +234,11 @@ impl RewardTrainer {
         self.last_eval.as_ref()
     }
 
+    /// The backbone's parameters (trainable and frozen).
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
     /// The backbone and head being trained.
     pub fn model(&self) -> (&Llama, &RewardHead) {
         (&self.model, &self.head)
@@ -278,7 +284,27 @@ impl RewardTrainer {
         for _ in 0..self.cfg.train.grad_accum {
             let idx = self.next_micro_batch();
             let pairs: Vec<&TokenPair> = idx.iter().map(|&i| &self.train[i]).collect();
-            batches.push(PairBatch::new(&pairs, &device)?);
+            // The pairs of a conversation are adjacent (see `group_batches`) and stay together.
+            let mut units: Vec<(usize, usize)> = Vec::new();
+            let mut starts = Vec::new();
+            for (k, p) in pairs.iter().enumerate() {
+                let len = p.a.len().max(p.b.len());
+                match k > 0 && pairs[k - 1].group == p.group {
+                    true => {
+                        let last = units.last_mut().expect("a unit was started");
+                        *last = (last.0 + 2, last.1.max(len));
+                    }
+                    false => {
+                        units.push((2, len));
+                        starts.push(k);
+                    }
+                }
+            }
+            starts.push(pairs.len());
+            for part in split_by_tokens(&units, self.cfg.train.max_batch_tokens) {
+                let range = starts[part.start]..starts[part.end];
+                batches.push(PairBatch::new(&pairs[range], &device)?);
+            }
         }
         let total_weight: f64 = batches.iter().map(|b| b.total_weight).sum();
         let settings = LossSettings {
@@ -305,7 +331,7 @@ impl RewardTrainer {
                     correct += f64::from(u8::from((ra[i] > rb[i]) == (p > 0.5)));
                 }
             }
-            grads.accumulate(&self.vars, &self.model.backward(&part)?)?;
+            grads.accumulate(&self.vars, self.model.backward(&part)?)?;
         }
         let grad_norm = grads.clip_global_norm(self.cfg.train.max_grad_norm)?;
         if !grad_norm.is_finite() {

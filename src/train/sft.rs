@@ -66,6 +66,10 @@ pub struct SftConfig {
     pub seed: u64,
     /// Examples are cut to this many tokens (default 1024).
     pub max_len: usize,
+    /// Token budget of one forward/backward pass: a micro-batch whose padded size (rows ×
+    /// longest row) is larger runs as several parts of at most this many tokens, their
+    /// gradients accumulated, for the same update (default unset: whole micro-batches).
+    pub max_batch_tokens: Option<usize>,
 }
 
 impl Default for SftConfig {
@@ -89,6 +93,7 @@ impl Default for SftConfig {
             trainable: Trainable::All,
             seed: 0,
             max_len: 1024,
+            max_batch_tokens: None,
         }
     }
 }
@@ -102,6 +107,10 @@ impl SftConfig {
             "batch_size and grad_accum must be positive"
         );
         ensure!(self.max_len >= 2, "max_len must be at least 2");
+        ensure!(
+            self.max_batch_tokens != Some(0),
+            "max_batch_tokens must be positive"
+        );
         ensure!(
             self.max_steps.map_or(self.epochs > 0, |n| n > 0),
             "set epochs or max_steps to a positive number"

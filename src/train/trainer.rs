@@ -7,7 +7,7 @@
 
 use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use super::config::LlamaConfig;
-use super::data::{eval_loss, prepare_examples, Batch, TokenizedExample};
+use super::data::{eval_loss, prepare_examples, split_by_tokens, Batch, TokenizedExample};
 use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
 use super::lora;
 use super::model::{CausalLm, Llama};
@@ -230,7 +230,10 @@ impl SftTrainer {
             let indices = self.next_micro_batch();
             let examples: Vec<&TokenizedExample> =
                 indices.iter().map(|&i| &self.train[i]).collect();
-            batches.push(Batch::new(&examples, &self.device)?);
+            let units: Vec<(usize, usize)> = examples.iter().map(|e| (1, e.tokens.len())).collect();
+            for part in split_by_tokens(&units, self.cfg.max_batch_tokens) {
+                batches.push(Batch::new(&examples[part], &self.device)?);
+            }
         }
         let num_targets: usize = batches.iter().map(|b| b.num_targets).sum();
         let mut grads = Gradients::new();
@@ -242,7 +245,7 @@ impl SftTrainer {
                 return Err(self.non_finite(step, "loss", value));
             }
             loss += value;
-            grads.accumulate(self.params.vars(), &self.model.backward(&part)?)?;
+            grads.accumulate(self.params.vars(), self.model.backward(&part)?)?;
         }
         let grad_norm = grads.clip_global_norm(self.cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
