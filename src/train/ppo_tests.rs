@@ -59,41 +59,48 @@ fn config(steps: usize, trainable: Trainable, lr: f64) -> PpoConfig {
     }
 }
 
-#[test]
-fn ppo_raises_a_synthetic_reward_with_bounded_kl() -> Result<()> {
+/// Per-step rewards and KLs to the reference of a 50-step full fine-tuning run with the KL
+/// coefficient `kl_coef`.
+fn reward_and_kl_curves(kl_coef: f64) -> Result<(Vec<f64>, Vec<f64>)> {
     let cfg = tiny_config(false);
     let weights = tiny_weights(&cfg, DType::F32);
-    let mut trainer = PpoTrainer::new(
-        &cfg,
-        weights.clone(),
-        &weights,
-        data(),
-        config(50, Trainable::All, 1e-2),
-    )?;
+    let mut run_cfg = config(50, Trainable::All, 1e-2);
+    run_cfg.kl_coef = kl_coef;
+    let mut trainer = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg)?;
     let mut scorer = FractionOfWanted;
-    let mut scores = Vec::new();
+    let (mut scores, mut kls) = (Vec::new(), Vec::new());
     while !trainer.is_done() {
         let s = trainer.step(&mut scorer)?.stats;
         assert!(s.kl.is_finite() && s.entropy > 0.0);
         scores.push(s.score);
+        kls.push(s.kl);
     }
-    let first: f64 = scores[..5].iter().sum::<f64>() / 5.0;
-    let last: f64 = scores[scores.len() - 5..].iter().sum::<f64>() / 5.0;
-    // The KL of one step swings by ±5 nats at this learning rate (7 to 20 over the last
-    // steps of this run); its mean over the last 10 steps is the stable measure.
-    let history = &trainer.state().history;
-    let final_kl = history[history.len() - 10..]
-        .iter()
-        .map(|h| h.kl)
-        .sum::<f64>()
-        / 10.0;
+    Ok((scores, kls))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// The reward rises, and the KL penalty holds the policy nearer the reference: a strong
+/// coefficient ends with far less KL than the weak one. The KL's absolute size depends on the
+/// float path (SIMD width, FMA) of a run this chaotic, so the bound is relative: the same
+/// build, the same seed, only the coefficient differs. Without the penalty in the rewards both
+/// runs would be the same run.
+#[test]
+fn ppo_raises_a_synthetic_reward_with_bounded_kl() -> Result<()> {
+    let (scores, kls) = reward_and_kl_curves(0.02)?;
+    let (first, last) = (mean(&scores[..5]), mean(&scores[scores.len() - 5..]));
     assert!(
         last > first + 0.3 && last > 0.4,
         "mean reward {first:.3} -> {last:.3} (scores {scores:?})"
     );
+    let (_, strong_kls) = reward_and_kl_curves(1.0)?;
+    let weak = mean(&kls[kls.len() - 10..]);
+    let strong = mean(&strong_kls[strong_kls.len() - 10..]);
     assert!(
-        final_kl < 15.0,
-        "mean KL to the reference over the last 10 steps: {final_kl}"
+        strong < 0.5 * weak,
+        "KL of the last 10 steps: {strong:.3} with coefficient 1.0, {weak:.3} with 0.02"
     );
     Ok(())
 }

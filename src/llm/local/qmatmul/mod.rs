@@ -143,10 +143,14 @@ pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
     kernel_for(q, true)
 }
 
+/// Set to `avx2` to run the AVX2/FMA kernels (and f32 weight copies for prompts) on a CPU with
+/// AVX-512 VNNI: what a CPU without it runs, for checking that path's speed and numbers.
+pub const KERNELS_ENV: &str = "CAI_KERNELS";
+
 fn has_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        vnni::available()
+        vnni::available() && std::env::var(KERNELS_ENV).map_or(true, |v| v.trim() != "avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
