@@ -186,9 +186,11 @@ fn token_budget_micro_batches_give_the_whole_batch_update() -> Result<()> {
         parts.state().last_loss.unwrap(),
     );
     assert!((a - b).abs() < 1e-5 * a.abs(), "loss {a} vs {b}");
+    // Two Adam steps of lr 1e-2 move weights by up to 2e-2; summation order (FMA or not)
+    // leaves ~2e-5 between the two ways of adding the same gradients.
     for (name, wa) in whole.params().tensors() {
         let d = max_diff(wa, &parts.params().tensors()[name]);
-        assert!(d < 1e-5, "{name}: weights differ by {d}");
+        assert!(d < 1e-4, "{name}: weights differ by {d}");
         assert!(max_diff(wa, &weights[name]) > 1e-6, "{name} did not move");
     }
     Ok(())
@@ -237,9 +239,11 @@ fn token_budget_keeps_conversations_together_and_the_update() -> Result<()> {
         );
         assert_eq!(a.accuracy, b.accuracy);
     }
+    // Two Adam steps of lr 1e-2 move weights by up to 2e-2; summation order (FMA or not)
+    // leaves ~2e-5 between the two ways of adding the same gradients.
     for (name, wa) in whole.params().tensors() {
         let d = max_diff(wa, &parts.params().tensors()[name]);
-        assert!(d < 1e-5, "{name}: weights differ by {d}");
+        assert!(d < 1e-4, "{name}: weights differ by {d}");
     }
     Ok(())
 }
