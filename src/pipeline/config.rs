@@ -13,10 +13,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Stage;
+use crate::dpo_run::TrainDpoConfig;
 use crate::eval::EvalConfig;
 use crate::label::LabelConfig;
 use crate::llm::BackendKind;
 use crate::ppo_run::PpoRunConfig;
+use crate::train::advantage::AdvantageEstimator;
 use crate::revise::ReviseConfig;
 use crate::rm::TrainRmConfig;
 use crate::sample::SampleConfig;
@@ -55,7 +57,13 @@ pub struct PipelineConfig {
     #[serde(deserialize_with = "section")]
     pub rm: Option<TrainRmConfig>,
     #[serde(deserialize_with = "section")]
+    pub dpo: Option<TrainDpoConfig>,
+    #[serde(deserialize_with = "section")]
     pub ppo: Option<PpoRunConfig>,
+    /// The policy trainer with a critic-free advantage (`ppo.advantage`: grpo by default,
+    /// rloo or reinforce), in its own folder.
+    #[serde(deserialize_with = "section")]
+    pub grpo: Option<PpoRunConfig>,
     #[serde(deserialize_with = "section")]
     pub eval: Option<EvalConfig>,
     /// Keys written in the file, as dotted paths (`label.seed`, `sft.train.seed`).
@@ -81,7 +89,9 @@ impl Default for PipelineConfig {
             sample: None,
             label: None,
             rm: None,
+            dpo: None,
             ppo: None,
+            grpo: None,
             eval: None,
             written: BTreeSet::new(),
             source: None,
@@ -107,8 +117,9 @@ fn default_bootstrap() -> usize {
     1000
 }
 
-/// What the reward model trains on, as in Bai et al. 2022 §4.1: AI harmlessness labels from the
-/// label stage mixed with human (helpfulness) comparisons.
+/// What the reward model and DPO train on, as in Bai et al. 2022 §4.1: AI harmlessness labels
+/// from the label stage mixed with human (helpfulness) comparisons; DPO may add the SL-CAI pairs
+/// of the revise stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Mix {
@@ -116,6 +127,10 @@ pub struct Mix {
     pub ai_labels: f64,
     /// Human pair files with their weights: `[{path: helpful.jsonl, weight: 1.0}]`.
     pub human: Vec<DataSource>,
+    /// DPO only: weight of the revise stage's SL-CAI pairs (the final revision preferred to the
+    /// initial answer, as in Hugging Face's Constitutional AI recipe); 0 leaves them out
+    /// (default 0).
+    pub revisions: f64,
 }
 
 impl Default for Mix {
@@ -123,6 +138,7 @@ impl Default for Mix {
         Self {
             ai_labels: 1.0,
             human: Vec::new(),
+            revisions: 0.0,
         }
     }
 }
@@ -142,7 +158,8 @@ fn wired(stage: Stage) -> &'static [&'static str] {
         Stage::Sample => &["out"],
         Stage::Label => &["out", "constitution"],
         Stage::Rm => &["out", "data"],
-        Stage::Ppo => &["out", "resume"],
+        Stage::Dpo => &["out", "data"],
+        Stage::Ppo | Stage::Grpo => &["out", "resume", "labeler.constitution"],
         Stage::Eval => &["out", "labeler.constitution"],
     }
 }
@@ -179,7 +196,9 @@ impl PipelineConfig {
             Stage::Sample => self.sample.is_some(),
             Stage::Label => self.label.is_some(),
             Stage::Rm => self.rm.is_some(),
+            Stage::Dpo => self.dpo.is_some(),
             Stage::Ppo => self.ppo.is_some(),
+            Stage::Grpo => self.grpo.is_some(),
             Stage::Eval => self.eval.is_some(),
         }
     }
@@ -221,6 +240,13 @@ impl PipelineConfig {
                 );
             }
         }
+        if !(self.mix.revisions.is_finite() && self.mix.revisions >= 0.0) {
+            bail!(
+                "{}: `mix.revisions` must be 0 (off) or positive, got {}",
+                self.locate("mix.revisions"),
+                self.mix.revisions
+            );
+        }
         if self.enabled().is_empty() {
             bail!(
                 "no stage enabled: add at least one of the sections {}",
@@ -250,15 +276,121 @@ impl PipelineConfig {
         need(Stage::Label, "pairs", Stage::Sample)?;
         need(Stage::Ppo, "policy", Stage::Sft)?;
         need(Stage::Ppo, "reward_model", Stage::Rm)?;
-        need(Stage::Eval, "policy_a", Stage::Ppo)?;
         if self.has(Stage::Rm) && !self.has(Stage::Label) && self.mix.human.is_empty() {
             bail!(
                 "stage `rm` needs training pairs: add a `label:` section or human pairs under \
                  `mix.human`"
             );
         }
+        self.check_dpo()?;
+        self.check_grpo()?;
+        self.check_eval()
+    }
+
+    /// A wired input of `stage` set in its section while `producer` makes it.
+    fn refuse_wired(&self, stage: Stage, key: &str, producer: Stage) -> Result<()> {
+        let key = format!("{stage}.{key}");
+        if self.has(producer) && self.is_set(&key) {
+            bail!(
+                "{}: `{key}` comes from the `{producer}` stage; remove it, or remove the \
+                 `{producer}:` section to use your own",
+                self.locate(&key)
+            );
+        }
         Ok(())
     }
+
+    /// DPO starts from the SFT policy (or `model`) and needs pairs from label, `mix.human` or
+    /// the revise stage.
+    fn check_dpo(&self) -> Result<()> {
+        if !self.has(Stage::Dpo) {
+            return Ok(());
+        }
+        self.refuse_wired(Stage::Dpo, "model", Stage::Sft)?;
+        if self.mix.revisions > 0.0 && !self.has(Stage::Revise) {
+            bail!(
+                "{}: `mix.revisions` weighs the revise stage's pairs, but there is no \
+                 `revise:` section",
+                self.locate("mix.revisions")
+            );
+        }
+        let has_pairs =
+            self.has(Stage::Label) || !self.mix.human.is_empty() || self.mix.revisions > 0.0;
+        if !has_pairs {
+            bail!(
+                "stage `dpo` needs training pairs: add a `label:` section, human pairs under \
+                 `mix.human`, or the revise stage's SL-CAI pairs with `mix.revisions: 1.0`"
+            );
+        }
+        Ok(())
+    }
+
+    /// GRPO starts from the SFT policy (or `model`), has a reward source, and no critic.
+    fn check_grpo(&self) -> Result<()> {
+        let Some(g) = &self.grpo else {
+            return Ok(());
+        };
+        self.refuse_wired(Stage::Grpo, "policy", Stage::Sft)?;
+        self.refuse_wired(Stage::Grpo, "reward_model", Stage::Rm)?;
+        if self.is_set("grpo.ppo.advantage") && g.ppo.advantage == AdvantageEstimator::Gae {
+            bail!(
+                "{}: the grpo stage is critic-free: `advantage` is grpo (default), rloo or \
+                 reinforce; GAE with a value head is the `ppo:` stage",
+                self.locate("grpo.ppo.advantage")
+            );
+        }
+        let wants_model = g.reward.reward_model > 0.0;
+        if wants_model && !self.has(Stage::Rm) && g.reward_model.is_none() {
+            bail!(
+                "stage `grpo` needs a reward: add an `rm:` section, set `grpo.reward_model`, or \
+                 rate with the feedback model alone: `reward: {{reward_model: 0, labeler: 1}}`"
+            );
+        }
+        Ok(())
+    }
+
+    /// Eval's two policies: stage names (`sft`, `dpo`, `ppo`, `grpo`) must be enabled, and
+    /// without `policy_a` some stage must train one.
+    fn check_eval(&self) -> Result<()> {
+        let Some(e) = &self.eval else {
+            return Ok(());
+        };
+        for key in ["policy_a", "policy_b"] {
+            let value = if key == "policy_a" { &e.policy_a } else { &e.policy_b };
+            let dotted = format!("eval.{key}");
+            if !self.is_set(&dotted) {
+                continue;
+            }
+            if let Some(stage) = policy_stage(value) {
+                if !self.has(stage) {
+                    bail!(
+                        "{}: `{dotted}: {value}` names the `{stage}` stage, which has no \
+                         section here",
+                        self.locate(&dotted)
+                    );
+                }
+            }
+        }
+        if !self.is_set("eval.policy_a") && self.trained_policy().is_none() {
+            bail!(
+                "stage `eval` needs a policy to test: add a `dpo:`, `ppo:` or `grpo:` section, \
+                 or set `eval.policy_a` (a model, or the name of a stage: sft, dpo, ppo, grpo)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The policy eval tests by default: the last enabled of grpo, ppo and dpo.
+    pub fn trained_policy(&self) -> Option<Stage> {
+        [Stage::Grpo, Stage::Ppo, Stage::Dpo]
+            .into_iter()
+            .find(|s| self.has(*s))
+    }
+}
+
+/// The policy-training stage a value of `eval.policy_a`/`policy_b` names, if it is one.
+pub fn policy_stage(value: &str) -> Option<Stage> {
+    Stage::POLICIES.into_iter().find(|s| s.name() == value)
 }
 
 /// Every key path of a YAML mapping tree, dotted (`sft`, `sft.train`, `sft.train.seed`).

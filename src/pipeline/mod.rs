@@ -1,7 +1,10 @@
 //! `cai pipeline`: the whole Constitutional AI run in one command (Bai et al. 2022: SL-CAI then
 //! RL-CAI), each stage's outputs in one run folder, with a run report.
 //!
-//! Stages run in the order of [`Stage::ALL`]: revise → sft → sample → label → rm → ppo → eval.
+//! Stages run in the order of [`Stage::ALL`]: revise → sft → sample → label → rm → dpo → ppo →
+//! grpo → eval. DPO (on the labels, no reward model) and GRPO (critic-free RL, rewarded by the
+//! reward model or the feedback model directly) are alternatives to, or companions of, rm + ppo;
+//! eval compares any two policies of the run.
 //! A completed stage writes `stages/<stage>.done.json` with its fingerprint (resolved config,
 //! sha256 of its inputs, fingerprints of the stages before it) and the sha256 of its outputs; a
 //! re-run skips a stage whose done file matches and whose outputs are intact. Otherwise the
@@ -44,23 +47,33 @@ pub enum Stage {
     Label,
     /// Reward model on AI labels mixed with human pairs (`cai train rm`).
     Rm,
+    /// Direct preference optimisation of the SFT policy on the labels (`cai train dpo`).
+    Dpo,
     /// RL against the reward model (`cai train ppo`).
     Ppo,
-    /// Win rates of the PPO policy against the SFT policy (`cai eval`).
+    /// Critic-free RL: G responses per prompt, group-relative advantages (`cai train ppo
+    /// --advantage grpo`), rewarded by the reward model or the feedback model directly.
+    Grpo,
+    /// Win rates of one policy of the run against another (`cai eval`).
     Eval,
 }
 
 impl Stage {
     /// Every stage, in run order.
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 9] = [
         Stage::Revise,
         Stage::Sft,
         Stage::Sample,
         Stage::Label,
         Stage::Rm,
+        Stage::Dpo,
         Stage::Ppo,
+        Stage::Grpo,
         Stage::Eval,
     ];
+
+    /// The stages that train a policy, whose `final/` folders eval can compare.
+    pub const POLICIES: [Stage; 4] = [Stage::Sft, Stage::Dpo, Stage::Ppo, Stage::Grpo];
 
     /// The section name in the config file and the folder name in the run folder.
     pub fn name(self) -> &'static str {
@@ -70,7 +83,9 @@ impl Stage {
             Stage::Sample => "sample",
             Stage::Label => "label",
             Stage::Rm => "rm",
+            Stage::Dpo => "dpo",
             Stage::Ppo => "ppo",
+            Stage::Grpo => "grpo",
             Stage::Eval => "eval",
         }
     }
@@ -116,7 +131,7 @@ impl RunDir {
     }
 
     pub fn sft_final(&self) -> PathBuf {
-        self.stage_dir(Stage::Sft).join("final")
+        self.final_dir(Stage::Sft)
     }
 
     pub fn samples(&self) -> PathBuf {
@@ -147,11 +162,12 @@ impl RunDir {
     }
 
     pub fn rm_final(&self) -> PathBuf {
-        self.rm_dir().join("final")
+        self.final_dir(Stage::Rm)
     }
 
-    pub fn ppo_final(&self) -> PathBuf {
-        self.stage_dir(Stage::Ppo).join("final")
+    /// `final/` of a training stage: a model folder every stage loads.
+    pub fn final_dir(&self, stage: Stage) -> PathBuf {
+        self.stage_dir(stage).join("final")
     }
 
     pub fn report(&self) -> PathBuf {

@@ -8,9 +8,10 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::config::PipelineConfig;
+use super::config::{policy_stage, PipelineConfig};
 use super::{RunDir, Stage};
 use crate::compare::CompareConfig;
+use crate::dpo_run::TrainDpoConfig;
 use crate::eval::EvalConfig;
 use crate::label::LabelConfig;
 use crate::llm::BackendKind;
@@ -19,6 +20,7 @@ use crate::revise::ReviseConfig;
 use crate::rm::TrainRmConfig;
 use crate::sample::SampleConfig;
 use crate::sft_run::SftRunConfig;
+use crate::train::advantage::AdvantageEstimator;
 use crate::train::reward_data::DataSource;
 
 /// What one stage runs (built once per invocation: the size of a variant does not matter).
@@ -30,7 +32,9 @@ pub enum Job {
     Sample(SampleConfig),
     Label(LabelJob),
     Rm(TrainRmConfig),
-    Ppo(PpoRunConfig),
+    Dpo(TrainDpoConfig),
+    /// The ppo and grpo stages: one policy trainer, with or without a critic.
+    Rl(PpoRunConfig),
     Eval(EvalConfig),
 }
 
@@ -78,7 +82,8 @@ impl StagePlan {
             Job::Sample(c) => serde_json::to_value(c)?,
             Job::Label(c) => serde_json::to_value(c)?,
             Job::Rm(c) => serde_json::to_value(c)?,
-            Job::Ppo(c) => serde_json::to_value(c)?,
+            Job::Dpo(c) => serde_json::to_value(c)?,
+            Job::Rl(c) => serde_json::to_value(c)?,
             Job::Eval(c) => serde_json::to_value(c)?,
         })
     }
@@ -195,8 +200,14 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
             inputs,
         });
     }
+    if let Some(section) = &cfg.dpo {
+        out.push(dpo_plan(cfg, section, run, quiet));
+    }
     if let Some(section) = &cfg.ppo {
-        out.push(ppo_plan(cfg, section, run, quiet));
+        out.push(rl_plan(cfg, Stage::Ppo, section, run, quiet));
+    }
+    if let Some(section) = &cfg.grpo {
+        out.push(rl_plan(cfg, Stage::Grpo, section, run, quiet));
     }
     if let Some(section) = &cfg.eval {
         out.push(eval_plan(cfg, section, run, quiet));
@@ -204,19 +215,84 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
     Ok(out)
 }
 
-/// PPO of the SFT policy against the reward model of this run.
-fn ppo_plan(cfg: &PipelineConfig, section: &PpoRunConfig, run: &RunDir, quiet: bool) -> StagePlan {
+/// DPO of the SFT policy (or the run's model) on the AI labels, the human pairs of `mix.human`
+/// and, with `mix.revisions`, the revise stage's SL-CAI pairs.
+fn dpo_plan(cfg: &PipelineConfig, section: &TrainDpoConfig, run: &RunDir, quiet: bool) -> StagePlan {
     let mut c = section.clone();
-    if !cfg.is_set("ppo.ppo.seed") {
+    if !cfg.is_set("dpo.train.seed") {
+        c.train.seed = cfg.seed;
+    }
+    if cfg.has(Stage::Sft) {
+        c.model = run.sft_final().to_string_lossy().into_owned();
+    } else if !cfg.is_set("dpo.model") {
+        c.model = cfg.model.clone();
+    }
+    c.data = Vec::new();
+    if cfg.has(Stage::Label) {
+        c.data.push(DataSource {
+            path: run.labels(),
+            weight: cfg.mix.ai_labels,
+        });
+    }
+    c.data.extend(cfg.mix.human.iter().cloned());
+    if cfg.has(Stage::Revise) && cfg.mix.revisions > 0.0 {
+        c.data.push(DataSource {
+            path: run.revisions(),
+            weight: cfg.mix.revisions,
+        });
+    }
+    c.out = run.stage_dir(Stage::Dpo);
+    c.quiet |= quiet;
+    let mut inputs: Vec<Input> = c.data.iter().map(|d| Input::Path(d.path.clone())).collect();
+    inputs.extend(c.eval.clone().map(Input::Path));
+    inputs.push(Input::Model(c.model.clone()));
+    inputs.extend(c.reference.clone().map(Input::Model));
+    StagePlan {
+        stage: Stage::Dpo,
+        outputs: vec![
+            run.final_dir(Stage::Dpo),
+            c.out.join("metrics.json"),
+            c.out.join("manifest.json"),
+        ],
+        job: Job::Dpo(c),
+        inputs,
+    }
+}
+
+/// The ppo or grpo stage: RL of the SFT policy against the run's reward model and/or the
+/// feedback model (the run's constitution, and its model unless the section names one). The
+/// grpo stage's advantage is `grpo` unless the section sets another critic-free one.
+fn rl_plan(
+    cfg: &PipelineConfig,
+    stage: Stage,
+    section: &PpoRunConfig,
+    run: &RunDir,
+    quiet: bool,
+) -> StagePlan {
+    let mut c = section.clone();
+    if !cfg.is_set(&format!("{stage}.ppo.seed")) {
         c.ppo.seed = cfg.seed;
+    }
+    if stage == Stage::Grpo && !cfg.is_set("grpo.ppo.advantage") {
+        c.ppo.advantage = AdvantageEstimator::Grpo;
     }
     if cfg.has(Stage::Sft) {
         c.policy = run.sft_final().to_string_lossy().into_owned();
+    } else if stage == Stage::Grpo && !cfg.is_set("grpo.policy") {
+        c.policy = cfg.model.clone();
     }
-    if cfg.has(Stage::Rm) {
+    if cfg.has(Stage::Rm) && c.reward.reward_model > 0.0 {
         c.reward_model = Some(run.rm_final());
     }
-    c.out = run.stage_dir(Stage::Ppo);
+    let l = &mut c.labeler;
+    l.constitution = cfg.constitution.clone();
+    if !cfg.is_set(&format!("{stage}.labeler.model")) {
+        l.model = cfg.model.clone();
+    }
+    if !cfg.is_set(&format!("{stage}.labeler.backend")) {
+        l.backend = cfg.backend;
+    }
+    c.out = run.stage_dir(stage);
     c.quiet |= quiet;
     let mut inputs = vec![
         Input::Path(c.prompts.clone()),
@@ -225,19 +301,26 @@ fn ppo_plan(cfg: &PipelineConfig, section: &PpoRunConfig, run: &RunDir, quiet: b
     inputs.extend(c.reference.clone().map(Input::Model));
     inputs.extend(c.reward_model.clone().map(Input::Path));
     inputs.extend(c.ptx_data.clone().map(Input::Path));
+    if c.reward.labeler > 0.0 {
+        inputs.push(Input::Path(c.labeler.constitution.clone()));
+        inputs.extend(c.labeler.templates.clone().map(Input::Path));
+        inputs.extend(generation_model(c.labeler.backend, &c.labeler.model));
+    }
     StagePlan {
-        stage: Stage::Ppo,
+        stage,
         outputs: vec![
-            run.ppo_final(),
+            run.final_dir(stage),
             c.out.join("ppo_log.csv"),
             c.out.join("manifest.json"),
         ],
-        job: Job::Ppo(c),
+        job: Job::Rl(c),
         inputs,
     }
 }
 
-/// The PPO policy (A) against the SFT policy (B), judged by the labeler and the reward model.
+/// A trained policy (A: the section's `policy_a`, or the last of grpo, ppo and dpo) against a
+/// baseline (B: `policy_b`, or the SFT policy), judged by the labeler and the reward model.
+/// Either may name a policy stage of the run (`sft`, `dpo`, `ppo`, `grpo`).
 fn eval_plan(cfg: &PipelineConfig, section: &EvalConfig, run: &RunDir, quiet: bool) -> StagePlan {
     let mut c = section.clone();
     if !cfg.is_set("eval.seed") {
@@ -254,15 +337,16 @@ fn eval_plan(cfg: &PipelineConfig, section: &EvalConfig, run: &RunDir, quiet: bo
         l.model = cfg.model.clone();
     }
     l.constitution = cfg.constitution.clone();
-    if cfg.has(Stage::Ppo) {
-        c.policy_a = run.ppo_final().to_string_lossy().into_owned();
-    }
-    if !cfg.is_set("eval.policy_b") {
-        c.policy_b = match cfg.has(Stage::Sft) {
-            true => run.sft_final().to_string_lossy().into_owned(),
-            false => cfg.model.clone(),
-        };
-    }
+    let final_of = |stage: Stage| run.final_dir(stage).to_string_lossy().into_owned();
+    c.policy_a = match (cfg.is_set("eval.policy_a"), cfg.trained_policy()) {
+        (true, _) | (false, None) => policy_stage(&c.policy_a).map_or(c.policy_a, final_of),
+        (false, Some(stage)) => final_of(stage),
+    };
+    c.policy_b = match (cfg.is_set("eval.policy_b"), cfg.has(Stage::Sft)) {
+        (true, _) => policy_stage(&c.policy_b).map_or(c.policy_b, final_of),
+        (false, true) => final_of(Stage::Sft),
+        (false, false) => cfg.model.clone(),
+    };
     if cfg.has(Stage::Rm) && !cfg.is_set("eval.reward_model") {
         c.reward_model = Some(run.rm_final());
     }

@@ -265,7 +265,20 @@ fn execute(job: &Job) -> Result<Value> {
                 "pairs_per_s": s.pairs_per_s,
             }))
         }
-        Job::Ppo(c) => {
+        Job::Dpo(c) => {
+            let mut c = c.clone();
+            c.resume = has_checkpoint(&c.out)?;
+            let s = crate::dpo_run::run(&c)?;
+            Ok(json!({
+                "train_pairs": s.train_pairs,
+                "eval_pairs": s.eval_pairs,
+                "steps": s.steps,
+                "eval_accuracy_before": s.eval_before.as_ref().map(|e| e.accuracy),
+                "eval_accuracy_after": s.eval_after.as_ref().map(|e| e.accuracy),
+                "tokens_per_s": s.tokens_per_s,
+            }))
+        }
+        Job::Rl(c) => {
             let mut c = c.clone();
             c.resume = has_checkpoint(&c.out)?;
             Ok(serde_json::to_value(crate::ppo_run::run(&c)?)?)

@@ -35,7 +35,9 @@ pub fn write(cfg: &PipelineConfig, run: &RunDir, statuses: &[(Stage, StageStatus
     sections::sample(&mut md, run);
     sections::label(&mut md, run);
     sections::rm(&mut md, run);
-    rl::ppo(&mut md, run);
+    rl::dpo(&mut md, run);
+    rl::rl(&mut md, run, Stage::Ppo);
+    rl::rl(&mut md, run, Stage::Grpo);
     rl::eval(&mut md, run);
     let path = run.report();
     std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))

@@ -1,4 +1,5 @@
-//! Report sections of the RL stages: PPO curves and the evaluation's win rates.
+//! Report sections of the policy-training stages after the labels: DPO's held-out metrics,
+//! the PPO and GRPO curves, and the evaluation's win rates.
 
 use std::fmt::Write as _;
 
@@ -8,20 +9,93 @@ use super::sections::{absent, images, rel};
 use super::{cell, json_file, num};
 use crate::pipeline::{RunDir, Stage};
 
-pub(super) fn ppo(md: &mut String, run: &RunDir) {
-    md.push_str("## PPO\n\n");
-    let dir = run.stage_dir(Stage::Ppo);
+/// DPO: the held-out metrics before the first step and after the last.
+pub(super) fn dpo(md: &mut String, run: &RunDir) {
+    md.push_str("## DPO\n\n");
+    let dir = run.stage_dir(Stage::Dpo);
+    let metrics = dir.join("metrics.json");
+    if absent(md, &metrics, run) {
+        return;
+    }
+    let m = json_file(&metrics).unwrap_or(Value::Null);
+    let cfg = json_file(&dir.join("manifest.json")).unwrap_or(Value::Null);
+    let text = |pointer: &str| {
+        cfg.pointer(pointer)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .unwrap_or_else(|| "–".into())
+    };
+    let _ = writeln!(
+        md,
+        "Loss `{}`, β {}: {} steps on {} training pairs, {} held out, {} tokens/s (`{}`; \
+         reference log-probs {}). Policy: `dpo/final/`.\n\n\
+         | held out | implicit-reward accuracy | reward margin | chosen drift (nats) | \
+         rejected drift (nats) | log-prob accuracy | loss |\n|---|---:|---:|---:|---:|---:|---:|",
+        text("/config/loss"),
+        text("/config/beta"),
+        num(&m, "/steps", 0),
+        num(&m, "/train_pairs", 0),
+        num(&m, "/eval_pairs", 0),
+        num(&m, "/tokens_per_s", 1),
+        rel(run, &metrics),
+        match m.pointer("/reference_reused") {
+            Some(Value::Bool(true)) => "read from `dpo/reference_logps.json`",
+            _ => "computed once into `dpo/reference_logps.json`",
+        },
+    );
+    for (name, key) in [("before", "eval_before"), ("after", "eval_after")] {
+        let p = |field: &str, digits| num(&m, &format!("/{key}/{field}"), digits);
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            p("accuracy", 3),
+            p("margin", 4),
+            p("chosen_drift", 3),
+            p("rejected_drift", 3),
+            p("logp_accuracy", 3),
+            p("loss", 4)
+        );
+    }
+    md.push('\n');
+    images(
+        md,
+        run,
+        &[
+            ("DPO loss", dir.join("loss.svg")),
+            ("DPO accuracy", dir.join("accuracy.svg")),
+            ("DPO rewards", dir.join("rewards.svg")),
+        ],
+    );
+}
+
+/// PPO or GRPO: the first and last step of the policy trainer's log.
+pub(super) fn rl(md: &mut String, run: &RunDir, stage: Stage) {
+    let (title, alt) = match stage {
+        Stage::Grpo => ("## GRPO (critic-free)\n\n", "GRPO"),
+        _ => ("## PPO\n\n", "PPO"),
+    };
+    md.push_str(title);
+    let dir = run.stage_dir(stage);
     let manifest = dir.join("manifest.json");
     if absent(md, &manifest, run) {
         return;
     }
     let m = json_file(&manifest).unwrap_or(Value::Null);
+    let setting = |pointer: &str| {
+        m.pointer(pointer)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .unwrap_or_else(|| "–".into())
+    };
     let _ = writeln!(
         md,
-        "{} steps on {} prompts, {} s per step (`{}`: `stats`). Policy: `ppo/final/`; one row \
-         per step in [{log}]({log}), sampled responses in `{}`.\n\n\
+        "Advantage `{}` (group size {}); reward = {} × reward model + {} × feedback-model \
+         rating. {} steps on {} prompts, {} s per step (`{}`: `stats`). Policy: \
+         `{stage}/final/`; one row per step in [{log}]({log}), sampled responses in `{}`.\n\n\
          | | reward-model score | total reward | KL (nats) | β | entropy | response tokens | \
          ended |\n|---|---:|---:|---:|---:|---:|---:|---:|",
+        setting("/config/ppo/advantage"),
+        setting("/config/ppo/group_size"),
+        setting("/config/reward/reward_model"),
+        setting("/config/reward/labeler"),
         num(&m, "/stats/steps", 0),
         num(&m, "/stats/prompts", 0),
         num(&m, "/stats/seconds_per_step", 1),
@@ -62,8 +136,8 @@ pub(super) fn ppo(md: &mut String, run: &RunDir) {
         md,
         run,
         &[
-            ("PPO reward", dir.join("reward.svg")),
-            ("PPO KL", dir.join("kl.svg")),
+            (&format!("{alt} reward"), dir.join("reward.svg")),
+            (&format!("{alt} KL"), dir.join("kl.svg")),
         ],
     );
 }
