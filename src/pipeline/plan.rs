@@ -217,7 +217,12 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
 
 /// DPO of the SFT policy (or the run's model) on the AI labels, the human pairs of `mix.human`
 /// and, with `mix.revisions`, the revise stage's SL-CAI pairs.
-fn dpo_plan(cfg: &PipelineConfig, section: &TrainDpoConfig, run: &RunDir, quiet: bool) -> StagePlan {
+fn dpo_plan(
+    cfg: &PipelineConfig,
+    section: &TrainDpoConfig,
+    run: &RunDir,
+    quiet: bool,
+) -> StagePlan {
     let mut c = section.clone();
     if !cfg.is_set("dpo.train.seed") {
         c.train.seed = cfg.seed;
@@ -492,6 +497,77 @@ mod tests {
             ]
         );
         assert_eq!(rm.model, "other");
+        Ok(())
+    }
+
+    #[test]
+    fn dpo_and_grpo_stages_are_wired_and_eval_takes_stage_names() -> Result<()> {
+        let cfg = parse(
+            "seed: 5\nmodel: base\nbackend: mock\nconstitution: c.yaml\n\
+             mix: {ai_labels: 1, human: [{path: help.jsonl, weight: 0.5}], revisions: 2}\n\
+             revise: {}\nsft: {}\nsample: {backend: local}\nlabel: {}\n\
+             dpo: {beta: 0.2}\n\
+             grpo: {reward: {reward_model: 0, labeler: 1}, ppo: {group_size: 2}}\n\
+             eval: {policy_a: dpo, policy_b: grpo}\n",
+        );
+        let run = RunDir::new("r");
+        let plans = plan(&cfg, &run, true)?;
+        let stages: Vec<Stage> = plans.iter().map(|p| p.stage).collect();
+        use Stage::*;
+        assert_eq!(stages, [Revise, Sft, Sample, Label, Dpo, Grpo, Eval]);
+
+        let Job::Dpo(dpo) = &plans[4].job else {
+            panic!()
+        };
+        let data: Vec<(String, f64)> = dpo
+            .data
+            .iter()
+            .map(|d| (d.path.display().to_string(), d.weight))
+            .collect();
+        assert_eq!(
+            data,
+            vec![
+                ("r/label/labels.jsonl".into(), 1.0),
+                ("help.jsonl".into(), 0.5),
+                ("r/revise/revisions.jsonl".into(), 2.0),
+            ]
+        );
+        assert_eq!(PathBuf::from(&dpo.model), PathBuf::from("r/sft/final"));
+        assert_eq!((dpo.beta, dpo.train.seed), (0.2, 5));
+        assert_eq!(dpo.out, PathBuf::from("r/dpo"));
+        assert_eq!(plans[4].outputs[0], PathBuf::from("r/dpo/final"));
+
+        let Job::Rl(grpo) = &plans[5].job else {
+            panic!()
+        };
+        assert_eq!(grpo.ppo.advantage, AdvantageEstimator::Grpo);
+        assert_eq!(grpo.ppo.group_size, 2);
+        assert_eq!(PathBuf::from(&grpo.policy), PathBuf::from("r/sft/final"));
+        assert_eq!(grpo.reward_model, None);
+        let l = &grpo.labeler;
+        assert_eq!(
+            (l.model.as_str(), l.backend, l.constitution.as_path()),
+            ("base", BackendKind::Mock, std::path::Path::new("c.yaml"))
+        );
+        assert!(plans[5].inputs.contains(&Input::Path("c.yaml".into())));
+        assert_eq!(grpo.out, PathBuf::from("r/grpo"));
+
+        let Job::Eval(eval) = &plans[6].job else {
+            panic!()
+        };
+        assert_eq!(PathBuf::from(&eval.policy_a), PathBuf::from("r/dpo/final"));
+        assert_eq!(PathBuf::from(&eval.policy_b), PathBuf::from("r/grpo/final"));
+
+        // Without names, eval tests the last trained policy against the SFT policy.
+        let cfg = parse(
+            "model: m\nsft: {data: d.jsonl}\nmix: {human: [{path: h.jsonl}]}\ndpo: {}\neval: {}\n",
+        );
+        let plans = plan(&cfg, &run, true)?;
+        let Job::Eval(eval) = &plans[2].job else {
+            panic!()
+        };
+        assert_eq!(PathBuf::from(&eval.policy_a), PathBuf::from("r/dpo/final"));
+        assert_eq!(PathBuf::from(&eval.policy_b), PathBuf::from("r/sft/final"));
         Ok(())
     }
 

@@ -30,15 +30,19 @@ pub fn write(cfg: &PipelineConfig, run: &RunDir, statuses: &[(Stage, StageStatus
     );
     stages_table(&mut md, cfg, run, statuses);
     constitution(&mut md, cfg, run);
-    sections::revise(&mut md, run);
-    sections::sft(&mut md, run);
-    sections::sample(&mut md, run);
-    sections::label(&mut md, run);
-    sections::rm(&mut md, run);
-    rl::dpo(&mut md, run);
-    rl::rl(&mut md, run, Stage::Ppo);
-    rl::rl(&mut md, run, Stage::Grpo);
-    rl::eval(&mut md, run);
+    // One section per stage of this config, in run order.
+    for stage in cfg.enabled() {
+        match stage {
+            Stage::Revise => sections::revise(&mut md, run),
+            Stage::Sft => sections::sft(&mut md, run),
+            Stage::Sample => sections::sample(&mut md, run),
+            Stage::Label => sections::label(&mut md, run),
+            Stage::Rm => sections::rm(&mut md, run),
+            Stage::Dpo => rl::dpo(&mut md, run),
+            Stage::Ppo | Stage::Grpo => rl::rl(&mut md, run, stage),
+            Stage::Eval => rl::eval(&mut md, run),
+        }
+    }
     let path = run.report();
     std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))
 }
