@@ -1,6 +1,6 @@
 //! `kill -9` at three random points, then resume: revise, sample and label (the local engine on
 //! a tiny random model) write the same records, byte for byte, as an uninterrupted run, and
-//! `train sft`, `rm`, `ppo` and `dpo` end with the same final weights, byte for byte.
+//! `train sft`, `rm`, `ppo` (with GAE, and GRPO rewarded by the feedback model) and `dpo` end with the same final weights, byte for byte.
 //!
 //! The kill points are drawn from a seeded generator (`CAI_KILL_SEED`, default 20): for a JSONL
 //! stage, output sizes between 1 byte and the uninterrupted run's size, so the kill lands while
@@ -399,6 +399,32 @@ fn trainers_resume_to_equal_weights_after_kill_9() {
     ];
     trainer("ppo", &d, 2, |out, resume| {
         train(&d, "ppo", out, resume, &ppo)
+    });
+    // GRPO without a critic, rewarded by the feedback model (the mock) and the reward model.
+    let constitution = root().join("constitutions/harmless.yaml");
+    std::fs::write(
+        d.join("grpo.yaml"),
+        "sample_every: 2\nsave_every: 2\nreward: {reward_model: 0.5, labeler: 0.5}\n\
+         ppo: {steps: 16, rollouts: 4, minibatch: 2, lr: 0.001, max_new_tokens: 6, \
+         advantage: grpo, group_size: 2, trainable: all}\n",
+    )
+    .unwrap();
+    let grpo = [
+        "--config",
+        "grpo.yaml",
+        "--policy",
+        "base",
+        "--reward-model",
+        "rm-whole/final",
+        "--labeler-backend",
+        "mock",
+        "--constitution",
+        constitution.to_str().unwrap(),
+        "--prompts",
+        "prompts.jsonl",
+    ];
+    trainer("grpo", &d, 2, |out, resume| {
+        train(&d, "ppo", out, resume, &grpo)
     });
 }
 
