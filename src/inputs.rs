@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::chat::{parse_hh_transcript, ChatMessage, Role};
-use crate::llm::mock::fnv1a;
+use crate::hash::fnv1a;
 
 /// One prompt to answer.
 #[derive(Debug, Clone, PartialEq)]

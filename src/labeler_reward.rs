@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatMessage;
 use crate::constitution::{ComparisonPrinciple, Loaded};
+use crate::hash::fnv1a;
 use crate::label::{score_options, soft, FeedbackPrompts};
-use crate::llm::mock::fnv1a;
 use crate::llm::{open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow};
 use crate::prompts::PromptSet;
 

@@ -19,6 +19,7 @@ pub mod dpo_pairs;
 pub mod dpo_run;
 pub mod eval;
 pub mod export;
+pub mod hash;
 pub mod inputs;
 pub mod jsonl;
 pub mod label;

@@ -17,8 +17,8 @@ use serde_json::json;
 
 use crate::chat::ChatMessage;
 use crate::constitution::{Constitution, Loaded, Principle};
+use crate::hash::fnv1a;
 use crate::inputs::{read_prompts, PromptItem};
-use crate::llm::mock::fnv1a;
 use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
     open_backend_with, Backend, BackendKind, ContextOverflow, GenerateRequest, Prompt,

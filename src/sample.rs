@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::chat::ChatMessage;
+use crate::hash::fnv1a;
 use crate::inputs::read_prompts;
-use crate::llm::mock::fnv1a;
 use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
     open_backend_with, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,

@@ -33,7 +33,7 @@ fn rng(stage: &str) -> ChaCha8Rng {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20u64);
-    ChaCha8Rng::seed_from_u64(seed ^ cai::llm::mock::fnv1a(&[stage.as_bytes()]))
+    ChaCha8Rng::seed_from_u64(seed ^ cai::hash::fnv1a(&[stage.as_bytes()]))
 }
 
 /// When to kill a run.

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::chat::{ChatMessage, Role};
 use crate::constitution::{ComparisonPrinciple, Loaded};
-use crate::llm::mock::fnv1a;
+use crate::hash::fnv1a;
 use crate::llm::openai::OpenaiConfig;
 use crate::llm::{open_backend_with, Backend, BackendKind, SamplingParams};
 use crate::pairs::{read_pairs, PreferencePair};

@@ -9,7 +9,7 @@ use super::{soft, FeedbackPrompts, Job, LabelConfig, LabelMode, LabelRecord, Lab
 use super::{PrincipleLabel, OPTIONS};
 use crate::chat::{ChatMessage, Role};
 use crate::constitution::ComparisonPrinciple;
-use crate::llm::mock::fnv1a;
+use crate::hash::fnv1a;
 use crate::llm::{Backend, Choice, ChoiceRequest, GenerateRequest, Prompt};
 
 /// Labels one batch in the configured mode; `None` for a pair whose prompts overflow the

@@ -11,6 +11,7 @@ use super::{
     Generation, ModelInfo, Prompt,
 };
 use crate::chat::Role;
+use crate::hash::fnv1a;
 
 /// Context window of the mock, in whitespace-separated words.
 pub const MOCK_CONTEXT: usize = 4096;
@@ -36,18 +37,6 @@ impl MockBackend {
             },
         }
     }
-}
-
-/// FNV-1a, stable across platforms and Rust versions (unlike `DefaultHasher`).
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in part.iter().chain(&[0xff]) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 fn prompt_bytes(p: &Prompt) -> Vec<u8> {

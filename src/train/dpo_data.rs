@@ -7,6 +7,7 @@
 
 use super::data::{Batch, TokenizedExample};
 use super::model::CausalLm;
+use crate::hash::Fnv1a;
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -100,13 +101,8 @@ pub fn pair_logps<M: CausalLm + ?Sized>(
 
 /// FNV-1a hash of the pairs' tokens, masks, labels, weights and groups, as 16 hex digits.
 pub fn pairs_fingerprint(pairs: &[DpoPair]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |x: u64| {
-        for byte in x.to_le_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = Fnv1a::default();
+    let mut feed = |x: u64| hash.write_u64(x);
     for p in pairs {
         for ex in [&p.a, &p.b] {
             feed(ex.tokens.len() as u64);
@@ -118,7 +114,7 @@ pub fn pairs_fingerprint(pairs: &[DpoPair]) -> String {
         feed(p.weight.to_bits());
         p.group.bytes().for_each(|b| feed(u64::from(b)));
     }
-    format!("{hash:016x}")
+    hash.hex()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use super::params::ParamStore;
 use super::reward_data::group_batches_by;
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
+use crate::hash::Fnv1a;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -163,12 +164,9 @@ impl DpoData {
             .map(|x| x.to_bits())
             .collect();
         let text = format!("{}{refs:?}", pairs_fingerprint(&self.train));
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        let mut hash = Fnv1a::default();
+        hash.write(text.as_bytes());
+        hash.hex()
     }
 }
 

@@ -646,5 +646,5 @@ fn prompts_fingerprint(prompts: &[Vec<u32>]) -> String {
             bytes.extend(t.to_le_bytes());
         }
     }
-    format!("{:016x}", crate::llm::mock::fnv1a(&[&bytes]))
+    format!("{:016x}", crate::hash::fnv1a(&[&bytes]))
 }

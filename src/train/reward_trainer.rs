@@ -20,6 +20,7 @@ use super::reward_data::{group_batches, PairBatch, TokenPair};
 use super::reward_loss::{batch_loss, LossSettings};
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
+use crate::hash::Fnv1a;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Var};
 use serde::{Deserialize, Serialize};
@@ -485,13 +486,8 @@ impl RewardTrainer {
 
 /// FNV-1a hash of the pairs' tokens, labels and weights, as 16 hex digits.
 fn fingerprint(pairs: &[TokenPair]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |x: u64| {
-        for byte in x.to_le_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = Fnv1a::default();
+    let mut feed = |x: u64| hash.write_u64(x);
     for p in pairs {
         for seq in [&p.a, &p.b] {
             feed(seq.len() as u64);
@@ -501,5 +497,5 @@ fn fingerprint(pairs: &[TokenPair]) -> String {
         feed(p.weight.to_bits());
         p.group.bytes().for_each(|b| feed(u64::from(b)));
     }
-    format!("{hash:016x}")
+    hash.hex()
 }

@@ -15,6 +15,7 @@ use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::sft::{NonFiniteError, SftConfig, SftSummary};
 use super::weights::Weights;
+use crate::hash::Fnv1a;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use rand::seq::SliceRandom;
@@ -377,18 +378,13 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 
 /// FNV-1a hash of the examples' tokens and masks, as 16 hex digits.
 fn fingerprint(examples: &[TokenizedExample]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |x: u64| {
-        for byte in x.to_le_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = Fnv1a::default();
+    let mut feed = |x: u64| hash.write_u64(x);
     for ex in examples {
         feed(ex.tokens.len() as u64);
         for (&t, &m) in ex.tokens.iter().zip(&ex.loss_mask) {
             feed(u64::from(t) << 1 | u64::from(m));
         }
     }
-    format!("{hash:016x}")
+    hash.hex()
 }
