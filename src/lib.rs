@@ -40,6 +40,8 @@ pub mod score;
 pub mod sft_data;
 pub mod sft_run;
 pub mod stage;
+#[doc(hidden)]
+pub mod test_support;
 pub mod train;
 mod yaml_locate;
 

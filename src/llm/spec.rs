@@ -56,15 +56,21 @@ pub fn model_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// The first of `names` found in the [`model_dirs`], then in `extra`.
+pub fn find_model_file(names: &[&str], extra: &[PathBuf]) -> Option<PathBuf> {
+    model_dirs()
+        .iter()
+        .chain(extra)
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .find(|p| p.is_file())
+}
+
 impl ModelSpec {
     /// Resolves the user's `--model` value.
     pub fn resolve(name: &str) -> Result<Self> {
         if name == "default" {
             let dirs = model_dirs();
-            return dirs
-                .iter()
-                .map(|d| d.join(DEFAULT_MODEL_FILE))
-                .find(|p| p.is_file())
+            return find_model_file(&[DEFAULT_MODEL_FILE], &[])
                 .map(Self::GgufFile)
                 .with_context(|| {
                     format!(

@@ -18,10 +18,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-const DEFAULT_GGUF: &str = "/root/.cache/cai/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// A chat prompt as SmolLM2 tokenizer pieces (space-separated), looked up in the GGUF
 /// vocabulary; the greedy answer should mention Paris.
 const PROMPT_PIECES: &str = "<|im_start|> system Ċ You Ġare Ġa Ġhelpful ĠAI Ġassistant Ġnamed \
@@ -29,14 +28,7 @@ const PROMPT_PIECES: &str = "<|im_start|> system Ċ You Ġare Ġa Ġhelpful ĠAI
     Ġcapital Ġof ĠFrance ? <|im_end|> Ċ <|im_start|> ass istant Ċ";
 
 fn gguf_path() -> Option<PathBuf> {
-    let path = std::env::var("CAI_TEST_GGUF").unwrap_or_else(|_| DEFAULT_GGUF.to_string());
-    let path = PathBuf::from(path);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} not found", path.display());
-        None
-    }
+    crate::test_support::test_gguf()
 }
 
 /// The token strings stored in the GGUF file, for printing predictions.
@@ -117,7 +109,7 @@ fn real_gguf_predicts_plausibly_and_cache_matches() -> Result<()> {
         .collect::<Result<_>>()?;
     println!("per-token loss: {}", per_token.join(" "));
     assert!(loss < 5.0, "loss {loss} is implausibly high");
-    if path == Path::new(DEFAULT_GGUF) {
+    if std::env::var_os("CAI_TEST_GGUF").is_none() {
         assert!(
             (loss - 4.4172).abs() < 0.01,
             "loss {loss} differs from the reference"

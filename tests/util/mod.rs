@@ -35,36 +35,8 @@ pub fn fails(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The first of `names` found in the model folders (`cai`'s own: `$CAI_MODELS`, `models/`,
-/// `~/.cache/cai/models`; then the peer's `~/.cache/cai-peer/models`), or `None` (then the
-/// test is skipped) unless CAI_REQUIRE_MODEL is set, in which case a missing model fails it.
-pub fn model_file(names: &[&str]) -> Option<PathBuf> {
-    let mut dirs = cai::llm::spec::model_dirs();
-    if let Some(h) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&h).join(".cache/cai-peer/models"));
-    }
-    let found = dirs
-        .iter()
-        .flat_map(|d| names.iter().map(move |n| d.join(n)))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CAI_REQUIRE_MODEL").is_none(),
-            "CAI_REQUIRE_MODEL is set but {} is missing from {dirs:?}: run scripts/fetch-model.sh",
-            names[0]
-        );
-        eprintln!(
-            "skipped: {} not installed (run scripts/fetch-model.sh)",
-            names[0]
-        );
-    }
-    found
-}
-
-/// The default model (see [`model_file`]).
-pub fn default_model() -> Option<PathBuf> {
-    model_file(&[cai::llm::spec::DEFAULT_MODEL_FILE])
-}
+#[allow(unused_imports)]
+pub use cai::test_support::{default_model, model_file};
 
 /// Compares `actual` with the golden file; `CAI_BLESS=1` rewrites it.
 pub fn golden(name: &str, actual: &str) {

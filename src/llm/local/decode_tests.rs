@@ -1,32 +1,16 @@
 //! Invariants of the optimized decoding paths on the real default model (skipped with a note
 //! when the file is absent; `CAI_TEST_GGUF` names another llama GGUF file).
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
 use super::gguf_model::{last_row, GgufModel};
 
-fn gguf() -> PathBuf {
-    std::env::var_os("CAI_TEST_GGUF").map_or_else(
-        || PathBuf::from("/root/.cache/cai/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        PathBuf::from,
-    )
-}
-
 fn model() -> Result<Option<GgufModel>> {
-    let path = gguf();
-    if !path.exists() {
-        assert!(
-            std::env::var_os("CAI_REQUIRE_MODEL").is_none(),
-            "CAI_REQUIRE_MODEL is set but {} is missing: run scripts/fetch-model.sh",
-            path.display()
-        );
-        eprintln!("skipping: {} not found", path.display());
+    let Some(path) = crate::test_support::test_gguf() else {
         return Ok(None);
-    }
+    };
     let mut file = std::fs::File::open(&path)?;
     let content = gguf_file::Content::read(&mut file)?;
     Ok(Some(GgufModel::load(&content, &path, &Device::Cpu, true)?))
@@ -145,7 +129,8 @@ fn matches_the_training_model_in_f32() -> Result<()> {
     let Some(model) = model()? else {
         return Ok(());
     };
-    let (cfg, weights) = load_gguf(&gguf(), candle_core::DType::F32, &Device::Cpu)?;
+    let path = crate::test_support::test_gguf().expect("found by model()");
+    let (cfg, weights) = load_gguf(&path, candle_core::DType::F32, &Device::Cpu)?;
     let reference = model_from_weights(&cfg, &weights)?;
     let p = prompt(3, 24);
     let ids = candle_core::Tensor::new(p.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
