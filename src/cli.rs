@@ -249,9 +249,9 @@ pub struct CompareArgs {
     /// AI label file from `cai label`; repeat to compare several (paired test vs the first).
     #[arg(long, required = true)]
     pub ai: Vec<PathBuf>,
-    /// Folder for report.md, metrics.json and SVG plots.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
+    /// Folder for report.md, metrics.json and SVG plots (`--report` is the old spelling).
+    #[arg(long, alias = "report")]
+    pub out: Option<PathBuf>,
     /// Bootstrap resamples (0 skips intervals and tests).
     #[arg(long, default_value_t = 2000)]
     pub bootstrap: usize,
@@ -322,10 +322,10 @@ pub struct LabelArgs {
     /// Folder with template overrides (feedback.txt, feedback_cot.txt).
     #[arg(long)]
     pub templates: Option<PathBuf>,
-    /// Chain-of-thought mode (same as --mode cot).
-    #[arg(long)]
+    /// Old spelling of `--mode cot`.
+    #[arg(long, hide = true)]
     pub cot: bool,
-    /// direct (option log-probabilities) or cot (reasoning first).
+    /// How the feedback model is asked [default: direct].
     #[arg(long, value_enum)]
     pub mode: Option<LabelMode>,
     /// Comparison principles sampled per pair and averaged (ensemble).
@@ -334,11 +334,11 @@ pub struct LabelArgs {
     /// Ask only with response_a in slot (A) (default: both orders, averaged).
     #[arg(long)]
     pub one_order: bool,
-    /// Divide out the model's slot prior measured on a content-free pair (direct mode; the
-    /// default).
-    #[arg(long)]
+    /// No-op: calibration (dividing out the model's slot prior, measured on a content-free
+    /// pair, in direct mode) is the default.
+    #[arg(long, hide = true)]
     pub calibrate: bool,
-    /// Do not calibrate (raw option probabilities).
+    /// Do not calibrate: raw option probabilities (direct mode calibrates by default).
     #[arg(long, conflicts_with = "calibrate")]
     pub no_calibrate: bool,
     /// Few-shot comparison examples [default: 4].

@@ -103,13 +103,23 @@ pub fn run(cli: Cli) -> Result<()> {
                 quiet: a.quiet,
             };
             let s = sample::run(&cfg)?;
+            let extra = match (cfg.best_of_rm.is_some(), cfg.k >= 2) {
+                (true, _) => format!(
+                    " (best responses: {})",
+                    cfg.out.with_extension("best.jsonl").display()
+                ),
+                (false, true) => format!(
+                    " (pairs: {})",
+                    cfg.out.with_extension("pairs.jsonl").display()
+                ),
+                (false, false) => String::new(),
+            };
             eprintln!(
-                "cai: sample: {} written, {} already done, {} skipped -> {} (pairs: {})",
+                "cai: sample: {} written, {} already done, {} skipped -> {}{extra}",
                 s.written,
                 s.resumed,
                 s.skipped_long,
                 cfg.out.display(),
-                cfg.out.with_extension("pairs.jsonl").display()
             );
             Ok(())
         }
@@ -136,7 +146,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = compare::CompareConfig {
                 human: a.human,
                 ai: a.ai,
-                report: a.report,
+                report: a.out,
                 bootstrap: a.bootstrap,
                 seed: a.seed,
                 bins: a.bins,

@@ -204,11 +204,11 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
     }
     pb.finish_and_clear();
     output.update(&stats, backend.as_ref(), true)?;
-    if cfg.k >= 2 {
-        write_pairs(cfg)?;
-    }
+    // Best-of-N keeps the best response of each prompt instead of pairs.
     if rm.is_some() {
         write_best(cfg)?;
+    } else if cfg.k >= 2 {
+        write_pairs(cfg)?;
     }
     Ok(stats)
 }

@@ -77,7 +77,7 @@ fn cot_mode_votes_and_clamps() {
     let recs = records(&label(
         dir.path(),
         "c.jsonl",
-        &["--cot", "--samples", "3", "--limit", "4"],
+        &["--mode", "cot", "--samples", "3", "--limit", "4"],
     ));
     assert_eq!(recs.len(), 4);
     for r in &recs {

@@ -135,6 +135,8 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     }
     let best = std::fs::read_to_string(d.join("bo.best.jsonl")).unwrap();
     assert_eq!(best.lines().count(), 4);
+    // Best-of-N writes the best responses, not an empty pairs file.
+    assert!(!d.join("bo.pairs.jsonl").exists());
     let err = fails(cai(d).args([
         "sample",
         "--prompts",
