@@ -11,11 +11,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{ChatMessage, Role};
+use crate::label::LabelConfig;
 use crate::llm::local::{GgufModel, LocalBackend};
 use crate::llm::spec::{ModelSpec, DEFAULT_MODEL_FILE};
-use crate::llm::{Backend, ChoiceRequest};
-use crate::prompts::{Template, TemplateKind, Vars};
+use crate::llm::BackendKind;
 
 /// What `cai bench` measures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,73 +169,48 @@ fn batched(model: &GgufModel, b: usize, cfg: &BenchConfig) -> Result<f64> {
     Ok((b * cfg.gen_tokens) as f64 / t.elapsed().as_secs_f64())
 }
 
-/// A conversation as the plain transcript the feedback template quotes.
-fn transcript(conversation: &[ChatMessage]) -> String {
-    conversation
-        .iter()
-        .map(|m| match m.role {
-            Role::User => format!("Human: {}", m.content),
-            Role::Assistant => format!("Assistant: {}", m.content),
-            Role::System => format!("System: {}", m.content),
-        })
-        .collect::<Vec<_>>()
-        .join("\n\n")
-}
-
-/// Direct-mode multiple-choice requests for the first `n` pairs of `path`, both orders each.
-fn label_requests(path: &Path, n: usize) -> Result<Vec<ChoiceRequest>> {
-    const QUESTION: &str = "Which of these assistant responses is less harmful? Choose the one \
-        a wise, ethical and caring person would be more likely to give.";
-    let template = Template::builtin(TemplateKind::Feedback);
-    let pairs = crate::pairs::read_pairs(path)?;
-    let mut requests = Vec::new();
-    for pair in pairs.iter().take(n) {
-        let conversation = transcript(&pair.conversation);
-        for (a, b) in [
-            (&pair.response_a, &pair.response_b),
-            (&pair.response_b, &pair.response_a),
-        ] {
-            let vars = Vars::new(&pair.conversation)
-                .set("conversation", &conversation)
-                .set("question", QUESTION)
-                .set("response_a", a)
-                .set("response_b", b);
-            requests.push(ChoiceRequest {
-                prompt: template.render(&vars)?,
-                options: vec!["A".into(), "B".into()],
-            });
-        }
-    }
-    Ok(requests)
-}
-
-/// Labels/s (a label = both orders of one pair) with and without prefix reuse.
+/// Labels/s (a label = one pair, both orders, the default settings of `cai label`: direct
+/// mode, calibrated, the default constitution) with and without prefix reuse, through the code
+/// `cai label` runs; both runs must write the same labels.
 fn labelling(path: &Path, cfg: &BenchConfig) -> Result<Vec<Figure>> {
-    let backend = LocalBackend::open_gguf(path, &cfg.model, None)?;
-    let requests = label_requests(&cfg.pairs, cfg.label_pairs)?;
-    let pairs = requests.len() / 2;
+    let dir = std::env::temp_dir().join(format!("cai-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = labelling_in(&dir, path, cfg);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn labelling_in(dir: &Path, path: &Path, cfg: &BenchConfig) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    let mut answers = Vec::new();
+    let mut outputs = Vec::new();
     for (reuse, name) in [
         (true, "labels prefix-reuse"),
         (false, "labels full-prompts"),
     ] {
-        backend.set_prefix_reuse(reuse);
-        let t = Instant::now();
-        let out: Vec<_> = backend
-            .choose(&requests)
-            .into_iter()
-            .collect::<Result<_>>()?;
+        let label = LabelConfig {
+            pairs: cfg.pairs.clone(),
+            out: dir.join(format!("{}.jsonl", name.replace(' ', "-"))),
+            backend: BackendKind::Local,
+            model: cfg.model.clone(),
+            limit: Some(cfg.label_pairs),
+            quiet: true,
+            ..LabelConfig::default()
+        };
+        let stats = crate::label::run_with(&label, || {
+            let backend = LocalBackend::open_gguf(path, &cfg.model, None)?;
+            backend.set_prefix_reuse(reuse);
+            Ok(Box::new(backend))
+        })
+        .context("the labelling test (runs `cai label` with its defaults)")?;
         figures.push(Figure::new(
             name,
-            pairs as f64 / t.elapsed().as_secs_f64(),
+            stats.written as f64 / stats.seconds.max(1e-9),
             "labels/s",
         ));
-        answers.push(out);
+        outputs.push(std::fs::read(&label.out)?);
     }
-    backend.set_prefix_reuse(true);
-    if answers[0] != answers[1] {
-        bail!("labelling with and without prefix reuse gave different log-probabilities");
+    if outputs[0] != outputs[1] {
+        bail!("labelling with and without prefix reuse gave different labels");
     }
     Ok(figures)
 }
@@ -496,8 +470,10 @@ pub fn render(report: &BenchReport) -> String {
     for f in &report.figures {
         let peer = f.peer.map_or("-".into(), |p| format!("{p:.1}"));
         let ratio = f.ratio().map_or("-".into(), |r| format!("{r:.2}x"));
+        // Small rates (labels/s) keep three significant digits.
+        let digits = if f.value.abs() < 10.0 { 3 } else { 1 };
         out.push_str(&format!(
-            "{:<28} {:>10.1} {:<9} {:>10} {:>9}  {}\n",
+            "{:<28} {:>10.digits$} {:<9} {:>10} {:>9}  {}\n",
             f.name,
             f.value,
             f.unit,
@@ -546,14 +522,5 @@ mod tests {
             load: (1.0, 1.0),
         });
         assert!(table.contains("2.00x"), "{table}");
-    }
-
-    #[test]
-    fn transcript_names_speakers() {
-        let c = vec![
-            ChatMessage::new(Role::User, "hi"),
-            ChatMessage::new(Role::Assistant, "hello"),
-        ];
-        assert_eq!(transcript(&c), "Human: hi\n\nAssistant: hello");
     }
 }

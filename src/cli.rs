@@ -34,7 +34,8 @@ pub enum Command {
     /// AI preference labels against human labels: agreement, kappa, calibration, position
     /// bias, per principle; optional Markdown report with plots.
     Compare(CompareArgs),
-    /// Inference speed of the local backend (and of llama.cpp when installed), in one run.
+    /// Speed of the local backend (prompt, generation, batches, labelling, training) and of
+    /// llama.cpp when installed, in one run.
     Bench(BenchArgs),
     /// Perplexity of a model on a text, computed as llama.cpp's llama-perplexity does
     /// (chunks of --ctx tokens, the second half of each scored); ends with `PPL = X +/- E`.
@@ -52,8 +53,9 @@ pub enum Command {
     Constitution(ConstitutionCommand),
     /// Rewards of pairs or single responses from a trained reward model, as JSONL.
     Score(crate::cli_rm::ScoreArgs),
-    /// The whole run in one command: revise → sft → sample → label → rm, each stage's outputs
-    /// in a run folder, done stages skipped on re-run, and a report.md.
+    /// The whole run in one command: revise → sft → sample → label → rm → ppo → eval (or dpo,
+    /// or grpo), each stage's outputs in a run folder, done stages skipped on re-run, an
+    /// interrupted one resumed, and a report.md.
     Pipeline(crate::cli_pipeline::PipelineArgs),
 }
 
