@@ -90,7 +90,7 @@ pub(super) fn rl(md: &mut String, run: &RunDir, stage: Stage) {
         "Advantage `{}` (group size {}); reward = {} × reward model + {} × feedback-model \
          rating. {} steps on {} prompts, {} s per step (`{}`: `stats`). Policy: \
          `{stage}/final/`; one row per step in [{log}]({log}), sampled responses in `{}`.\n\n\
-         | | reward-model score | total reward | KL (nats) | β | entropy | response tokens | \
+         | | score | total reward | KL (nats) | β | entropy | response tokens | \
          ended |\n|---|---:|---:|---:|---:|---:|---:|---:|",
         setting("/config/ppo/advantage"),
         setting("/config/ppo/group_size"),
