@@ -14,6 +14,7 @@ use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::prompts::{check_template, TemplateKind};
 use crate::yaml_locate::{locate, Seg};
 
 /// A critique/revision principle.
@@ -356,7 +357,7 @@ impl Loaded {
                     kind.name(),
                     path.display()
                 )),
-                Ok(src) => crate::prompts::check_template(kind, &src)
+                Ok(src) => check_template(kind, &src)
                     .err()
                     .map(|e| format!("template `{}` ({}): {e:#}", kind.name(), path.display())),
             };
@@ -367,8 +368,17 @@ impl Loaded {
         out
     }
 
-    fn template_entries(&self) -> Vec<(crate::prompts::TemplateKind, &Path)> {
-        use crate::prompts::TemplateKind as K;
+    /// The templates this constitution overrides, as paths (relative ones resolved against the
+    /// constitution's folder).
+    pub fn template_overrides(&self) -> Vec<(TemplateKind, PathBuf)> {
+        self.template_entries()
+            .into_iter()
+            .map(|(kind, rel)| (kind, self.template_path(rel)))
+            .collect()
+    }
+
+    fn template_entries(&self) -> Vec<(TemplateKind, &Path)> {
+        use TemplateKind as K;
         let t = &self.constitution.templates;
         [
             (K::Initial, &t.initial),

@@ -79,7 +79,7 @@ impl LabelerRater {
                 cfg.constitution.display()
             );
         }
-        let templates = PromptSet::load(&loaded, cfg.templates.as_deref())?;
+        let templates = PromptSet::load(&loaded.template_overrides(), cfg.templates.as_deref())?;
         let backend = open_backend(cfg.backend, &cfg.model)
             .with_context(|| format!("opening the feedback model {}", cfg.model))?;
         Ok(Self {

@@ -8,7 +8,7 @@
 //! template is loaded; a value missing at render time is an error too — never silent text.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -311,22 +311,15 @@ pub struct PromptSet {
 }
 
 impl PromptSet {
-    /// Built-in templates, overridden by the constitution's `templates:` entries, overridden by
-    /// files named `<kind>.txt` in `dir`.
-    pub fn load(constitution: &crate::constitution::Loaded, dir: Option<&Path>) -> Result<Self> {
+    /// Built-in templates, overridden by `overrides` (the constitution's `templates:` entries,
+    /// as paths), overridden by files named `<kind>.txt` in `dir`.
+    pub fn load(overrides: &[(TemplateKind, PathBuf)], dir: Option<&Path>) -> Result<Self> {
         let mut templates = HashMap::new();
-        let t = &constitution.constitution.templates;
         for kind in TemplateKind::ALL {
-            let from_constitution = match kind {
-                TemplateKind::Initial => &t.initial,
-                TemplateKind::Critique => &t.critique,
-                TemplateKind::Revision => &t.revision,
-                TemplateKind::Feedback => &t.feedback,
-                TemplateKind::FeedbackCot => &t.feedback_cot,
-                TemplateKind::FeedbackScore => &t.feedback_score,
-            }
-            .as_ref()
-            .map(|p| constitution.template_path(p));
+            let from_constitution = overrides
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, p)| p.clone());
             let from_dir = dir
                 .map(|d| d.join(format!("{}.txt", kind.name())))
                 .filter(|p| p.is_file());

@@ -296,7 +296,7 @@ struct Work {
 /// Runs `cai revise`; returns the run's counters.
 pub fn run(cfg: &ReviseConfig) -> Result<ReviseStats> {
     let loaded = Loaded::read_valid(&cfg.constitution)?;
-    let templates = PromptSet::load(&loaded, cfg.templates.as_deref())?;
+    let templates = PromptSet::load(&loaded.template_overrides(), cfg.templates.as_deref())?;
     let mut items = read_prompts(&cfg.prompts)?;
     if let Some(n) = cfg.limit {
         items.truncate(n);

@@ -255,7 +255,7 @@ pub fn run_with(
     {
         bail!("principles, batch_size and samples must be at least 1");
     }
-    let templates = PromptSet::load(&loaded, cfg.templates.as_deref())?;
+    let templates = PromptSet::load(&loaded.template_overrides(), cfg.templates.as_deref())?;
     let mut pairs = read_pairs(&cfg.pairs)?;
     if let Some(n) = cfg.limit {
         pairs.truncate(n);
