@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::bpe_pre::{self, PreConfig};
-use super::vocab::Vocab;
+use super::lookup::TokenLookup;
 
 /// GPT-2's byte -> printable character table (`bytes_to_unicode`): printable Latin-1 bytes
 /// stand for themselves, the other 68 are moved to U+0100 and up, in order.
@@ -78,7 +78,13 @@ impl Merges {
     }
 
     /// Appends the tokens of one raw-text fragment (no special tokens in it) to `out`.
-    pub(super) fn tokenize(&self, vocab: &Vocab, pre: PreConfig, text: &str, out: &mut Vec<u32>) {
+    pub(super) fn tokenize(
+        &self,
+        vocab: &impl TokenLookup,
+        pre: PreConfig,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) {
         let mut key = String::new();
         for word in bpe_pre::split(pre.kind, text) {
             let encoded: String = word.bytes().map(|b| self.byte_chars[b as usize]).collect();
@@ -92,7 +98,13 @@ impl Merges {
         }
     }
 
-    fn merge_word(&self, vocab: &Vocab, word: &str, key: &mut String, out: &mut Vec<u32>) {
+    fn merge_word(
+        &self,
+        vocab: &impl TokenLookup,
+        word: &str,
+        key: &mut String,
+        out: &mut Vec<u32>,
+    ) {
         // (start, len, prev, next) per symbol, one per character to begin with.
         let mut syms: Vec<Sym> = word
             .char_indices()

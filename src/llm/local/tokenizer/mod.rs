@@ -7,6 +7,7 @@
 mod bpe;
 mod bpe_pre;
 mod export;
+mod lookup;
 mod spm;
 mod unicode_flags;
 mod vocab;

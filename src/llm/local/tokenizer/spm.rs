@@ -8,7 +8,7 @@ use std::collections::BinaryHeap;
 
 use anyhow::{bail, Result};
 
-use super::vocab::Vocab;
+use super::lookup::TokenLookup;
 
 /// One piece of the text being merged, linked to its neighbours; `n == 0` once merged away.
 #[derive(Clone, Copy)]
@@ -49,7 +49,7 @@ impl PartialEq for Bigram {
 impl Eq for Bigram {}
 
 /// Appends the tokens of `text` (spaces already escaped as `▁`) to `out`.
-pub(super) fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<()> {
+pub(super) fn tokenize(vocab: &impl TokenLookup, text: &str, out: &mut Vec<u32>) -> Result<()> {
     let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
     for (i, (start, c)) in text.char_indices().enumerate() {
         symbols.push(Symbol {
@@ -118,7 +118,7 @@ pub(super) fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<
 }
 
 /// The `<0xXX>` token of a byte, else the byte itself as a token (llama.cpp's `byte_to_token`).
-pub(super) fn byte_token(vocab: &Vocab, b: u8) -> Result<u32> {
+pub(super) fn byte_token(vocab: &impl TokenLookup, b: u8) -> Result<u32> {
     if let Some(id) = vocab.id(&format!("<0x{b:02X}>")) {
         return Ok(id);
     }

@@ -12,6 +12,7 @@ use candle_core::quantized::gguf_file;
 
 use super::bpe::{byte_chars, Merges};
 use super::bpe_pre::PreConfig;
+use super::lookup::TokenLookup;
 use super::spm;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -75,6 +76,16 @@ pub(super) struct Vocab {
     /// Finds which special tokens occur in a text at all, so only those are cut for.
     special_finder: AhoCorasick,
     clean_spaces: bool,
+}
+
+impl TokenLookup for Vocab {
+    fn id(&self, piece: &str) -> Option<u32> {
+        Vocab::id(self, piece)
+    }
+
+    fn score(&self, id: u32) -> f32 {
+        self.scores[id as usize]
+    }
 }
 
 impl Vocab {
@@ -225,10 +236,6 @@ impl Vocab {
 
     pub(super) fn id(&self, text: &str) -> Option<u32> {
         self.ids.get(text).copied()
-    }
-
-    pub(super) fn score(&self, id: u32) -> f32 {
-        self.scores[id as usize]
     }
 
     /// Texts of the tokens decoding drops (control, unknown), which user text must not
