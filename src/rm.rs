@@ -6,7 +6,6 @@ use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::cli_rm::RmArgs;
@@ -174,17 +173,6 @@ pub struct RmSummary {
     pub tokens_per_s: f64,
 }
 
-/// The backbone weights in f32 for `model` (GGUF or model folder, LoRA merged).
-fn load_backbone(
-    model: &str,
-    device: &Device,
-) -> Result<(crate::train::LlamaConfig, crate::train::Weights)> {
-    match ModelSpec::resolve(model)? {
-        ModelSpec::GgufFile(p) => crate::train::load_gguf(&p, DType::F32, device),
-        ModelSpec::Folder(d) => checkpoint::load_model_dir(&d, DType::F32, device),
-    }
-}
-
 /// Tokenizer files of a model folder, copied into every reward-model folder.
 fn tokenizer_files(model: &str) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut out = Vec::new();
@@ -241,7 +229,8 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
             RewardTrainer::resume(&dir, train.clone(), eval.clone(), &device)?
         }
         None => {
-            let (model_cfg, weights) = load_backbone(&cfg.model, &device)?;
+            // The same loader as sft, dpo and ppo: one `--model DIR` is one set of weights.
+            let (model_cfg, weights, _) = crate::sft_run::load_base(&cfg.model)?;
             let t = &cfg.train;
             let longest = train.iter().map(|p| p.a.len().max(p.b.len())).max();
             let longest = longest.unwrap_or(0).min(t.max_len);
