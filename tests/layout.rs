@@ -13,7 +13,6 @@ mod util;
 const KNOWN_CYCLES: &[&[&str]] = &[
     &["cli", "cli_eval", "config"],
     &["cli_dpo", "cli_rm", "cli_train"],
-    &["pipeline::report", "pipeline::runner"],
     &["train::sft", "train::trainer"],
 ];
 

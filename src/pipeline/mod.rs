@@ -29,7 +29,8 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 pub use config::PipelineConfig;
-pub use runner::{run, Outcome, PipelineOptions, StageStatus};
+pub use runner::{run, Outcome, PipelineOptions};
+pub use state::StageStatus;
 
 /// One stage of the pipeline, in run order.
 #[derive(

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::plan::{plan, Job, StagePlan};
-use super::state::{self, Attempt, Done};
+use super::state::{self, Attempt, Done, StageStatus};
 use super::{report, PipelineConfig, RunDir, Stage};
 use crate::manifest::now_unix;
 use crate::train::checkpoint::latest_checkpoint;
@@ -28,19 +28,6 @@ pub struct PipelineOptions {
     pub force: bool,
     /// No progress bars.
     pub quiet: bool,
-}
-
-/// What happened to one stage in this invocation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StageStatus {
-    /// Done before with the same fingerprint, outputs intact.
-    UpToDate,
-    /// Ran now; `resumed` when it continued an interrupted attempt.
-    Ran { seconds: f64, resumed: bool },
-    /// Outside `--from`/`--until`.
-    NotSelected,
-    /// Failed now (the error is returned).
-    Failed,
 }
 
 /// The result of a pipeline invocation.

@@ -48,6 +48,19 @@ pub struct Done {
     pub summary: Value,
 }
 
+/// What happened to one stage in this invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageStatus {
+    /// Done before with the same fingerprint, outputs intact.
+    UpToDate,
+    /// Ran now; `resumed` when it continued an interrupted attempt.
+    Ran { seconds: f64, resumed: bool },
+    /// Outside `--from`/`--until`.
+    NotSelected,
+    /// Failed now (the error is returned).
+    Failed,
+}
+
 /// sha256 of a file, or of a folder: its files' relative paths and hashes, sorted; names
 /// starting with `.` (partial writes) are left out.
 pub fn hash_path(path: &Path) -> Result<String> {

@@ -12,8 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::runner::StageStatus;
-use super::state::{self, Done};
+use super::state::{self, Done, StageStatus};
 use super::{PipelineConfig, RunDir, Stage};
 use crate::constitution::Loaded;
 
