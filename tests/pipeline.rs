@@ -13,14 +13,19 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use util::{cai, fails, root};
 
-/// The pipeline config of these tests; `label_extra` is added to the label section.
-fn config(base: &Path, label_extra: &str) -> String {
+/// The repository's constitution, sample prompts and sample pairs.
+fn sample_files() -> (PathBuf, PathBuf, PathBuf) {
     let r = root();
-    let (constitution, prompts, pairs) = (
+    (
         r.join("constitutions/harmless.yaml"),
         r.join("data/sample-prompts.jsonl"),
         r.join("data/sample-pairs.jsonl"),
-    );
+    )
+}
+
+/// The pipeline config of these tests; `label_extra` is added to the label section.
+fn config(base: &Path, label_extra: &str) -> String {
+    let (constitution, prompts, pairs) = sample_files();
     format!(
         "run_dir: run\nseed: 7\nconstitution: {c}\nbackend: mock\nmodel: {m}\n\
          human_pairs: {{path: {p}, limit: 6, bootstrap: 100}}\n\
@@ -357,12 +362,7 @@ fn bad_configs_and_missing_inputs_are_refused() {
 /// pairs, GRPO rewarded by the feedback model (the mock), and eval comparing the two by stage
 /// name.
 fn dpo_grpo_config(base: &Path) -> String {
-    let r = root();
-    let (constitution, prompts, pairs) = (
-        r.join("constitutions/harmless.yaml"),
-        r.join("data/sample-prompts.jsonl"),
-        r.join("data/sample-pairs.jsonl"),
-    );
+    let (constitution, prompts, pairs) = sample_files();
     format!(
         "run_dir: run\nseed: 7\nconstitution: {c}\nbackend: mock\nmodel: {m}\n\
          mix: {{ai_labels: 1.0, revisions: 0.5}}\n\

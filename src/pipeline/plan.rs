@@ -180,14 +180,7 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
         let mut c = section.clone();
         seed("rm.train.seed", &mut c.train.seed);
         model(Stage::Rm, &mut c.model);
-        c.data = Vec::new();
-        if cfg.has(Stage::Label) {
-            c.data.push(DataSource {
-                path: run.labels(),
-                weight: cfg.mix.ai_labels,
-            });
-        }
-        c.data.extend(cfg.mix.human.iter().cloned());
+        c.data = preference_data(cfg, run);
         c.out = run.rm_dir();
         c.quiet |= quiet;
         let mut inputs: Vec<Input> = c.data.iter().map(|d| Input::Path(d.path.clone())).collect();
@@ -215,6 +208,19 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
     Ok(out)
 }
 
+/// The pairs the reward model and DPO train on: the AI labels of the label stage (weight
+/// `mix.ai_labels`) and the human pairs of `mix.human`.
+fn preference_data(cfg: &PipelineConfig, run: &RunDir) -> Vec<DataSource> {
+    let labels = cfg.has(Stage::Label).then(|| DataSource {
+        path: run.labels(),
+        weight: cfg.mix.ai_labels,
+    });
+    labels
+        .into_iter()
+        .chain(cfg.mix.human.iter().cloned())
+        .collect()
+}
+
 /// DPO of the SFT policy (or the run's model) on the AI labels, the human pairs of `mix.human`
 /// and, with `mix.revisions`, the revise stage's SL-CAI pairs.
 fn dpo_plan(
@@ -232,14 +238,7 @@ fn dpo_plan(
     } else if !cfg.is_set("dpo.model") {
         c.model = cfg.model.clone();
     }
-    c.data = Vec::new();
-    if cfg.has(Stage::Label) {
-        c.data.push(DataSource {
-            path: run.labels(),
-            weight: cfg.mix.ai_labels,
-        });
-    }
-    c.data.extend(cfg.mix.human.iter().cloned());
+    c.data = preference_data(cfg, run);
     if cfg.has(Stage::Revise) && cfg.mix.revisions > 0.0 {
         c.data.push(DataSource {
             path: run.revisions(),
@@ -445,6 +444,13 @@ mod tests {
         PipelineConfig::read(&path).unwrap()
     }
 
+    /// Paths and weights of training sources.
+    fn sources(data: &[DataSource]) -> Vec<(&str, f64)> {
+        data.iter()
+            .map(|d| (d.path.to_str().unwrap(), d.weight))
+            .collect()
+    }
+
     #[test]
     fn stages_are_wired_through_the_run_folder() -> Result<()> {
         let cfg = parse(
@@ -484,17 +490,9 @@ mod tests {
         assert_eq!((check.limit, check.seed), (Some(3), 5));
         assert_eq!(cmp.ai, vec![run.human_check()]);
         let Job::Rm(rm) = &plans[4].job else { panic!() };
-        let data: Vec<(String, f64)> = rm
-            .data
-            .iter()
-            .map(|d| (d.path.display().to_string(), d.weight))
-            .collect();
         assert_eq!(
-            data,
-            vec![
-                ("r/label/labels.jsonl".into(), 2.0),
-                ("help.jsonl".into(), 0.5)
-            ]
+            sources(&rm.data),
+            [("r/label/labels.jsonl", 2.0), ("help.jsonl", 0.5)]
         );
         assert_eq!(rm.model, "other");
         Ok(())
@@ -519,17 +517,12 @@ mod tests {
         let Job::Dpo(dpo) = &plans[4].job else {
             panic!()
         };
-        let data: Vec<(String, f64)> = dpo
-            .data
-            .iter()
-            .map(|d| (d.path.display().to_string(), d.weight))
-            .collect();
         assert_eq!(
-            data,
-            vec![
-                ("r/label/labels.jsonl".into(), 1.0),
-                ("help.jsonl".into(), 0.5),
-                ("r/revise/revisions.jsonl".into(), 2.0),
+            sources(&dpo.data),
+            [
+                ("r/label/labels.jsonl", 1.0),
+                ("help.jsonl", 0.5),
+                ("r/revise/revisions.jsonl", 2.0),
             ]
         );
         assert_eq!(PathBuf::from(&dpo.model), PathBuf::from("r/sft/final"));
