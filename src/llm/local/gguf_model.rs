@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, IndexOp, Module, Storage, Tensor, D};
 use candle_nn::rotary_emb::{rope, rope_i};
 use rayon::prelude::*;
 
@@ -109,9 +109,16 @@ impl Linear {
         match &self.quant {
             Quant::Candle(q) => Ok(q.forward(x)?),
             Quant::Rows(k) => {
-                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                // The activations are read in place (a prompt chunk's are ~1 MiB per product).
+                let x = x.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let xs = match (&*storage, layout.contiguous_offsets()) {
+                    (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => &v[a..b],
+                    _ => bail!("internal error: CPU kernels take f32 activations on the CPU"),
+                };
                 let mut dst = vec![0f32; rows * self.out_features];
-                k.matmul(&xs, rows, &mut dst);
+                k.matmul(xs, rows, &mut dst);
+                drop(storage);
                 Ok(Tensor::from_vec(dst, shape, x.device())?)
             }
         }
