@@ -555,7 +555,8 @@ impl GgufModel {
             );
         }
         let mut x = self.embed(tokens)?.unsqueeze(0)?; // [1, t, hidden]
-                                                       // Mask tensors off the CPU only: there the softmax leaves the masked keys out itself.
+
+        // Mask tensors off the CPU only: there the softmax leaves the masked keys out itself.
         let mask = |window| match self.device.is_cpu() {
             true => Ok(None),
             false => causal_mask(t, pos, window, &self.device),
@@ -637,13 +638,10 @@ impl GgufModel {
     /// `softmax(scores · scale + mask)` over the keys, with candle's ops (scores
     /// `[b, kv, n · t, keys]`, mask `[t, keys]`).
     fn masked_softmax(&self, att: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (n, t) = (
-            self.shape.heads / self.shape.kv_heads,
-            mask.map_or(1, |m| m.dims()[0]),
-        );
         let mut att = (att * self.attn_scale() as f64)?;
         if let Some(mask) = mask {
-            let keys = mask.dim(1)?;
+            let n = self.shape.heads / self.shape.kv_heads;
+            let (t, keys) = mask.dims2()?;
             let mask = mask
                 .unsqueeze(0)?
                 .expand((n, t, keys))?
