@@ -14,12 +14,13 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, IndexOp, Module, Storage, Tensor, D};
 use candle_nn::rotary_emb::{rope, rope_i};
 use rayon::prelude::*;
 
-use super::arch::{Activation, Arch, ArchTraits, Metadata, RopeParams, RopeStyle};
+use super::arch::{Arch, ArchTraits, Metadata, RopeParams, RopeStyle};
 use super::decode_attention::{attend_one, rope_halves, rope_interleaved, Heads};
+use super::fused;
 use super::kv_cache::KvCache;
 use super::qmatmul::{rows_matmul, RowsMatMul};
 
@@ -108,9 +109,16 @@ impl Linear {
         match &self.quant {
             Quant::Candle(q) => Ok(q.forward(x)?),
             Quant::Rows(k) => {
-                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                // The activations are read in place (a prompt chunk's are ~1 MiB per product).
+                let x = x.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let xs = match (&*storage, layout.contiguous_offsets()) {
+                    (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => &v[a..b],
+                    _ => bail!("internal error: CPU kernels take f32 activations on the CPU"),
+                };
                 let mut dst = vec![0f32; rows * self.out_features];
-                k.matmul(&xs, rows, &mut dst);
+                k.matmul(xs, rows, &mut dst);
+                drop(storage);
                 Ok(Tensor::from_vec(dst, shape, x.device())?)
             }
         }
@@ -474,7 +482,7 @@ impl GgufModel {
     }
 
     fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, w, self.shape.rms_eps as f32)?)
+        fused::rms_norm(x, w, self.shape.rms_eps as f32)
     }
 
     /// Token embeddings of `ids`, scaled where the architecture says so: `[n, hidden]`.
@@ -488,31 +496,16 @@ impl GgufModel {
     }
 
     /// The block after its attention output `a`: post-norm (Gemma), residual add, the
-    /// feed-forward (pre- and post-norm) and its residual add.
-    fn block_tail(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        a: Tensor,
-        allow_dense: bool,
-    ) -> Result<Tensor> {
-        let a = match &layer.post_attn_norm {
-            Some(w) => self.rms(&a, w)?,
-            None => a,
-        };
-        let x = (x + a)?;
+    /// feed-forward (pre- and post-norm) and its residual add. The residual stream `x` is
+    /// updated in its own buffer: it must not share it with a tensor still in use.
+    fn block_tail(&self, layer: &Layer, x: Tensor, a: Tensor, allow_dense: bool) -> Result<Tensor> {
+        let eps = self.shape.rms_eps as f32;
+        let x = fused::residual_add(x, &a, layer.post_attn_norm.as_ref().map(|w| (w, eps)))?;
         let h = self.rms(&x, &layer.ffn_norm)?;
         let gu = layer.gate_up.forward_with(&h, allow_dense)?;
-        let g = match self.shape.arch.activation {
-            Activation::Silu => candle_nn::ops::silu(&gu[0])?,
-            Activation::GeluTanh => gu[0].gelu()?,
-        };
-        let m = layer.down.forward_with(&(g * &gu[1])?, allow_dense)?;
-        let m = match &layer.post_ffn_norm {
-            Some(w) => self.rms(&m, w)?,
-            None => m,
-        };
-        Ok((x + m)?)
+        let g = fused::gated(&gu[0], &gu[1], self.shape.arch.activation)?;
+        let m = layer.down.forward_with(&g, allow_dense)?;
+        fused::residual_add(x, &m, layer.post_ffn_norm.as_ref().map(|w| (w, eps)))
     }
 
     /// Final norm, output projection and soft-capping of hidden states `[b, t, hidden]`.
@@ -562,9 +555,15 @@ impl GgufModel {
             );
         }
         let mut x = self.embed(tokens)?.unsqueeze(0)?; // [1, t, hidden]
-        let global = causal_mask(t, pos, None, &self.device)?;
+
+        // Mask tensors off the CPU only: there the softmax leaves the masked keys out itself.
+        let mask = |window| match self.device.is_cpu() {
+            true => Ok(None),
+            false => causal_mask(t, pos, window, &self.device),
+        };
+        let global = mask(None)?;
         let local = match self.shape.arch.sliding_window {
-            Some(w) => causal_mask(t, pos, Some(w), &self.device)?,
+            Some(w) => mask(Some(w))?,
             None => None,
         };
         for (li, layer) in self.layers.iter().enumerate() {
@@ -575,7 +574,7 @@ impl GgufModel {
                 None => global.as_ref(),
             };
             let y = self.attend(layer, &qkv, mask, cache, li)?;
-            x = self.block_tail(layer, &x, layer.o.forward(&y)?, true)?;
+            x = self.block_tail(layer, x, layer.o.forward(&y)?, true)?;
         }
         cache.advance(t);
         let x = if all_positions {
@@ -586,7 +585,8 @@ impl GgufModel {
         Ok(self.logits(&x, true)?.squeeze(0)?)
     }
 
-    /// Attention of one sequence's new positions `[1, t, ·]` over its cache plus themselves.
+    /// Attention of one sequence's new positions `[1, t, ·]` over its cache plus themselves;
+    /// `mask` is the additive causal mask off the CPU (on it, the layer's window is applied).
     fn attend(
         &self,
         layer: &Layer,
@@ -621,19 +621,34 @@ impl GgufModel {
         // query heads sharing a key/value head become `n * t` query rows of that head.
         let n = s.heads / s.kv_heads;
         let q = q.reshape((b, s.kv_heads, n * t, s.head_dim))?;
-        let mut att = (q.matmul(&k.t()?)? * self.attn_scale() as f64)?; // [b, kv, n * t, keys]
+        let att = q.matmul(&k.t()?)?; // [b, kv, n * t, keys]
+        let att = match self.device.is_cpu() {
+            true => {
+                let window = layer.window;
+                fused::causal_softmax(&att, self.attn_scale(), fused::Causal { pos, t, window })?;
+                att
+            }
+            false => self.masked_softmax(att, mask)?,
+        };
+        let y = att.matmul(&v)?; // [b, kv, n * t, head_dim]
+        let y = y.reshape((b, s.heads, t, s.head_dim))?;
+        Ok(y.transpose(1, 2)?.reshape((b, t, s.heads * s.head_dim))?)
+    }
+
+    /// `softmax(scores · scale + mask)` over the keys, with candle's ops (scores
+    /// `[b, kv, n · t, keys]`, mask `[t, keys]`).
+    fn masked_softmax(&self, att: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut att = (att * self.attn_scale() as f64)?;
         if let Some(mask) = mask {
-            let keys = mask.dim(1)?;
+            let n = self.shape.heads / self.shape.kv_heads;
+            let (t, keys) = mask.dims2()?;
             let mask = mask
                 .unsqueeze(0)?
                 .expand((n, t, keys))?
                 .reshape((n * t, keys))?;
             att = att.broadcast_add(&mask)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // [b, kv, n * t, head_dim]
-        let y = y.reshape((b, s.heads, t, s.head_dim))?;
-        Ok(y.transpose(1, 2)?.reshape((b, t, s.heads * s.head_dim))?)
+        Ok(candle_nn::ops::softmax_last_dim(&att)?)
     }
 
     fn attn_scale(&self) -> f32 {
@@ -680,7 +695,7 @@ impl GgufModel {
                     Tensor::cat(&ys, 0)?
                 }
             };
-            x = self.block_tail(layer, &x, layer.o.forward_quant(&y)?, false)?;
+            x = self.block_tail(layer, x, layer.o.forward_quant(&y)?, false)?;
         }
         for c in caches.iter_mut() {
             c.advance(1);

@@ -12,6 +12,7 @@ mod chat_tokenizer;
 mod decode_attention;
 #[cfg(test)]
 mod decode_tests;
+mod fused;
 mod gguf_model;
 mod hf_folder;
 mod kv_cache;

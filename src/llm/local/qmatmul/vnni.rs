@@ -111,29 +111,48 @@ pub(super) fn matmul_packed<P: Packed>(p: &P, x: &[f32], m: usize, dst: &mut [f3
     (0..group_tasks * row_tasks).into_par_iter().for_each(|t| {
         let (gt, rt) = (t % group_tasks, t / group_tasks);
         let rows = rt * rows_per_task..m.min((rt + 1) * rows_per_task);
-        for g in gt * GROUPS_PER_TASK..groups.min((gt + 1) * GROUPS_PER_TASK) {
-            let mut r = rows.start;
-            while r < rows.end {
-                let take = (rows.end - r).min(TILE);
-                // SAFETY: `Packed` kernels are built only when `available()` holds; `g` is
-                // below `groups` and `y` holds `kb` blocks for each of the `m` rows; each
-                // (row, group) is written by this task alone, inside `dst` (`n` per row).
-                unsafe {
-                    match take {
-                        1 => store(out, n, g, r, p.tile(g, &y, [r * kb])),
-                        2 => store(out, n, g, r, p.tile(g, &y, at::<2>(r, kb))),
-                        3 => store(out, n, g, r, p.tile(g, &y, at::<3>(r, kb))),
-                        4 => store(out, n, g, r, p.tile(g, &y, at::<4>(r, kb))),
-                        5 => store(out, n, g, r, p.tile(g, &y, at::<5>(r, kb))),
-                        6 => store(out, n, g, r, p.tile(g, &y, at::<6>(r, kb))),
-                        7 => store(out, n, g, r, p.tile(g, &y, at::<7>(r, kb))),
-                        _ => store(out, n, g, r, p.tile(g, &y, at::<8>(r, kb))),
-                    }
-                }
-                r += take;
-            }
-        }
+        let groups = gt * GROUPS_PER_TASK..groups.min((gt + 1) * GROUPS_PER_TASK);
+        // SAFETY: `Packed` kernels are built only when `available()` holds; the groups are
+        // below `n / LANES` rounded up and `y` holds `kb` blocks for each of the `m` rows;
+        // each (row, group) is written by this task alone, inside `dst` (`n` per row).
+        unsafe { task(p, &y, out, groups, rows) };
     });
+}
+
+/// One task of [`matmul_packed`]: the outputs of weight groups `groups` for activation rows
+/// `rows`, in tiles of up to [`TILE`] rows. Compiled with the kernels' features so that the
+/// tiles' vectors stay in registers and their stores are inlined (from a function without
+/// them, every `[__m256; R]` goes through memory and every store is a call).
+///
+/// # Safety
+/// As for [`Packed::tile`] for every group and row; `out` holds `n` values per row of `rows`,
+/// written by this task alone.
+#[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
+unsafe fn task<P: Packed>(
+    p: &P,
+    y: &[P::Act],
+    out: Out,
+    groups: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) {
+    let (n, kb) = (p.shape().0, p.act_blocks());
+    for g in groups {
+        let mut r = rows.start;
+        while r < rows.end {
+            let take = (rows.end - r).min(TILE);
+            match take {
+                1 => store(out, n, g, r, p.tile(g, y, [r * kb])),
+                2 => store(out, n, g, r, p.tile(g, y, at::<2>(r, kb))),
+                3 => store(out, n, g, r, p.tile(g, y, at::<3>(r, kb))),
+                4 => store(out, n, g, r, p.tile(g, y, at::<4>(r, kb))),
+                5 => store(out, n, g, r, p.tile(g, y, at::<5>(r, kb))),
+                6 => store(out, n, g, r, p.tile(g, y, at::<6>(r, kb))),
+                7 => store(out, n, g, r, p.tile(g, y, at::<7>(r, kb))),
+                _ => store(out, n, g, r, p.tile(g, y, at::<8>(r, kb))),
+            }
+            r += take;
+        }
+    }
 }
 
 /// The first block of `R` consecutive activation rows from row `r`.
