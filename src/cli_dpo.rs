@@ -78,6 +78,11 @@ pub struct DpoArgs {
     /// the response [default: 512].
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Token budget of one forward/backward pass: micro-batches larger than this (2 × pairs
+    /// × longest sequence) run in parts whose gradients are accumulated, for the same
+    /// update [default: 4096].
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
     #[command(flatten)]
     pub trainable: crate::cli_train::TrainableArgs,
     /// Held-out evaluation every N steps (and before the first and after the last)

@@ -59,7 +59,7 @@ pub struct RmArgs {
     pub max_len: Option<usize>,
     /// Token budget of one forward/backward pass: micro-batches larger than this (2 × pairs ×
     /// longest sequence) run in parts, a conversation's pairs kept together, and their
-    /// gradients are accumulated for the same update [default: whole micro-batches].
+    /// gradients are accumulated for the same update [default: 4096].
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
     /// The reward head is always trained; these pick the backbone's trainable part (top

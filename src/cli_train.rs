@@ -184,7 +184,7 @@ pub struct SftArgs {
     pub max_len: Option<usize>,
     /// Token budget of one forward/backward pass: micro-batches larger than this (rows ×
     /// longest row) run in parts whose gradients are accumulated, for the same update
-    /// [default: whole micro-batches].
+    /// [default: 4096].
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
     /// Seed of the data order, the eval split and LoRA initialisation [default: 0].
@@ -258,6 +258,11 @@ pub struct PpoArgs {
     /// Responses per optimizer update [default: 4].
     #[arg(long)]
     pub minibatch: Option<usize>,
+    /// Token budget of one forward/backward pass: minibatches larger than this (responses ×
+    /// longest prompt + response) run in parts whose gradients are accumulated, for the same
+    /// update [default: 4096].
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
     /// Advantage estimator [default: gae]. The critic-free ones sample --group-size
     /// responses per prompt and train no value head; `ppo.kl_in_loss: true` moves their KL
     /// from the score to a k3 loss term, `ppo.scale_rewards: false` is Dr. GRPO.

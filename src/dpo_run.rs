@@ -115,6 +115,7 @@ impl TrainDpoConfig {
         set(&mut t.grad_accum, a.grad_accum);
         set(&mut t.warmup_steps, a.warmup_steps);
         set(&mut t.max_len, a.max_len);
+        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
         set(&mut t.eval_every, a.eval_every);
         set(&mut t.save_every, a.save_every);
         set(&mut t.seed, a.seed);

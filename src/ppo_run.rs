@@ -8,7 +8,7 @@
 //! Reward-hacking guards stop (or warn) when the KL or the mean response length leave their
 //! bounds; the most repeated phrases of the last responses are reported.
 
-use crate::train::memory::{self, MemoryPlan};
+use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -189,6 +189,7 @@ impl PpoRunConfig {
         set(&mut p.steps, a.steps);
         set(&mut p.rollouts, a.rollouts);
         set(&mut p.minibatch, a.minibatch);
+        p.max_batch_tokens = a.max_batch_tokens.or(p.max_batch_tokens);
         set(&mut p.advantage, a.advantage);
         set(&mut p.group_size, a.group_size);
         set(&mut p.lr, a.lr);
@@ -329,7 +330,11 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
             let plan = MemoryPlan {
                 model: &policy_config,
                 trainable: &cfg.ppo.trainable,
-                rows: cfg.ppo.minibatch,
+                rows: rows_per_pass(
+                    cfg.ppo.minibatch,
+                    longest + cfg.ppo.max_new_tokens,
+                    cfg.ppo.max_batch_tokens,
+                ),
                 tokens_per_row: longest + cfg.ppo.max_new_tokens,
                 // The reference and the reward model.
                 frozen_models: 2,

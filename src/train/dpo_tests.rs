@@ -197,6 +197,43 @@ fn resumed_lora_run_equals_the_uninterrupted_one() -> Result<()> {
     Ok(())
 }
 
+/// DPO steps whose micro-batches of 8 pairs run in parts of at most 24 padded tokens (2
+/// pairs: 4 rows of 6 tokens) give the loss curve and weights of whole micro-batches.
+#[test]
+fn token_budget_parts_give_the_whole_batch_update() -> Result<()> {
+    let cfg = tiny_config(true);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let data = with_reference(&cfg, &weights, preference_pairs(32, 7, 0.8), Vec::new())?;
+    let run = |budget| -> Result<DpoTrainer> {
+        let mut run_cfg = config(Trainable::All, DpoLoss::Sigmoid, 2, 1e-2);
+        run_cfg.train.max_batch_tokens = budget;
+        run_cfg.train.grad_accum = 2;
+        let mut t = DpoTrainer::new(&cfg, weights.clone(), data.clone(), run_cfg)?;
+        while !t.is_done() {
+            t.train_step()?;
+        }
+        Ok(t)
+    };
+    let (whole, parts) = (run(None)?, run(Some(24))?);
+    assert_eq!(whole.state().history.len(), 2);
+    for (a, b) in whole.state().history.iter().zip(&parts.state().history) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-6,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert_eq!((a.accuracy, a.tokens), (b.accuracy, b.tokens));
+    }
+    // Two Adam steps of lr 1e-2 move weights by up to 2e-2; summation order leaves ~1e-5
+    // between the two ways of adding the same gradients.
+    let (a, b) = (whole.params().base_weights(), parts.params().base_weights());
+    assert!(max_weight_difference(&a, &b)? < 1e-4);
+    assert!(max_weight_difference(&a, &weights)? > 1e-3);
+    Ok(())
+}
+
 #[test]
 fn ties_are_refused_by_rounding_losses() -> Result<()> {
     let cfg = tiny_config(true);

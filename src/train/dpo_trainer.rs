@@ -11,7 +11,7 @@
 //! stored by the caller), so a resumed run repeats the uninterrupted one.
 
 use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
-use super::data::TokenizedExample;
+use super::data::{split_by_tokens, TokenizedExample};
 use super::dpo_data::{pair_logps, pairs_fingerprint, sequence_logps, DpoPair};
 use super::dpo_loss::{pair_losses, DpoLoss, LossSpec};
 use super::dpo_metrics::{dpo_metrics, DpoEval, PairLogps};
@@ -288,6 +288,11 @@ impl DpoTrainer {
         &self.model
     }
 
+    /// The policy's parameters (trainable and frozen).
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
     /// Whether all steps are done.
     pub fn is_done(&self) -> bool {
         self.state.step >= self.state.total_steps
@@ -333,8 +338,21 @@ impl DpoTrainer {
             .sum();
         let (mut loss, mut correct, mut margin, mut decided) = (0f64, 0f64, 0f64, 0usize);
         let (mut tokens, mut pairs) = (0usize, 0usize);
-        let mut grads = Gradients::new();
+        // A pair's loss depends on its own two rows only: cutting a micro-batch into parts
+        // of at most `max_batch_tokens` padded tokens leaves the update unchanged.
+        let mut parts: Vec<&[usize]> = Vec::new();
         for idx in &micro {
+            let units: Vec<(usize, usize)> = idx
+                .iter()
+                .map(|&i| &self.data.train[i])
+                .map(|p| (2, p.a.tokens.len().max(p.b.tokens.len())))
+                .collect();
+            for part in split_by_tokens(&units, self.cfg.train.max_batch_tokens) {
+                parts.push(&idx[part]);
+            }
+        }
+        let mut grads = Gradients::new();
+        for idx in parts {
             let chosen: Vec<&DpoPair> = idx.iter().map(|&i| &self.data.train[i]).collect();
             let rows: Vec<&TokenizedExample> = chosen
                 .iter()

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::advantage::{group_advantages, k3_kl_loss, AdvantageEstimator};
 use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
-use super::data::{Batch, TokenizedExample};
+use super::data::{split_by_tokens, Batch, TokenizedExample};
 use super::lora;
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients};
@@ -405,7 +405,18 @@ impl PpoTrainer {
     /// Log-probabilities (policy and reference), values and entropies at rollout time.
     fn rollout_time_outputs(&self, rollouts: &[Rollout]) -> Result<OldOutputs> {
         let mut out = OldOutputs::default();
-        for chunk in rollouts.chunks(self.cfg.minibatch) {
+        let units: Vec<(usize, usize)> = rollouts
+            .iter()
+            .map(|r| (1, r.prompt_ids.len() + r.response_ids.len()))
+            .collect();
+        let mut parts = Vec::new();
+        for start in (0..rollouts.len()).step_by(self.cfg.minibatch) {
+            let end = (start + self.cfg.minibatch).min(rollouts.len());
+            let within = split_by_tokens(&units[start..end], self.cfg.max_batch_tokens);
+            parts.extend(within.into_iter().map(|p| start + p.start..start + p.end));
+        }
+        for part in parts {
+            let chunk = &rollouts[part];
             let refs: Vec<&Rollout> = chunk.iter().collect();
             let lens: Vec<usize> = chunk.iter().map(|r| r.response_ids.len()).collect();
             let t = self.cfg.temperature;
@@ -424,7 +435,10 @@ impl PpoTrainer {
         Ok(out)
     }
 
-    /// One optimizer update on a minibatch (plus an SFT batch for PPO-ptx).
+    /// One optimizer update on a minibatch (plus an SFT batch for PPO-ptx). The minibatch
+    /// runs in parts of at most `max_batch_tokens` padded tokens: every loss term is a mean
+    /// over the minibatch's response tokens, so a part's mean weighted by its share of them
+    /// adds up to the whole one, and the parts' gradients to the whole update.
     fn update(
         &mut self,
         step: usize,
@@ -433,56 +447,74 @@ impl PpoTrainer {
         ptx_pick: (usize, usize, usize),
     ) -> Result<UpdateStats> {
         let t = self.cfg.temperature;
-        let new = token_outputs(
-            &self.policy,
-            self.value_head.as_ref(),
-            &mb.rollouts,
-            t,
-            false,
-        )?;
         let vec = |v: &[f64]| {
             let v32: Vec<f32> = v.iter().map(|x| *x as f32).collect();
             Tensor::from_vec(v32, v.len(), &self.device)
         };
-        let logp_old = vec(&mb.logp_old)?;
-        let mask = Tensor::ones(mb.logp_old.len(), DType::F32, &self.device)?;
-        let (pl, clip_frac) = policy_loss(
-            &new.logp,
-            &logp_old,
-            &vec(&mb.advantages)?,
-            &mask,
-            self.cfg.clip,
-        )?;
-        let mut loss = pl.clone();
-        let (mut value_loss_value, mut value_clip_frac) = (0.0, 0.0);
-        if let Some(values) = &new.values {
-            let (vl, frac) = value_loss(
-                values,
-                &vec(&mb.values_old)?,
-                &vec(&mb.returns)?,
-                &mask,
-                self.cfg.value_clip,
-            )?;
-            value_loss_value = scalar(&vl)?;
-            value_clip_frac = frac;
-            loss = (loss + (vl * self.cfg.vf_coef)?)?;
+        let units: Vec<(usize, usize)> = mb
+            .rollouts
+            .iter()
+            .map(|r| (1, r.prompt_ids.len() + r.response_ids.len()))
+            .collect();
+        // Response tokens before each rollout: a part's slice of the per-token inputs.
+        let mut offsets = vec![0];
+        for r in &mb.rollouts {
+            offsets.push(offsets.last().copied().unwrap_or(0) + r.response_ids.len());
         }
-        if self.cfg.kl_in_loss {
-            let kl = k3_kl_loss(&new.logp, &vec(&mb.logp_ref)?, &mask, self.state.beta)?;
-            loss = (loss + kl)?;
-        }
-        let mut ptx_loss = 0.0;
-        if self.cfg.ptx_coef > 0.0 {
-            let ptx = self.ptx_loss(ptx_pick)?;
-            ptx_loss = scalar(&ptx)?;
-            loss = (loss + (ptx * self.cfg.ptx_coef)?)?;
-        }
-        let value = scalar(&loss)?;
-        if !value.is_finite() {
-            return Err(self.non_finite(step, "PPO loss", value));
-        }
+        let total = offsets[mb.rollouts.len()].max(1) as f64;
+        let mut stats = UpdateStats::default();
         let mut grads = Gradients::new();
-        grads.accumulate(&self.vars, self.policy.backward(&loss)?)?;
+        let mut new_logp = Vec::with_capacity(mb.logp_old.len());
+        for part in split_by_tokens(&units, self.cfg.max_batch_tokens) {
+            let tokens = offsets[part.start]..offsets[part.end];
+            let share = tokens.len() as f64 / total;
+            let new = token_outputs(
+                &self.policy,
+                self.value_head.as_ref(),
+                &mb.rollouts[part],
+                t,
+                false,
+            )?;
+            let logp_old = vec(&mb.logp_old[tokens.clone()])?;
+            let mask = Tensor::ones(tokens.len(), DType::F32, &self.device)?;
+            let (pl, clip_frac) = policy_loss(
+                &new.logp,
+                &logp_old,
+                &vec(&mb.advantages[tokens.clone()])?,
+                &mask,
+                self.cfg.clip,
+            )?;
+            stats.policy_loss += scalar(&pl)? * share;
+            stats.clip_frac += clip_frac * share;
+            let mut loss = pl;
+            if let Some(values) = &new.values {
+                let (vl, frac) = value_loss(
+                    values,
+                    &vec(&mb.values_old[tokens.clone()])?,
+                    &vec(&mb.returns[tokens.clone()])?,
+                    &mask,
+                    self.cfg.value_clip,
+                )?;
+                stats.value_loss += scalar(&vl)? * share;
+                stats.value_clip_frac += frac * share;
+                loss = (loss + (vl * self.cfg.vf_coef)?)?;
+            }
+            if self.cfg.kl_in_loss {
+                let logp_ref = vec(&mb.logp_ref[tokens])?;
+                let kl = k3_kl_loss(&new.logp, &logp_ref, &mask, self.state.beta)?;
+                loss = (loss + kl)?;
+            }
+            let loss = (loss * share)?;
+            let value = scalar(&loss)?;
+            if !value.is_finite() {
+                return Err(self.non_finite(step, "PPO loss", value));
+            }
+            new_logp.extend(new.logp.detach().to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            grads.accumulate(&self.vars, self.policy.backward(&loss)?)?;
+        }
+        if self.cfg.ptx_coef > 0.0 {
+            stats.ptx_loss = self.ptx_loss(ptx_pick, &mut grads)?;
+        }
         let norm = match self.cfg.max_grad_norm > 0.0 {
             true => grads.clip_global_norm(self.cfg.max_grad_norm)?,
             false => grads.global_norm()?,
@@ -491,28 +523,33 @@ impl PpoTrainer {
             return Err(self.non_finite(step, "gradient norm", norm));
         }
         self.opt.step(&self.vars, &grads, lr)?;
-        let log_ratio = (new.logp.detach() - logp_old)?;
-        let approx_kl = scalar(&(log_ratio.sqr()?.mean_all()? * 0.5)?)?;
-        Ok(UpdateStats {
-            policy_loss: scalar(&pl)?,
-            value_loss: value_loss_value,
-            clip_frac,
-            value_clip_frac,
-            approx_kl,
-            ptx_loss,
-        })
+        let log_ratio =
+            (Tensor::from_vec(new_logp, mb.logp_old.len(), &self.device)? - vec(&mb.logp_old)?)?;
+        stats.approx_kl = scalar(&(log_ratio.sqr()?.mean_all()? * 0.5)?)?;
+        Ok(stats)
     }
 
-    /// Mean next-token loss on `minibatch` SFT examples drawn for this update.
-    fn ptx_loss(&self, pick: (usize, usize, usize)) -> Result<Tensor> {
+    /// PPO-ptx: the mean next-token loss on `minibatch` SFT examples drawn for this update,
+    /// its gradient times `ptx_coef` added to `grads` (in parts of at most
+    /// `max_batch_tokens`, as SFT). Returns the loss.
+    fn ptx_loss(&self, pick: (usize, usize, usize), grads: &mut Gradients) -> Result<f64> {
         let (step, epoch, mb) = pick;
         let mut rng = self.rng(step, 1000 + (epoch * 1000 + mb) as u64);
         let chosen: Vec<&TokenizedExample> = self
             .ptx
             .choose_multiple(&mut rng, self.cfg.minibatch.min(self.ptx.len()))
             .collect();
-        let batch = Batch::new(&chosen, &self.device)?;
-        Ok((batch.nll_sum(&self.policy)? / batch.num_targets.max(1) as f64)?)
+        let units: Vec<(usize, usize)> = chosen.iter().map(|e| (1, e.tokens.len())).collect();
+        let targets: usize = chosen.iter().map(|e| e.num_targets()).sum();
+        let mut loss = 0.0;
+        for part in split_by_tokens(&units, self.cfg.max_batch_tokens) {
+            let batch = Batch::new(&chosen[part], &self.device)?;
+            let part_loss = (batch.nll_sum(&self.policy)? / targets.max(1) as f64)?;
+            loss += scalar(&part_loss)?;
+            let weighted = (part_loss * self.cfg.ptx_coef)?;
+            grads.accumulate(&self.vars, self.policy.backward(&weighted)?)?;
+        }
+        Ok(loss)
     }
 
     fn non_finite(&self, step: usize, what: &'static str, value: f64) -> anyhow::Error {
@@ -586,6 +623,7 @@ struct Minibatch<'a> {
     returns: Vec<f64>,
 }
 
+#[derive(Default)]
 struct UpdateStats {
     policy_loss: f64,
     value_loss: f64,

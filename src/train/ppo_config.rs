@@ -19,6 +19,11 @@ pub struct PpoConfig {
     pub rollouts: usize,
     /// Responses per optimizer update (default 4).
     pub minibatch: usize,
+    /// Token budget of one forward/backward pass: a minibatch (or PPO-ptx batch) whose
+    /// padded size (rows × longest prompt + response) is larger runs in parts of at most this
+    /// many tokens, their gradients accumulated, for the same update (default 4096, as
+    /// the other trainers; `null`: whole minibatches).
+    pub max_batch_tokens: Option<usize>,
     /// Advantage estimator: `gae` (value head, PPO; default), or the critic-free `grpo`,
     /// `rloo` and `reinforce`, which train no value head.
     pub advantage: AdvantageEstimator,
@@ -87,6 +92,7 @@ impl Default for PpoConfig {
             steps: 20,
             rollouts: 8,
             minibatch: 4,
+            max_batch_tokens: Some(super::sft::DEFAULT_MAX_BATCH_TOKENS),
             advantage: AdvantageEstimator::Gae,
             group_size: 4,
             scale_rewards: true,
@@ -127,6 +133,10 @@ impl PpoConfig {
             "rollouts and minibatch must be positive"
         );
         ensure!(self.ppo_epochs > 0, "ppo_epochs must be at least 1");
+        ensure!(
+            self.max_batch_tokens != Some(0),
+            "max_batch_tokens must be positive"
+        );
         if !self.advantage.uses_critic() {
             let g = self.group_size;
             ensure!(

@@ -240,3 +240,50 @@ fn a_resumed_grpo_run_equals_the_uninterrupted_one() -> Result<()> {
     assert_eq!(max_weight_difference(&a, &b)?, 0.0);
     Ok(())
 }
+
+/// PPO steps (GAE with value head, PPO-ptx on) whose minibatches of 4 rollouts of 5–12
+/// tokens run in parts of at most 24 padded tokens give the statistics and weights of whole
+/// minibatches.
+#[test]
+fn token_budget_parts_give_the_whole_minibatch_update() -> Result<()> {
+    let cfg = tiny_config(false);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let with_ptx = || {
+        let mut d = data();
+        d.ptx = (0..6)
+            .map(|i| super::data::TokenizedExample {
+                tokens: (0..6 + i).map(|t| 6 + t as u32).collect(),
+                loss_mask: (0..6 + i).map(|t| t >= 2).collect(),
+            })
+            .collect();
+        d
+    };
+    let run = |budget| -> Result<PpoTrainer> {
+        let mut run_cfg = config(2, Trainable::All, 1e-2);
+        run_cfg.max_batch_tokens = budget;
+        run_cfg.ptx_coef = 0.5;
+        let mut t = PpoTrainer::new(&cfg, weights.clone(), &weights, with_ptx(), run_cfg)?;
+        while !t.is_done() {
+            t.step(&mut FractionOfWanted)?;
+        }
+        Ok(t)
+    };
+    let (whole, parts) = (run(None)?, run(Some(24))?);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+    for (a, b) in whole.state().history.iter().zip(&parts.state().history) {
+        assert_eq!((a.score, a.response_len), (b.score, b.response_len));
+        for (x, y) in [
+            (a.policy_loss, b.policy_loss),
+            (a.value_loss, b.value_loss),
+            (a.approx_kl, b.approx_kl),
+            (a.clip_frac, b.clip_frac),
+            (a.ptx_loss.unwrap(), b.ptx_loss.unwrap()),
+        ] {
+            assert!(close(x, y), "step {}: {x} vs {y}", a.step);
+        }
+    }
+    let (a, b) = (whole.policy_weights(), parts.policy_weights());
+    assert!(max_weight_difference(&a, &b)? < 1e-4);
+    assert!(max_weight_difference(&a, &weights)? > 1e-3);
+    Ok(())
+}
