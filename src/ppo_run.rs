@@ -271,6 +271,13 @@ fn response_text(tok: &ChatTokenizer, r: &Rollout) -> Result<String> {
 /// Runs `cai train ppo`.
 pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
     let started = now_unix();
+    let default_policy = PpoRunConfig::default().policy;
+    if cfg.policy == default_policy && !Path::new(&default_policy).exists() {
+        bail!(
+            "no policy: the default `{default_policy}` (a `cai train sft` output) is not here; \
+             pass --policy (`default` for the embedded model, a GGUF file or a model folder)"
+        );
+    }
     let rm = match cfg.reward.reward_model > 0.0 {
         true => {
             let dir = cfg.reward_model.as_deref().context(

@@ -153,6 +153,12 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     assert!(err.contains("no reward model"), "{err}");
     let err = fails(&mut ppo(d, "empty", &["--resume"]));
     assert!(err.contains("no checkpoint-N folder"), "{err}");
+    // Outside a run folder, no --policy names the flag instead of a missing runs/sft/final.
+    let err = fails(cai(d).args(["train", "ppo", "--reward-model", "rm/final", "--quiet"]));
+    assert!(
+        err.contains("no policy") && err.contains("--policy"),
+        "{err}"
+    );
 
     ok(&mut ppo(d, "full", &[]));
     let full = d.join("full");
