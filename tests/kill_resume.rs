@@ -229,6 +229,17 @@ fn local(dir: &Path, stage: &str, out: &str) -> Command {
     cmd
 }
 
+/// `cai revise` on the tiny model: one round of 24 tokens over the sample prompts.
+fn revise(dir: &Path, out: &str) -> Command {
+    let mut c = local(dir, "revise", out);
+    c.args(["--rounds", "1", "--max-tokens", "24", "--few-shot", "0"])
+        .arg("--prompts")
+        .arg(root().join("data/sample-prompts.jsonl"))
+        .arg("--constitution")
+        .arg(root().join("constitutions/harmless.yaml"));
+    c
+}
+
 #[test]
 fn revise_sample_and_label_resume_byte_identical_after_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
@@ -237,15 +248,7 @@ fn revise_sample_and_label_resume_byte_identical_after_kill_9() {
     let constitution = root().join("constitutions/harmless.yaml");
     let prompts = root().join("data/sample-prompts.jsonl");
     let pairs = root().join("data/sample-pairs.jsonl");
-    jsonl_stage("revise", &d, |out| {
-        let mut c = local(&d, "revise", out);
-        c.args(["--rounds", "1", "--max-tokens", "24", "--few-shot", "0"])
-            .arg("--prompts")
-            .arg(&prompts)
-            .arg("--constitution")
-            .arg(&constitution);
-        c
-    });
+    jsonl_stage("revise", &d, |out| revise(&d, out));
     jsonl_stage("sample", &d, |out| {
         let mut c = local(&d, "sample", out);
         c.args(["--max-tokens", "24"])
@@ -462,15 +465,7 @@ fn a_full_disk_keeps_complete_records_and_checkpoints() {
     let d = tmp.path().to_path_buf();
     tiny::tiny_model(&d);
     write_data(&d);
-    let revise = |out: &str| {
-        let mut c = local(&d, "revise", out);
-        c.args(["--rounds", "1", "--max-tokens", "24", "--few-shot", "0"])
-            .arg("--prompts")
-            .arg(root().join("data/sample-prompts.jsonl"))
-            .arg("--constitution")
-            .arg(root().join("constitutions/harmless.yaml"));
-        c
-    };
+    let revise = |out: &str| revise(&d, out);
     ok(&mut revise("whole.jsonl"));
     let whole = std::fs::read_to_string(d.join("whole.jsonl")).unwrap();
     assert!(whole.len() > 4096, "the limit must cut the file");
