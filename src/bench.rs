@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::label::LabelConfig;
 use crate::llm::local::{GgufModel, LocalBackend};
-use crate::llm::spec::{ModelSpec, DEFAULT_MODEL_FILE};
 use crate::llm::BackendKind;
+use crate::model_files::locate::{ModelSpec, DEFAULT_MODEL_FILE};
 
 /// What `cai bench` measures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -74,6 +74,26 @@ pub fn parse_hh_transcript(text: &str) -> Vec<ChatMessage> {
     messages
 }
 
+/// A prompt: the conversation so far, plus optional text the assistant's reply starts with.
+///
+/// `prefill` is rendered after the generation prompt of the chat template, so the model
+/// continues it (e.g. "The answer is (" before scoring the options "A" and "B").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Prompt {
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefill: String,
+}
+
+impl Prompt {
+    pub fn new(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            messages,
+            prefill: String::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

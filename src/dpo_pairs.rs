@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::jsonl;
-use crate::llm::local::ChatTokenizer;
+use crate::model_files::ChatTokenizer;
 use crate::pairs::content_key;
 use crate::revise::RevisionRecord;
 use crate::train::dpo_data::{fit_example, DpoPair};

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use crate::llm::local::LocalBackend;
-use crate::llm::spec::ModelSpec;
+use crate::model_files::ModelSpec;
 use crate::progress;
 
 /// Settings of one perplexity run.

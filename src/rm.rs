@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli_rm::RmArgs;
 use crate::config::{read_yaml, set};
-use crate::llm::local::ChatTokenizer;
-use crate::llm::ModelSpec;
+use crate::model_files::checkpoint;
+use crate::model_files::ChatTokenizer;
+use crate::model_files::ModelSpec;
 use crate::plot::{self, HistogramSeries, LineSeries};
 use crate::train::reward::{RewardModelInfo, MARKER_FILE};
 use crate::train::reward_data::{read_source, tokenize_pairs, DataSource, TextPair};
 use crate::train::reward_trainer::{RewardTrainConfig, RewardTrainer, RewardTrainerState};
-use crate::train::{checkpoint, LoraConfig, SftConfig, TrainEvent};
+use crate::train::{LoraConfig, SftConfig, TrainEvent};
 
 /// Settings of `cai train rm`. Every field has a default; unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use crate::chat::ChatMessage;
 use crate::cli_rm::ScoreArgs;
 use crate::inputs::messages_of;
 use crate::jsonl;
-use crate::llm::local::ChatTokenizer;
+use crate::model_files::ChatTokenizer;
 use crate::pairs::read_pairs;
 use crate::train::reward::RewardModel;
 use crate::train::reward_loss::sigmoid;

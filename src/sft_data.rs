@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::chat::{ChatMessage, Role};
 use crate::jsonl;
-use crate::llm::local::ChatTokenizer;
+use crate::model_files::ChatTokenizer;
 use crate::revise::RevisionRecord;
 use crate::train::TokenizedExample;
 

@@ -21,16 +21,16 @@ use serde_json::json;
 use crate::cli_train::SftArgs;
 use crate::config::{read_yaml, set};
 use crate::device::compute_device;
-use crate::llm::local::ChatTokenizer;
-use crate::llm::spec::{sha256_file, ModelSpec};
 use crate::llm::ModelInfo;
 use crate::manifest::{fingerprint, now_unix, Manifest};
+use crate::model_files::checkpoint::resume_point;
+use crate::model_files::locate::{sha256_file, ModelSpec};
+use crate::model_files::weights::dtype_device;
+use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
 use crate::sft_data::{read_pairs, tokenize, RoundChoice};
-use crate::train::checkpoint::resume_point;
 use crate::train::data::eval_loss;
-use crate::train::weights::dtype_device;
 use crate::train::{
     load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, LoraConfig, SftConfig,
     SftStart, TokenizedExample, TrainEvent, Weights,

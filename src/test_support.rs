@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::llm::spec::{find_model_file, model_dirs, DEFAULT_MODEL_FILE};
+use crate::model_files::locate::{find_model_file, model_dirs, DEFAULT_MODEL_FILE};
 
 /// The first of `names` in the model folders (`$CAI_MODELS`, `models/`, `~/.cache/cai/models`,
 /// then the llama.cpp peer's `~/.cache/cai-peer/models`), or `None` with a note (the test is

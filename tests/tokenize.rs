@@ -13,7 +13,7 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cai::llm::local::TextTokenizer;
+use cai::model_files::TextTokenizer;
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
 

@@ -8,7 +8,7 @@ mod util;
 
 use std::path::Path;
 
-use cai::train::checkpoint::{load_model_dir, max_weight_difference};
+use cai::model_files::checkpoint::{load_model_dir, max_weight_difference};
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use util::{cai, fails, ok};
@@ -141,7 +141,7 @@ fn train_dpo_on_labels_and_revisions_then_resume_exactly() {
     assert!(m["eval_after"]["margin"].as_f64().unwrap() > 0.0);
 
     // The final folder is a model any stage loads, tokenizer included.
-    cai::llm::local::ChatTokenizer::open(d.join("dpo/final").to_str().unwrap()).unwrap();
+    cai::model_files::ChatTokenizer::open(d.join("dpo/final").to_str().unwrap()).unwrap();
 
     // Resume from step 8 (the later checkpoint and the final model removed): the
     // reference log-probabilities are reused and the final weights equal the first run's.

@@ -59,7 +59,7 @@ fn tokenizer_json() -> Value {
 fn tiny_model(dir: &Path) {
     let mut cfg = cai::train::LlamaConfig::new(32, 32, 64, 2, 4, 2);
     cfg.max_position_embeddings = 128;
-    let weights = cai::train::weights::init_random(&cfg, 0.1, 11, DType::F32, &Device::Cpu)
+    let weights = cai::model_files::weights::init_random(&cfg, 0.1, 11, DType::F32, &Device::Cpu)
         .expect("random weights");
     let template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}\
         <|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";

@@ -12,7 +12,7 @@ use super::plan::{plan, Job, StagePlan};
 use super::state::{self, Attempt, Done, StageStatus};
 use super::{report, PipelineConfig, RunDir, Stage};
 use crate::manifest::now_unix;
-use crate::train::checkpoint::latest_checkpoint;
+use crate::model_files::checkpoint::latest_checkpoint;
 
 /// What `cai pipeline` was asked to do.
 #[derive(Debug, Clone, Default)]

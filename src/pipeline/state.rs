@@ -11,8 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::plan::{Input, StagePlan};
 use super::Stage;
-use crate::llm::spec::sha256_file;
-use crate::llm::ModelSpec;
+use crate::model_files::locate::{sha256_file, ModelSpec};
 
 /// A file or folder and its sha256.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

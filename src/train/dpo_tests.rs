@@ -2,17 +2,17 @@
 //! implicit-reward accuracy rises from ½), the reference log-probabilities equal the starting
 //! policy's, and a resumed run equals the uninterrupted one.
 
-use super::checkpoint::{checkpoint_dir, load_model_dir, max_weight_difference};
 use super::data::TokenizedExample;
 use super::dpo_data::{pair_logps, DpoPair};
 use super::dpo_loss::DpoLoss;
 use super::dpo_trainer::{DpoData, DpoTrainConfig, DpoTrainer};
-use super::lora::LoraConfig;
 use super::optim::ScheduleKind;
 use super::params::Trainable;
 use super::sft::SftConfig;
 use super::tests::{tiny_config, tiny_weights, VOCAB};
 use super::{model_from_weights, LlamaConfig, TrainEvent, Weights};
+use crate::model_files::checkpoint::{checkpoint_dir, load_model_dir, max_weight_difference};
+use crate::model_files::lora::LoraConfig;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use rand::{Rng, SeedableRng};

@@ -10,13 +10,11 @@
 //! of an epoch are a pure function of seed and epoch; the reference log-probabilities are
 //! stored by the caller), so a resumed run repeats the uninterrupted one.
 
-use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use super::data::{split_by_tokens, TokenizedExample};
 use super::dpo_data::{pair_logps, pairs_fingerprint, sequence_logps, DpoPair};
 use super::dpo_loss::{pair_losses, DpoLoss, LossSpec};
 use super::dpo_metrics::{dpo_metrics, DpoEval, PairLogps};
 use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
-use super::lora;
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
@@ -24,6 +22,8 @@ use super::reward_data::group_batches_by;
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
 use crate::hash::Fnv1a;
+use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use crate::model_files::lora;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -192,7 +192,7 @@ impl DpoTrainer {
         data: DpoData,
         cfg: DpoTrainConfig,
     ) -> Result<Self> {
-        let (_, device) = super::weights::dtype_device(&weights)?;
+        let (_, device) = crate::model_files::weights::dtype_device(&weights)?;
         let t = &cfg.train;
         let params = ParamStore::fresh(model_config, weights, t.trainable.clone(), t.seed)?;
         let opt = AdamW::new(t.adamw());

@@ -4,15 +4,15 @@
 //! family adds (biases, q/k norms, Gemma's norms and local layers, fused projections, Llama 3
 //! rope scaling, soft-capping), with sequences longer than the sliding windows.
 
-use super::config::{Family, LlamaConfig};
 use super::data::{Batch, TokenizedExample};
-use super::lora::{self, LoraConfig};
 use super::model::CausalLm;
 use super::params::{ParamStore, Trainable};
 use super::tests::{check_finite_differences, dataset, ids, max_diff, VOCAB};
-use super::weights::{init_random, Weights};
 use super::{load_model_dir, model_from_weights, save_model_dir};
 use crate::llm::local::GgufModel;
+use crate::model_files::config::{Family, LlamaConfig};
+use crate::model_files::lora::{self, LoraConfig};
+use crate::model_files::weights::{init_random, Weights};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};

@@ -10,9 +10,9 @@
 //! recomputed activations, and the fixed-size slices of scores and logits. The constants were
 //! fitted to the peaks measured on SmolLM2-135M (README, training section).
 
-use super::config::LlamaConfig;
-use super::lora::LoraConfig;
 use super::params::Trainable;
+use crate::model_files::config::LlamaConfig;
+use crate::model_files::lora::LoraConfig;
 use anyhow::Result;
 
 const F32: u64 = 4;

@@ -2,7 +2,6 @@
 //! of positions, activation checkpointing in PPO.
 
 use super::data::{Batch, TokenizedExample};
-use super::lora;
 use super::model::CausalLm;
 use super::optim::ScheduleKind;
 use super::params::{ParamStore, Trainable};
@@ -14,6 +13,7 @@ use super::reward_trainer::{RewardTrainConfig, RewardTrainer};
 use super::sft::SftConfig;
 use super::tests::{dataset, lora_all, max_diff, tiny_config, tiny_weights, VOCAB};
 use super::trainer::SftTrainer;
+use crate::model_files::lora;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};

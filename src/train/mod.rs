@@ -12,8 +12,6 @@
 
 pub mod advantage;
 pub mod attention;
-pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod dpo_data;
 pub mod dpo_loss;
@@ -38,7 +36,6 @@ pub mod reward_loss;
 pub mod reward_trainer;
 pub mod sft;
 pub mod trainer;
-pub mod weights;
 
 #[cfg(test)]
 mod dpo_tests;
@@ -57,21 +54,21 @@ mod sft_tests;
 #[cfg(test)]
 mod tests;
 
-pub use checkpoint::{load_model_dir, merge_checkpoint, save_model_dir};
-pub use config::LlamaConfig;
+pub use crate::model_files::checkpoint::{load_model_dir, merge_checkpoint, save_model_dir};
+pub use crate::model_files::config::LlamaConfig;
+pub use crate::model_files::lora::LoraConfig;
+pub use crate::model_files::weights::{load_gguf, load_hf_dir, Weights};
 pub use data::{Batch, TokenizedExample};
 pub use log::{StepStats, TrainEvent, TrainObserver};
-pub use lora::LoraConfig;
 pub use model::{CausalLm, KvCache, Llama};
 pub use optim::{AdamW, AdamWParams, LrSchedule, ScheduleKind};
 pub use params::{ParamStore, Trainable};
 pub use sft::{train_sft, NonFiniteError, SftConfig, SftStart, SftSummary};
 pub use trainer::{SftTrainer, TrainerState};
-pub use weights::{load_gguf, load_hf_dir, Weights};
 
 /// Builds a [`Llama`] for inference from plain weights (no `Var`s, no LoRA).
 pub fn model_from_weights(cfg: &LlamaConfig, weights: &Weights) -> anyhow::Result<Llama> {
-    let (dtype, device) = weights::dtype_device(weights)?;
+    let (dtype, device) = crate::model_files::weights::dtype_device(weights)?;
     let vb = candle_nn::VarBuilder::from_tensors(weights.clone(), dtype, &device);
     Ok(Llama::new(cfg, vb)?)
 }

@@ -14,12 +14,13 @@
 //! [`CausalLm::forward_cached`] with an explicit [`KvCache`].
 
 use super::attention::causal_attention;
-use super::config::LlamaConfig;
 use super::lm_head::LmHead;
-use super::lora::{LinearKind, LoraConfig, LoraLinear};
+use super::lora::LoraLinear;
 use super::ops;
 use super::recompute::{checkpointed, BlockFn, RecomputedGrads};
-use crate::llm::local::arch::{Activation, RopeParams};
+use crate::model_files::arch::{Activation, RopeParams};
+use crate::model_files::config::LlamaConfig;
+use crate::model_files::lora::{LinearKind, LoraConfig};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;

@@ -6,11 +6,11 @@
 //! cheap. The optimizer updates the `Var`s in place, so the model built from the store
 //! and the store's tensors always show the current values.
 
-use super::checkpoint;
-use super::config::LlamaConfig;
-use super::lora::{self, LoraConfig};
 use super::model::Llama;
-use super::weights::{self, Weights};
+use crate::model_files::checkpoint;
+use crate::model_files::config::LlamaConfig;
+use crate::model_files::lora::{self, LoraConfig};
+use crate::model_files::weights::{self, Weights};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;

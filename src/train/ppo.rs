@@ -24,9 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::advantage::{group_advantages, k3_kl_loss, AdvantageEstimator};
-use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use super::data::{split_by_tokens, Batch, TokenizedExample};
-use super::lora;
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients};
 use super::params::ParamStore;
@@ -37,8 +35,10 @@ use super::ppo_math::{
 use super::ppo_rollout::{generate, split_rows, token_outputs, Rollout, RolloutSampling};
 use super::reward::RewardHead;
 use super::trainer::epoch_order;
-use super::weights::dtype_device;
 use super::{model_from_weights, LlamaConfig, NonFiniteError, Weights};
+use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
+use crate::model_files::lora;
+use crate::model_files::weights::dtype_device;
 
 /// Trainer state file of a PPO checkpoint (the name every checkpoint folder uses, so
 /// [`checkpoint::latest_checkpoint`] finds it).

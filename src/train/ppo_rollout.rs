@@ -7,7 +7,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use super::data::{Batch, TokenizedExample};
 use super::model::{CausalLm, KvCache, Llama};
 use super::reward::RewardHead;
-use crate::llm::sampling::sample_token;
+use crate::sampling::sample_token;
 
 /// One sampled response.
 #[derive(Debug, Clone, PartialEq, Eq)]

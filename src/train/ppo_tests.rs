@@ -1,12 +1,12 @@
 //! PPO on a tiny random model with a synthetic reward: learning, bounded KL, exact resume.
 
-use super::checkpoint::max_weight_difference;
-use super::lora::LoraConfig;
 use super::params::Trainable;
 use super::ppo::{PpoData, PpoTrainer, Scorer};
 use super::ppo_config::PpoConfig;
 use super::ppo_rollout::Rollout;
 use super::tests::{tiny_config, tiny_weights, VOCAB};
+use crate::model_files::checkpoint::max_weight_difference;
+use crate::model_files::lora::LoraConfig;
 use anyhow::Result;
 use candle_core::DType;
 use rand::{Rng, SeedableRng};

@@ -6,13 +6,13 @@
 //! Set `CAI_TEST_GGUF` to use another llama GGUF file.
 
 use super::data::{Batch, TokenizedExample};
-use super::lora::LoraConfig;
 use super::model::{argmax_last, CausalLm};
 use super::params::Trainable;
 use super::sft::SftConfig;
 use super::trainer::SftTrainer;
-use super::weights::load_gguf;
 use super::{model_from_weights, ScheduleKind};
+use crate::model_files::lora::LoraConfig;
+use crate::model_files::weights::load_gguf;
 use anyhow::Result;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};

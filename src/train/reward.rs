@@ -6,12 +6,12 @@
 //! On disk a reward model is a model folder (`config.json`, `model.safetensors`, LoRA
 //! adapters in checkpoints) plus [`HEAD_FILE`] and [`MARKER_FILE`].
 
-use super::checkpoint::load_model_dir;
 use super::model::{CausalLm, Llama};
 use super::reward_data::{PairBatch, TokenPair};
 use super::reward_loss::sigmoid;
 use super::{model_from_weights, LlamaConfig, Weights};
 use crate::compare::metrics::calibration;
+use crate::model_files::checkpoint::load_model_dir;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;

@@ -1,8 +1,6 @@
 //! Reward-model training on tiny random-weight models: a synthetic preference is learnt,
 //! and a resumed run equals the uninterrupted one.
 
-use super::checkpoint::{checkpoint_dir, load_model_dir, max_weight_difference};
-use super::lora::LoraConfig;
 use super::optim::ScheduleKind;
 use super::params::Trainable;
 use super::reward::{evaluate_pairs, RewardModel, RewardModelInfo, MARKER_FILE};
@@ -11,6 +9,8 @@ use super::reward_trainer::{RewardTrainConfig, RewardTrainer};
 use super::sft::SftConfig;
 use super::tests::{tiny_config, tiny_weights, VOCAB};
 use super::TrainEvent;
+use crate::model_files::checkpoint::{checkpoint_dir, load_model_dir, max_weight_difference};
+use crate::model_files::lora::LoraConfig;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use rand::{Rng, SeedableRng};

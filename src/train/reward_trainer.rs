@@ -8,10 +8,8 @@
 //! position; the batches of an epoch are a pure function of seed and epoch), so a resumed
 //! run repeats the uninterrupted one.
 
-use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use super::data::split_by_tokens;
 use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
-use super::lora;
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
@@ -21,6 +19,8 @@ use super::reward_loss::{batch_loss, LossSettings};
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
 use crate::hash::Fnv1a;
+use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use crate::model_files::lora;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Var};
 use serde::{Deserialize, Serialize};
@@ -121,7 +121,7 @@ impl RewardTrainer {
         eval: Vec<TokenPair>,
         cfg: RewardTrainConfig,
     ) -> Result<Self> {
-        let (_, device) = super::weights::dtype_device(&weights)?;
+        let (_, device) = crate::model_files::weights::dtype_device(&weights)?;
         let t = &cfg.train;
         let params = ParamStore::fresh(model_config, weights, t.trainable.clone(), t.seed)?;
         let head = RewardHead::init(model_config.hidden_size, t.seed, &device)?;

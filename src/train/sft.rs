@@ -6,14 +6,14 @@
 //! walks a seeded permutation of the training set per epoch, averages the loss over all
 //! loss tokens of the step, clips the global gradient norm and applies AdamW.
 
-use super::checkpoint::ExtraFiles;
-use super::config::LlamaConfig;
 use super::data::TokenizedExample;
 use super::log::TrainObserver;
 use super::optim::{AdamWParams, ScheduleKind};
 use super::params::Trainable;
 use super::trainer::SftTrainer;
-use super::weights::Weights;
+use crate::model_files::checkpoint::ExtraFiles;
+use crate::model_files::config::LlamaConfig;
+use crate::model_files::weights::Weights;
 use anyhow::{ensure, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -204,7 +204,7 @@ pub enum SftStart {
     Fresh {
         /// Config of the base model.
         model_config: LlamaConfig,
-        /// Base weights (f32 for training), e.g. from [`load_gguf`](super::weights::load_gguf).
+        /// Base weights (f32 for training), e.g. from [`load_gguf`](crate::model_files::weights::load_gguf).
         weights: Weights,
         /// Settings of the run.
         config: SftConfig,

@@ -1,12 +1,12 @@
 //! Tests of the SFT training loop on tiny random-weight models.
 
-use super::checkpoint::{self, max_weight_difference};
 use super::params::Trainable;
 use super::sft::{train_sft, NonFiniteError, SftConfig, SftStart};
 use super::tests::{dataset, lora_all, max_diff, quick_config, tiny_config, tiny_weights};
 use super::trainer::SftTrainer;
-use super::weights::Weights;
 use super::{ScheduleKind, TrainEvent};
+use crate::model_files::checkpoint::{self, max_weight_difference};
+use crate::model_files::weights::Weights;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 

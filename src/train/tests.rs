@@ -1,16 +1,16 @@
 //! Tests of the model, LoRA and checkpoints on tiny random-weight models, and the
 //! helpers shared with the training-loop tests.
 
-use super::checkpoint::max_weight_difference;
 use super::data::{Batch, TokenizedExample};
-use super::lora::{self, LoraConfig};
 use super::model::CausalLm;
 use super::optim::ScheduleKind;
 use super::params::{ParamStore, Trainable};
 use super::sft::SftConfig;
 use super::trainer::SftTrainer;
-use super::weights::{init_random, Weights};
 use super::{model_from_weights, LlamaConfig};
+use crate::model_files::checkpoint::max_weight_difference;
+use crate::model_files::lora::{self, LoraConfig};
+use crate::model_files::weights::{init_random, Weights};
 use anyhow::Result;
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -337,5 +337,32 @@ fn save_and_load_give_identical_logits() -> Result<()> {
     assert!(dir.path().join("merged/tokenizer.json").exists());
     let (_, merged2) = super::load_model_dir(&dir.path().join("merged"), DType::F32, &Device::Cpu)?;
     assert_eq!(max_weight_difference(&merged, &merged2)?, 0.0);
+    Ok(())
+}
+
+/// Interleaved RoPE on llama.cpp's permuted weights gives the same attention scores
+/// as Hugging Face RoPE on the original weights.
+#[test]
+fn permuted_weights_with_interleaved_rope_match_hf_rope() -> Result<()> {
+    let dev = Device::Cpu;
+    let (heads, d, dim, t) = (2, 8, 6, 5);
+    let w = Tensor::randn(0f32, 1.0, (heads * d, dim), &dev)?;
+    let x = Tensor::randn(0f32, 1.0, (t, dim), &dev)?;
+    let (cos, sin) = super::ops::rope_tables(d, t, (10_000.0, 1.0), None, DType::F32, &dev)?;
+    let heads_of = |w: &Tensor| -> Result<Tensor> {
+        let q = x.matmul(&w.t()?)?;
+        Ok(q.reshape((1, t, heads, d))?.transpose(1, 2)?.contiguous()?)
+    };
+    let scores =
+        |q: Tensor| -> Result<Vec<f32>> { Ok(q.matmul(&q.t()?)?.flatten_all()?.to_vec1()?) };
+    let hf = candle_nn::rotary_emb::rope(&heads_of(&w)?, &cos, &sin)?;
+    let gguf = candle_nn::rotary_emb::rope_i(
+        &heads_of(&crate::model_files::weights::permute_for_gguf(&w, heads)?)?,
+        &cos,
+        &sin,
+    )?;
+    for (a, b) in scores(hf)?.iter().zip(scores(gguf)?) {
+        assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
+    }
     Ok(())
 }

@@ -5,17 +5,17 @@
 //! permutation of an epoch is a pure function of seed and epoch) is saved in a
 //! checkpoint, so a resumed run repeats the uninterrupted one.
 
-use super::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
-use super::config::LlamaConfig;
 use super::data::{eval_loss, prepare_examples, split_by_tokens, Batch, TokenizedExample};
 use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
-use super::lora;
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::sft::{NonFiniteError, SftConfig, SftSummary};
-use super::weights::Weights;
 use crate::hash::Fnv1a;
+use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use crate::model_files::config::LlamaConfig;
+use crate::model_files::lora;
+use crate::model_files::weights::Weights;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use rand::seq::SliceRandom;
@@ -72,7 +72,7 @@ impl SftTrainer {
         eval: &[TokenizedExample],
         cfg: SftConfig,
     ) -> Result<Self> {
-        let (_, device) = super::weights::dtype_device(&weights)?;
+        let (_, device) = crate::model_files::weights::dtype_device(&weights)?;
         let params = ParamStore::fresh(model_config, weights, cfg.trainable.clone(), cfg.seed)?;
         let opt = AdamW::new(cfg.adamw());
         Self::assemble(params, opt, train, eval, cfg, None, &device)

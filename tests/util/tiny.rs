@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cai::train::config::TokenIds;
-use cai::train::weights::init_random;
+use cai::model_files::config::TokenIds;
+use cai::model_files::weights::init_random;
 use cai::train::{save_model_dir, LlamaConfig};
 use candle_core::{DType, Device};
 use serde_json::{json, Value};

@@ -21,7 +21,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::arch::Activation;
+use crate::model_files::arch::Activation;
 
 /// `x / √(mean(x²) + eps) · w` over the last dimension (candle's `rms_norm`).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {

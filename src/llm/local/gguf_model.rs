@@ -18,25 +18,11 @@ use candle_core::{CpuStorage, DType, Device, IndexOp, Module, Storage, Tensor, D
 use candle_nn::rotary_emb::{rope, rope_i};
 use rayon::prelude::*;
 
-use super::arch::{Arch, ArchTraits, Metadata, RopeParams, RopeStyle};
 use super::decode_attention::{attend_one, rope_halves, rope_interleaved, Heads};
 use super::fused;
 use super::kv_cache::KvCache;
 use super::qmatmul::{rows_matmul, RowsMatMul};
-
-/// Shape hyper-parameters and architecture traits read from the GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelShape {
-    pub vocab: usize,
-    pub hidden: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub rms_eps: f64,
-    pub context: usize,
-    pub arch: ArchTraits,
-}
+use crate::model_files::arch::{ModelShape, RopeParams, RopeStyle};
 
 /// Rows at or above which a projection uses the f32 copy of its weights (a cache-blocked gemm)
 /// instead of the quantized dot products, which win only for one or a few rows.
@@ -285,7 +271,7 @@ impl GgufModel {
         device: &Device,
         dense: bool,
     ) -> Result<Self> {
-        let shape = Self::read_shape(content, path)?;
+        let shape = ModelShape::read(content, path)?;
         let mut file =
             File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut tensor = |name: &str| -> Result<Option<QTensor>> {
@@ -300,51 +286,6 @@ impl GgufModel {
         let tied = !content.tensor_infos.contains_key("output.weight");
         Self::from_tensors(shape, tied, &mut tensor, device, dense)
             .with_context(|| format!("{}: cannot build the model", path.display()))
-    }
-
-    /// The shape and architecture traits in `content`'s metadata.
-    pub fn read_shape(content: &gguf_file::Content, path: &Path) -> Result<ModelShape> {
-        let name = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok().cloned())
-            .unwrap_or_default();
-        let Some(arch) = Arch::from_name(&name) else {
-            bail!(
-                "{}: architecture `{name}` is not supported by the local backend (supported: \
-                 {}); serve it with an OpenAI-compatible server instead",
-                path.display(),
-                Arch::SUPPORTED
-            );
-        };
-        let md = Metadata::new(content, &name, path);
-        let heads = md.need_usize("attention.head_count")?;
-        let hidden = md.need_usize("embedding_length")?;
-        let layers = md.need_usize("block_count")?;
-        let head_dim = match md.usize("attention.key_length")? {
-            Some(d) => d,
-            None => md.usize("rope.dimension_count")?.unwrap_or(hidden / heads),
-        };
-        if let Some(rot) = md.usize("rope.dimension_count")? {
-            if rot != head_dim {
-                bail!(
-                    "{}: partial rotary embeddings ({rot} of {head_dim} dimensions) are not \
-                     supported",
-                    path.display()
-                );
-            }
-        }
-        Ok(ModelShape {
-            vocab: 0,
-            hidden,
-            layers,
-            heads,
-            kv_heads: md.usize("attention.head_count_kv")?.unwrap_or(heads),
-            head_dim,
-            rms_eps: md.f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f64,
-            context: md.usize("context_length")?.unwrap_or(2048),
-            arch: ArchTraits::from_gguf(arch, &md, layers, hidden, head_dim)?,
-        })
     }
 
     /// Builds the model from tensors in GGUF naming (`token_embd.weight`, `blk.N.attn_q.weight`,

@@ -16,9 +16,11 @@ use anyhow::{Context, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::gguf_model::{GgufModel, ModelShape};
-use crate::train::weights::{hf_name, permute_for_gguf};
-use crate::train::{load_model_dir, LlamaConfig, Weights};
+use super::gguf_model::GgufModel;
+use crate::model_files::arch::ModelShape;
+use crate::model_files::checkpoint::load_model_dir;
+use crate::model_files::weights::{hf_name, permute_for_gguf};
+use crate::model_files::{LlamaConfig, Weights};
 
 /// Values per Q8_0 block: rows must be a multiple of it to be quantized.
 const Q8_BLOCK: usize = 32;
@@ -91,7 +93,7 @@ fn quantize(w: &Tensor) -> Result<QTensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::weights::init_random;
+    use crate::model_files::weights::init_random;
     use crate::train::{model_from_weights, CausalLm};
 
     /// The folder model's next-token logits match the training model's (f32 weights,

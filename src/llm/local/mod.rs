@@ -6,9 +6,6 @@
 //! comparison, several samples) compute it once. Alignment makes results independent of what
 //! the cache held: chunk k always covers the same positions with the same inputs.
 
-pub mod arch;
-mod chat_template;
-mod chat_tokenizer;
 mod decode_attention;
 #[cfg(test)]
 mod decode_tests;
@@ -17,9 +14,10 @@ mod gguf_model;
 mod hf_folder;
 mod kv_cache;
 mod qmatmul;
-mod tokenizer;
 
 use std::path::Path;
+
+use crate::model_files::{ChatTokenizer, TextTokenizer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -27,11 +25,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
-pub use chat_template::ChatTemplate;
-pub use chat_tokenizer::ChatTokenizer;
 pub use gguf_model::GgufModel;
 pub use kv_cache::KvCache;
-pub use tokenizer::TextTokenizer;
 
 use super::{
     Backend, Choice, ChoiceRequest, Completion, ContextOverflow, FinishReason, GenerateRequest,

@@ -282,6 +282,67 @@ impl<'a> Metadata<'a> {
     }
 }
 
+/// Shape hyper-parameters and architecture traits read from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelShape {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f64,
+    pub context: usize,
+    pub arch: ArchTraits,
+}
+
+impl ModelShape {
+    /// The shape and architecture traits in `content`'s metadata.
+    pub fn read(content: &gguf_file::Content, path: &Path) -> Result<Self> {
+        let name = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        let Some(arch) = Arch::from_name(&name) else {
+            bail!(
+                "{}: architecture `{name}` is not supported by the local backend (supported: \
+                 {}); serve it with an OpenAI-compatible server instead",
+                path.display(),
+                Arch::SUPPORTED
+            );
+        };
+        let md = Metadata::new(content, &name, path);
+        let heads = md.need_usize("attention.head_count")?;
+        let hidden = md.need_usize("embedding_length")?;
+        let layers = md.need_usize("block_count")?;
+        let head_dim = match md.usize("attention.key_length")? {
+            Some(d) => d,
+            None => md.usize("rope.dimension_count")?.unwrap_or(hidden / heads),
+        };
+        if let Some(rot) = md.usize("rope.dimension_count")? {
+            if rot != head_dim {
+                bail!(
+                    "{}: partial rotary embeddings ({rot} of {head_dim} dimensions) are not \
+                     supported",
+                    path.display()
+                );
+            }
+        }
+        Ok(Self {
+            vocab: 0,
+            hidden,
+            layers,
+            heads,
+            kv_heads: md.usize("attention.head_count_kv")?.unwrap_or(heads),
+            head_dim,
+            rms_eps: md.f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f64,
+            context: md.usize("context_length")?.unwrap_or(2048),
+            arch: ArchTraits::from_gguf(arch, &md, layers, hidden, head_dim)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
 
+use super::locate::ModelSpec;
 use super::{ChatTemplate, TextTokenizer};
+use crate::chat::Prompt;
 use crate::chat::{ChatMessage, Role};
-use crate::llm::spec::ModelSpec;
-use crate::llm::Prompt;
 
 /// Tokenizer + chat template + context length of one model.
 pub struct ChatTokenizer {

@@ -11,7 +11,7 @@
 //! (biases, q/k norms, Gemma's norms around each sub-layer and their `1 + w` scale, Phi-3's
 //! fused projections).
 
-use crate::llm::local::arch::{Activation, Arch, ArchTraits, RopeParams, RopeStyle};
+use super::arch::{Activation, Arch, ArchTraits, RopeParams, RopeStyle};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
