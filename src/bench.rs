@@ -11,10 +11,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::label::LabelConfig;
 use crate::llm::local::{GgufModel, LocalBackend};
 use crate::llm::BackendKind;
 use crate::model_files::locate::{ModelSpec, DEFAULT_MODEL_FILE};
+use crate::stages::label::LabelConfig;
 
 /// What `cai bench` measures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,7 +196,7 @@ fn labelling_in(dir: &Path, path: &Path, cfg: &BenchConfig) -> Result<Vec<Figure
             quiet: true,
             ..LabelConfig::default()
         };
-        let stats = crate::label::run_with(&label, || {
+        let stats = crate::stages::label::run_with(&label, || {
             let backend = LocalBackend::open_gguf(path, &cfg.model, None)?;
             backend.set_prefix_reuse(reuse);
             Ok(Box::new(backend))

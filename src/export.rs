@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -22,7 +21,7 @@ use crate::chat::{ChatMessage, Role};
 use crate::jsonl;
 
 /// Message lists or plain text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Style {
     #[default]
@@ -30,8 +29,19 @@ pub enum Style {
     Standard,
 }
 
+impl crate::choice::Choice for Style {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "conversational",
+            Self::Conversational,
+            "role-tagged messages",
+        ),
+        ("standard", Self::Standard, "plain text"),
+    ];
+}
+
 /// Which training set to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExportKind {
     /// `messages` rows (SFT, from `cai revise`).
@@ -42,11 +52,35 @@ pub enum ExportKind {
     Preference,
 }
 
-#[derive(Debug, Clone)]
+impl crate::choice::Choice for ExportKind {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "messages",
+            Self::Messages,
+            "`messages` rows (SFT, from cai revise)",
+        ),
+        (
+            "prompt-completion",
+            Self::PromptCompletion,
+            "`prompt`/`completion` rows (SFT, from cai revise)",
+        ),
+        (
+            "preference",
+            Self::Preference,
+            "`prompt`/`chosen`/`rejected` rows (preference, from cai label)",
+        ),
+    ];
+}
+
+/// Settings of `cai export`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExportConfig {
+    /// `cai revise` records (SFT sets) or `cai label` rows (preference sets).
     pub input: PathBuf,
     pub out: PathBuf,
-    pub kind: ExportKind,
+    /// Which set to write; required.
+    pub kind: Option<ExportKind>,
     pub style: Style,
 }
 
@@ -71,11 +105,14 @@ struct LabelRow {
 
 /// Writes the export; returns the number of rows written.
 pub fn run(cfg: &ExportConfig) -> Result<usize> {
-    let rows = match cfg.kind {
+    let Some(kind) = cfg.kind else {
+        bail!("export: no kind given (messages, prompt-completion or preference)");
+    };
+    let rows = match kind {
         ExportKind::Messages | ExportKind::PromptCompletion => {
             read::<SftRow>(&cfg.input, "a `cai revise` record (conversation, final)")?
                 .into_iter()
-                .map(|r| sft_row(r, cfg.kind, cfg.style))
+                .map(|r| sft_row(r, kind, cfg.style))
                 .collect::<Vec<_>>()
         }
         ExportKind::Preference => read::<LabelRow>(

@@ -1,5 +1,3 @@
-use clap::Parser;
-
 fn main() {
     // A file-size limit (`ulimit -f`) then makes a write fail with EFBIG, which becomes an error
     // naming the file, where SIGXFSZ's default action would kill cai without a word.
@@ -8,7 +6,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let cli = cai::cli::Cli::parse();
+    let cli = cai::cli::parse();
     // candle captures a backtrace into every error when RUST_BACKTRACE is set and prints it
     // with the message; it is only wanted when debugging. RUST_LIB_BACKTRACE=0 turns the
     // library captures off and leaves panics' backtraces to RUST_BACKTRACE.
@@ -18,7 +16,7 @@ fn main() {
     } else if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "1");
     }
-    if let Err(err) = cai::run(cli) {
+    if let Err(err) = cai::cli::run(cli) {
         eprintln!("cai: {}", one_line(&err));
         std::process::exit(1);
     }

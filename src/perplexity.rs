@@ -10,13 +10,15 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::llm::local::LocalBackend;
 use crate::model_files::ModelSpec;
 use crate::progress;
 
 /// Settings of one perplexity run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PerplexityConfig {
     /// `default`, a GGUF file or a model folder.
     pub model: String,

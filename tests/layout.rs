@@ -1,41 +1,13 @@
-//! The source layout's import rules, checked on the files themselves: which files import each
-//! other in a cycle (through `crate::` and `super::` paths outside comments and unit tests),
-//! and which files use clap. Both are compared with the lists below, which only shrink: a new
-//! cycle or a new clap user fails this test, and so does fixing one without striking it here.
+//! The source layout's import rules, checked on the files themselves (through `crate::` and
+//! `super::` paths outside comments and unit tests): no two files import each other, even
+//! through others; `llm` (inference) and `train` (training) never import each other, and
+//! `model_files` below them imports neither; clap is used only under `src/cli/`, whose flags
+//! take their defaults from the configs' `Default` impls rather than from help texts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 mod util;
-
-/// Groups of modules that import each other today (each group one strongly connected
-/// component), to be emptied by the layout issue.
-const KNOWN_CYCLES: &[&[&str]] = &[
-    &["cli", "cli_eval", "config"],
-    &["cli_dpo", "cli_rm", "cli_train"],
-    &["train::sft", "train::trainer"],
-];
-
-/// Files that use clap today; the layout issue keeps clap under `src/cli/`.
-const KNOWN_CLAP_USERS: &[&str] = &[
-    "cli",
-    "cli_dpo",
-    "cli_eval",
-    "cli_export",
-    "cli_pipeline",
-    "cli_rm",
-    "cli_train",
-    "export",
-    "label",
-    "llm::openai",
-    "llm::spec",
-    "main",
-    "pipeline",
-    "ppo_run",
-    "revise",
-    "train::advantage",
-    "train::ppo_math",
-];
 
 type Module = Vec<String>;
 
@@ -207,32 +179,72 @@ fn sources() -> BTreeMap<Module, String> {
 }
 
 #[test]
-fn import_cycles_are_only_the_known_ones() {
+fn no_file_imports_one_that_imports_it_back() {
     let found = cycles(&imports(&sources()));
-    let known: BTreeSet<BTreeSet<String>> = KNOWN_CYCLES
-        .iter()
-        .map(|g| g.iter().map(|s| s.to_string()).collect())
-        .collect();
-    let new: Vec<_> = found.difference(&known).collect();
-    let gone: Vec<_> = known.difference(&found).collect();
-    assert!(
-        new.is_empty() && gone.is_empty(),
-        "import cycles changed:\n  new (break them): {new:?}\n  gone or changed (update \
-         KNOWN_CYCLES): {gone:?}"
-    );
+    assert!(found.is_empty(), "import cycles (break them): {found:?}");
+}
+
+/// Modules under `layer` that import a module under one of `above`.
+fn imports_into(layer: &str, above: &[&str]) -> Vec<String> {
+    let edges = imports(&sources());
+    let mut bad = Vec::new();
+    for (m, deps) in &edges {
+        if m.first().map(String::as_str) != Some(layer) {
+            continue;
+        }
+        for d in deps {
+            if above.contains(&d[0].as_str()) {
+                bad.push(format!("{} -> {}", m.join("::"), d.join("::")));
+            }
+        }
+    }
+    bad
 }
 
 #[test]
-fn clap_is_used_only_where_it_was() {
-    let users: BTreeSet<String> = sources()
+fn inference_and_training_never_import_each_other() {
+    let upper = ["cli", "stages", "pipeline"];
+    let bad: Vec<String> = [
+        imports_into("llm", &["train", "cli", "stages", "pipeline"]),
+        imports_into("train", &["llm", "cli", "stages", "pipeline"]),
+        imports_into(
+            "model_files",
+            &["llm", "train", "cli", "stages", "pipeline"],
+        ),
+        imports_into("stages", &["cli", "pipeline"]),
+        imports_into("pipeline", &upper[..1]),
+    ]
+    .concat();
+    assert!(bad.is_empty(), "imports against the layers: {bad:#?}");
+}
+
+#[test]
+fn clap_is_used_only_under_src_cli() {
+    let users: Vec<String> = sources()
         .iter()
-        .filter(|(_, source)| code(source).contains("clap::"))
+        .filter(|(m, source)| m.first().is_none_or(|c| c != "cli") && code(source).contains("clap"))
         .map(|(m, _)| m.join("::"))
         .collect();
-    let known: BTreeSet<String> = KNOWN_CLAP_USERS.iter().map(|s| s.to_string()).collect();
-    assert_eq!(
-        users, known,
-        "files using clap changed (new ones belong under src/cli/; strike fixed ones)"
+    assert!(users.is_empty(), "clap outside src/cli/: {users:?}");
+}
+
+#[test]
+fn help_texts_write_no_defaults_of_their_own() {
+    let written: Vec<String> = sources()
+        .iter()
+        .filter(|(m, _)| m.first().is_some_and(|c| c == "cli"))
+        .flat_map(|(m, source)| {
+            source
+                .lines()
+                .filter(|l| l.trim_start().starts_with("///") && l.contains("[default"))
+                .map(move |l| format!("{}: {}", m.join("::"), l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        written.is_empty(),
+        "defaults belong in the config's Default impl (cli::help_defaults shows them): \
+         {written:#?}"
     );
 }
 

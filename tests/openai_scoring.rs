@@ -40,7 +40,7 @@ fn prompt(prefill: &str) -> Prompt {
 }
 
 fn score_options() -> Vec<String> {
-    cai::label::score_options()
+    cai::stages::label::score_options()
 }
 
 /// The fake vLLM's tokens of `prompt` (chat template + prefill), as `/tokenize` gives them.

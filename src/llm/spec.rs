@@ -2,7 +2,6 @@
 //! model lives is [`crate::model_files::locate`].
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use super::local::LocalBackend;
@@ -12,7 +11,7 @@ use super::Backend;
 use crate::model_files::locate::{sha256_file, ModelSpec};
 
 /// Where model calls go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Our own candle model in this process (GGUF llama models).
@@ -23,6 +22,14 @@ pub enum BackendKind {
     /// An OpenAI-compatible server (vLLM, llama.cpp server, mistralrs-server, Ollama) at
     /// `--base-url`.
     Openai,
+}
+
+impl crate::choice::Choice for BackendKind {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        ("local", Self::Local, "our own candle model in this process (GGUF files, model folders)"),
+        ("mock", Self::Mock, "deterministic fake model, for tests"),
+        ("openai", Self::Openai, "an OpenAI-compatible server (vLLM, llama.cpp server, Ollama, hosted APIs) at --base-url"),
+    ];
 }
 
 /// Opens the backend a stage asked for, with default server settings.

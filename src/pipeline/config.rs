@@ -13,15 +13,15 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Stage;
-use crate::dpo_run::TrainDpoConfig;
-use crate::eval::EvalConfig;
-use crate::label::LabelConfig;
 use crate::llm::BackendKind;
-use crate::ppo_run::PpoRunConfig;
-use crate::revise::ReviseConfig;
-use crate::rm::TrainRmConfig;
-use crate::sample::SampleConfig;
-use crate::sft_run::SftRunConfig;
+use crate::stages::dpo::TrainDpoConfig;
+use crate::stages::eval::EvalConfig;
+use crate::stages::label::LabelConfig;
+use crate::stages::ppo::PpoRunConfig;
+use crate::stages::revise::ReviseConfig;
+use crate::stages::rm::TrainRmConfig;
+use crate::stages::sample::SampleConfig;
+use crate::stages::sft::SftRunConfig;
 use crate::train::advantage::AdvantageEstimator;
 use crate::train::reward_data::DataSource;
 use crate::yaml_locate::{locate, Seg};
@@ -167,7 +167,7 @@ fn wired(stage: Stage) -> &'static [&'static str] {
 impl PipelineConfig {
     /// Reads and checks a pipeline file; errors name `file:line:column`.
     pub fn read(path: &Path) -> Result<Self> {
-        let mut cfg: Self = crate::config::read_yaml(path)?;
+        let mut cfg: Self = crate::config_file::read_yaml(path)?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let value: serde_yaml::Value =

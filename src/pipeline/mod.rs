@@ -25,7 +25,6 @@ pub mod state;
 use std::fmt;
 use std::path::PathBuf;
 
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 pub use config::PipelineConfig;
@@ -33,9 +32,7 @@ pub use runner::{run, Outcome, PipelineOptions};
 pub use state::StageStatus;
 
 /// One stage of the pipeline, in run order.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// Critique → revision data (`cai revise`).
@@ -57,6 +54,36 @@ pub enum Stage {
     Grpo,
     /// Win rates of one policy of the run against another (`cai eval`).
     Eval,
+}
+
+impl crate::choice::Choice for Stage {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "revise",
+            Self::Revise,
+            "critique -> revision data (cai revise)",
+        ),
+        ("sft", Self::Sft, "supervised fine-tuning on the revisions"),
+        (
+            "sample",
+            Self::Sample,
+            "K responses per prompt from the SFT model, and their pairs",
+        ),
+        ("label", Self::Label, "AI preference labels of the pairs"),
+        ("rm", Self::Rm, "reward model on AI labels and human pairs"),
+        ("dpo", Self::Dpo, "DPO of the SFT policy on the labels"),
+        ("ppo", Self::Ppo, "PPO against the reward model"),
+        (
+            "grpo",
+            Self::Grpo,
+            "critic-free RL (GRPO) with the reward model or the feedback model",
+        ),
+        (
+            "eval",
+            Self::Eval,
+            "win rates of one policy of the run against another",
+        ),
+    ];
 }
 
 impl Stage {

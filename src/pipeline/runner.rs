@@ -215,11 +215,11 @@ fn attempt(
 /// checkpoint when one is there (a fresh attempt starts from an empty folder).
 fn execute(job: &Job) -> Result<Value> {
     match job {
-        Job::Revise(c) => Ok(serde_json::to_value(crate::revise::run(c)?)?),
+        Job::Revise(c) => Ok(serde_json::to_value(crate::stages::revise::run(c)?)?),
         Job::Sft(c) => {
             let mut c = c.clone();
             c.resume = has_checkpoint(&c.out)?;
-            let s = crate::sft_run::run(&c)?;
+            let s = crate::stages::sft::run(&c)?;
             Ok(json!({
                 "train_examples": s.train_examples,
                 "eval_examples": s.eval_examples,
@@ -229,11 +229,11 @@ fn execute(job: &Job) -> Result<Value> {
                 "tokens_per_s": s.tokens_per_s,
             }))
         }
-        Job::Sample(c) => Ok(serde_json::to_value(crate::sample::run(c)?)?),
+        Job::Sample(c) => Ok(serde_json::to_value(crate::stages::sample::run(c)?)?),
         Job::Label(j) => {
-            let mut out = json!({"labels": crate::label::run(&j.label)?});
+            let mut out = json!({"labels": crate::stages::label::run(&j.label)?});
             if let Some(h) = &j.human {
-                out["human_check"] = serde_json::to_value(crate::label::run(&h.label)?)?;
+                out["human_check"] = serde_json::to_value(crate::stages::label::run(&h.label)?)?;
                 let r = crate::compare::run(&h.compare)?;
                 let f = &r.files[0];
                 out["human_agreement"] = json!({"n": f.n_scored, "agreement": f.agreement});
@@ -243,7 +243,7 @@ fn execute(job: &Job) -> Result<Value> {
         Job::Rm(c) => {
             let mut c = c.clone();
             c.resume = has_checkpoint(&c.out)?;
-            let s = crate::rm::run(&c)?;
+            let s = crate::stages::rm::run(&c)?;
             Ok(json!({
                 "train_pairs": s.train_pairs,
                 "eval_pairs": s.eval_pairs,
@@ -255,7 +255,7 @@ fn execute(job: &Job) -> Result<Value> {
         Job::Dpo(c) => {
             let mut c = c.clone();
             c.resume = has_checkpoint(&c.out)?;
-            let s = crate::dpo_run::run(&c)?;
+            let s = crate::stages::dpo::run(&c)?;
             Ok(json!({
                 "train_pairs": s.train_pairs,
                 "eval_pairs": s.eval_pairs,
@@ -268,9 +268,9 @@ fn execute(job: &Job) -> Result<Value> {
         Job::Rl(c) => {
             let mut c = c.clone();
             c.resume = has_checkpoint(&c.out)?;
-            Ok(serde_json::to_value(crate::ppo_run::run(&c)?)?)
+            Ok(serde_json::to_value(crate::stages::ppo::run(&c)?)?)
         }
-        Job::Eval(c) => Ok(serde_json::to_value(crate::eval::run(c)?)?),
+        Job::Eval(c) => Ok(serde_json::to_value(crate::stages::eval::run(c)?)?),
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::ppo_math::{masked_mean, mean_var, whiten};
 
 /// How the policy trainer turns scores into advantages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AdvantageEstimator {
     /// Value head + GAE(γ, λ) on per-token rewards (PPO).
@@ -29,6 +29,31 @@ pub enum AdvantageEstimator {
     Rloo,
     /// Scores whitened across the whole step (batch-mean baseline).
     Reinforce,
+}
+
+impl crate::choice::Choice for AdvantageEstimator {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "gae",
+            Self::Gae,
+            "value head + GAE on per-token rewards (PPO)",
+        ),
+        (
+            "grpo",
+            Self::Grpo,
+            "score minus the group mean, over the group's standard deviation",
+        ),
+        (
+            "rloo",
+            Self::Rloo,
+            "score minus the mean of the other responses to the prompt",
+        ),
+        (
+            "reinforce",
+            Self::Reinforce,
+            "scores whitened across the step (batch-mean baseline)",
+        ),
+    ];
 }
 
 impl AdvantageEstimator {

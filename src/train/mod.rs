@@ -63,8 +63,8 @@ pub use log::{StepStats, TrainEvent, TrainObserver};
 pub use model::{CausalLm, KvCache, Llama};
 pub use optim::{AdamW, AdamWParams, LrSchedule, ScheduleKind};
 pub use params::{ParamStore, Trainable};
-pub use sft::{train_sft, NonFiniteError, SftConfig, SftStart, SftSummary};
-pub use trainer::{SftTrainer, TrainerState};
+pub use sft::{NonFiniteError, SftConfig, SftSummary};
+pub use trainer::{train_sft, SftStart, SftTrainer, TrainerState};
 
 /// Builds a [`Llama`] for inference from plain weights (no `Var`s, no LoRA).
 pub fn model_from_weights(cfg: &LlamaConfig, weights: &Weights) -> anyhow::Result<Llama> {

@@ -227,6 +227,26 @@ pub enum ScheduleKind {
     Constant,
 }
 
+impl crate::choice::Choice for ScheduleKind {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "cosine",
+            Self::Cosine,
+            "half-cosine from the peak down to min_lr_ratio x peak",
+        ),
+        (
+            "linear",
+            Self::Linear,
+            "straight line from the peak down to min_lr_ratio x peak",
+        ),
+        (
+            "constant",
+            Self::Constant,
+            "the peak learning rate throughout (after warmup)",
+        ),
+    ];
+}
+
 /// Linear warmup to `peak_lr`, then decay over the remaining steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrSchedule {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the per-token KL divergence to the reference policy is estimated from the sampled
 /// token's log-probabilities (Schulman, "Approximating KL divergence", 2020).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KlEstimator {
     /// `log π − log π_ref`: unbiased, can be negative.

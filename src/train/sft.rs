@@ -1,23 +1,16 @@
-//! Supervised fine-tuning: run settings, the entry point [`train_sft`], and its
-//! outcome.
+//! Supervised fine-tuning: run settings and outcome; the entry point is
+//! [`train_sft`](super::trainer::train_sft).
 //!
 //! The loop itself is [`SftTrainer`]: each optimizer step
 //! takes `grad_accum` micro-batches of `batch_size` examples from a data stream that
 //! walks a seeded permutation of the training set per epoch, averages the loss over all
 //! loss tokens of the step, clips the global gradient norm and applies AdamW.
 
-use super::data::TokenizedExample;
-use super::log::TrainObserver;
 use super::optim::{AdamWParams, ScheduleKind};
 use super::params::Trainable;
-use super::trainer::SftTrainer;
-use crate::model_files::checkpoint::ExtraFiles;
-use crate::model_files::config::LlamaConfig;
-use crate::model_files::weights::Weights;
 use anyhow::{ensure, Result};
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Settings of an SFT run. Every field has a default; unknown fields are rejected.
 ///
@@ -194,51 +187,6 @@ pub struct SftSummary {
     pub truncated: usize,
     /// Training examples dropped for having no loss target.
     pub dropped: usize,
-}
-
-/// How a run starts.
-// Built once per run, so the size difference of the variants does not matter.
-#[allow(clippy::large_enum_variant)]
-pub enum SftStart {
-    /// From base weights.
-    Fresh {
-        /// Config of the base model.
-        model_config: LlamaConfig,
-        /// Base weights (f32 for training), e.g. from [`load_gguf`](crate::model_files::weights::load_gguf).
-        weights: Weights,
-        /// Settings of the run.
-        config: SftConfig,
-    },
-    /// From a `checkpoint-N` folder of an earlier run (its settings are reused).
-    Resume {
-        /// The checkpoint folder.
-        checkpoint: PathBuf,
-        /// Device to train on.
-        device: Device,
-    },
-}
-
-/// Trains (or resumes) a run to the end, writing `checkpoint-N` folders, the final
-/// model folder `final/` and `train_log.csv` into `out_dir`.
-pub fn train_sft(
-    start: SftStart,
-    train: &[TokenizedExample],
-    eval: &[TokenizedExample],
-    out_dir: &Path,
-    extra_files: ExtraFiles,
-    observer: &mut dyn TrainObserver,
-) -> Result<SftSummary> {
-    let mut trainer = match start {
-        SftStart::Fresh {
-            model_config,
-            weights,
-            config,
-        } => SftTrainer::new(&model_config, weights, train, eval, config)?,
-        SftStart::Resume { checkpoint, device } => {
-            SftTrainer::resume(&checkpoint, train, eval, &device)?
-        }
-    };
-    trainer.run(out_dir, extra_files, observer)
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Tests of the SFT training loop on tiny random-weight models.
 
 use super::params::Trainable;
-use super::sft::{train_sft, NonFiniteError, SftConfig, SftStart};
+use super::sft::{NonFiniteError, SftConfig};
 use super::tests::{dataset, lora_all, max_diff, quick_config, tiny_config, tiny_weights};
 use super::trainer::SftTrainer;
+use super::trainer::{train_sft, SftStart};
 use super::{ScheduleKind, TrainEvent};
 use crate::model_files::checkpoint::{self, max_weight_difference};
 use crate::model_files::weights::Weights;

@@ -388,3 +388,48 @@ fn fingerprint(examples: &[TokenizedExample]) -> String {
     }
     hash.hex()
 }
+
+/// How a run starts.
+// Built once per run, so the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum SftStart {
+    /// From base weights.
+    Fresh {
+        /// Config of the base model.
+        model_config: LlamaConfig,
+        /// Base weights (f32 for training), e.g. from [`load_gguf`](crate::model_files::weights::load_gguf).
+        weights: Weights,
+        /// Settings of the run.
+        config: SftConfig,
+    },
+    /// From a `checkpoint-N` folder of an earlier run (its settings are reused).
+    Resume {
+        /// The checkpoint folder.
+        checkpoint: PathBuf,
+        /// Device to train on.
+        device: Device,
+    },
+}
+
+/// Trains (or resumes) a run to the end, writing `checkpoint-N` folders, the final
+/// model folder `final/` and `train_log.csv` into `out_dir`.
+pub fn train_sft(
+    start: SftStart,
+    train: &[TokenizedExample],
+    eval: &[TokenizedExample],
+    out_dir: &Path,
+    extra_files: ExtraFiles,
+    observer: &mut dyn TrainObserver,
+) -> Result<SftSummary> {
+    let mut trainer = match start {
+        SftStart::Fresh {
+            model_config,
+            weights,
+            config,
+        } => SftTrainer::new(&model_config, weights, train, eval, config)?,
+        SftStart::Resume { checkpoint, device } => {
+            SftTrainer::resume(&checkpoint, train, eval, &device)?
+        }
+    };
+    trainer.run(out_dir, extra_files, observer)
+}

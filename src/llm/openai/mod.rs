@@ -90,7 +90,7 @@ impl Default for OpenaiConfig {
 }
 
 /// How a prefill reaches the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PrefillMode {
     /// `instruct` for api.openai.com, `continue` for every other server.
@@ -105,8 +105,28 @@ pub enum PrefillMode {
     Instruct,
 }
 
+impl crate::choice::Choice for PrefillMode {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "auto",
+            Self::Auto,
+            "instruct for api.openai.com, continue for every other server",
+        ),
+        (
+            "continue",
+            Self::Continue,
+            "a partial assistant message the server continues (llama.cpp server, Ollama, vLLM)",
+        ),
+        (
+            "instruct",
+            Self::Instruct,
+            "folded into the user turn as \"reply with only the continuation\"",
+        ),
+    ];
+}
+
 /// How the log-probabilities of answer options are read from the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptionScoring {
     /// `first-token` when every option is one of the tokens the chat answer lists, else
@@ -122,6 +142,26 @@ pub enum OptionScoring {
     /// option, plus the tokenizer's. vLLM supports it; llama.cpp's server (which returns only
     /// generated tokens' log-probabilities) and api.openai.com do not: a clear error.
     Echo,
+}
+
+impl crate::choice::Choice for OptionScoring {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "auto",
+            Self::Auto,
+            "first-token when the chat answer lists every option, else echo",
+        ),
+        (
+            "first-token",
+            Self::FirstToken,
+            "the chat answer's top 20 first-token log-probabilities (one-token options)",
+        ),
+        (
+            "echo",
+            Self::Echo,
+            "the options' own tokens through /v1/completions with echo (vLLM): any length",
+        ),
+    ];
 }
 
 /// How this server counts tokens, found on first use.

@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use super::{cell, json_file, num, quote, short};
 use crate::jsonl;
-use crate::label::LabelRecord;
 use crate::pipeline::{RunDir, Stage};
-use crate::revise::RevisionRecord;
+use crate::stages::label::LabelRecord;
+use crate::stages::revise::RevisionRecord;
 
 /// Revise examples shown in the report.
 const EXAMPLES: usize = 3;

@@ -1,14 +1,13 @@
 //! `cai score`: rewards from a trained reward model (Bai et al. 2022 §4.1) for preference
 //! pairs (`r_a`, `r_b`, `p_a = σ(r_a − r_b)`) or single responses (`reward`), as JSONL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chat::ChatMessage;
-use crate::cli_rm::ScoreArgs;
 use crate::inputs::messages_of;
 use crate::jsonl;
 use crate::model_files::ChatTokenizer;
@@ -97,9 +96,37 @@ fn single_row(v: &Value) -> Result<(Vec<ChatMessage>, String)> {
     Ok((conversation, response.clone()))
 }
 
+/// Settings of `cai score`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Reward model folder (`final/` of `cai train rm`, or a checkpoint).
+    pub reward_model: PathBuf,
+    /// Pairs (ours, HH-RLHF, TRL) or single responses (`prompt|conversation`, `response`).
+    pub pairs: PathBuf,
+    /// Output JSONL, one row per input row.
+    pub out: PathBuf,
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Sequences are cut to their last `max_len` tokens.
+    pub max_len: usize,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        Self {
+            reward_model: PathBuf::new(),
+            pairs: PathBuf::new(),
+            out: PathBuf::new(),
+            batch_size: 8,
+            max_len: 1024,
+        }
+    }
+}
+
 /// Runs `cai score`.
-pub fn run(a: &ScoreArgs) -> Result<ScoreSummary> {
-    let rm = TextRewardModel::open(&a.rm, a.max_len)?;
+pub fn run(a: &ScoreConfig) -> Result<ScoreSummary> {
+    let rm = TextRewardModel::open(&a.reward_model, a.max_len)?;
     let rows = jsonl::read::<Value>(&a.pairs)?;
     let singles = rows
         .first()

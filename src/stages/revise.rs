@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -25,11 +24,11 @@ use crate::llm::{
     SamplingParams,
 };
 use crate::prompts::{PromptSet, TemplateKind, Vars};
-use crate::stage::StageOutput;
+use crate::stages::records::StageOutput;
 use crate::{jsonl, progress};
 
 /// What to do with a prompt longer than `max_prompt_tokens`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LongPrompt {
     /// Leave it out, with a counted warning.
@@ -39,12 +38,31 @@ pub enum LongPrompt {
     Truncate,
 }
 
+impl crate::choice::Choice for LongPrompt {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        ("skip", Self::Skip, "leave it out, with a counted warning"),
+        (
+            "truncate",
+            Self::Truncate,
+            "drop the oldest turns, then cut the text, until it fits",
+        ),
+    ];
+}
+
 /// Extra output formats written next to the main records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SftFormat {
     /// TRL conversational SFT rows: `{"messages": [..., {"role": "assistant", ...}]}`.
     Trl,
+}
+
+impl crate::choice::Choice for SftFormat {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[(
+        "trl",
+        Self::Trl,
+        "TRL conversational SFT rows (`messages`) in X.trl.jsonl",
+    )];
 }
 
 /// Everything `cai revise` needs; defaults < `--config` YAML < flags.
@@ -572,7 +590,7 @@ fn run_fingerprint(
         .iter()
         .map(|k| format!("{:?}", templates.get(*k)))
         .collect::<Vec<_>>());
-    crate::stage::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), templates])
+    crate::stages::records::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), templates])
 }
 
 /// `X.jsonl` -> `X.trl.jsonl` with TRL conversational SFT rows of every record in `X`.

@@ -1,15 +1,15 @@
 //! `cai train rm`: reward-model training on AI and/or human preference labels
 //! (Bai et al. 2022 §4.1; Lee et al. 2023 §2.2 "distilled RLAIF"), with held-out human
-//! evaluation, metrics and plots. `cai score` lives in [`crate::score`].
+//! evaluation, metrics and plots. `cai score` lives in [`crate::stages::rm::score`].
+
+pub mod score;
 
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cli_rm::RmArgs;
-use crate::config::{read_yaml, set};
 use crate::model_files::checkpoint;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
@@ -17,7 +17,7 @@ use crate::plot::{self, HistogramSeries, LineSeries};
 use crate::train::reward::{RewardModelInfo, MARKER_FILE};
 use crate::train::reward_data::{read_source, tokenize_pairs, DataSource, TextPair};
 use crate::train::reward_trainer::{RewardTrainConfig, RewardTrainer, RewardTrainerState};
-use crate::train::{LoraConfig, SftConfig, TrainEvent};
+use crate::train::{SftConfig, TrainEvent};
 
 /// Settings of `cai train rm`. Every field has a default; unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,52 +73,6 @@ impl Default for TrainRmConfig {
 }
 
 impl TrainRmConfig {
-    /// Defaults < `--config` YAML < flags.
-    pub fn resolve(a: RmArgs) -> Result<Self> {
-        let mut c: Self = match &a.config {
-            Some(p) => read_yaml(p)?,
-            None => Self::default(),
-        };
-        set(&mut c.model, a.model);
-        if !a.data.is_empty() {
-            c.data = a.data;
-        }
-        c.eval = a.eval.or(c.eval);
-        set(&mut c.eval_fraction, a.eval_fraction);
-        c.hard |= a.hard;
-        set(&mut c.out, a.out);
-        let t = &mut c.train;
-        set(&mut t.lr, a.lr);
-        t.max_steps = a.max_steps.or(t.max_steps);
-        set(&mut t.epochs, a.epochs);
-        set(&mut t.batch_size, a.batch_size);
-        set(&mut t.grad_accum, a.grad_accum);
-        set(&mut t.warmup_steps, a.warmup_steps);
-        set(&mut t.max_len, a.max_len);
-        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
-        set(&mut t.eval_every, a.eval_every);
-        set(&mut t.save_every, a.save_every);
-        set(&mut t.seed, a.seed);
-        let lora = LoraConfig {
-            targets: vec!["all".into()],
-            ..LoraConfig::default()
-        };
-        a.trainable.apply(&mut t.trainable, &lora)?;
-        set(&mut c.margin, a.margin);
-        set(&mut c.center_coef, a.center_coef);
-        c.quiet |= a.quiet;
-        c.resume = a.resume;
-        ensure!(
-            !c.data.is_empty(),
-            "no training data: give --data FILE[:WEIGHT] or `data:` in the config"
-        );
-        ensure!(
-            (0.0..1.0).contains(&c.eval_fraction),
-            "eval_fraction must be within [0, 1)"
-        );
-        Ok(c)
-    }
-
     fn trainer_config(&self) -> RewardTrainConfig {
         RewardTrainConfig {
             train: self.train.clone(),
@@ -231,7 +185,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
         }
         None => {
             // The same loader as sft, dpo and ppo: one `--model DIR` is one set of weights.
-            let (model_cfg, weights, _) = crate::sft_run::load_base(&cfg.model)?;
+            let (model_cfg, weights, _) = crate::stages::sft::load_base(&cfg.model)?;
             let t = &cfg.train;
             let longest = train.iter().map(|p| p.a.len().max(p.b.len())).max();
             let longest = longest.unwrap_or(0).min(t.max_len);

@@ -22,8 +22,8 @@ use crate::llm::openai::OpenaiConfig;
 use crate::llm::{
     open_backend_with, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
 };
-use crate::score::TextRewardModel;
-use crate::stage::StageOutput;
+use crate::stages::records::StageOutput;
+use crate::stages::rm::score::TextRewardModel;
 use crate::{jsonl, progress};
 
 /// Everything `cai sample` needs.
@@ -128,7 +128,7 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
         None => None,
     };
     let ignore = ["out", "batch_size", "limit", "quiet", "prompts"];
-    let fp = crate::stage::fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
+    let fp = crate::stages::records::fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
     let mut output = StageOutput::open("sample", &cfg.out, cfg, None, backend.as_ref(), fp)?;
     let todo = output.pending(&items, |i| &i.id);
     let mut stats = SampleStats {

@@ -14,10 +14,10 @@ use serde_json::json;
 use crate::chat::ChatMessage;
 use crate::compare::metrics::wilson_interval;
 use crate::jsonl;
-use crate::label::{LabelConfig, LabelRecord};
 use crate::llm::SamplingParams;
-use crate::sample::{SampleConfig, SampleRecord};
-use crate::score::TextRewardModel;
+use crate::stages::label::{LabelConfig, LabelRecord};
+use crate::stages::rm::score::TextRewardModel;
+use crate::stages::sample::{SampleConfig, SampleRecord};
 
 /// Settings of `cai eval`. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,7 +151,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalReport> {
         quiet: cfg.quiet,
         ..cfg.labeler.clone()
     };
-    crate::label::run(&label_cfg).context("labelling the answers")?;
+    crate::stages::label::run(&label_cfg).context("labelling the answers")?;
     let labels: Vec<LabelRecord> = jsonl::read_resumable(&labels_path)?;
 
     let rewards = match &cfg.reward_model {
@@ -185,7 +185,7 @@ fn answers(cfg: &EvalConfig, policy: &str, name: &str) -> Result<Vec<SampleRecor
         quiet: cfg.quiet,
         ..SampleConfig::default()
     };
-    crate::sample::run(&sample).with_context(|| format!("answering with {policy}"))?;
+    crate::stages::sample::run(&sample).with_context(|| format!("answering with {policy}"))?;
     jsonl::read_resumable(&out)
 }
 

@@ -6,6 +6,8 @@
 //! folders (loadable as `--model` by every stage), `train_log.csv`, `loss.svg` and
 //! `manifest.json` (resolved config, data and base model sha256, losses, throughput).
 
+pub mod data;
+
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,8 +20,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cli_train::SftArgs;
-use crate::config::{read_yaml, set};
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
 use crate::manifest::{fingerprint, now_unix, Manifest};
@@ -29,11 +29,11 @@ use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
-use crate::sft_data::{read_pairs, tokenize, RoundChoice};
+use crate::stages::sft::data::{read_pairs, tokenize, RoundChoice};
 use crate::train::data::eval_loss;
 use crate::train::{
-    load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, LoraConfig, SftConfig,
-    SftStart, TokenizedExample, TrainEvent, Weights,
+    load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, SftConfig, SftStart,
+    TokenizedExample, TrainEvent, Weights,
 };
 
 /// Settings of `cai train sft`. Every field has a default; unknown fields are rejected.
@@ -73,54 +73,6 @@ impl Default for SftRunConfig {
             quiet: false,
             train: SftConfig::default(),
         }
-    }
-}
-
-impl SftRunConfig {
-    /// The config of a `cai train sft` invocation: defaults < `--config` < flags.
-    pub fn resolve(a: SftArgs) -> Result<Self> {
-        let mut c: Self = match &a.config {
-            Some(p) => read_yaml(p)?,
-            None => Self::default(),
-        };
-        set(&mut c.model, a.model);
-        c.data = a.data.or(c.data);
-        set(&mut c.round, a.round);
-        set(&mut c.out, a.out);
-        if a.eval.is_some() {
-            c.eval = a.eval;
-        }
-        if let Some(f) = a.eval_split {
-            c.eval_split = f;
-            c.eval = None;
-        }
-        c.resume |= a.resume;
-        c.quiet |= a.quiet;
-        let t = &mut c.train;
-        set(&mut t.lr, a.lr);
-        set(&mut t.weight_decay, a.weight_decay);
-        set(&mut t.epochs, a.epochs);
-        t.max_steps = a.max_steps.or(t.max_steps);
-        set(&mut t.batch_size, a.batch_size);
-        set(&mut t.grad_accum, a.grad_accum);
-        set(&mut t.warmup_steps, a.warmup_steps);
-        set(&mut t.schedule, a.schedule);
-        set(&mut t.min_lr_ratio, a.min_lr_ratio);
-        set(&mut t.max_grad_norm, a.max_grad_norm);
-        set(&mut t.eval_every, a.eval_every);
-        set(&mut t.save_every, a.save_every);
-        set(&mut t.max_len, a.max_len);
-        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
-        set(&mut t.seed, a.seed);
-        a.trainable
-            .apply(&mut t.trainable, &LoraConfig::default())?;
-        ensure!(
-            (0.0..1.0).contains(&c.eval_split),
-            "eval_split must be within [0, 1), got {}",
-            c.eval_split
-        );
-        c.train.validate()?;
-        Ok(c)
     }
 }
 
@@ -375,69 +327,6 @@ fn write_loss_chart(log: &Path, before: Option<f64>, svg: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::{LoraConfig, Trainable};
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: SftArgs,
-    }
-
-    fn resolve(argv: &[&str]) -> Result<SftRunConfig> {
-        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
-        SftRunConfig::resolve(w.args)
-    }
-
-    #[test]
-    fn flags_override_the_file_which_overrides_defaults() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let yaml = dir.path().join("sft.yaml");
-        std::fs::write(
-            &yaml,
-            "model: m.gguf\nround: all\neval_split: 0.2\ntrain:\n  lr: 0.001\n  epochs: 3\n  \
-             trainable: !lora {rank: 4, alpha: 8, targets: [all]}\n",
-        )?;
-        let y = yaml.to_str().unwrap();
-        let c = resolve(&["--config", y])?;
-        assert_eq!(
-            (c.model.as_str(), c.round, c.eval_split),
-            ("m.gguf", RoundChoice::All, 0.2)
-        );
-        assert_eq!(
-            (c.train.lr, c.train.epochs, c.train.batch_size),
-            (1e-3, 3, 4)
-        );
-        let c = resolve(&[
-            "--config",
-            y,
-            "--lr",
-            "2e-4",
-            "--lora-rank",
-            "16",
-            "--round",
-            "1",
-        ])?;
-        let lora = c.train.trainable.lora().unwrap();
-        assert_eq!((c.train.lr, lora.rank, lora.alpha), (2e-4, 16, 8.0));
-        assert_eq!(c.round, RoundChoice::Round(1));
-        let c = resolve(&["--config", y, "--top-layers", "2"])?;
-        assert_eq!(c.train.trainable, Trainable::TopLayers(2));
-        let c = resolve(&["--lora-alpha", "32"])?;
-        assert_eq!(
-            c.train.trainable,
-            Trainable::Lora(LoraConfig {
-                alpha: 32.0,
-                ..LoraConfig::default()
-            })
-        );
-        assert!(resolve(&["--trainable", "top-layers"]).is_err());
-        assert!(resolve(&["--eval-split", "1.5"]).is_err());
-        std::fs::write(&yaml, "train:\n  learning_rate: 1\n")?;
-        let err = format!("{:#}", resolve(&["--config", y]).unwrap_err());
-        assert!(err.contains("sft.yaml:2:"), "{err}");
-        Ok(())
-    }
 
     #[test]
     fn loss_chart_reads_the_log() -> Result<()> {

@@ -8,16 +8,15 @@
 //! stage loads as `--model`), `train_log.csv`, `eval_log.csv`, `metrics.json`,
 //! `manifest.json`, `dpo_config.yaml`, and `loss.svg`, `accuracy.svg`, `rewards.svg`.
 
+pub mod pairs;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::cli_dpo::DpoArgs;
-use crate::config::{read_yaml, set};
 use crate::device::compute_device;
-use crate::dpo_pairs::{read_dpo_source, tokenize_dpo_pairs, DataCounts};
 use crate::llm::ModelInfo;
 use crate::manifest::{fingerprint, now_unix, Manifest};
 use crate::model_files::checkpoint::resume_point;
@@ -25,13 +24,14 @@ use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
 use crate::plot::{self, LineSeries};
-use crate::sft_run::load_base;
+use crate::stages::dpo::pairs::{read_dpo_source, tokenize_dpo_pairs, DataCounts};
+use crate::stages::sft::load_base;
 use crate::train::dpo_data::{pair_logps, pairs_fingerprint, DpoPair};
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::dpo_metrics::DpoEval;
 use crate::train::dpo_trainer::{DpoData, DpoTrainConfig, DpoTrainer, DpoTrainerState};
 use crate::train::reward_data::DataSource;
-use crate::train::{model_from_weights, LoraConfig, SftConfig, TrainEvent};
+use crate::train::{model_from_weights, SftConfig, TrainEvent};
 
 /// File of the reference log-probabilities in the output folder.
 pub const REFERENCE_FILE: &str = "reference_logps.json";
@@ -91,51 +91,9 @@ impl Default for TrainDpoConfig {
 }
 
 impl TrainDpoConfig {
-    /// Defaults < `--config` YAML < flags.
-    pub fn resolve(a: DpoArgs) -> Result<Self> {
-        let mut c: Self = match &a.config {
-            Some(p) => read_yaml(p)?,
-            None => Self::default(),
-        };
-        set(&mut c.model, a.model);
-        c.reference = a.reference.or(c.reference);
-        if !a.data.is_empty() {
-            c.data = a.data;
-        }
-        c.eval = a.eval.or(c.eval);
-        set(&mut c.eval_fraction, a.eval_fraction);
-        set(&mut c.out, a.out);
-        set(&mut c.loss, a.loss);
-        set(&mut c.beta, a.beta);
-        set(&mut c.label_smoothing, a.label_smoothing);
-        let t = &mut c.train;
-        set(&mut t.lr, a.lr);
-        t.max_steps = a.max_steps.or(t.max_steps);
-        set(&mut t.epochs, a.epochs);
-        set(&mut t.batch_size, a.batch_size);
-        set(&mut t.grad_accum, a.grad_accum);
-        set(&mut t.warmup_steps, a.warmup_steps);
-        set(&mut t.max_len, a.max_len);
-        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
-        set(&mut t.eval_every, a.eval_every);
-        set(&mut t.save_every, a.save_every);
-        set(&mut t.seed, a.seed);
-        a.trainable
-            .apply(&mut t.trainable, &LoraConfig::default())?;
-        c.quiet |= a.quiet;
-        c.resume = a.resume;
-        ensure!(
-            !c.data.is_empty(),
-            "no training data: give --data FILE[:WEIGHT] (cai label, human pairs or cai revise \
-             output) or `data:` in the config"
-        );
-        ensure!(
-            (0.0..1.0).contains(&c.eval_fraction),
-            "eval_fraction must be within [0, 1), got {}",
-            c.eval_fraction
-        );
-        c.trainer_config().validate()?;
-        Ok(c)
+    /// Rejects settings the trainer cannot use.
+    pub fn validate(&self) -> Result<()> {
+        self.trainer_config().validate()
     }
 
     fn trainer_config(&self) -> DpoTrainConfig {
@@ -295,7 +253,7 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
             };
             (text_pairs, read_dpo_source(&src)?.0)
         }
-        None => crate::rm::split_by_conversation(text_pairs, cfg.eval_fraction),
+        None => crate::stages::rm::split_by_conversation(text_pairs, cfg.eval_fraction),
     };
     let max_len = cfg.train.max_len;
     let train = tokenize_dpo_pairs(&tok, &train_text, max_len, Some(cfg.loss), &mut counts)?;
@@ -488,59 +446,4 @@ fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<(
         plot::write_svg(&out.join(name), &svg)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::train::Trainable;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: DpoArgs,
-    }
-
-    fn resolve(argv: &[&str]) -> Result<TrainDpoConfig> {
-        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
-        TrainDpoConfig::resolve(w.args)
-    }
-
-    #[test]
-    fn flags_override_the_file_which_overrides_defaults() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let yaml = dir.path().join("dpo.yaml");
-        std::fs::write(
-            &yaml,
-            "data: [{path: l.jsonl, weight: 2}]\nloss: cdpo\nbeta: 0.2\ntrain:\n  lr: 0.001\n",
-        )?;
-        let y = yaml.to_str().unwrap();
-        let c = resolve(&["--config", y])?;
-        assert_eq!((c.loss, c.beta, c.train.lr), (DpoLoss::Cdpo, 0.2, 1e-3));
-        assert_eq!((c.data[0].weight, c.train.batch_size), (2.0, 4));
-        let c = resolve(&[
-            "--config",
-            y,
-            "--loss",
-            "ipo",
-            "--beta",
-            "0.5",
-            "--data",
-            "h.jsonl:0.5",
-            "--top-layers",
-            "2",
-        ])?;
-        assert_eq!((c.loss, c.beta), (DpoLoss::Ipo, 0.5));
-        assert_eq!(c.data, vec!["h.jsonl:0.5".parse::<DataSource>()?]);
-        assert_eq!(c.train.trainable, Trainable::TopLayers(2));
-        assert!(resolve(&[]).is_err(), "no data");
-        assert!(resolve(&["--data", "x", "--beta", "0"]).is_err());
-        assert!(resolve(&["--data", "x", "--label-smoothing", "0.5"]).is_err());
-        assert!(resolve(&["--data", "x", "--loss", "kto"]).is_err());
-        std::fs::write(&yaml, "data: [{path: l.jsonl}]\nbta: 1\n")?;
-        let err = format!("{:#}", resolve(&["--config", y]).unwrap_err());
-        assert!(err.contains("dpo.yaml"), "{err}");
-        Ok(())
-    }
 }

@@ -1,27 +1,30 @@
-//! Command-line arguments of `cai pipeline`; doc comments are the `--help`.
+//! `cai pipeline`: the whole run in one command, in a run folder, resumable.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
+use super::args::choice;
 use crate::pipeline::{self, PipelineOptions, Stage, StageStatus};
 
+/// The flags of `cai pipeline`.
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
     /// Pipeline YAML: shared settings (run_dir, seed, constitution, backend, model,
-    /// human_pairs, mix) and one section per stage (revise, sft, sample, label, rm) with that
-    /// stage's own config fields. See pipelines/.
+    /// human_pairs, mix) and one section per stage (revise, sft, sample, label, rm, dpo, ppo,
+    /// grpo, eval) with that stage's own config fields; a stage without a section does not
+    /// run. See pipelines/.
     #[arg(long)]
     pub config: PathBuf,
     /// Run folder, replacing the file's `run_dir`.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// First stage to run; the stages before it must be done in the run folder.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Stage>())]
     pub from: Option<Stage>,
     /// Last stage to run.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Stage>())]
     pub until: Option<Stage>,
     /// Rerun the selected stages from scratch, even when they are up to date.
     #[arg(long)]

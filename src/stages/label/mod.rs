@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::ValueEnum;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -32,11 +31,11 @@ use crate::llm::{open_backend_with, Backend, BackendKind, SamplingParams};
 use crate::pairs::{read_pairs, PreferencePair};
 use crate::progress;
 use crate::prompts::{PromptSet, TemplateKind};
-use crate::stage::StageOutput;
+use crate::stages::records::StageOutput;
 pub use prompt::{escape, score_options, transcript, FeedbackPrompts, ANSWER_CUE, OPTIONS};
 
 /// How the feedback model is asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelMode {
     /// Log-probabilities of "A"/"B" right after the question.
@@ -50,6 +49,31 @@ pub enum LabelMode {
     /// Each response rated 1–10 on its own (expected score from the options' probabilities);
     /// P(a) = P(a's rating > b's) + ½ P(equal). No slots, so no position bias.
     Score,
+}
+
+impl crate::choice::Choice for LabelMode {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "direct",
+            Self::Direct,
+            "log-probabilities of \"A\" and \"B\" right after the question",
+        ),
+        (
+            "cot",
+            Self::Cot,
+            "sampled step-by-step reasoning, then the answer (self-consistency)",
+        ),
+        (
+            "likelihood",
+            Self::Likelihood,
+            "how much likelier each response gets with the principle as system message",
+        ),
+        (
+            "score",
+            Self::Score,
+            "each response rated 1-10 on its own; no slots, no position bias",
+        ),
+    ];
 }
 
 /// Everything `cai label` needs; defaults < `--config` YAML < flags.
@@ -432,5 +456,5 @@ fn label_fingerprint(
         format!("{:?}", templates.get(TemplateKind::FeedbackCot)),
         format!("{:?}", templates.get(TemplateKind::FeedbackScore))
     ]);
-    crate::stage::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), t])
+    crate::stages::records::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), t])
 }

@@ -8,6 +8,8 @@
 //! Reward-hacking guards stop (or warn) when the KL or the mean response length leave their
 //! bounds; the most repeated phrases of the last responses are reported.
 
+pub mod labeler_reward;
+
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,11 +18,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cli_train::{PpoArgs, RewardSource};
-use crate::config::{read_yaml, set};
 use crate::inputs::{read_prompts, PromptItem};
 use crate::jsonl;
-use crate::labeler_reward::{LabelerRater, LabelerRewardConfig, NEUTRAL_RATING};
 use crate::llm::{ModelInfo, Prompt};
 use crate::manifest::{fingerprint, now_unix, Manifest};
 use crate::model_files::checkpoint::{checkpoint_dir, resume_point};
@@ -28,21 +27,21 @@ use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
-use crate::score::TextRewardModel;
-use crate::sft_data::{read_pairs, tokenize, RoundChoice};
-use crate::sft_run::load_base;
+use crate::stages::ppo::labeler_reward::{LabelerRater, LabelerRewardConfig, NEUTRAL_RATING};
+use crate::stages::rm::score::TextRewardModel;
+use crate::stages::sft::data::{read_pairs, tokenize, RoundChoice};
+use crate::stages::sft::load_base;
 use crate::train::data::prepare_examples;
 use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
 use crate::train::ppo_config::{PpoConfig, PpoStepStats};
 use crate::train::ppo_math::repeated_phrases;
 use crate::train::ppo_rollout::Rollout;
-use crate::train::LoraConfig;
 
 /// SFT examples of PPO-ptx are cut to this many tokens.
 const PTX_MAX_LEN: usize = 512;
 
 /// What a guard does when its bound is crossed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GuardAction {
     /// Print a warning and go on.
@@ -145,62 +144,6 @@ impl Default for PpoRunConfig {
             quiet: false,
             ppo: PpoConfig::default(),
         }
-    }
-}
-
-impl PpoRunConfig {
-    /// The config of a `cai train ppo` invocation: defaults < `--config` < flags.
-    pub fn resolve(a: PpoArgs) -> Result<Self> {
-        let mut c: Self = match &a.config {
-            Some(p) => read_yaml(p)?,
-            None => Self::default(),
-        };
-        set(&mut c.policy, a.policy);
-        c.reference = a.reference.or(c.reference);
-        c.reward_model = a.reward_model.or(c.reward_model);
-        match a.reward {
-            Some(RewardSource::Rm) => c.reward = RewardWeights::default(),
-            Some(RewardSource::Labeler) => {
-                c.reward = RewardWeights {
-                    reward_model: 0.0,
-                    labeler: 1.0,
-                }
-            }
-            None => {}
-        }
-        set(&mut c.labeler.constitution, a.constitution);
-        set(&mut c.labeler.model, a.labeler_model);
-        set(&mut c.labeler.backend, a.labeler_backend);
-        let w = &c.reward;
-        ensure!(
-            w.reward_model >= 0.0 && w.labeler >= 0.0 && w.reward_model + w.labeler > 0.0,
-            "reward weights must not be negative and one must be positive (reward_model {}, \
-             labeler {})",
-            w.reward_model,
-            w.labeler
-        );
-        set(&mut c.prompts, a.prompts);
-        c.ptx_data = a.ptx_data.or(c.ptx_data);
-        set(&mut c.out, a.out);
-        set(&mut c.save_every, a.save_every);
-        c.resume |= a.resume;
-        c.quiet |= a.quiet;
-        let p = &mut c.ppo;
-        set(&mut p.steps, a.steps);
-        set(&mut p.rollouts, a.rollouts);
-        set(&mut p.minibatch, a.minibatch);
-        p.max_batch_tokens = a.max_batch_tokens.or(p.max_batch_tokens);
-        set(&mut p.advantage, a.advantage);
-        set(&mut p.group_size, a.group_size);
-        set(&mut p.lr, a.lr);
-        set(&mut p.kl_coef, a.kl_coef);
-        p.kl_target = a.kl_target.or(p.kl_target);
-        set(&mut p.max_new_tokens, a.max_new_tokens);
-        set(&mut p.seed, a.seed);
-        a.trainable
-            .apply(&mut p.trainable, &LoraConfig::default())?;
-        p.validate()?;
-        Ok(c)
     }
 }
 

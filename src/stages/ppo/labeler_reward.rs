@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::chat::ChatMessage;
 use crate::constitution::{ComparisonPrinciple, Loaded};
 use crate::hash::fnv1a;
-use crate::label::{score_options, soft, FeedbackPrompts};
 use crate::llm::{open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow};
 use crate::prompts::PromptSet;
+use crate::stages::label::{score_options, soft, FeedbackPrompts};
 
 /// The rating given to a response whose prompt overflows the feedback model's context: the
 /// middle of the 1–10 scale, so it neither rewards nor punishes.

@@ -1,0 +1,332 @@
+//! Argument groups shared by several subcommands (model and server selection, sampling
+//! options, the trainable part) and the helpers every resolution uses.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, ValueEnum};
+
+use crate::choice::Choice;
+use crate::llm::openai::{OpenaiConfig, OptionScoring, PrefillMode};
+use crate::llm::{BackendKind, SamplingParams};
+use crate::train::{LoraConfig, Trainable};
+
+/// Sets `target` when the flag was given.
+pub fn set<T>(target: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *target = v;
+    }
+}
+
+/// A flag taking one of `T`'s named values; `--help` lists them with their descriptions.
+pub fn choice<T: Choice + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(
+        T::CHOICES
+            .iter()
+            .map(|(name, _, help)| PossibleValue::new(*name).help(*help)),
+    )
+    .map(|name| T::from_name(&name).expect("clap checked the name"))
+}
+
+/// A value that parses with `FromStr` (a schedule, a loss, a data source…).
+pub fn parsed<T: std::str::FromStr>(s: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// `LO,HI` with 0 <= LO <= HI <= 1.
+pub fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s.split_once(',').ok_or("expected LO,HI")?;
+    let lo: f64 = a.trim().parse().map_err(|e| format!("{e}"))?;
+    let hi: f64 = b.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo > hi {
+        return Err("need 0 <= LO <= HI <= 1".into());
+    }
+    Ok((lo, hi))
+}
+
+/// Model selection shared by every stage that calls a model.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ModelArgs {
+    /// Backend that runs the model.
+    #[arg(long, value_parser = choice::<BackendKind>())]
+    pub backend: Option<BackendKind>,
+    /// `default` (embedded SmolLM2-135M-Instruct), a .gguf file, a model folder or a
+    /// Hugging Face id from the local cache.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl ModelArgs {
+    /// Overrides the backend, the model and the server settings given on the command line.
+    pub fn apply(self, backend: &mut BackendKind, model: &mut String, openai: &mut OpenaiConfig) {
+        set(backend, self.backend);
+        set(model, self.model);
+        self.server.apply(openai);
+    }
+}
+
+/// Settings of `--backend openai` (an OpenAI-compatible server).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerArgs {
+    /// Server root, e.g. http://127.0.0.1:8000 or https://api.openai.com/v1 (with or without
+    /// the trailing /v1, behind a path prefix or not); repeat to spread requests over several.
+    /// HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY are honoured.
+    #[arg(long = "base-url")]
+    pub base_urls: Vec<String>,
+    /// Environment variable with the API key.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Longest wait for a whole answer in seconds, a slow trickle included.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Longest wait for a connection (TLS handshake included) in seconds.
+    #[arg(long)]
+    pub connect_timeout: Option<f64>,
+    /// PEM file of the CA certificates that sign the server's certificate (a private CA),
+    /// trusted instead of the built-in roots (by default $SSL_CERT_FILE when set).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Retries of a failed request (timeouts, connection errors, answers cut short or not JSON,
+    /// 429, 5xx).
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// First retry backoff in seconds, doubled each retry.
+    #[arg(long)]
+    pub backoff: Option<f64>,
+    /// How a prefill (the start of the reply, e.g. "The answer is (") reaches the server.
+    #[arg(long, value_parser = choice::<PrefillMode>())]
+    pub prefill: Option<PrefillMode>,
+    /// How answer options are scored (exactly, from the server's log-probabilities).
+    #[arg(long, value_parser = choice::<OptionScoring>())]
+    pub option_scoring: Option<OptionScoring>,
+    /// Request cache folder (by default ~/.cache/cai/requests).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the request cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// The sampling options beyond temperature and top-p, shared by every stage that generates
+/// text (PPO rollouts excepted: they sample with temperature only, see `cai train ppo`).
+/// Penalties look at the generated tokens only, never the prompt.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SamplingArgs {
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Drop tokens less than P times as likely as the most likely one (0 = off).
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f64>,
+    /// Divide the positive logits (multiply the negative ones) of tokens among the last
+    /// --repeat-last-n generated tokens by this (1 = off; the default is the local engine's
+    /// and is not sent to OpenAI-compatible servers, which keep their own).
+    #[arg(long, value_name = "R")]
+    pub repetition_penalty: Option<f64>,
+    /// Window of --repetition-penalty in generated tokens (0 = off).
+    #[arg(long, value_name = "N")]
+    pub repeat_last_n: Option<usize>,
+    /// Subtract this from the logit of every token already generated (OpenAI semantics,
+    /// -2..2; 0 = off).
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub presence_penalty: Option<f64>,
+    /// Subtract this times its count from the logit of every token already generated (OpenAI
+    /// semantics, -2..2; 0 = off).
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub frequency_penalty: Option<f64>,
+}
+
+/// What `--trainable` names; `--top-layers` and `--lora-*` give the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrainableKind {
+    /// Every weight (full fine-tuning).
+    All,
+    /// The last `--top-layers N` blocks.
+    TopLayers,
+    /// LoRA adapters only (`--lora-rank`, `--lora-alpha`, `--lora-targets`).
+    Lora,
+}
+
+/// `t` as the flags would ask for it, for `--help`.
+pub fn describe_trainable(t: &Trainable) -> String {
+    match t {
+        Trainable::All => "all".into(),
+        Trainable::TopLayers(n) => format!("top-layers {n}"),
+        Trainable::Lora(l) => format!(
+            "lora (rank {}, alpha {}, targets {})",
+            l.rank,
+            l.alpha,
+            l.targets.join(",")
+        ),
+    }
+}
+
+/// Which weights a training stage updates: the same flags for `train sft`, `rm` and `ppo`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TrainableArgs {
+    /// What is trained.
+    #[arg(long, value_enum)]
+    pub trainable: Option<TrainableKind>,
+    /// Train only the last N blocks (implies --trainable top-layers).
+    #[arg(long, conflicts_with_all = ["lora_rank", "lora_alpha", "lora_targets"])]
+    pub top_layers: Option<usize>,
+    /// LoRA rank (implies --trainable lora).
+    #[arg(long, visible_alias = "lora")]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha / rank.
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA target modules, comma separated, or `all`.
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+}
+
+impl TrainableArgs {
+    /// The flags applied to `t` (the stage's default or its `--config` choice). LoRA settings
+    /// not given come from `t` when it is already LoRA, else from `lora`.
+    pub fn apply(&self, t: &mut Trainable, lora: &LoraConfig) -> Result<()> {
+        let lora_flags =
+            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
+        let kind = match (self.trainable, self.top_layers, lora_flags) {
+            (Some(k), _, _) => k,
+            (None, Some(_), _) => TrainableKind::TopLayers,
+            (None, None, true) => TrainableKind::Lora,
+            (None, None, false) => return Ok(()),
+        };
+        *t = match kind {
+            TrainableKind::All => Trainable::All,
+            TrainableKind::TopLayers => match (self.top_layers, &*t) {
+                (Some(n), _) => Trainable::TopLayers(n),
+                (None, Trainable::TopLayers(n)) => Trainable::TopLayers(*n),
+                _ => bail!("--trainable top-layers needs --top-layers N"),
+            },
+            TrainableKind::Lora => {
+                let mut l = t.lora().unwrap_or(lora).clone();
+                if let Some(rank) = self.lora_rank {
+                    l.rank = rank;
+                }
+                if let Some(alpha) = self.lora_alpha {
+                    l.alpha = alpha;
+                }
+                if let Some(targets) = &self.lora_targets {
+                    l.targets = targets.clone();
+                }
+                Trainable::Lora(l)
+            }
+        };
+        Ok(())
+    }
+}
+
+impl SamplingArgs {
+    /// Overrides the options of `params` given on the command line.
+    pub fn apply(&self, params: &mut SamplingParams) {
+        set(&mut params.top_k, self.top_k);
+        set(&mut params.min_p, self.min_p);
+        set(&mut params.repetition_penalty, self.repetition_penalty);
+        set(&mut params.repeat_last_n, self.repeat_last_n);
+        set(&mut params.presence_penalty, self.presence_penalty);
+        set(&mut params.frequency_penalty, self.frequency_penalty);
+    }
+}
+
+impl ServerArgs {
+    /// Overrides the fields of `cfg` given on the command line.
+    pub fn apply(self, cfg: &mut OpenaiConfig) {
+        if !self.base_urls.is_empty() {
+            cfg.base_urls = self.base_urls;
+        }
+        set(&mut cfg.api_key_env, self.api_key_env);
+        set(&mut cfg.concurrency, self.concurrency);
+        set(&mut cfg.timeout_s, self.timeout);
+        set(&mut cfg.connect_timeout_s, self.connect_timeout);
+        cfg.ca_cert = self.ca_cert.or(cfg.ca_cert.take());
+        set(&mut cfg.prefill, self.prefill);
+        set(&mut cfg.option_scoring, self.option_scoring);
+        set(&mut cfg.retry.retries, self.retries);
+        set(&mut cfg.retry.backoff_s, self.backoff);
+        cfg.cache_dir = self.cache_dir.or(cfg.cache_dir.take());
+        cfg.no_cache |= self.no_cache;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        t: TrainableArgs,
+    }
+
+    /// `argv` applied to `start`, with the stage's LoRA default `lora`.
+    fn apply(argv: &[&str], start: Trainable, lora: &LoraConfig) -> Result<Trainable> {
+        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
+        let mut t = start;
+        w.t.apply(&mut t, lora)?;
+        Ok(t)
+    }
+
+    #[test]
+    fn trainable_flags_resolve_the_same_for_every_stage() -> Result<()> {
+        let all_linear = LoraConfig {
+            targets: vec!["all".into()],
+            ..LoraConfig::default()
+        };
+        // No flag: the stage's choice stands.
+        assert_eq!(
+            apply(&[], Trainable::TopLayers(2), &all_linear)?,
+            Trainable::TopLayers(2)
+        );
+        // `--lora R` (rm's older spelling) is `--lora-rank R`; unset fields from the default.
+        assert_eq!(
+            apply(&["--lora", "4"], Trainable::All, &all_linear)?,
+            Trainable::Lora(LoraConfig {
+                rank: 4,
+                ..all_linear.clone()
+            })
+        );
+        // Settings already LoRA keep what the flags do not change.
+        let yaml = Trainable::Lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: vec!["q_proj".into()],
+        });
+        assert_eq!(
+            apply(&["--lora-alpha", "2"], yaml.clone(), &all_linear)?,
+            Trainable::Lora(LoraConfig {
+                rank: 4,
+                alpha: 2.0,
+                targets: vec!["q_proj".into()],
+            })
+        );
+        assert_eq!(
+            apply(&["--trainable", "all"], yaml, &all_linear)?,
+            Trainable::All
+        );
+        assert_eq!(
+            apply(&["--top-layers", "3"], Trainable::All, &all_linear)?,
+            Trainable::TopLayers(3)
+        );
+        // Contradictions are errors, not silent choices.
+        assert!(apply(
+            &["--top-layers", "3", "--lora-rank", "4"],
+            Trainable::All,
+            &all_linear
+        )
+        .is_err());
+        assert!(apply(&["--trainable", "top-layers"], Trainable::All, &all_linear).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! `cai compare`: AI preference labels measured against human labels.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+
+use super::args::set;
+use super::help_defaults::Source;
+use crate::compare::{self, CompareConfig};
+use crate::config_file::read_or_default;
+
+/// The flags of `cai compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// YAML file with any CompareConfig fields; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Human-labelled pairs: HH-RLHF rows, TRL preference rows or our JSONL with `human`.
+    #[arg(long)]
+    pub human: Option<PathBuf>,
+    /// AI label file from `cai label`; repeat to compare several (paired test vs the first).
+    #[arg(long)]
+    pub ai: Vec<PathBuf>,
+    /// Folder for report.md, metrics.json and SVG plots (`--report` is the old spelling).
+    #[arg(long, alias = "report")]
+    pub out: Option<PathBuf>,
+    /// Bootstrap resamples (0 skips intervals and tests).
+    #[arg(long)]
+    pub bootstrap: Option<usize>,
+    /// Seed of the bootstrap.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Calibration bins.
+    #[arg(long)]
+    pub bins: Option<usize>,
+}
+
+impl CompareArgs {
+    /// Defaults < `--config` < flags.
+    pub fn resolve(self) -> Result<CompareConfig> {
+        let mut c: CompareConfig = read_or_default(self.config.as_deref())?;
+        set(&mut c.human, self.human);
+        if !self.ai.is_empty() {
+            c.ai = self.ai;
+        }
+        c.report = self.out.or(c.report);
+        set(&mut c.bootstrap, self.bootstrap);
+        set(&mut c.seed, self.seed);
+        set(&mut c.bins, self.bins);
+        ensure!(
+            !c.human.as_os_str().is_empty(),
+            "no human labels: give --human FILE (or `human:` in the config)"
+        );
+        ensure!(
+            !c.ai.is_empty(),
+            "no AI labels: give --ai FILE, once per label file (or `ai:` in the config)"
+        );
+        Ok(c)
+    }
+}
+
+/// Defaults for `--help`: the config's.
+pub fn help_defaults() -> (CompareConfig, Vec<(&'static str, Source)>) {
+    (CompareConfig::default(), Vec::new())
+}
+
+/// Runs `cai compare`: the table on stdout, the report where `--out` says.
+pub fn run(args: CompareArgs) -> Result<()> {
+    let cfg = args.resolve()?;
+    let report = compare::run(&cfg)?;
+    print!("{}", compare::report::render_table(&report));
+    if let Some(dir) = &cfg.report {
+        eprintln!(
+            "cai: compare: report written to {}",
+            dir.join("report.md").display()
+        );
+    }
+    Ok(())
+}

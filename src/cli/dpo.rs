@@ -1,0 +1,254 @@
+//! `cai train dpo`: DPO and its variants on preference pairs, against a frozen reference.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+
+use super::args::{parsed, set, TrainableArgs};
+use super::help_defaults::Source;
+use crate::config_file::read_or_default;
+use crate::stages::dpo::{self, TrainDpoConfig};
+use crate::train::dpo_loss::DpoLoss;
+use crate::train::reward_data::DataSource;
+use crate::train::LoraConfig;
+
+/// The flags of `cai train dpo`; its `--help` text (data handling: ties, identical pairs) is
+/// on [`TrainCommand::Dpo`](super::train::TrainCommand::Dpo).
+#[derive(Debug, Args, Default)]
+pub struct DpoArgs {
+    /// YAML file with any TrainDpoConfig fields (optimizer settings under `train:`); flags
+    /// override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Starting policy: `default`, a .gguf file, a model folder (e.g. runs/sft/final) or a
+    /// Hugging Face id from the local cache.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Frozen reference model (by default the starting policy). Its log-probabilities of every
+    /// pair are computed once and kept in OUT/reference_logps.json, which a resumed or
+    /// repeated run reuses.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Training pairs: `cai label` output, human pairs or `cai revise` output;
+    /// `FILE:WEIGHT` weights its pairs. Repeat to mix sources.
+    #[arg(long = "data", value_name = "FILE[:WEIGHT]", value_parser = parsed::<DataSource>)]
+    pub data: Vec<DataSource>,
+    /// Held-out pairs (normally human: HH-RLHF, TRL, ours) for implicit-reward accuracy,
+    /// margins and log-prob drift.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Without --eval: fraction of the training conversations held out (`--eval-fraction`
+    /// is the old spelling).
+    #[arg(long, alias = "eval-fraction", conflicts_with = "eval")]
+    pub eval_split: Option<f64>,
+    /// Output folder: reference_logps.json, checkpoint-N/, final/ (usable as --model),
+    /// train_log.csv, eval_log.csv, metrics.json, manifest.json, SVG plots.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Loss: sigmoid (DPO, label rounded), cdpo (soft label as the target), robust (rDPO,
+    /// the label's uncertainty as flip rate), ipo (soft target on per-token log-ratios),
+    /// hinge (SLiC).
+    #[arg(long, value_parser = parsed::<DpoLoss>)]
+    pub loss: Option<DpoLoss>,
+    /// β of the implicit reward β·log(π/π_ref).
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Label smoothing ε: cdpo's target ε + (1 − 2ε)·p, robust's least flip rate.
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Passes over the training pairs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Pairs per micro-batch (all pairs of a conversation stay together).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Warmup steps.
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Tokens per sequence: longer ones lose the start of the conversation, then the end of
+    /// the response.
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Token budget of one forward/backward pass: micro-batches larger than this (2 × pairs
+    /// × longest sequence) run in parts whose gradients are accumulated, for the same
+    /// update.
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    #[command(flatten)]
+    pub trainable: TrainableArgs,
+    /// Held-out evaluation every N steps (and before the first and after the last).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Seed of data order and LoRA initialisation.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl DpoArgs {
+    /// Defaults < `--config` < flags.
+    pub fn resolve(self) -> Result<TrainDpoConfig> {
+        let a = self;
+        let mut c: TrainDpoConfig = read_or_default(a.config.as_deref())?;
+        set(&mut c.model, a.model);
+        c.reference = a.reference.or(c.reference);
+        if !a.data.is_empty() {
+            c.data = a.data;
+        }
+        c.eval = a.eval.or(c.eval);
+        set(&mut c.eval_fraction, a.eval_split);
+        set(&mut c.out, a.out);
+        set(&mut c.loss, a.loss);
+        set(&mut c.beta, a.beta);
+        set(&mut c.label_smoothing, a.label_smoothing);
+        let t = &mut c.train;
+        set(&mut t.lr, a.lr);
+        t.max_steps = a.max_steps.or(t.max_steps);
+        set(&mut t.epochs, a.epochs);
+        set(&mut t.batch_size, a.batch_size);
+        set(&mut t.grad_accum, a.grad_accum);
+        set(&mut t.warmup_steps, a.warmup_steps);
+        set(&mut t.max_len, a.max_len);
+        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
+        set(&mut t.eval_every, a.eval_every);
+        set(&mut t.save_every, a.save_every);
+        set(&mut t.seed, a.seed);
+        a.trainable
+            .apply(&mut t.trainable, &LoraConfig::default())?;
+        c.quiet |= a.quiet;
+        c.resume = a.resume;
+        ensure!(
+            !c.data.is_empty(),
+            "no training data: give --data FILE[:WEIGHT] (cai label, human pairs or cai revise \
+             output) or `data:` in the config"
+        );
+        ensure!(
+            (0.0..1.0).contains(&c.eval_fraction),
+            "eval_fraction must be within [0, 1), got {}",
+            c.eval_fraction
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Defaults for `--help`: the config's (`--eval-split` is `eval_fraction` in the file).
+pub fn help_defaults() -> (TrainDpoConfig, Vec<(&'static str, Source)>) {
+    let d = TrainDpoConfig::default();
+    let trainable = Source::Text(super::args::describe_trainable(&d.train.trainable));
+    (
+        d,
+        vec![
+            ("eval_split", Source::Path("eval_fraction")),
+            ("trainable", trainable),
+        ],
+    )
+}
+
+/// Runs `cai train dpo`.
+pub fn run(args: DpoArgs) -> Result<()> {
+    let cfg = args.resolve()?;
+    let s = dpo::run(&cfg)?;
+    eprintln!(
+        "cai: train dpo: {} steps on {} pairs ({} loss, β {}; {:.2} pairs/s, {:.0} \
+         tokens/s) -> {}",
+        s.steps,
+        s.train_pairs,
+        cfg.loss,
+        cfg.beta,
+        s.pairs_per_s,
+        s.tokens_per_s,
+        s.final_dir.display()
+    );
+    if let (Some(a), Some(b)) = (&s.eval_before, &s.eval_after) {
+        println!(
+            "held-out: {} pairs, implicit-reward accuracy {:.4} -> {:.4}, margin {:.4} \
+             -> {:.4}, log-prob accuracy {:.4} -> {:.4}, drift chosen {:.3}, rejected \
+             {:.3} nats",
+            b.pairs,
+            a.accuracy,
+            b.accuracy,
+            a.margin,
+            b.margin,
+            a.logp_accuracy,
+            b.logp_accuracy,
+            b.chosen_drift,
+            b.rejected_drift
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::train::Trainable;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: DpoArgs,
+    }
+
+    fn resolve(argv: &[&str]) -> Result<TrainDpoConfig> {
+        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
+        w.args.resolve()
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let yaml = dir.path().join("dpo.yaml");
+        std::fs::write(
+            &yaml,
+            "data: [{path: l.jsonl, weight: 2}]\nloss: cdpo\nbeta: 0.2\ntrain:\n  lr: 0.001\n",
+        )?;
+        let y = yaml.to_str().unwrap();
+        let c = resolve(&["--config", y])?;
+        assert_eq!((c.loss, c.beta, c.train.lr), (DpoLoss::Cdpo, 0.2, 1e-3));
+        assert_eq!((c.data[0].weight, c.train.batch_size), (2.0, 4));
+        let c = resolve(&[
+            "--config",
+            y,
+            "--loss",
+            "ipo",
+            "--beta",
+            "0.5",
+            "--data",
+            "h.jsonl:0.5",
+            "--top-layers",
+            "2",
+        ])?;
+        assert_eq!((c.loss, c.beta), (DpoLoss::Ipo, 0.5));
+        assert_eq!(c.data, vec!["h.jsonl:0.5".parse::<DataSource>()?]);
+        assert_eq!(c.train.trainable, Trainable::TopLayers(2));
+        assert!(resolve(&[]).is_err(), "no data");
+        assert!(resolve(&["--data", "x", "--beta", "0"]).is_err());
+        assert!(resolve(&["--data", "x", "--label-smoothing", "0.5"]).is_err());
+        assert!(resolve(&["--data", "x", "--loss", "kto"]).is_err());
+        std::fs::write(&yaml, "data: [{path: l.jsonl}]\nbta: 1\n")?;
+        let err = format!("{:#}", resolve(&["--config", y]).unwrap_err());
+        assert!(err.contains("dpo.yaml"), "{err}");
+        Ok(())
+    }
+}

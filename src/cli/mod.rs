@@ -1,0 +1,219 @@
+//! The command line: flags → configs, in one place. Each subcommand has a file with its
+//! arguments (doc comments are the `--help`), one resolution (the stage config's `Default` <
+//! the `--config` YAML file < flags) and a `run` that calls its stage and prints the summary.
+//! Nothing outside this module sees clap or raw arguments.
+
+pub mod args;
+pub mod bench;
+pub mod compare;
+pub mod constitution;
+pub mod dpo;
+pub mod eval;
+pub mod export;
+pub mod help_defaults;
+pub mod label;
+pub mod perplexity;
+pub mod pipeline;
+pub mod ppo;
+pub mod revise;
+pub mod rm;
+pub mod sample;
+pub mod score;
+pub mod sft;
+pub mod train;
+
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::Serialize;
+
+use help_defaults::Source;
+
+/// cai: the Constitutional AI / RLAIF pipeline on real language models.
+#[derive(Debug, Parser)]
+#[command(name = "cai", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Errors with the backtraces libraries captured (as does CAI_DEBUG=1); without it an
+    /// error is one line, whatever RUST_BACKTRACE says.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Critique → revision loops on red-team prompts: writes an SFT data set.
+    Revise(revise::ReviseArgs),
+    /// K responses per prompt from a policy model, and the pairs among them for labelling.
+    Sample(sample::SampleArgs),
+    /// AI preference labels: which of two responses is better under sampled principles.
+    Label(label::LabelArgs),
+    /// AI preference labels against human labels: agreement, kappa, calibration, position
+    /// bias, per principle; optional Markdown report with plots.
+    Compare(compare::CompareArgs),
+    /// Speed of the local backend (prompt, generation, batches, labelling, training) and of
+    /// llama.cpp when installed, in one run.
+    Bench(bench::BenchArgs),
+    /// Perplexity of a model on a text, computed as llama.cpp's llama-perplexity does
+    /// (chunks of --ctx tokens, the second half of each scored); ends with `PPL = X +/- E`.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Two policies answer held-out prompts; the AI labeler (both orders) and the reward
+    /// model judge: win rates with 95 % intervals and a Markdown report.
+    Eval(eval::EvalArgs),
+    /// Train a model: `cai train sft` (SL-CAI), `rm` (reward model), `ppo` (PPO, GRPO, RLOO,
+    /// REINFORCE) or `dpo`.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
+    /// Stage outputs as TRL / OpenRLHF training sets (SFT or preference).
+    Export(export::ExportArgs),
+    /// Check or list a constitution.
+    #[command(subcommand)]
+    Constitution(constitution::ConstitutionCommand),
+    /// Rewards of pairs or single responses from a trained reward model, as JSONL.
+    Score(score::ScoreArgs),
+    /// The whole run in one command: revise → sft → sample → label → rm → dpo / ppo / grpo →
+    /// eval, each stage's outputs in a run folder, done stages skipped on re-run, an
+    /// interrupted one resumed, and a report.md.
+    Pipeline(pipeline::PipelineArgs),
+}
+
+/// The subcommands whose flags have defaults in a stage config, by path (`train sft`), with
+/// that config's defaults as JSON and where `--help` finds the flags not under their own name.
+type HelpDefaults = (
+    &'static [&'static str],
+    serde_json::Value,
+    Vec<(&'static str, Source)>,
+);
+
+fn help_defaults() -> Vec<HelpDefaults> {
+    fn json<T: Serialize>(
+        path: &'static [&'static str],
+        (config, sources): (T, Vec<(&'static str, Source)>),
+    ) -> HelpDefaults {
+        let value = serde_json::to_value(config).expect("configs serialise");
+        (path, value, sources)
+    }
+    vec![
+        json(&["revise"], revise::help_defaults()),
+        json(&["sample"], sample::help_defaults()),
+        json(&["label"], label::help_defaults()),
+        json(&["compare"], compare::help_defaults()),
+        json(&["bench"], bench::help_defaults()),
+        json(&["perplexity"], perplexity::help_defaults()),
+        json(&["eval"], eval::help_defaults()),
+        json(&["export"], export::help_defaults()),
+        json(&["score"], score::help_defaults()),
+        json(&["train", "sft"], sft::help_defaults()),
+        json(&["train", "rm"], rm::help_defaults()),
+        json(&["train", "ppo"], ppo::help_defaults()),
+        json(&["train", "dpo"], dpo::help_defaults()),
+    ]
+}
+
+/// The clap command with every flag's default in its help, and the flags whose default could
+/// not be told (see [`help_defaults::annotate`]).
+pub fn command_with_ambiguities() -> (clap::Command, Vec<String>) {
+    let mut cmd = Cli::command();
+    let mut ambiguous = Vec::new();
+    for (path, defaults, sources) in help_defaults() {
+        let annotate = |sub: clap::Command| {
+            let (sub, amb) = help_defaults::annotate(sub, &defaults, &sources);
+            ambiguous.extend(
+                amb.into_iter()
+                    .map(|id| format!("{}: {id}", path.join(" "))),
+            );
+            sub
+        };
+        cmd = match path {
+            [name] => cmd.mut_subcommand(*name, annotate),
+            [group, name] => cmd.mut_subcommand(*group, |g| g.mut_subcommand(*name, annotate)),
+            _ => unreachable!("subcommands are one or two words deep"),
+        };
+    }
+    (cmd, ambiguous)
+}
+
+/// The clap command with every flag's default in its help.
+pub fn command() -> clap::Command {
+    command_with_ambiguities().0
+}
+
+/// Parses the process's arguments (exits with clap's message on an error or `--help`).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Runs one command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Revise(a) => revise::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Label(a) => label::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Train(t) => t.run(),
+        Command::Export(a) => export::run(a),
+        Command::Constitution(c) => c.run(),
+        Command::Score(a) => score::run(a),
+        Command::Pipeline(a) => pipeline::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every valued flag's default is found (or named by its subcommand), and clap accepts the
+    /// command as built.
+    #[test]
+    fn every_default_in_help_is_found_in_a_config() {
+        let (mut cmd, ambiguous) = command_with_ambiguities();
+        assert!(ambiguous.is_empty(), "{ambiguous:?}");
+        cmd.build();
+        cmd.debug_assert();
+    }
+
+    fn help(path: &[&str]) -> String {
+        let mut cmd = command();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub.find_subcommand_mut(name).unwrap();
+        }
+        sub.render_help().to_string()
+    }
+
+    /// The help shows the defaults of the `Default` impls, e.g. after a default changes.
+    #[test]
+    fn help_shows_the_config_defaults() {
+        let revise = help(&["revise"]);
+        let d = crate::stages::revise::ReviseConfig::default();
+        assert!(
+            revise.contains(&format!("[default: {}]", d.rounds)),
+            "{revise}"
+        );
+        assert!(revise.contains("[default: answer 128, critique 96, revision 128]"));
+        let ppo = help(&["train", "ppo"]);
+        let p = crate::stages::ppo::PpoRunConfig::default();
+        assert!(
+            ppo.contains(&format!("[default: {}]", p.ppo.max_new_tokens)),
+            "{ppo}"
+        );
+        assert!(ppo.contains("[default: top-layers 2]"), "{ppo}");
+        let rm = help(&["train", "rm"]);
+        assert!(
+            rm.contains("[default: 0.1]") && rm.contains("[default: 512]"),
+            "{rm}"
+        );
+        let label = help(&["label"]);
+        assert!(label.contains("[default: direct]"), "{label}");
+        assert!(
+            label.contains("[default: constitutions/harmless.yaml]"),
+            "{label}"
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! `cai train ppo`: PPO against the reward model or the feedback model, or its critic-free
+//! variants (GRPO, RLOO, REINFORCE).
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+
+use super::args::{choice, set, TrainableArgs};
+use super::help_defaults::Source;
+use crate::config_file::read_or_default;
+use crate::llm::BackendKind;
+use crate::stages::ppo::{self, PpoRunConfig, RewardWeights};
+use crate::train::advantage::AdvantageEstimator;
+use crate::train::LoraConfig;
+
+/// `--reward`: one source alone; mixes are set in the config's `reward:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RewardSource {
+    /// The reward model (`--reward-model`).
+    Rm,
+    /// The feedback model's expected 1–10 rating under a sampled principle (`labeler:`).
+    Labeler,
+}
+
+/// The flags of `cai train ppo`: PPO, or GRPO / RLOO / REINFORCE with `--advantage`. The flags most runs
+/// change; every other setting (clip ranges, GAE, whitening, PPO-ptx, guards…) lives in the
+/// `--config` YAML (`PpoRunConfig`, PPO settings under `ppo:`).
+#[derive(Debug, Args)]
+pub struct PpoArgs {
+    /// YAML file with any PpoRunConfig fields; flags override it. Rollouts are sampled with
+    /// `ppo.temperature` and `ppo.top_p` only: no top-k, min-p or repetition penalties, which
+    /// would make the sampled tokens' log-probabilities differ from the policy's.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Starting policy: the `final/` folder of `cai train sft`, or any model.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Reference model of the KL penalty (by default the starting policy).
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Reward model folder (the `final/` folder of `cai train rm`).
+    #[arg(long)]
+    pub reward_model: Option<PathBuf>,
+    /// Reward source: `rm` (the reward model; default) or `labeler` (the feedback model's
+    /// expected 1–10 rating of each response under a comparison principle drawn from
+    /// --constitution, as `cai label --mode score` asks). Weighted mixes: `reward:
+    /// {reward_model: 1, labeler: 0.2}` in the --config YAML.
+    #[arg(long, value_enum)]
+    pub reward: Option<RewardSource>,
+    /// Constitution of the feedback reward.
+    #[arg(long)]
+    pub constitution: Option<PathBuf>,
+    /// Feedback model of the labeler reward.
+    #[arg(long)]
+    pub labeler_model: Option<String>,
+    /// Backend of the feedback model.
+    #[arg(long, value_parser = choice::<BackendKind>())]
+    pub labeler_backend: Option<BackendKind>,
+    /// Prompts to sample responses for.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// SFT data for PPO-ptx (set `ppo.ptx_coef` > 0 to use it).
+    #[arg(long)]
+    pub ptx_data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// PPO steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Responses sampled per step.
+    #[arg(long)]
+    pub rollouts: Option<usize>,
+    /// Responses per optimizer update.
+    #[arg(long)]
+    pub minibatch: Option<usize>,
+    /// Token budget of one forward/backward pass: minibatches larger than this (responses ×
+    /// longest prompt + response) run in parts whose gradients are accumulated, for the same
+    /// update.
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// Advantage estimator. The critic-free ones sample --group-size
+    /// responses per prompt and train no value head; `ppo.kl_in_loss: true` moves their KL
+    /// from the score to a k3 loss term, `ppo.scale_rewards: false` is Dr. GRPO.
+    #[arg(long, value_parser = choice::<AdvantageEstimator>())]
+    pub advantage: Option<AdvantageEstimator>,
+    /// Responses per prompt (G) for grpo, rloo and reinforce; --rollouts must be a multiple.
+    #[arg(long)]
+    pub group_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Initial KL coefficient β.
+    #[arg(long)]
+    pub kl_coef: Option<f64>,
+    /// Adaptive β with this target KL per response (nats).
+    #[arg(long)]
+    pub kl_target: Option<f64>,
+    /// New tokens per response (`--max-new-tokens` is the old spelling).
+    #[arg(long, alias = "max-new-tokens")]
+    pub max_tokens: Option<usize>,
+    #[command(flatten)]
+    pub trainable: TrainableArgs,
+    /// Seed of prompt order, sampling and minibatches.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl PpoArgs {
+    /// Defaults < `--config` < flags.
+    pub fn resolve(self) -> Result<PpoRunConfig> {
+        let a = self;
+        let mut c: PpoRunConfig = read_or_default(a.config.as_deref())?;
+        set(&mut c.policy, a.policy);
+        c.reference = a.reference.or(c.reference);
+        c.reward_model = a.reward_model.or(c.reward_model);
+        match a.reward {
+            Some(RewardSource::Rm) => c.reward = RewardWeights::default(),
+            Some(RewardSource::Labeler) => {
+                c.reward = RewardWeights {
+                    reward_model: 0.0,
+                    labeler: 1.0,
+                }
+            }
+            None => {}
+        }
+        set(&mut c.labeler.constitution, a.constitution);
+        set(&mut c.labeler.model, a.labeler_model);
+        set(&mut c.labeler.backend, a.labeler_backend);
+        let w = &c.reward;
+        ensure!(
+            w.reward_model >= 0.0 && w.labeler >= 0.0 && w.reward_model + w.labeler > 0.0,
+            "reward weights must not be negative and one must be positive (reward_model {}, \
+             labeler {})",
+            w.reward_model,
+            w.labeler
+        );
+        set(&mut c.prompts, a.prompts);
+        c.ptx_data = a.ptx_data.or(c.ptx_data);
+        set(&mut c.out, a.out);
+        set(&mut c.save_every, a.save_every);
+        c.resume |= a.resume;
+        c.quiet |= a.quiet;
+        let p = &mut c.ppo;
+        set(&mut p.steps, a.steps);
+        set(&mut p.rollouts, a.rollouts);
+        set(&mut p.minibatch, a.minibatch);
+        p.max_batch_tokens = a.max_batch_tokens.or(p.max_batch_tokens);
+        set(&mut p.advantage, a.advantage);
+        set(&mut p.group_size, a.group_size);
+        set(&mut p.lr, a.lr);
+        set(&mut p.kl_coef, a.kl_coef);
+        p.kl_target = a.kl_target.or(p.kl_target);
+        set(&mut p.max_new_tokens, a.max_tokens);
+        set(&mut p.seed, a.seed);
+        a.trainable
+            .apply(&mut p.trainable, &LoraConfig::default())?;
+        p.validate()?;
+        Ok(c)
+    }
+}
+
+/// Defaults for `--help`: the config's (the PPO settings are under `ppo:`).
+pub fn help_defaults() -> (PpoRunConfig, Vec<(&'static str, Source)>) {
+    let d = PpoRunConfig::default();
+    let trainable = Source::Text(super::args::describe_trainable(&d.ppo.trainable));
+    (
+        d,
+        vec![
+            ("max_tokens", Source::Path("ppo.max_new_tokens")),
+            ("labeler_model", Source::Path("labeler.model")),
+            ("labeler_backend", Source::Path("labeler.backend")),
+            ("constitution", Source::Path("labeler.constitution")),
+            ("seed", Source::Path("ppo.seed")),
+            ("lr", Source::Path("ppo.lr")),
+            ("trainable", trainable),
+        ],
+    )
+}
+
+/// Runs `cai train ppo`.
+pub fn run(args: PpoArgs) -> Result<()> {
+    let cfg = args.resolve()?;
+    let s = ppo::run(&cfg)?;
+    if let (Some(a), Some(b)) = (&s.first, &s.last) {
+        eprintln!(
+            "cai: train ppo: {} steps on {} prompts; score {:.3} -> {:.3}, KL {:.3} -> \
+             {:.3}, response length {:.1} -> {:.1}; {:.1} s/step -> {}",
+            s.steps,
+            s.prompts,
+            a.score,
+            b.score,
+            a.kl,
+            b.kl,
+            a.response_len,
+            b.response_len,
+            s.seconds_per_step,
+            s.final_dir.display()
+        );
+    }
+    if !s.repeated_phrases.is_empty() {
+        let top: Vec<String> = s
+            .repeated_phrases
+            .iter()
+            .map(|(p, n)| format!("\"{p}\" ×{n}"))
+            .collect();
+        eprintln!(
+            "cai: train ppo: most repeated phrases of the last step: {}",
+            top.join(", ")
+        );
+    }
+    Ok(())
+}

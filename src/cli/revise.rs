@@ -1,0 +1,131 @@
+//! `cai revise`: critique → revision loops on red-team prompts.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::args::{choice, set, ModelArgs, SamplingArgs};
+use super::help_defaults::Source;
+use crate::config_file::read_or_default;
+use crate::stages::revise::{self, LongPrompt, ReviseConfig, SftFormat};
+
+/// The flags of `cai revise`.
+#[derive(Debug, Args)]
+pub struct ReviseArgs {
+    /// YAML file with any ReviseConfig fields; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Constitution YAML.
+    #[arg(long)]
+    pub constitution: Option<PathBuf>,
+    /// Red-team prompts: JSONL (`prompt`, `messages` or HH-RLHF rows) or text, one per line.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Output JSONL; an existing file is resumed.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Critique → revision rounds per prompt.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seed for principle sampling and text sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder with template overrides (initial.txt, critique.txt, revision.txt).
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// Prompts processed together.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Only the first N prompts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Few-shot revision examples from the constitution per request.
+    #[arg(long)]
+    pub few_shot: Option<usize>,
+    /// Longest accepted prompt in tokens.
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
+    /// What to do with longer prompts.
+    #[arg(long, value_parser = choice::<LongPrompt>())]
+    pub on_long_prompt: Option<LongPrompt>,
+    /// Sampling temperature of all steps (0 = greedy).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Maximum new tokens of every step.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Sampling options of all steps.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Also write X.trl.jsonl (TRL conversational `messages` rows).
+    #[arg(long = "format", value_parser = choice::<SftFormat>())]
+    pub formats: Vec<SftFormat>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl ReviseArgs {
+    /// Defaults < `--config` < flags.
+    pub fn resolve(self) -> Result<ReviseConfig> {
+        let mut c: ReviseConfig = read_or_default(self.config.as_deref())?;
+        set(&mut c.constitution, self.constitution);
+        set(&mut c.prompts, self.prompts);
+        set(&mut c.out, self.out);
+        set(&mut c.rounds, self.rounds);
+        set(&mut c.seed, self.seed);
+        self.model
+            .apply(&mut c.backend, &mut c.model, &mut c.openai);
+        c.templates = self.templates.or(c.templates);
+        set(&mut c.batch_size, self.batch_size);
+        c.limit = self.limit.or(c.limit);
+        set(&mut c.few_shot, self.few_shot);
+        set(&mut c.max_prompt_tokens, self.max_prompt_tokens);
+        set(&mut c.on_long_prompt, self.on_long_prompt);
+        for p in [&mut c.answer, &mut c.critique, &mut c.revision] {
+            set(&mut p.temperature, self.temperature);
+            set(&mut p.max_tokens, self.max_tokens);
+            self.sampling.apply(p);
+        }
+        if !self.formats.is_empty() {
+            c.formats = self.formats;
+        }
+        c.quiet |= self.quiet;
+        Ok(c)
+    }
+}
+
+/// Defaults for `--help`: the config's, and the text for `--max-tokens` (one per step).
+pub fn help_defaults() -> (ReviseConfig, Vec<(&'static str, Source)>) {
+    let d = ReviseConfig::default();
+    let max_tokens = format!(
+        "answer {}, critique {}, revision {}",
+        d.answer.max_tokens, d.critique.max_tokens, d.revision.max_tokens
+    );
+    (d, vec![("max_tokens", Source::Text(max_tokens))])
+}
+
+/// Runs `cai revise`.
+pub fn run(args: ReviseArgs) -> Result<()> {
+    let cfg = args.resolve()?;
+    let s = revise::run(&cfg)?;
+    eprintln!(
+        "cai: revise: {} written, {} already done, {} skipped (too long), {} truncated -> {}",
+        s.written,
+        s.resumed,
+        s.skipped_long,
+        s.truncated,
+        cfg.out.display()
+    );
+    if s.written > 0 {
+        eprintln!(
+            "cai: revise: {:.1} prompts/min, {:.1} generated tokens/s",
+            s.written as f64 * 60.0 / s.seconds.max(1e-9),
+            s.generated_tokens as f64 / s.seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}

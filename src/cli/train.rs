@@ -1,0 +1,45 @@
+//! `cai train <stage>`: one subcommand per trainer.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::dpo::DpoArgs;
+use super::ppo::PpoArgs;
+use super::rm::RmArgs;
+use super::sft::SftArgs;
+
+/// `cai train <stage>`.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Supervised fine-tuning on critique → revision data (SL-CAI) or TRL SFT rows.
+    Sft(SftArgs),
+    /// Reward model on AI and/or human preference labels, evaluated on held-out human labels.
+    Rm(RmArgs),
+    /// PPO of the SFT policy against the reward model, with a KL penalty to the SFT model;
+    /// `--advantage grpo|rloo|reinforce` for the critic-free variants.
+    Ppo(PpoArgs),
+    /// DPO (and cDPO, rDPO, IPO, SLiC) of a policy on AI labels, human pairs and SL-CAI
+    /// revision pairs, against a frozen reference: no reward model, no sampling.
+    ///
+    /// Data, any mix (`FILE:WEIGHT` weights a file's pairs in the loss): `cai label` rows keep
+    /// their soft label p_a; human pairs (HH-RLHF, TRL preference rows, ours) their human label
+    /// (rows without one are skipped); `cai revise` records give the SL-CAI pair "final
+    /// revision preferred to the initial answer" (records never revised are skipped). Pairs
+    /// whose two responses are the same text or, after --max-len, the same tokens carry no
+    /// preference and are dropped. Labels of exactly 0.5 (ties) are dropped by the losses that
+    /// round the label (sigmoid, robust, hinge) and kept by cdpo and ipo, which pull a tie's
+    /// margin to 0. Every drop is counted on stderr; no pair left is an error.
+    Dpo(DpoArgs),
+}
+
+impl TrainCommand {
+    /// Runs the trainer.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Sft(a) => super::sft::run(a),
+            Self::Rm(a) => super::rm::run(a),
+            Self::Ppo(a) => super::ppo::run(a),
+            Self::Dpo(a) => super::dpo::run(a),
+        }
+    }
+}
