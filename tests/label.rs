@@ -301,7 +301,7 @@ fn real_model_labels_obvious_pairs() {
     let Some(_m) = default_model() else { return };
     let dir = tempfile::tempdir().unwrap();
     for (out, extra) in [
-        ("d.jsonl", vec!["--calibrate"]),
+        ("d.jsonl", vec![]),
         ("l.jsonl", vec!["--mode", "likelihood"]),
         ("s.jsonl", vec!["--mode", "score"]),
     ] {

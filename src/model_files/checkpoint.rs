@@ -180,25 +180,6 @@ pub fn latest_checkpoint(out_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, p)| p))
 }
 
-/// The checkpoint a run continues from: the latest one in `out_dir` when `resume` is set
-/// (an error when there is none), nothing for a fresh run. A fresh run into a folder that
-/// already holds checkpoints is refused, so no run is overwritten by accident.
-pub fn resume_point(out_dir: &Path, resume: bool) -> Result<Option<PathBuf>> {
-    match (resume, latest_checkpoint(out_dir)?) {
-        (true, Some(dir)) => Ok(Some(dir)),
-        (true, None) => bail!(
-            "--resume: no checkpoint-N folder in {} to continue from",
-            out_dir.display()
-        ),
-        (false, Some(found)) => bail!(
-            "{} already holds {}: pass --resume to continue that run, or choose another --out",
-            out_dir.display(),
-            found.display()
-        ),
-        (false, None) => Ok(None),
-    }
-}
-
 /// Largest absolute difference between two weight sets with the same names.
 pub fn max_weight_difference(a: &Weights, b: &Weights) -> Result<f64> {
     let mut worst = 0f64;

@@ -168,13 +168,13 @@ fn resumed_lora_run_equals_the_uninterrupted_one() -> Result<()> {
     assert_eq!(events, 4 + 3 + 2);
     let full_state = trainer.state().clone();
 
-    let mut first = DpoTrainer::new(&cfg, weights, data.clone(), run_cfg)?;
+    let mut first = DpoTrainer::new(&cfg, weights, data.clone(), run_cfg.clone())?;
     first.train_step()?;
     first.train_step()?;
     let ckpt = checkpoint_dir(&resumed, 2);
     first.save_checkpoint(&ckpt, &[])?;
     drop(first);
-    let mut second = DpoTrainer::resume(&ckpt, data.clone(), &Device::Cpu)?;
+    let mut second = DpoTrainer::resume(&ckpt, data.clone(), &Device::Cpu, run_cfg.clone())?;
     assert_eq!(second.state().step, 2);
     second.run(&resumed, &[], &mut |_: &TrainEvent| {})?;
 
@@ -190,7 +190,7 @@ fn resumed_lora_run_equals_the_uninterrupted_one() -> Result<()> {
     // Other data, or other reference log-probabilities, are refused on resume.
     let mut other = data;
     other.train_reference[0][0] += 1.0;
-    let err = DpoTrainer::resume(&ckpt, other, &Device::Cpu)
+    let err = DpoTrainer::resume(&ckpt, other, &Device::Cpu, run_cfg.clone())
         .err()
         .unwrap();
     assert!(format!("{err:#}").contains("differ"), "{err:#}");

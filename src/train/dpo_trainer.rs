@@ -18,6 +18,7 @@ use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
+use super::resume;
 use super::reward_data::group_batches_by;
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
@@ -199,14 +200,15 @@ impl DpoTrainer {
         Self::assemble(params, opt, data, cfg, None, &device)
     }
 
-    /// Continues the run saved in checkpoint folder `dir` on the same data.
-    pub fn resume(dir: &Path, data: DpoData, device: &Device) -> Result<Self> {
+    /// Continues the run saved in checkpoint folder `dir` on the same data, with the same
+    /// settings `cfg` but for its length ([`resume::check_settings`]).
+    pub fn resume(dir: &Path, data: DpoData, device: &Device, cfg: DpoTrainConfig) -> Result<Self> {
         let path = dir.join(TRAINER_STATE_FILE);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let state: DpoTrainerState =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let cfg = state.config.clone();
+        resume::check_settings(dir, &state.config, &cfg)?;
         let params = ParamStore::restore(dir, cfg.train.trainable.clone(), device)?;
         let opt = AdamW::load(cfg.train.adamw(), &dir.join(OPTIMIZER_FILE), device)?;
         ensure!(
@@ -234,6 +236,9 @@ impl DpoTrainer {
         let t = &cfg.train;
         let fingerprint = data.fingerprint();
         let first = epoch_batches(&data.train, t, 0);
+        let total_steps = t
+            .max_steps
+            .unwrap_or_else(|| (t.epochs * first.len()).div_ceil(t.grad_accum.max(1)));
         let state = match saved {
             Some(state) => {
                 ensure!(
@@ -241,15 +246,18 @@ impl DpoTrainer {
                     "the training pairs or their reference log-probabilities differ from \
                      those of the checkpoint"
                 );
-                state
+                // The length may differ from the checkpoint's (see `resume`).
+                DpoTrainerState {
+                    total_steps,
+                    config: cfg.clone(),
+                    ..state
+                }
             }
             None => DpoTrainerState {
                 step: 0,
                 epoch: 0,
                 cursor: 0,
-                total_steps: t
-                    .max_steps
-                    .unwrap_or_else(|| (t.epochs * first.len()).div_ceil(t.grad_accum.max(1))),
+                total_steps,
                 data_fingerprint: fingerprint,
                 history: Vec::new(),
                 evals: Vec::new(),

@@ -30,6 +30,7 @@ pub mod ppo_config;
 pub mod ppo_math;
 pub mod ppo_rollout;
 pub mod recompute;
+pub mod resume;
 pub mod reward;
 pub mod reward_data;
 pub mod reward_loss;

@@ -33,6 +33,7 @@ use super::ppo_math::{
     explained_variance, gae, kl_per_token, policy_loss, token_rewards, value_loss, whiten_ragged,
 };
 use super::ppo_rollout::{generate, split_rows, token_outputs, Rollout, RolloutSampling};
+use super::resume;
 use super::reward::RewardHead;
 use super::trainer::epoch_order;
 use super::{model_from_weights, LlamaConfig, NonFiniteError, Weights};
@@ -133,8 +134,9 @@ impl PpoTrainer {
         Self::assemble(model_config, params, head, opt, reference, data, state)
     }
 
-    /// Continues the run saved in checkpoint folder `dir` (same prompts, same reference).
-    pub fn resume(dir: &Path, reference: &Weights, data: PpoData) -> Result<Self> {
+    /// Continues the run saved in checkpoint folder `dir` on the same prompts, with the same
+    /// settings `cfg` but for its length ([`resume::check_settings`]).
+    pub fn resume(dir: &Path, reference: &Weights, data: PpoData, cfg: PpoConfig) -> Result<Self> {
         let (_, device) = dtype_device(reference)?;
         let path = dir.join(PPO_STATE_FILE);
         let text = std::fs::read_to_string(&path)
@@ -146,7 +148,11 @@ impl PpoTrainer {
             "{}: the prompts differ from those of the checkpoint",
             dir.display()
         );
-        let cfg = state.config.clone();
+        resume::check_settings(dir, &state.config, &cfg)?;
+        let state = PpoState {
+            config: cfg.clone(),
+            ..state
+        };
         let params = ParamStore::restore(dir, cfg.trainable.clone(), &device)?;
         let model_config = params.config().clone();
         let head = match cfg.advantage.uses_critic() {

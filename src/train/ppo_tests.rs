@@ -125,12 +125,12 @@ fn a_resumed_run_equals_the_uninterrupted_one() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let ckpt = dir.path().join("checkpoint-2");
-    let mut first = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg)?;
+    let mut first = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg.clone())?;
     first.step(&mut scorer)?;
     first.step(&mut scorer)?;
     first.save_checkpoint(&ckpt, &[])?;
     drop(first);
-    let mut second = PpoTrainer::resume(&ckpt, &weights, data())?;
+    let mut second = PpoTrainer::resume(&ckpt, &weights, data(), run_cfg.clone())?;
     assert_eq!(second.state().step, 2);
     while !second.is_done() {
         second.step(&mut scorer)?;
@@ -221,12 +221,12 @@ fn a_resumed_grpo_run_equals_the_uninterrupted_one() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let ckpt = dir.path().join("checkpoint-2");
-    let mut first = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg)?;
+    let mut first = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg.clone())?;
     first.step(&mut scorer)?;
     first.step(&mut scorer)?;
     first.save_checkpoint(&ckpt, &[])?;
     drop(first);
-    let mut second = PpoTrainer::resume(&ckpt, &weights, data())?;
+    let mut second = PpoTrainer::resume(&ckpt, &weights, data(), run_cfg.clone())?;
     while !second.is_done() {
         second.step(&mut scorer)?;
     }

@@ -140,7 +140,7 @@ fn resumed_lora_run_equals_the_uninterrupted_one() -> Result<()> {
     let ckpt = checkpoint_dir(&resumed, 2);
     first.save_checkpoint(&ckpt, &extra)?;
     drop(first);
-    let mut second = RewardTrainer::resume(&ckpt, train, eval, &Device::Cpu)?;
+    let mut second = RewardTrainer::resume(&ckpt, train, eval, &Device::Cpu, run_cfg.clone())?;
     assert_eq!(second.state().step, 2);
     second.run(&resumed, &extra, &mut |_: &TrainEvent| {})?;
 

@@ -13,6 +13,7 @@ use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
+use super::resume;
 use super::reward::{batch_rewards, evaluate_pairs, RewardEval, RewardHead};
 use super::reward_data::{group_batches, PairBatch, TokenPair};
 use super::reward_loss::{batch_loss, LossSettings};
@@ -129,19 +130,21 @@ impl RewardTrainer {
         Self::assemble(params, head, opt, train, eval, cfg, None)
     }
 
-    /// Continues the run saved in checkpoint folder `dir` on the same data.
+    /// Continues the run saved in checkpoint folder `dir` on the same data, with the same
+    /// settings `cfg` but for its length ([`resume::check_settings`]).
     pub fn resume(
         dir: &Path,
         train: Vec<TokenPair>,
         eval: Vec<TokenPair>,
         device: &Device,
+        cfg: RewardTrainConfig,
     ) -> Result<Self> {
         let path = dir.join(TRAINER_STATE_FILE);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let state: RewardTrainerState =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let cfg = state.config.clone();
+        resume::check_settings(dir, &state.config, &cfg)?;
         let params = ParamStore::restore(dir, cfg.train.trainable.clone(), device)?;
         let head = RewardHead::load(dir, params.config().hidden_size, device)?;
         let opt = AdamW::load(cfg.train.adamw(), &dir.join(OPTIMIZER_FILE), device)?;
@@ -174,21 +177,27 @@ impl RewardTrainer {
         let t = &cfg.train;
         let first = group_batches(&train, t.batch_size, t.seed, 0);
         let fingerprint = fingerprint(&train);
+        let total_steps = t
+            .max_steps
+            .unwrap_or_else(|| (t.epochs * first.len()).div_ceil(t.grad_accum.max(1)));
         let state = match saved {
             Some(state) => {
                 ensure!(
                     state.data_fingerprint == fingerprint,
                     "the training pairs differ from those of the checkpoint"
                 );
-                state
+                // The length may differ from the checkpoint's (see `resume`).
+                RewardTrainerState {
+                    total_steps,
+                    config: cfg.clone(),
+                    ..state
+                }
             }
             None => RewardTrainerState {
                 step: 0,
                 epoch: 0,
                 cursor: 0,
-                total_steps: t
-                    .max_steps
-                    .unwrap_or_else(|| (t.epochs * first.len()).div_ceil(t.grad_accum.max(1))),
+                total_steps,
                 data_fingerprint: fingerprint,
                 history: Vec::new(),
                 evals: Vec::new(),

@@ -133,13 +133,19 @@ fn resume_repeats_the_uninterrupted_run() -> Result<()> {
 
         let dir = tempfile::tempdir()?;
         let ckpt = dir.path().join("checkpoint-4");
-        let mut first = SftTrainer::new(&cfg, tiny_weights(&cfg, DType::F32), &data, &eval, sft)?;
+        let mut first = SftTrainer::new(
+            &cfg,
+            tiny_weights(&cfg, DType::F32),
+            &data,
+            &eval,
+            sft.clone(),
+        )?;
         let mut losses: Vec<f64> = (0..4)
             .map(|_| first.train_step().map(|s| s.loss))
             .collect::<Result<_>>()?;
         first.save_checkpoint(&ckpt, &[])?;
         drop(first);
-        let mut resumed = SftTrainer::resume(&ckpt, &data, &eval, &Device::Cpu)?;
+        let mut resumed = SftTrainer::resume(&ckpt, &data, &eval, &Device::Cpu, sft.clone())?;
         assert_eq!(resumed.state().step, 4);
         while !resumed.is_done() {
             losses.push(resumed.train_step()?.loss);
@@ -153,7 +159,7 @@ fn resume_repeats_the_uninterrupted_run() -> Result<()> {
             &resumed.params().base_weights(),
         )?;
         assert!(diff < 1e-5);
-        assert!(SftTrainer::resume(&ckpt, &data[1..], &eval, &Device::Cpu).is_err());
+        assert!(SftTrainer::resume(&ckpt, &data[1..], &eval, &Device::Cpu, sft.clone()).is_err());
     }
     Ok(())
 }
@@ -188,7 +194,7 @@ fn run_writes_log_checkpoints_and_final_model_and_resumes() -> Result<()> {
     let start = SftStart::Fresh {
         model_config: cfg.clone(),
         weights: tiny_weights(&cfg, DType::F32),
-        config: sft,
+        config: sft.clone(),
     };
     let summary = train_sft(start, &data, &eval, &out, &extra, &mut observer)?;
     assert_eq!(summary.steps, 4);
@@ -213,6 +219,7 @@ fn run_writes_log_checkpoints_and_final_model_and_resumes() -> Result<()> {
     let resume = SftStart::Resume {
         checkpoint: out.join("checkpoint-2"),
         device: Device::Cpu,
+        config: sft,
     };
     let (_, final_a) = super::load_model_dir(&out.join("final"), DType::F32, &Device::Cpu)?;
     train_sft(resume, &data, &eval, &out, &extra, &mut |_: &TrainEvent| {})?;
@@ -241,7 +248,7 @@ fn non_finite_loss_stops_with_the_step_and_last_checkpoint() -> Result<()> {
     let start = SftStart::Fresh {
         model_config: cfg.clone(),
         weights: tiny_weights(&cfg, DType::F32),
-        config: sft,
+        config: sft.clone(),
     };
     let err = train_sft(
         start,

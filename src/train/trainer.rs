@@ -10,6 +10,7 @@ use super::log::{CsvLog, StepStats, TrainEvent, TrainObserver};
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
+use super::resume;
 use super::sft::{NonFiniteError, SftConfig, SftSummary};
 use crate::hash::Fnv1a;
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
@@ -78,19 +79,21 @@ impl SftTrainer {
         Self::assemble(params, opt, train, eval, cfg, None, &device)
     }
 
-    /// Continues the run saved in the checkpoint folder `dir` on the same data.
+    /// Continues the run saved in the checkpoint folder `dir` on the same data, with the same
+    /// settings `cfg` but for its length ([`resume::check_settings`]).
     pub fn resume(
         dir: &Path,
         train: &[TokenizedExample],
         eval: &[TokenizedExample],
         device: &Device,
+        cfg: SftConfig,
     ) -> Result<Self> {
         let path = dir.join(TRAINER_STATE_FILE);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let state: TrainerState =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let cfg = state.config.clone();
+        resume::check_settings(dir, &state.config, &cfg)?;
         let params = ParamStore::restore(dir, cfg.trainable.clone(), device)?;
         let opt = AdamW::load(cfg.adamw(), &dir.join(OPTIMIZER_FILE), device)?;
         ensure!(
@@ -130,7 +133,12 @@ impl SftTrainer {
                     state.data_fingerprint == fingerprint,
                     "the training data differ from those of the checkpoint"
                 );
-                state
+                // The length may differ from the checkpoint's (see `resume`).
+                TrainerState {
+                    total_steps,
+                    config: cfg.clone(),
+                    ..state
+                }
             }
             None => TrainerState {
                 step: 0,
@@ -402,12 +410,15 @@ pub enum SftStart {
         /// Settings of the run.
         config: SftConfig,
     },
-    /// From a `checkpoint-N` folder of an earlier run (its settings are reused).
+    /// From a `checkpoint-N` folder of an earlier run, whose settings must equal `config` but
+    /// for the run's length.
     Resume {
         /// The checkpoint folder.
         checkpoint: PathBuf,
         /// Device to train on.
         device: Device,
+        /// Settings of the run.
+        config: SftConfig,
     },
 }
 
@@ -427,9 +438,11 @@ pub fn train_sft(
             weights,
             config,
         } => SftTrainer::new(&model_config, weights, train, eval, config)?,
-        SftStart::Resume { checkpoint, device } => {
-            SftTrainer::resume(&checkpoint, train, eval, &device)?
-        }
+        SftStart::Resume {
+            checkpoint,
+            device,
+            config,
+        } => SftTrainer::resume(&checkpoint, train, eval, &device, config)?,
     };
     trainer.run(out_dir, extra_files, observer)
 }

@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
 use crate::manifest::{fingerprint, now_unix, Manifest};
-use crate::model_files::checkpoint::resume_point;
 use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
@@ -30,6 +29,7 @@ use crate::train::dpo_data::{pair_logps, pairs_fingerprint, DpoPair};
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::dpo_metrics::DpoEval;
 use crate::train::dpo_trainer::{DpoData, DpoTrainConfig, DpoTrainer, DpoTrainerState};
+use crate::train::resume::resume_point;
 use crate::train::reward_data::DataSource;
 use crate::train::{model_from_weights, SftConfig, TrainEvent};
 
@@ -296,7 +296,10 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
         Some(dir) => {
             eprintln!("cai: train dpo: resuming from {}", dir.display());
             let sha = sha256_file(&dir.join("model.safetensors")).ok();
-            (DpoTrainer::resume(&dir, data, &device)?, sha)
+            (
+                DpoTrainer::resume(&dir, data, &device, cfg.trainer_config())?,
+                sha,
+            )
         }
         None => {
             let (model_cfg, weights, sha) = load_base(&cfg.model)?;

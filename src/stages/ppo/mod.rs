@@ -22,7 +22,7 @@ use crate::inputs::{read_prompts, PromptItem};
 use crate::jsonl;
 use crate::llm::{ModelInfo, Prompt};
 use crate::manifest::{fingerprint, now_unix, Manifest};
-use crate::model_files::checkpoint::{checkpoint_dir, resume_point};
+use crate::model_files::checkpoint::checkpoint_dir;
 use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
@@ -36,6 +36,7 @@ use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
 use crate::train::ppo_config::{PpoConfig, PpoStepStats};
 use crate::train::ppo_math::repeated_phrases;
 use crate::train::ppo_rollout::Rollout;
+use crate::train::resume::resume_point;
 
 /// SFT examples of PPO-ptx are cut to this many tokens.
 const PTX_MAX_LEN: usize = 512;
@@ -265,7 +266,7 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
     let mut trainer = match resume_point(&cfg.out, cfg.resume)? {
         Some(dir) => {
             eprintln!("cai: train ppo: resuming from {}", dir.display());
-            PpoTrainer::resume(&dir, &reference, data)?
+            PpoTrainer::resume(&dir, &reference, data, cfg.ppo.clone())?
         }
         None => {
             let (policy_config, weights, _) = load_base(&cfg.policy)

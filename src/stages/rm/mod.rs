@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model_files::checkpoint;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
 use crate::plot::{self, HistogramSeries, LineSeries};
+use crate::train::resume::resume_point;
 use crate::train::reward::{RewardModelInfo, MARKER_FILE};
 use crate::train::reward_data::{read_source, tokenize_pairs, DataSource, TextPair};
 use crate::train::reward_trainer::{RewardTrainConfig, RewardTrainer, RewardTrainerState};
@@ -178,10 +178,11 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
     let base_model = match ModelSpec::resolve(&cfg.model)? {
         ModelSpec::GgufFile(p) | ModelSpec::Folder(p) => std::path::absolute(p)?,
     };
-    let mut trainer = match checkpoint::latest_checkpoint(&cfg.out)?.filter(|_| cfg.resume) {
+    let mut trainer = match resume_point(&cfg.out, cfg.resume)? {
         Some(dir) => {
             eprintln!("cai: train rm: resuming from {}", dir.display());
-            RewardTrainer::resume(&dir, train.clone(), eval.clone(), &device)?
+            let settings = cfg.trainer_config();
+            RewardTrainer::resume(&dir, train.clone(), eval.clone(), &device, settings)?
         }
         None => {
             // The same loader as sft, dpo and ppo: one `--model DIR` is one set of weights.

@@ -23,7 +23,6 @@ use serde_json::json;
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
 use crate::manifest::{fingerprint, now_unix, Manifest};
-use crate::model_files::checkpoint::resume_point;
 use crate::model_files::locate::{sha256_file, ModelSpec};
 use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
@@ -31,6 +30,7 @@ use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
 use crate::stages::sft::data::{read_pairs, tokenize, RoundChoice};
 use crate::train::data::eval_loss;
+use crate::train::resume::resume_point;
 use crate::train::{
     load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, SftConfig, SftStart,
     TokenizedExample, TrainEvent, Weights,
@@ -115,6 +115,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
             let start = SftStart::Resume {
                 checkpoint,
                 device: compute_device()?,
+                config: cfg.train.clone(),
             };
             (start, sha, None)
         }
