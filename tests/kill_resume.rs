@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
-use util::{cai, ok, root};
+use util::{cai, fails, ok, root};
 
 const KILLS: usize = 3;
 
@@ -531,4 +531,113 @@ fn a_full_disk_keeps_complete_records_and_checkpoints() {
         "disk full: revise kept every complete record and finished on resume; \
                   train sft left no half-written checkpoint and finished with equal weights",
     );
+}
+
+/// The resume rule every trainer follows (`train/resume.rs`), through the binary: a folder
+/// that holds checkpoints needs --resume, --resume needs a checkpoint, a resumed run whose
+/// settings changed is refused with the setting named, and a resumed run may be made longer.
+#[test]
+fn every_trainer_follows_one_resume_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    tiny::tiny_model(&d);
+    write_data(&d);
+    let constitution = root().join("constitutions/harmless.yaml");
+    let constitution = constitution.to_str().unwrap();
+    let optimizer = ["--warmup-steps", "0", "--save-every", "1"];
+    let cases: Vec<(&str, &str, Vec<&str>, &str)> = vec![
+        (
+            "sft",
+            "sft",
+            vec!["--model", "base", "--data", "sft.jsonl"],
+            "--max-steps",
+        ),
+        (
+            "rm",
+            "rm",
+            vec!["--model", "base", "--data", "pairs.jsonl"],
+            "--max-steps",
+        ),
+        (
+            "dpo",
+            "dpo",
+            vec!["--model", "base", "--data", "labels.jsonl"],
+            "--max-steps",
+        ),
+        (
+            "ppo",
+            "ppo",
+            vec![
+                "--policy",
+                "base",
+                "--reward-model",
+                "rm/final",
+                "--prompts",
+                "prompts.jsonl",
+                "--rollouts",
+                "4",
+                "--minibatch",
+                "2",
+                "--max-tokens",
+                "4",
+            ],
+            "--steps",
+        ),
+        (
+            "grpo",
+            "ppo",
+            vec![
+                "--policy",
+                "base",
+                "--reward",
+                "labeler",
+                "--labeler-backend",
+                "mock",
+                "--constitution",
+                constitution,
+                "--prompts",
+                "prompts.jsonl",
+                "--advantage",
+                "grpo",
+                "--group-size",
+                "2",
+                "--rollouts",
+                "4",
+                "--minibatch",
+                "2",
+                "--max-tokens",
+                "4",
+            ],
+            "--steps",
+        ),
+    ];
+    for (name, kind, args, length) in cases {
+        let run = |resume: bool, extra: &[&str]| {
+            let mut c = train(&d, kind, name, resume, &args);
+            c.args(if kind == "ppo" {
+                &optimizer[2..]
+            } else {
+                &optimizer[..]
+            })
+            .args(extra);
+            c
+        };
+        ok(&mut run(false, &[length, "2", "--lr", "1e-3"]));
+        assert!(d.join(name).join("checkpoint-2").is_dir(), "{name}");
+        // A fresh run into the folder would overwrite it.
+        let err = fails(&mut run(false, &[length, "2", "--lr", "1e-3"]));
+        assert!(err.contains("pass --resume"), "{name}: {err}");
+        // --resume with nothing to continue.
+        let mut empty = train(&d, kind, &format!("{name}-empty"), true, &args);
+        let err = fails(empty.args([length, "2"]));
+        assert!(err.contains("no checkpoint-N folder"), "{name}: {err}");
+        // Changed settings are named and refused; the run's length may change.
+        let err = fails(&mut run(true, &[length, "3", "--lr", "2e-3"]));
+        assert!(err.contains("lr: 0.001 -> 0.002"), "{name}: {err}");
+        ok(&mut run(true, &[length, "3", "--lr", "1e-3"]));
+        assert!(
+            d.join(name).join("checkpoint-3").is_dir(),
+            "{name}: the run went on"
+        );
+    }
 }
