@@ -2,6 +2,7 @@
 //! language models: constitution → critique/revision SFT data → AI preference labels →
 //! reward model → PPO, or DPO on the labels directly.
 
+pub mod artifacts;
 pub mod bench;
 pub mod chat;
 pub mod choice;

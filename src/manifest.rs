@@ -52,7 +52,7 @@ pub fn now_unix() -> u64 {
 }
 
 /// sha256 of the JSON of `parts`, hex.
-pub fn fingerprint(parts: &[&Value]) -> String {
+pub fn sha256_of(parts: &[&Value]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.to_string().as_bytes());

@@ -194,8 +194,8 @@ fn check_report(run: &Path) {
         "rm/metrics.json",
         "sft/manifest.json",
         "| `label/labels.jsonl` | 1 |",
-        "![PPO reward](ppo/reward.svg)",
-        "[ppo/ppo_log.csv](ppo/ppo_log.csv)",
+        "![PPO reward](ppo/rewards.svg)",
+        "[ppo/train_log.csv](ppo/train_log.csv)",
         "2 steps on ",
         "| A wins, AI labeler, both orders (95 % interval; ties ½) | ",
         "| ties, AI labeler (\\|P(A) − 0.5\\| ≤ 0.05) | ",
@@ -441,7 +441,7 @@ fn dpo_and_grpo_stages_run_and_eval_compares_them() {
         "![DPO loss](dpo/loss.svg)",
         "## GRPO (critic-free)",
         "Advantage `grpo` (group size 2); reward = 0",
-        "[grpo/ppo_log.csv](grpo/ppo_log.csv)",
+        "[grpo/train_log.csv](grpo/train_log.csv)",
         "## Evaluation",
     ] {
         assert!(report.contains(needle), "`{needle}` missing:\n{report}");

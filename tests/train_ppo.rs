@@ -163,8 +163,8 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     ok(&mut ppo(d, "full", &[]));
     let full = d.join("full");
     for f in [
-        "ppo_log.csv",
-        "reward.svg",
+        "train_log.csv",
+        "rewards.svg",
         "kl.svg",
         "samples.jsonl",
         "manifest.json",
@@ -175,7 +175,7 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     ] {
         assert!(full.join(f).exists(), "missing {f}");
     }
-    let log = curve(&full.join("ppo_log.csv"));
+    let log = curve(&full.join("train_log.csv"));
     assert_eq!(log.len(), 5, "{log:?}");
     assert!(log[0].starts_with("step,score,reward,kl,beta"));
     let samples = std::fs::read_to_string(full.join("samples.jsonl")).unwrap();
@@ -192,7 +192,7 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     let err = fails(&mut ppo(d, "cut", &[]));
     assert!(err.contains("--resume"), "{err}");
     ok(&mut ppo(d, "cut", &["--resume"]));
-    assert_eq!(curve(&cut.join("ppo_log.csv")), log);
+    assert_eq!(curve(&cut.join("train_log.csv")), log);
     let weights = |p: &Path| std::fs::read(p.join("final/model.safetensors")).unwrap();
     assert!(weights(&full) == weights(&cut), "resumed weights differ");
 
@@ -215,7 +215,7 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     let grpo = d.join("grpo");
     assert!(grpo.join("checkpoint-2/trainer_state.json").exists());
     assert!(!grpo.join("checkpoint-2/value_head.safetensors").exists());
-    let grpo_log = curve(&grpo.join("ppo_log.csv"));
+    let grpo_log = curve(&grpo.join("train_log.csv"));
     assert_eq!(grpo_log.len(), 5);
     let score: f64 = grpo_log[1].split(',').nth(1).unwrap().parse().unwrap();
     assert!(

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::args::set;
 use super::help_defaults::Source;
+use crate::artifacts::REPORT;
 use crate::compare::{self, CompareConfig};
 use crate::config_file::read_or_default;
 
@@ -73,7 +74,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if let Some(dir) = &cfg.report {
         eprintln!(
             "cai: compare: report written to {}",
-            dir.join("report.md").display()
+            dir.join(REPORT).display()
         );
     }
     Ok(())

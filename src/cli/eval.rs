@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::args::{set, ModelArgs, SamplingArgs};
 use super::help_defaults::Source;
+use crate::artifacts::REPORT;
 use crate::config_file::read_or_default;
 use crate::stages::eval::{self, EvalConfig};
 
@@ -125,7 +126,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 100.0 * w.high
             ))
             .unwrap_or_default(),
-        cfg.out.join("report.md").display()
+        cfg.out.join(REPORT).display()
     );
     Ok(())
 }

@@ -9,13 +9,14 @@ use anyhow::{Context, Result};
 use super::bootstrap::PairedTest;
 use super::metrics::LENGTH_BUCKETS;
 use super::{CompareReport, FileReport, HISTOGRAM_BINS};
+use crate::artifacts::{METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT, REPORT};
 use crate::plot::{self, BarSeries, HistogramSeries, LineChart, LineSeries};
 
 /// The report's plots: (alt text, file name).
 const PLOTS: [(&str, &str); 3] = [
-    ("Reliability diagram", "reliability.svg"),
-    ("Agreement per principle", "principles.svg"),
-    ("Distribution of p_a", "p_a_hist.svg"),
+    ("Reliability diagram", RELIABILITY_PLOT),
+    ("Agreement per principle", PRINCIPLES_PLOT),
+    ("Distribution of p_a", P_A_HIST_PLOT),
 ];
 
 /// Significance level of the paired tests' verdict.
@@ -227,11 +228,11 @@ pub fn write_report(dir: &Path, report: &CompareReport) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report folder {}", dir.display()))?;
     let json = serde_json::to_string_pretty(report).context("cannot serialize the metrics")?;
-    write(&dir.join("metrics.json"), &(json + "\n"))?;
-    plot::write_svg(&dir.join("reliability.svg"), &reliability_svg(report))?;
-    plot::write_svg(&dir.join("principles.svg"), &principles_svg(report))?;
-    plot::write_svg(&dir.join("p_a_hist.svg"), &histogram_svg(report))?;
-    write(&dir.join("report.md"), &markdown(report))
+    write(&dir.join(METRICS), &(json + "\n"))?;
+    plot::write_svg(&dir.join(RELIABILITY_PLOT), &reliability_svg(report))?;
+    plot::write_svg(&dir.join(PRINCIPLES_PLOT), &principles_svg(report))?;
+    plot::write_svg(&dir.join(P_A_HIST_PLOT), &histogram_svg(report))?;
+    write(&dir.join(REPORT), &markdown(report))
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

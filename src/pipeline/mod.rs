@@ -22,6 +22,7 @@ pub mod report;
 pub mod runner;
 pub mod state;
 
+use crate::artifacts::{FINAL_DIR, REPORT, SAMPLES};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -163,7 +164,7 @@ impl RunDir {
     }
 
     pub fn samples(&self) -> PathBuf {
-        self.stage_dir(Stage::Sample).join("samples.jsonl")
+        self.stage_dir(Stage::Sample).join(SAMPLES)
     }
 
     /// Written by `cai sample` next to [`Self::samples`].
@@ -195,11 +196,11 @@ impl RunDir {
 
     /// `final/` of a training stage: a model folder every stage loads.
     pub fn final_dir(&self, stage: Stage) -> PathBuf {
-        self.stage_dir(stage).join("final")
+        self.stage_dir(stage).join(FINAL_DIR)
     }
 
     pub fn report(&self) -> PathBuf {
-        self.root.join("report.md")
+        self.root.join(REPORT)
     }
 
     /// The fully resolved config of the last invocation.

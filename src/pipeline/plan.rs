@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::config::{policy_stage, PipelineConfig};
 use super::{RunDir, Stage};
+use crate::artifacts::{EVAL_RESULT, FINAL_DIR, METRICS, REPORT, TRAIN_LOG};
 use crate::compare::CompareConfig;
 use crate::llm::BackendKind;
 use crate::stages::dpo::TrainDpoConfig;
@@ -188,7 +189,7 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
         inputs.push(Input::Model(c.model.clone()));
         out.push(StagePlan {
             stage: Stage::Rm,
-            outputs: vec![c.out.join("final"), c.out.join("metrics.json")],
+            outputs: vec![c.out.join(FINAL_DIR), c.out.join(METRICS)],
             job: Job::Rm(c),
             inputs,
         });
@@ -255,7 +256,7 @@ fn dpo_plan(
         stage: Stage::Dpo,
         outputs: vec![
             run.final_dir(Stage::Dpo),
-            c.out.join("metrics.json"),
+            c.out.join(METRICS),
             c.out.join("manifest.json"),
         ],
         job: Job::Dpo(c),
@@ -314,7 +315,7 @@ fn rl_plan(
         stage,
         outputs: vec![
             run.final_dir(stage),
-            c.out.join("ppo_log.csv"),
+            c.out.join(TRAIN_LOG),
             c.out.join("manifest.json"),
         ],
         job: Job::Rl(c),
@@ -367,7 +368,7 @@ fn eval_plan(cfg: &PipelineConfig, section: &EvalConfig, run: &RunDir, quiet: bo
     inputs.extend(c.reward_model.clone().map(Input::Path));
     StagePlan {
         stage: Stage::Eval,
-        outputs: vec![c.out.join("eval.json"), c.out.join("report.md")],
+        outputs: vec![c.out.join(EVAL_RESULT), c.out.join(REPORT)],
         job: Job::Eval(c),
         inputs,
     }
@@ -414,7 +415,7 @@ fn label_plan(cfg: &PipelineConfig, section: &LabelConfig, run: &RunDir, quiet: 
         };
         inputs.push(Input::Path(h.path.clone()));
         outputs.push(check.out.clone());
-        outputs.push(run.compare_dir().join("metrics.json"));
+        outputs.push(run.compare_dir().join(METRICS));
         HumanCheck {
             label: check,
             compare,

@@ -114,7 +114,7 @@ fn run_stages(
             );
         }
         let inputs = state::hash_inputs(p)?;
-        let fp = state::fingerprint(p, &run.root, &inputs, &upstream)?;
+        let fp = state::stage_fingerprint(p, &run.root, &inputs, &upstream)?;
         let intact = match &done {
             Some(d) if d.fingerprint == fp && !opts.force => {
                 state::hash_outputs(p)?.is_some_and(|o| o == d.outputs)

@@ -141,7 +141,7 @@ pub fn hash_outputs(plan: &StagePlan) -> Result<Option<Vec<FileHash>>> {
 /// sha256 over the stage, its resolved config (without the keys that never change its outputs,
 /// paths in the run folder made relative to it), its inputs' hashes and the fingerprints of the
 /// stages before it: a change anywhere upstream reruns every later stage.
-pub fn fingerprint(
+pub fn stage_fingerprint(
     plan: &StagePlan,
     run_root: &Path,
     inputs: &[FileHash],
@@ -160,7 +160,7 @@ pub fn fingerprint(
         "inputs": hashes,
         "upstream": upstream,
     });
-    Ok(crate::manifest::fingerprint(&[&doc]))
+    Ok(crate::manifest::sha256_of(&[&doc]))
 }
 
 /// Config keys, at any depth, that do not change a stage's outputs: progress bars, the resume

@@ -11,6 +11,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::artifacts::{EVAL_RESULT, REPORT};
 use crate::chat::ChatMessage;
 use crate::compare::metrics::wilson_interval;
 use crate::jsonl;
@@ -159,11 +160,11 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalReport> {
         None => None,
     };
     let report = summarize(cfg, &labels, rewards.as_deref());
-    let path = cfg.out.join("eval.json");
+    let path = cfg.out.join(EVAL_RESULT);
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     let md = render_report(cfg, &report, &labels, rewards.as_deref());
-    let path = cfg.out.join("report.md");
+    let path = cfg.out.join(REPORT);
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok(report)
 }

@@ -97,7 +97,7 @@ impl StageOutput {
 /// Fingerprint of everything that shapes a stage's records: the config minus the fields in
 /// `ignore` (output paths, batch sizes…), the model's identity and `extra` (hashes of the
 /// constitution, template sources).
-pub fn fingerprint<C: Serialize>(
+pub fn records_fingerprint<C: Serialize>(
     config: &C,
     ignore: &[&str],
     backend: &dyn Backend,
@@ -120,5 +120,5 @@ pub fn fingerprint<C: Serialize>(
     let model = serde_json::json!({"backend": info.backend, "sha256": info.sha256, "name": name});
     let mut parts = vec![&shaping, &model];
     parts.extend(extra);
-    Ok(crate::manifest::fingerprint(&parts))
+    Ok(crate::manifest::sha256_of(&parts))
 }

@@ -590,7 +590,12 @@ fn run_fingerprint(
         .iter()
         .map(|k| format!("{:?}", templates.get(*k)))
         .collect::<Vec<_>>());
-    crate::stages::records::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), templates])
+    crate::stages::records::records_fingerprint(
+        cfg,
+        &ignore,
+        backend,
+        &[json!(loaded.sha256), templates],
+    )
 }
 
 /// `X.jsonl` -> `X.trl.jsonl` with TRL conversational SFT rows of every record in `X`.

@@ -128,7 +128,7 @@ pub fn run(cfg: &SampleConfig) -> Result<SampleStats> {
         None => None,
     };
     let ignore = ["out", "batch_size", "limit", "quiet", "prompts"];
-    let fp = crate::stages::records::fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
+    let fp = crate::stages::records::records_fingerprint(cfg, &ignore, backend.as_ref(), &[])?;
     let mut output = StageOutput::open("sample", &cfg.out, cfg, None, backend.as_ref(), fp)?;
     let todo = output.pending(&items, |i| &i.id);
     let mut stats = SampleStats {

@@ -22,6 +22,7 @@ use super::resume;
 use super::reward_data::group_batches_by;
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
+use crate::artifacts::{EVAL_LOG, FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use crate::model_files::lora;
@@ -157,7 +158,7 @@ impl DpoData {
         Ok(())
     }
 
-    fn fingerprint(&self) -> String {
+    fn data_fingerprint(&self) -> String {
         let refs: Vec<u64> = self
             .train_reference
             .iter()
@@ -234,7 +235,7 @@ impl DpoTrainer {
         cfg.validate()?;
         data.check(cfg.loss)?;
         let t = &cfg.train;
-        let fingerprint = data.fingerprint();
+        let fingerprint = data.data_fingerprint();
         let first = epoch_batches(&data.train, t, 0);
         let total_steps = t
             .max_steps
@@ -518,7 +519,7 @@ impl DpoTrainer {
     ) -> Result<PathBuf> {
         std::fs::create_dir_all(out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;
-        let mut log = CsvLog::open(&out_dir.join("train_log.csv"), self.state.step)?;
+        let mut log = CsvLog::open(&out_dir.join(TRAIN_LOG), self.state.step)?;
         let t = self.cfg.train.clone();
         if self.state.step == 0 {
             if let Some(m) = self.evaluate()? {
@@ -548,7 +549,7 @@ impl DpoTrainer {
                 observer.on_event(&TrainEvent::Checkpoint { step, path: &dir });
             }
         }
-        let final_dir = out_dir.join("final");
+        let final_dir = out_dir.join(FINAL_DIR);
         self.save_final(&final_dir, extra_files)?;
         observer.on_event(&TrainEvent::Checkpoint {
             step: self.state.step,
@@ -574,7 +575,7 @@ impl DpoTrainer {
                 e.loss
             ));
         }
-        let path = out_dir.join("eval_log.csv");
+        let path = out_dir.join(EVAL_LOG);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     }
 }

@@ -61,7 +61,7 @@ pub use crate::model_files::lora::LoraConfig;
 pub use crate::model_files::weights::{load_gguf, load_hf_dir, Weights};
 pub use data::{Batch, TokenizedExample};
 pub use log::{StepStats, TrainEvent, TrainObserver};
-pub use model::{CausalLm, KvCache, Llama};
+pub use model::{CausalLm, GenerationCache, Llama};
 pub use optim::{AdamW, AdamWParams, LrSchedule, ScheduleKind};
 pub use params::{ParamStore, Trainable};
 pub use sft::{NonFiniteError, SftConfig, SftSummary};

@@ -11,7 +11,7 @@
 //! the family's Hugging Face tensor names.
 //!
 //! The training path, [`CausalLm::forward`], keeps no state; generation goes through
-//! [`CausalLm::forward_cached`] with an explicit [`KvCache`].
+//! [`CausalLm::forward_cached`] with an explicit [`GenerationCache`].
 
 use super::attention::causal_attention;
 use super::lm_head::LmHead;
@@ -34,7 +34,7 @@ pub trait CausalLm {
     /// Width of the hidden states returned by [`CausalLm::forward_hidden`].
     fn hidden_size(&self) -> usize;
 
-    /// Number of decoder blocks (entries of a [`KvCache`]).
+    /// Number of decoder blocks (entries of a [`GenerationCache`]).
     fn num_layers(&self) -> usize;
 
     /// Final normed hidden states `[b, t, hidden]` for `input_ids: [b, t]` (u32).
@@ -82,11 +82,11 @@ pub trait CausalLm {
     ///
     /// All rows share the same positions and there is no padding mask, so a batch must
     /// hold prompts of equal length.
-    fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+    fn forward_cached(&self, tokens: &Tensor, cache: &mut GenerationCache) -> Result<Tensor>;
 
     /// An empty cache for this model.
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.num_layers())
+    fn new_cache(&self) -> GenerationCache {
+        GenerationCache::new(self.num_layers())
     }
 
     /// Gradients of `loss` with respect to every variable it depends on. Use this rather
@@ -99,12 +99,12 @@ pub trait CausalLm {
 
 /// Keys and values of the positions seen so far, per layer, for generation.
 #[derive(Debug, Clone)]
-pub struct KvCache {
+pub struct GenerationCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
 }
 
-impl KvCache {
+impl GenerationCache {
     /// An empty cache for `num_layers` blocks.
     pub fn new(num_layers: usize) -> Self {
         Self {
@@ -243,7 +243,7 @@ impl Attention {
         xs: &Tensor,
         rope: &RopeTables,
         mask: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(&mut GenerationCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
@@ -288,7 +288,7 @@ impl Block {
         xs: &Tensor,
         rope: &RopeTables,
         mask: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(&mut GenerationCache, usize)>,
     ) -> Result<Tensor> {
         let normed = self.input_layernorm.forward(xs)?;
         let mut attn = self.attn.forward(&normed, rope, mask, cache)?;
@@ -513,7 +513,7 @@ impl Llama {
         &self,
         input_ids: &Tensor,
         padding: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        mut cache: Option<&mut GenerationCache>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
@@ -610,7 +610,7 @@ impl CausalLm for Llama {
         Ok(grads)
     }
 
-    fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    fn forward_cached(&self, tokens: &Tensor, cache: &mut GenerationCache) -> Result<Tensor> {
         if cache.layers.len() != self.blocks.len() {
             candle_core::bail!(
                 "kv cache has {} layers, model has {}",

@@ -206,7 +206,7 @@ impl PpoConfig {
     }
 }
 
-/// What one PPO step measured (a row of `ppo_log.csv`).
+/// What one PPO step measured (a row of `train_log.csv`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PpoStepStats {
     pub step: usize,

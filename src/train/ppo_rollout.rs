@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::{DType, IndexOp, Tensor};
 
 use super::data::{Batch, TokenizedExample};
-use super::model::{CausalLm, KvCache, Llama};
+use super::model::{CausalLm, GenerationCache, Llama};
 use super::reward::RewardHead;
 use crate::sampling::sample_token;
 
@@ -38,7 +38,7 @@ pub fn generate(
     rng: &mut impl rand::Rng,
 ) -> Result<(Vec<u32>, bool)> {
     let device = model.device();
-    let mut cache = KvCache::new(model.num_layers());
+    let mut cache = GenerationCache::new(model.num_layers());
     let input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
     let mut logits = model.forward_cached(&input, &mut cache)?.detach();
     let mut out = Vec::with_capacity(sampling.max_new_tokens);

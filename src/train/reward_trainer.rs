@@ -19,6 +19,7 @@ use super::reward_data::{group_batches, PairBatch, TokenPair};
 use super::reward_loss::{batch_loss, LossSettings};
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
+use crate::artifacts::{EVAL_LOG, FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use crate::model_files::lora;
@@ -176,7 +177,7 @@ impl RewardTrainer {
         );
         let t = &cfg.train;
         let first = group_batches(&train, t.batch_size, t.seed, 0);
-        let fingerprint = fingerprint(&train);
+        let fingerprint = pairs_fingerprint(&train);
         let total_steps = t
             .max_steps
             .unwrap_or_else(|| (t.epochs * first.len()).div_ceil(t.grad_accum.max(1)));
@@ -445,7 +446,7 @@ impl RewardTrainer {
     ) -> Result<PathBuf> {
         std::fs::create_dir_all(out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;
-        let mut log = CsvLog::open(&out_dir.join("train_log.csv"), self.state.step)?;
+        let mut log = CsvLog::open(&out_dir.join(TRAIN_LOG), self.state.step)?;
         let t = self.cfg.train.clone();
         while !self.is_done() {
             let (stats, _) = self.train_step()?;
@@ -470,7 +471,7 @@ impl RewardTrainer {
             self.evaluate()?;
             self.write_eval_log(out_dir)?;
         }
-        let final_dir = out_dir.join("final");
+        let final_dir = out_dir.join(FINAL_DIR);
         self.save_final(&final_dir, extra_files)?;
         observer.on_event(&TrainEvent::Checkpoint {
             step: self.state.step,
@@ -488,13 +489,13 @@ impl RewardTrainer {
                 e.step, e.accuracy, e.loss
             ));
         }
-        let path = out_dir.join("eval_log.csv");
+        let path = out_dir.join(EVAL_LOG);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     }
 }
 
 /// FNV-1a hash of the pairs' tokens, labels and weights, as 16 hex digits.
-fn fingerprint(pairs: &[TokenPair]) -> String {
+fn pairs_fingerprint(pairs: &[TokenPair]) -> String {
     let mut hash = Fnv1a::default();
     let mut feed = |x: u64| hash.write_u64(x);
     for p in pairs {

@@ -12,6 +12,7 @@ use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::resume;
 use super::sft::{NonFiniteError, SftConfig, SftSummary};
+use crate::artifacts::{FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use crate::model_files::config::LlamaConfig;
@@ -125,7 +126,7 @@ impl SftTrainer {
         let eval = prepare_examples(eval, cfg.max_len)
             .context("preparing eval data")?
             .examples;
-        let fingerprint = fingerprint(&prepared.examples);
+        let fingerprint = examples_fingerprint(&prepared.examples);
         let total_steps = cfg.total_steps(prepared.examples.len());
         let state = match saved {
             Some(state) => {
@@ -333,7 +334,7 @@ impl SftTrainer {
     ) -> Result<SftSummary> {
         std::fs::create_dir_all(out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;
-        let mut log = CsvLog::open(&out_dir.join("train_log.csv"), self.state.step)?;
+        let mut log = CsvLog::open(&out_dir.join(TRAIN_LOG), self.state.step)?;
         let mut eval_done_at = None;
         while !self.is_done() {
             let stats = self.train_step()?;
@@ -357,7 +358,7 @@ impl SftTrainer {
         if eval_done_at != Some(self.state.step) {
             self.evaluate()?;
         }
-        let final_dir = out_dir.join("final");
+        let final_dir = out_dir.join(FINAL_DIR);
         self.save_final(&final_dir, extra_files)?;
         observer.on_event(&TrainEvent::Checkpoint {
             step: self.state.step,
@@ -385,7 +386,7 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 }
 
 /// FNV-1a hash of the examples' tokens and masks, as 16 hex digits.
-fn fingerprint(examples: &[TokenizedExample]) -> String {
+fn examples_fingerprint(examples: &[TokenizedExample]) -> String {
     let mut hash = Fnv1a::default();
     let mut feed = |x: u64| hash.write_u64(x);
     for ex in examples {

@@ -7,13 +7,17 @@ use serde_json::Value;
 
 use super::sections::{absent, images, rel};
 use super::{cell, json_file, num};
+use crate::artifacts::{
+    ACCURACY_PLOT, EVAL_RESULT, KL_PLOT, LOSS_PLOT, METRICS, REPORT, REWARDS_PLOT, SAMPLES,
+    TRAIN_LOG,
+};
 use crate::pipeline::{RunDir, Stage};
 
 /// DPO: the held-out metrics before the first step and after the last.
 pub(super) fn dpo(md: &mut String, run: &RunDir) {
     md.push_str("## DPO\n\n");
     let dir = run.stage_dir(Stage::Dpo);
-    let metrics = dir.join("metrics.json");
+    let metrics = dir.join(METRICS);
     if absent(md, &metrics, run) {
         return;
     }
@@ -60,9 +64,9 @@ pub(super) fn dpo(md: &mut String, run: &RunDir) {
         md,
         run,
         &[
-            ("DPO loss", dir.join("loss.svg")),
-            ("DPO accuracy", dir.join("accuracy.svg")),
-            ("DPO rewards", dir.join("rewards.svg")),
+            ("DPO loss", dir.join(LOSS_PLOT)),
+            ("DPO accuracy", dir.join(ACCURACY_PLOT)),
+            ("DPO rewards", dir.join(REWARDS_PLOT)),
         ],
     );
 }
@@ -100,8 +104,8 @@ pub(super) fn rl(md: &mut String, run: &RunDir, stage: Stage) {
         num(&m, "/stats/prompts", 0),
         num(&m, "/stats/seconds_per_step", 1),
         rel(run, &manifest),
-        rel(run, &dir.join("samples.jsonl")),
-        log = rel(run, &dir.join("ppo_log.csv")),
+        rel(run, &dir.join(SAMPLES)),
+        log = rel(run, &dir.join(TRAIN_LOG)),
     );
     for (name, key) in [("first step", "first"), ("last step", "last")] {
         let p = |field: &str, digits| num(&m, &format!("/stats/{key}/{field}"), digits);
@@ -136,8 +140,8 @@ pub(super) fn rl(md: &mut String, run: &RunDir, stage: Stage) {
         md,
         run,
         &[
-            (&format!("{alt} reward"), dir.join("reward.svg")),
-            (&format!("{alt} KL"), dir.join("kl.svg")),
+            (&format!("{alt} reward"), dir.join(REWARDS_PLOT)),
+            (&format!("{alt} KL"), dir.join(KL_PLOT)),
         ],
     );
 }
@@ -145,7 +149,7 @@ pub(super) fn rl(md: &mut String, run: &RunDir, stage: Stage) {
 pub(super) fn eval(md: &mut String, run: &RunDir) {
     md.push_str("## Evaluation\n\n");
     let dir = run.stage_dir(Stage::Eval);
-    let path = dir.join("eval.json");
+    let path = dir.join(EVAL_RESULT);
     if absent(md, &path, run) {
         return;
     }
@@ -188,6 +192,6 @@ pub(super) fn eval(md: &mut String, run: &RunDir) {
         rate("reward_win_rate"),
         num(&e, "/mean_reward_a", 3),
         num(&e, "/mean_reward_b", 3),
-        r = rel(run, &dir.join("report.md")),
+        r = rel(run, &dir.join(REPORT)),
     );
 }

@@ -6,6 +6,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{cell, json_file, num, quote, short};
+use crate::artifacts::{
+    ACCURACY_PLOT, LOSS_PLOT, METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT, REPORT,
+    REWARDS_PLOT,
+};
 use crate::jsonl;
 use crate::pipeline::{RunDir, Stage};
 use crate::stages::label::LabelRecord;
@@ -112,7 +116,7 @@ pub(super) fn sft(md: &mut String, run: &RunDir) {
     images(
         md,
         run,
-        &[("SFT loss", run.stage_dir(Stage::Sft).join("loss.svg"))],
+        &[("SFT loss", run.stage_dir(Stage::Sft).join(LOSS_PLOT))],
     );
 }
 
@@ -173,7 +177,7 @@ pub(super) fn label(md: &mut String, run: &RunDir) {
         rel(run, &out),
         rows.len()
     );
-    let metrics = run.compare_dir().join("metrics.json");
+    let metrics = run.compare_dir().join(METRICS);
     let Some(c) = json_file(&metrics) else {
         md.push_str("No human labels given (`human_pairs`), so no agreement check.\n\n");
         return;
@@ -192,8 +196,8 @@ pub(super) fn label(md: &mut String, run: &RunDir) {
         ),
         rel(run, &run.human_check()),
         rel(run, &metrics),
-        rel(run, &run.compare_dir().join("report.md")),
-        rel(run, &run.compare_dir().join("report.md")),
+        rel(run, &run.compare_dir().join(REPORT)),
+        rel(run, &run.compare_dir().join(REPORT)),
         num(&c, "/files/0/n_scored", 0),
         num(&c, "/files/0/agreement", 3),
         num(&c, "/files/0/agreement_ci/0", 3),
@@ -221,9 +225,9 @@ pub(super) fn label(md: &mut String, run: &RunDir) {
         md,
         run,
         &[
-            ("Reliability diagram", dir.join("reliability.svg")),
-            ("Agreement per principle", dir.join("principles.svg")),
-            ("Distribution of p_a", dir.join("p_a_hist.svg")),
+            ("Reliability diagram", dir.join(RELIABILITY_PLOT)),
+            ("Agreement per principle", dir.join(PRINCIPLES_PLOT)),
+            ("Distribution of p_a", dir.join(P_A_HIST_PLOT)),
         ],
     );
 }
@@ -231,7 +235,7 @@ pub(super) fn label(md: &mut String, run: &RunDir) {
 pub(super) fn rm(md: &mut String, run: &RunDir) {
     md.push_str("## 5. Reward model\n\n");
     let dir = run.rm_dir();
-    let metrics = dir.join("metrics.json");
+    let metrics = dir.join(METRICS);
     if absent(md, &metrics, run) {
         return;
     }
@@ -281,9 +285,9 @@ pub(super) fn rm(md: &mut String, run: &RunDir) {
         md,
         run,
         &[
-            ("Reward-model loss", dir.join("loss.svg")),
-            ("Reward-model accuracy", dir.join("accuracy.svg")),
-            ("Held-out rewards", dir.join("rewards.svg")),
+            ("Reward-model loss", dir.join(LOSS_PLOT)),
+            ("Reward-model accuracy", dir.join(ACCURACY_PLOT)),
+            ("Held-out rewards", dir.join(REWARDS_PLOT)),
         ],
     );
 }

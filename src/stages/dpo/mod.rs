@@ -16,9 +16,10 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::artifacts::{ACCURACY_PLOT, LOSS_PLOT, METRICS, REWARDS_PLOT};
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
-use crate::manifest::{fingerprint, now_unix, Manifest};
+use crate::manifest::{now_unix, sha256_of, Manifest};
 use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
@@ -142,7 +143,7 @@ fn model_sha(model: &str) -> Result<Option<String>> {
                 parts.push(json!(sha256_file(&p)?));
             }
             let refs: Vec<&Value> = parts.iter().collect();
-            (!parts.is_empty()).then(|| fingerprint(&refs))
+            (!parts.is_empty()).then(|| sha256_of(&refs))
         }
     })
 }
@@ -374,7 +375,7 @@ fn write_manifest(
     let manifest = Manifest {
         cai_version: env!("CARGO_PKG_VERSION").to_string(),
         command: "train dpo".into(),
-        fingerprint: fingerprint(&[&config, &json!(data_sha), &json!(model_sha)]),
+        fingerprint: sha256_of(&[&config, &json!(data_sha), &json!(model_sha)]),
         config,
         constitution: None,
         model: ModelInfo {
@@ -394,7 +395,7 @@ fn write_manifest(
 
 /// `metrics.json`, `loss.svg`, `accuracy.svg` and `rewards.svg` in `out`.
 fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<()> {
-    let path = out.join("metrics.json");
+    let path = out.join(METRICS);
     std::fs::write(&path, serde_json::to_string_pretty(s)?)
         .with_context(|| format!("writing {}", path.display()))?;
     let train = |f: fn(&crate::train::dpo_trainer::DpoStepPoint) -> f64| {
@@ -407,7 +408,7 @@ fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<(
     let held = |f: fn(&DpoEval) -> f64| state.evals.iter().map(|e| (e.step as f64, f(e))).collect();
     let charts = [
         (
-            "loss.svg",
+            LOSS_PLOT,
             plot::line_chart(
                 &format!("DPO loss ({})", state.config.loss),
                 "step",
@@ -419,7 +420,7 @@ fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<(
             ),
         ),
         (
-            "accuracy.svg",
+            ACCURACY_PLOT,
             plot::line_chart(
                 "Implicit-reward accuracy (β·log π/π_ref, chosen > rejected)",
                 "step",
@@ -432,7 +433,7 @@ fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<(
             ),
         ),
         (
-            "rewards.svg",
+            REWARDS_PLOT,
             plot::line_chart(
                 "Held-out log-prob drift from the reference and reward margin",
                 "step",

@@ -456,5 +456,5 @@ fn label_fingerprint(
         format!("{:?}", templates.get(TemplateKind::FeedbackCot)),
         format!("{:?}", templates.get(TemplateKind::FeedbackScore))
     ]);
-    crate::stages::records::fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), t])
+    crate::stages::records::records_fingerprint(cfg, &ignore, backend, &[json!(loaded.sha256), t])
 }

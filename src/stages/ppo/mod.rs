@@ -3,13 +3,14 @@
 //! rating ("direct RLAIF") or a weighted mix, with a KL penalty to the SFT model.
 //!
 //! Writes, into `--out`: `checkpoint-N/` folders that resume exactly, `final/` (the policy as
-//! a model folder every stage loads), `ppo_log.csv` (one row per step), `reward.svg`,
+//! a model folder every stage loads), `train_log.csv` (one row per step), `rewards.svg`,
 //! `kl.svg`, `samples.jsonl` (responses every `sample_every` steps), `manifest.json`.
 //! Reward-hacking guards stop (or warn) when the KL or the mean response length leave their
 //! bounds; the most repeated phrases of the last responses are reported.
 
 pub mod labeler_reward;
 
+use crate::artifacts::{FINAL_DIR, KL_PLOT, REWARDS_PLOT, SAMPLES, TRAIN_LOG};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,7 +22,7 @@ use serde_json::json;
 use crate::inputs::{read_prompts, PromptItem};
 use crate::jsonl;
 use crate::llm::{ModelInfo, Prompt};
-use crate::manifest::{fingerprint, now_unix, Manifest};
+use crate::manifest::{now_unix, sha256_of, Manifest};
 use crate::model_files::checkpoint::checkpoint_dir;
 use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
@@ -306,7 +307,7 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let files = policy_tok.folder_files()?;
     let extra: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (*n, b.clone())).collect();
-    let samples_path = cfg.out.join("samples.jsonl");
+    let samples_path = cfg.out.join(SAMPLES);
     let mut samples = jsonl::Appender::open(&samples_path)?;
 
     let total = trainer.config().steps as u64;
@@ -365,7 +366,7 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
             scorer.overflowed
         );
     }
-    let final_dir = cfg.out.join("final");
+    let final_dir = cfg.out.join(FINAL_DIR);
     trainer.save_final(&final_dir, &extra)?;
     let history = trainer.state().history.clone();
     write_charts(&cfg.out, &history)?;
@@ -449,7 +450,7 @@ fn guard_problem(g: &Guards, history: &[PpoStepStats]) -> Option<String> {
 const LOG_HEADER: &str = "step,score,reward,kl,beta,entropy,clip_frac,approx_kl,policy_loss,\
 value_loss,value_clip_frac,explained_variance,response_len,ended,ptx_loss,lr,seconds";
 
-/// Rewrites `ppo_log.csv` from the run's history (a resumed run's history is complete).
+/// Rewrites `train_log.csv` from the run's history (a resumed run's history is complete).
 fn write_log(out: &Path, history: &[PpoStepStats]) -> Result<()> {
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     let mut text = format!("{LOG_HEADER}\n");
@@ -475,7 +476,7 @@ fn write_log(out: &Path, history: &[PpoStepStats]) -> Result<()> {
             s.seconds
         ));
     }
-    let path = out.join("ppo_log.csv");
+    let path = out.join(TRAIN_LOG);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -488,12 +489,12 @@ fn write_charts(out: &Path, history: &[PpoStepStats]) -> Result<()> {
         LineSeries::new("total reward (score − β·KL)", pts(&|s| s.reward)),
     ];
     write_svg(
-        &out.join("reward.svg"),
+        &out.join(REWARDS_PLOT),
         &line_chart("PPO reward", "step", "mean per response", &reward),
     )?;
     let kl = [LineSeries::new("KL to the reference", pts(&|s| s.kl))];
     write_svg(
-        &out.join("kl.svg"),
+        &out.join(KL_PLOT),
         &line_chart("PPO KL", "step", "nats per response", &kl),
     )
 }
@@ -510,7 +511,7 @@ fn write_manifest(
     let manifest = Manifest {
         cai_version: env!("CARGO_PKG_VERSION").to_string(),
         command: "train ppo".into(),
-        fingerprint: fingerprint(&[&config, &json!(prompts_sha), &json!(ref_sha)]),
+        fingerprint: sha256_of(&[&config, &json!(prompts_sha), &json!(ref_sha)]),
         config,
         constitution: None,
         model: ModelInfo {

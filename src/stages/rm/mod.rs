@@ -4,6 +4,7 @@
 
 pub mod score;
 
+use crate::artifacts::{ACCURACY_PLOT, LOSS_PLOT, METRICS, REWARDS_PLOT};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 
@@ -256,7 +257,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
 
 /// `metrics.json`, `loss.svg`, `accuracy.svg` and `rewards.svg` in `out`.
 fn write_report(out: &Path, state: &RewardTrainerState, s: &RmSummary) -> Result<()> {
-    let path = out.join("metrics.json");
+    let path = out.join(METRICS);
     std::fs::write(&path, serde_json::to_string_pretty(s)?)
         .with_context(|| format!("writing {}", path.display()))?;
     let train_loss = state.history.iter().map(|p| (p.step as f64, p.loss));
@@ -270,7 +271,7 @@ fn write_report(out: &Path, state: &RewardTrainerState, s: &RmSummary) -> Result
             LineSeries::new("held-out", eval_loss.collect()),
         ],
     );
-    plot::write_svg(&out.join("loss.svg"), &loss)?;
+    plot::write_svg(&out.join(LOSS_PLOT), &loss)?;
     let train_acc = state.history.iter().map(|p| (p.step as f64, p.accuracy));
     let eval_acc = state.evals.iter().map(|e| (e.step as f64, e.accuracy));
     let acc = plot::line_chart(
@@ -282,7 +283,7 @@ fn write_report(out: &Path, state: &RewardTrainerState, s: &RmSummary) -> Result
             LineSeries::new("held-out", eval_acc.collect()),
         ],
     );
-    plot::write_svg(&out.join("accuracy.svg"), &acc)?;
+    plot::write_svg(&out.join(ACCURACY_PLOT), &acc)?;
     if let Some(e) = &s.eval {
         let hist = plot::histogram(
             "Held-out rewards",
@@ -300,7 +301,7 @@ fn write_report(out: &Path, state: &RewardTrainerState, s: &RmSummary) -> Result
             30,
             None,
         );
-        plot::write_svg(&out.join("rewards.svg"), &hist)?;
+        plot::write_svg(&out.join(REWARDS_PLOT), &hist)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 pub mod data;
 
+use crate::artifacts::{LOSS_PLOT, TRAIN_LOG};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,7 +23,7 @@ use serde_json::json;
 
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
-use crate::manifest::{fingerprint, now_unix, Manifest};
+use crate::manifest::{now_unix, sha256_of, Manifest};
 use crate::model_files::locate::{sha256_file, ModelSpec};
 use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
@@ -190,15 +191,15 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
         );
     }
 
-    let log = cfg.out.join("train_log.csv");
-    write_loss_chart(&log, before, &cfg.out.join("loss.svg"))?;
+    let log = cfg.out.join(TRAIN_LOG);
+    write_loss_chart(&log, before, &cfg.out.join(LOSS_PLOT))?;
     let tokens_per_s = tokens as f64 / seconds.max(1e-9);
     let data_sha = sha256_file(data)?;
     let config = serde_json::to_value(cfg)?;
     let manifest = Manifest {
         cai_version: env!("CARGO_PKG_VERSION").to_string(),
         command: "train sft".into(),
-        fingerprint: fingerprint(&[&config, &json!(data_sha), &json!(model_sha)]),
+        fingerprint: sha256_of(&[&config, &json!(data_sha), &json!(model_sha)]),
         config,
         constitution: None,
         model: ModelInfo {
