@@ -15,6 +15,7 @@ pub mod export;
 pub mod hash;
 pub mod inputs;
 pub mod jsonl;
+pub mod label_metrics;
 pub mod llm;
 pub mod manifest;
 pub mod model_files;

@@ -23,7 +23,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::chat::{parse_hh_transcript, ChatMessage, Role};
-use crate::jsonl;
+use crate::jsonl::{self, Line};
 
 /// The formats [`read_pairs`] accepts, for error messages.
 const ACCEPTED_FORMATS: &str = "expected one of: ours {prompt|conversation, response_a, \
@@ -263,6 +263,53 @@ fn assign_slots(
 
 fn hex_prefix(bytes: &[u8], n: usize) -> String {
     bytes.iter().take(n).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One row of a label file written by `cai label` (unknown fields are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AiLabel {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub conversation: Vec<ChatMessage>,
+    pub response_a: String,
+    pub response_b: String,
+    /// Principles used for this pair (several for an ensemble).
+    #[serde(default)]
+    pub principles: Option<Vec<String>>,
+    /// P(response_a better) with response_a shown in slot (A).
+    #[serde(default)]
+    pub p_a_first: Option<f64>,
+    /// P(response_a better) with response_a shown in slot (B), mapped back to response_a.
+    #[serde(default)]
+    pub p_a_second: Option<f64>,
+    /// Final soft label P(response_a better).
+    pub p_a: f64,
+    #[serde(default)]
+    pub position_flip: Option<bool>,
+    #[serde(default)]
+    pub flags: Option<Vec<String>>,
+}
+
+/// Reads an AI label file; a probability outside [0, 1] is an error naming `file:line`.
+pub fn read_ai_labels(path: &Path) -> Result<Vec<Line<AiLabel>>> {
+    let rows = jsonl::read::<AiLabel>(path)?;
+    for row in &rows {
+        let r = &row.value;
+        for (name, p) in [
+            ("p_a", Some(r.p_a)),
+            ("p_a_first", r.p_a_first),
+            ("p_a_second", r.p_a_second),
+        ] {
+            if let Some(p) = p.filter(|p| !(0.0..=1.0).contains(p)) {
+                bail!(
+                    "{}:{}: {name} = {p} is not a probability in [0, 1]",
+                    path.display(),
+                    row.number
+                );
+            }
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

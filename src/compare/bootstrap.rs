@@ -76,7 +76,7 @@ pub fn paired_bootstrap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::metrics::mean;
+    use crate::label_metrics::mean;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9

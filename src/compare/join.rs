@@ -1,4 +1,5 @@
-//! Reading AI label files and joining their rows to human-labelled pairs by content.
+//! Joining the rows of AI label files ([`crate::pairs::read_ai_labels`]) to human-labelled
+//! pairs by content.
 //!
 //! Rows are matched by [`content_key`] of (conversation, response_a, response_b), never by line
 //! number or by the `id` a file carries. When the AI row holds the two responses in the other
@@ -6,62 +7,13 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
-use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::chat::{ChatMessage, Role};
-use crate::compare::metrics::OrderedAnswers;
-use crate::jsonl::{self, Line};
-use crate::pairs::{content_key, PreferencePair};
-
-/// One row of a label file written by `cai label` (unknown fields are ignored).
-#[derive(Debug, Clone, Deserialize)]
-pub struct AiLabel {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub conversation: Vec<ChatMessage>,
-    pub response_a: String,
-    pub response_b: String,
-    /// Principles used for this pair (several for an ensemble).
-    #[serde(default)]
-    pub principles: Option<Vec<String>>,
-    /// P(response_a better) with response_a shown in slot (A).
-    #[serde(default)]
-    pub p_a_first: Option<f64>,
-    /// P(response_a better) with response_a shown in slot (B), mapped back to response_a.
-    #[serde(default)]
-    pub p_a_second: Option<f64>,
-    /// Final soft label P(response_a better).
-    pub p_a: f64,
-    #[serde(default)]
-    pub position_flip: Option<bool>,
-    #[serde(default)]
-    pub flags: Option<Vec<String>>,
-}
-
-/// Reads an AI label file; a probability outside [0, 1] is an error naming `file:line`.
-pub fn read_ai_labels(path: &Path) -> Result<Vec<Line<AiLabel>>> {
-    let rows = jsonl::read::<AiLabel>(path)?;
-    for row in &rows {
-        let r = &row.value;
-        for (name, p) in [
-            ("p_a", Some(r.p_a)),
-            ("p_a_first", r.p_a_first),
-            ("p_a_second", r.p_a_second),
-        ] {
-            if let Some(p) = p.filter(|p| !(0.0..=1.0).contains(p)) {
-                bail!(
-                    "{}:{}: {name} = {p} is not a probability in [0, 1]",
-                    path.display(),
-                    row.number
-                );
-            }
-        }
-    }
-    Ok(rows)
-}
+use crate::chat::Role;
+use crate::jsonl::Line;
+use crate::label_metrics::OrderedAnswers;
+use crate::pairs::{content_key, AiLabel, PreferencePair};
 
 /// Human-labelled pairs indexed by content key (the first of duplicate keys wins).
 pub struct HumanIndex {
@@ -194,6 +146,8 @@ pub fn join(human: &HumanIndex, ai: &[Line<AiLabel>]) -> (Vec<JoinedRow>, JoinSt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::ChatMessage;
+    use crate::pairs::read_ai_labels;
     use std::io::Write;
 
     fn pair(prompt: &str, a: &str, b: &str, human: Option<f64>) -> PreferencePair {

@@ -7,7 +7,6 @@
 
 pub mod bootstrap;
 pub mod join;
-pub mod metrics;
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,10 +15,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::label_metrics::{self, Calibration, GroupAgreement, Kappa, PositionStats};
 use crate::pairs::read_pairs;
 use bootstrap::PairedTest;
 use join::{HumanIndex, JoinStats, JoinedRow};
-use metrics::{Calibration, GroupAgreement, Kappa, PositionStats};
 
 /// Bins of the P(A) histogram in the report.
 pub const HISTOGRAM_BINS: usize = 20;
@@ -161,7 +160,7 @@ pub fn run(cfg: &CompareConfig) -> Result<CompareReport> {
     let mut files = Vec::new();
     let mut scores: Vec<HashMap<String, f64>> = Vec::new();
     for (i, path) in cfg.ai.iter().enumerate() {
-        let ai = join::read_ai_labels(path)?;
+        let ai = crate::pairs::read_ai_labels(path)?;
         let (joined, stats) = join::join(&index, &ai);
         if stats.matched == 0 {
             bail!(
@@ -225,7 +224,7 @@ fn chance_warning(f: &FileReport) -> Option<String> {
 
 /// The agreement score of a joined row, `None` without a hard human choice.
 fn score(row: &JoinedRow) -> Option<f64> {
-    metrics::agreement_score(row.p_a, row.human_p_a?)
+    label_metrics::agreement_score(row.p_a, row.human_p_a?)
 }
 
 fn join_warnings(path: &Path, s: &JoinStats) -> Vec<String> {
@@ -275,7 +274,7 @@ fn file_report(
         .iter()
         .filter_map(|r| Some((r.p_a, r.human_p_a?)))
         .unzip();
-    let orders: Vec<metrics::OrderedAnswers> = rows.iter().map(|r| r.orders).collect();
+    let orders: Vec<label_metrics::OrderedAnswers> = rows.iter().map(|r| r.orders).collect();
     let by_principle: Vec<(&str, f64)> = scored
         .iter()
         .flat_map(|(r, s)| r.principles.iter().map(move |p| (p.as_str(), *s)))
@@ -290,17 +289,17 @@ fn file_report(
         path: path.to_path_buf(),
         join,
         n_scored: scores.len(),
-        agreement: metrics::mean(&scores),
+        agreement: label_metrics::mean(&scores),
         agreement_ci: bootstrap::bootstrap_mean_ci(&scores, cfg.bootstrap, cfg.seed),
-        tie_rate: metrics::mean(&ties),
-        kappa: metrics::cohen_kappa(&ai_hard, &human_hard),
+        tie_rate: label_metrics::mean(&ties),
+        kappa: label_metrics::cohen_kappa(&ai_hard, &human_hard),
         n_labelled: p_a.len(),
-        log_loss: metrics::log_loss(&p_a, &human_p_a),
-        brier: metrics::brier(&p_a, &human_p_a),
-        calibration: metrics::calibration(&p_a, &human_p_a, cfg.bins),
-        position: metrics::position_stats(&orders),
-        principles: metrics::agreement_by_group(&by_principle),
-        by_length: metrics::agreement_by_length(&turns, &scores),
+        log_loss: label_metrics::log_loss(&p_a, &human_p_a),
+        brier: label_metrics::brier(&p_a, &human_p_a),
+        calibration: label_metrics::calibration(&p_a, &human_p_a, cfg.bins),
+        position: label_metrics::position_stats(&orders),
+        principles: label_metrics::agreement_by_group(&by_principle),
+        by_length: label_metrics::agreement_by_length(&turns, &scores),
         flags,
         p_a_histogram: crate::plot::bin_counts(&p_a, HISTOGRAM_BINS, 0.0, 1.0),
         p_a,

@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::bootstrap::PairedTest;
-use super::metrics::LENGTH_BUCKETS;
 use super::{CompareReport, FileReport, HISTOGRAM_BINS};
 use crate::artifacts::{METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT, REPORT};
+use crate::label_metrics::LENGTH_BUCKETS;
 use crate::plot::{self, BarSeries, HistogramSeries, LineChart, LineSeries};
 
 /// The report's plots: (alt text, file name).

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::artifacts::{EVAL_RESULT, REPORT};
 use crate::chat::ChatMessage;
-use crate::compare::metrics::wilson_interval;
 use crate::jsonl;
+use crate::label_metrics::wilson_interval;
 use crate::llm::SamplingParams;
 use crate::stages::label::{LabelConfig, LabelRecord};
 use crate::stages::rm::score::TextRewardModel;

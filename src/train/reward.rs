@@ -10,7 +10,7 @@ use super::model::{CausalLm, Llama};
 use super::reward_data::{PairBatch, TokenPair};
 use super::reward_loss::sigmoid;
 use super::{model_from_weights, LlamaConfig, Weights};
-use crate::compare::metrics::calibration;
+use crate::label_metrics::calibration;
 use crate::model_files::checkpoint::load_model_dir;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};

@@ -6,8 +6,8 @@
 //! several batches).
 
 use crate::chat::ChatMessage;
-use crate::compare::join::read_ai_labels;
 use crate::model_files::ChatTokenizer;
+use crate::pairs::read_ai_labels;
 use crate::pairs::{content_key, read_pairs};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
