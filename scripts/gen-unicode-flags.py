@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Writes src/llm/local/tokenizer/unicode_flags.rs from llama.cpp's src/unicode-data.cpp.
+"""Writes src/model_files/tokenizer/unicode_flags.rs from llama.cpp's src/unicode-data.cpp.
 
 The byte-level BPE pre-tokenizers must classify code points (letter, number, whitespace,
 punctuation) exactly as llama.cpp does, Unicode version included, to split text the same way.
-usage: scripts/gen-unicode-flags.py LLAMA_CPP_DIR > src/llm/local/tokenizer/unicode_flags.rs
+usage: scripts/gen-unicode-flags.py LLAMA_CPP_DIR > src/model_files/tokenizer/unicode_flags.rs
 """
 import re
 import sys

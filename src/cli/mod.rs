@@ -36,7 +36,7 @@ pub struct Cli {
     pub command: Command,
     /// Errors with the backtraces libraries captured (as does CAI_DEBUG=1); without it an
     /// error is one line, whatever RUST_BACKTRACE says.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, display_order = 1000)]
     pub verbose: bool,
 }
 

@@ -27,7 +27,7 @@ pub struct SftArgs {
     /// `prompt`/`completion`).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Which revision of `cai revise` records is the target: `final` (default), `all` (one
+    /// Which revision of `cai revise` records is the target: `final`, `all` (one
     /// example per round, SL-CAI-n) or a round number from 1.
     #[arg(long, value_parser = parsed::<RoundChoice>)]
     pub round: Option<RoundChoice>,

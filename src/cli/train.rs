@@ -15,8 +15,9 @@ pub enum TrainCommand {
     Sft(SftArgs),
     /// Reward model on AI and/or human preference labels, evaluated on held-out human labels.
     Rm(RmArgs),
-    /// PPO of the SFT policy against the reward model, with a KL penalty to the SFT model;
-    /// `--advantage grpo|rloo|reinforce` for the critic-free variants.
+    /// PPO of a policy (normally the SFT model) against the reward model or the feedback
+    /// model's ratings, with a KL penalty to a reference; `--advantage grpo|rloo|reinforce` for
+    /// the critic-free variants.
     Ppo(PpoArgs),
     /// DPO (and cDPO, rDPO, IPO, SLiC) of a policy on AI labels, human pairs and SL-CAI
     /// revision pairs, against a frozen reference: no reward model, no sampling.
