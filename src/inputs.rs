@@ -154,6 +154,9 @@ mod tests {
         assert_eq!(items[1].conversation.len(), 1);
         assert_eq!(items[3].line, 5);
         assert_eq!(items[3].id, format!("{}-1", items[0].id));
+        // Existing runs resume by these ids: pinned (FNV-1a 64 of "user\0a\0\xff", computed
+        // independently in Python).
+        assert_eq!(items[0].id, "291581819d166230");
     }
 
     #[test]
