@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::choice::Choice;
 use crate::llm::openai::{OpenaiConfig, OptionScoring, PrefillMode};
 use crate::llm::{BackendKind, SamplingParams};
-use crate::train::{LoraConfig, Trainable};
+use crate::train::{LoraConfig, ScheduleKind, SftConfig, Trainable};
 
 /// Sets `target` when the flag was given.
 pub fn set<T>(target: &mut T, flag: Option<T>) {
@@ -156,6 +156,86 @@ pub enum TrainableKind {
     Lora,
 }
 
+/// The optimizer, schedule and data-loop flags `train sft`, `rm` and `dpo` share: their
+/// configs keep these settings under `train:`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TrainingArgs {
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Passes over the training data when --max-steps is not set.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Examples (sft) or pairs (rm, dpo: all pairs of a conversation stay together) per
+    /// micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Linear warmup steps.
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Learning-rate decay after warmup.
+    #[arg(long, value_parser = choice::<ScheduleKind>())]
+    pub schedule: Option<ScheduleKind>,
+    /// Final learning rate as a fraction of --lr.
+    #[arg(long)]
+    pub min_lr_ratio: Option<f64>,
+    /// Gradient-norm clip, 0 = none.
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Held-out evaluation every N steps (and at the end).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Tokens per sequence: longer ones are cut (counted on stderr); sft keeps the start, rm
+    /// the end, dpo drops the oldest turns first.
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Token budget of one forward/backward pass: micro-batches larger than this (sequences ×
+    /// longest sequence) run in parts whose gradients are accumulated, for the same update.
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// Seed of the data order, the held-out split and the initialisation of new weights (LoRA,
+    /// reward head).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub trainable: TrainableArgs,
+}
+
+impl TrainingArgs {
+    /// Overrides the settings of `t` given on the command line; `lora` is the stage's LoRA
+    /// default.
+    pub fn apply(self, t: &mut SftConfig, lora: &LoraConfig) -> Result<()> {
+        set(&mut t.lr, self.lr);
+        set(&mut t.weight_decay, self.weight_decay);
+        set(&mut t.epochs, self.epochs);
+        t.max_steps = self.max_steps.or(t.max_steps);
+        set(&mut t.batch_size, self.batch_size);
+        set(&mut t.grad_accum, self.grad_accum);
+        set(&mut t.warmup_steps, self.warmup_steps);
+        set(&mut t.schedule, self.schedule);
+        set(&mut t.min_lr_ratio, self.min_lr_ratio);
+        set(&mut t.max_grad_norm, self.max_grad_norm);
+        set(&mut t.eval_every, self.eval_every);
+        set(&mut t.save_every, self.save_every);
+        set(&mut t.max_len, self.max_len);
+        t.max_batch_tokens = self.max_batch_tokens.or(t.max_batch_tokens);
+        set(&mut t.seed, self.seed);
+        self.trainable.apply(&mut t.trainable, lora)
+    }
+}
+
 /// `t` as the flags would ask for it, for `--help`.
 pub fn describe_trainable(t: &Trainable) -> String {
     match t {
@@ -259,22 +339,22 @@ impl ServerArgs {
     }
 }
 
+/// `argv` (after the program name) parsed into the flag group `A`, for tests.
+#[cfg(test)]
+pub fn parse_flags<A: Args + clap::FromArgMatches>(argv: &[&str]) -> Result<A> {
+    let cmd = A::augment_args(clap::Command::new("cai"));
+    let matches = cmd.try_get_matches_from(std::iter::once("cai").chain(argv.iter().copied()))?;
+    Ok(A::from_arg_matches(&matches)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        t: TrainableArgs,
-    }
 
     /// `argv` applied to `start`, with the stage's LoRA default `lora`.
     fn apply(argv: &[&str], start: Trainable, lora: &LoraConfig) -> Result<Trainable> {
-        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
         let mut t = start;
-        w.t.apply(&mut t, lora)?;
+        parse_flags::<TrainableArgs>(argv)?.apply(&mut t, lora)?;
         Ok(t)
     }
 

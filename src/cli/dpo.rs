@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::Args;
 
-use super::args::{parsed, set, TrainableArgs};
+use super::args::{parsed, set, TrainingArgs};
 use super::help_defaults::Source;
 use crate::config_file::read_or_default;
 use crate::stages::dpo::{self, TrainDpoConfig};
@@ -60,44 +60,8 @@ pub struct DpoArgs {
     /// Label smoothing ε: cdpo's target ε + (1 − 2ε)·p, robust's least flip rate.
     #[arg(long)]
     pub label_smoothing: Option<f64>,
-    /// Peak learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Optimizer steps (overrides --epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Passes over the training pairs.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Pairs per micro-batch (all pairs of a conversation stay together).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
-    /// Warmup steps.
-    #[arg(long)]
-    pub warmup_steps: Option<usize>,
-    /// Tokens per sequence: longer ones lose the start of the conversation, then the end of
-    /// the response.
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    /// Token budget of one forward/backward pass: micro-batches larger than this (2 × pairs
-    /// × longest sequence) run in parts whose gradients are accumulated, for the same
-    /// update.
-    #[arg(long)]
-    pub max_batch_tokens: Option<usize>,
     #[command(flatten)]
-    pub trainable: TrainableArgs,
-    /// Held-out evaluation every N steps (and before the first and after the last).
-    #[arg(long)]
-    pub eval_every: Option<usize>,
-    /// Checkpoint every N steps.
-    #[arg(long)]
-    pub save_every: Option<usize>,
-    /// Seed of data order and LoRA initialisation.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    pub training: TrainingArgs,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -120,19 +84,7 @@ impl DpoArgs {
         set(&mut c.beta, a.beta);
         set(&mut c.label_smoothing, a.label_smoothing);
         let t = &mut c.train;
-        set(&mut t.lr, a.lr);
-        t.max_steps = a.max_steps.or(t.max_steps);
-        set(&mut t.epochs, a.epochs);
-        set(&mut t.batch_size, a.batch_size);
-        set(&mut t.grad_accum, a.grad_accum);
-        set(&mut t.warmup_steps, a.warmup_steps);
-        set(&mut t.max_len, a.max_len);
-        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
-        set(&mut t.eval_every, a.eval_every);
-        set(&mut t.save_every, a.save_every);
-        set(&mut t.seed, a.seed);
-        a.trainable
-            .apply(&mut t.trainable, &LoraConfig::default())?;
+        a.training.apply(t, &LoraConfig::default())?;
         c.quiet |= a.quiet;
         c.resume = a.resume;
         ensure!(
@@ -199,20 +151,12 @@ pub fn run(args: DpoArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
+    use crate::cli::args::parse_flags;
     use crate::train::Trainable;
 
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: DpoArgs,
-    }
-
     fn resolve(argv: &[&str]) -> Result<TrainDpoConfig> {
-        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
-        w.args.resolve()
+        parse_flags::<DpoArgs>(argv)?.resolve()
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::Args;
 
-use super::args::{parsed, set, TrainableArgs};
+use super::args::{parsed, set, TrainingArgs};
 use super::help_defaults::Source;
 use crate::config_file::read_or_default;
 use crate::stages::rm::{self, TrainRmConfig};
@@ -42,51 +42,14 @@ pub struct RmArgs {
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
-    /// Peak learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Optimizer steps (overrides --epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Passes over the training pairs.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Pairs per micro-batch (all pairs of a conversation stay together).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
-    /// Warmup steps.
-    #[arg(long)]
-    pub warmup_steps: Option<usize>,
-    /// Sequences are cut to their last N tokens.
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    /// Token budget of one forward/backward pass: micro-batches larger than this (2 × pairs ×
-    /// longest sequence) run in parts, a conversation's pairs kept together, and their
-    /// gradients are accumulated for the same update.
-    #[arg(long)]
-    pub max_batch_tokens: Option<usize>,
-    /// The reward head is always trained; these pick the backbone's trainable part (top
-    /// layers also train the final norm).
     #[command(flatten)]
-    pub trainable: TrainableArgs,
+    pub training: TrainingArgs,
     /// Bradley–Terry margin.
     #[arg(long)]
     pub margin: Option<f64>,
     /// Reward-centering coefficient c of c·(r_a + r_b)².
     #[arg(long)]
     pub center_coef: Option<f64>,
-    /// Held-out evaluation every N steps (and at the end).
-    #[arg(long)]
-    pub eval_every: Option<usize>,
-    /// Checkpoint every N steps.
-    #[arg(long)]
-    pub save_every: Option<usize>,
-    /// Seed of data order, head and LoRA initialisation.
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -106,22 +69,11 @@ impl RmArgs {
         c.hard |= a.hard;
         set(&mut c.out, a.out);
         let t = &mut c.train;
-        set(&mut t.lr, a.lr);
-        t.max_steps = a.max_steps.or(t.max_steps);
-        set(&mut t.epochs, a.epochs);
-        set(&mut t.batch_size, a.batch_size);
-        set(&mut t.grad_accum, a.grad_accum);
-        set(&mut t.warmup_steps, a.warmup_steps);
-        set(&mut t.max_len, a.max_len);
-        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
-        set(&mut t.eval_every, a.eval_every);
-        set(&mut t.save_every, a.save_every);
-        set(&mut t.seed, a.seed);
         let lora = LoraConfig {
             targets: vec!["all".into()],
             ..LoraConfig::default()
         };
-        a.trainable.apply(&mut t.trainable, &lora)?;
+        a.training.apply(t, &lora)?;
         set(&mut c.margin, a.margin);
         set(&mut c.center_coef, a.center_coef);
         c.quiet |= a.quiet;

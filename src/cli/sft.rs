@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::Args;
 
-use super::args::{choice, parsed, set, TrainableArgs};
+use super::args::{parsed, set, TrainingArgs};
 use super::help_defaults::Source;
 use crate::config_file::read_or_default;
 use crate::stages::sft::data::RoundChoice;
 use crate::stages::sft::{self, SftRunConfig};
-use crate::train::{LoraConfig, ScheduleKind};
+use crate::train::LoraConfig;
 
 /// The flags of `cai train sft`.
 #[derive(Debug, Args)]
@@ -43,54 +43,8 @@ pub struct SftArgs {
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
-    /// Peak learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// AdamW weight decay.
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Passes over the data when --max-steps is not set.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Optimizer steps (overrides --epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Examples per micro-batch.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
-    /// Linear warmup steps.
-    #[arg(long)]
-    pub warmup_steps: Option<usize>,
-    /// Learning-rate decay after warmup.
-    #[arg(long, value_parser = choice::<ScheduleKind>())]
-    pub schedule: Option<ScheduleKind>,
-    /// Final learning rate as a fraction of --lr.
-    #[arg(long)]
-    pub min_lr_ratio: Option<f64>,
-    /// Gradient-norm clip, 0 = none.
-    #[arg(long)]
-    pub max_grad_norm: Option<f64>,
-    /// Held-out loss every N steps (and at the end).
-    #[arg(long)]
-    pub eval_every: Option<usize>,
-    /// Checkpoint every N steps.
-    #[arg(long)]
-    pub save_every: Option<usize>,
-    /// Examples are cut to this many tokens, with a counted warning.
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    /// Token budget of one forward/backward pass: micro-batches larger than this (rows ×
-    /// longest row) run in parts whose gradients are accumulated, for the same update.
-    #[arg(long)]
-    pub max_batch_tokens: Option<usize>,
-    /// Seed of the data order, the eval split and LoRA initialisation.
-    #[arg(long)]
-    pub seed: Option<u64>,
     #[command(flatten)]
-    pub trainable: TrainableArgs,
+    pub training: TrainingArgs,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -115,23 +69,7 @@ impl SftArgs {
         c.resume |= a.resume;
         c.quiet |= a.quiet;
         let t = &mut c.train;
-        set(&mut t.lr, a.lr);
-        set(&mut t.weight_decay, a.weight_decay);
-        set(&mut t.epochs, a.epochs);
-        t.max_steps = a.max_steps.or(t.max_steps);
-        set(&mut t.batch_size, a.batch_size);
-        set(&mut t.grad_accum, a.grad_accum);
-        set(&mut t.warmup_steps, a.warmup_steps);
-        set(&mut t.schedule, a.schedule);
-        set(&mut t.min_lr_ratio, a.min_lr_ratio);
-        set(&mut t.max_grad_norm, a.max_grad_norm);
-        set(&mut t.eval_every, a.eval_every);
-        set(&mut t.save_every, a.save_every);
-        set(&mut t.max_len, a.max_len);
-        t.max_batch_tokens = a.max_batch_tokens.or(t.max_batch_tokens);
-        set(&mut t.seed, a.seed);
-        a.trainable
-            .apply(&mut t.trainable, &LoraConfig::default())?;
+        a.training.apply(t, &LoraConfig::default())?;
         ensure!(
             (0.0..1.0).contains(&c.eval_split),
             "eval_split must be within [0, 1), got {}",
@@ -170,20 +108,12 @@ pub fn run(args: SftArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
+    use crate::cli::args::parse_flags;
     use crate::train::Trainable;
 
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: SftArgs,
-    }
-
     fn resolve(argv: &[&str]) -> Result<SftRunConfig> {
-        let w = Wrap::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
-        w.args.resolve()
+        parse_flags::<SftArgs>(argv)?.resolve()
     }
 
     #[test]
