@@ -41,24 +41,36 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// Runtime and data.
     pub base: u64,
+    /// See [`MemoryPlan::one_update`].
+    pub one_update: bool,
 }
 
 impl MemoryEstimate {
-    /// Estimated peak resident memory.
+    /// Estimated peak resident memory: everything at once from the second update on; in a
+    /// run of one update, the larger of the backward pass (both gradient copies and the
+    /// activations) and the update (the accumulated gradients and the new moments).
     pub fn peak(&self) -> u64 {
-        self.weights + self.gradients + self.optimizer + self.activations + self.base
+        let working = match self.one_update {
+            false => self.gradients + self.optimizer + self.activations,
+            true => (self.gradients + self.activations).max(self.gradients / 2 + self.optimizer),
+        };
+        self.weights + self.base + working
     }
 
     /// One line: the peak and its parts, in GiB.
     pub fn summary(&self) -> String {
         format!(
-            "{} (weights {}, gradients {}, optimizer {}, activations {}, runtime {})",
+            "{} (weights {}, gradients {}, optimizer {}, activations {}, runtime {}{})",
             gib(self.peak()),
             gib(self.weights),
             gib(self.gradients),
             gib(self.optimizer),
             gib(self.activations),
-            gib(self.base)
+            gib(self.base),
+            match self.one_update {
+                true => "; one update: the optimizer after the backward pass",
+                false => "",
+            }
         )
     }
 }
@@ -75,6 +87,9 @@ pub struct MemoryPlan<'a> {
     /// Frozen models of the same size held besides the trained one (PPO: reference and
     /// reward model).
     pub frozen_models: usize,
+    /// The run takes a single optimizer update: AdamW's moments are created after its backward
+    /// pass, so they never coexist with the activations and the backward pass's gradients.
+    pub one_update: bool,
 }
 
 /// Number of scalars of the model's weights.
@@ -134,6 +149,7 @@ pub fn estimate(plan: &MemoryPlan) -> Result<MemoryEstimate> {
         optimizer: 2 * trained * F32,
         activations: (kept + block) * F32 + SLICE_BUFFERS * SLICE_BYTES,
         base: BASE_BYTES,
+        one_update: plan.one_update,
     })
 }
 
@@ -241,6 +257,7 @@ mod tests {
             rows: 16,
             tokens_per_row: 512,
             frozen_models: 0,
+            one_update: false,
         };
         let e = estimate(&plan)?;
         let p = num_params(&cfg) * 4;
@@ -250,6 +267,13 @@ mod tests {
         let tokens = 8192u64;
         let acts = (60 * tokens * 576 + tokens * (12 * 576 + 8 * 1536)) * 4 + 8 * (32 << 20);
         assert_eq!(e.activations, acts);
+        assert_eq!(e.peak(), 5 * p + acts + (200 << 20));
+        // One update: the moments come after the backward pass (here the larger part).
+        let one = estimate(&MemoryPlan {
+            one_update: true,
+            ..plan.clone()
+        })?;
+        assert_eq!(one.peak(), p + 2 * p + acts + (200 << 20));
         // Top layers train 2 blocks and the final norm (the tied embeddings stay frozen).
         let top = Trainable::TopLayers(2);
         assert_eq!(num_trainable(&cfg, &top)?, (2 * block + 576) as u64);

@@ -290,6 +290,8 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
                 tokens_per_row: longest + cfg.ppo.max_new_tokens,
                 // The reference and the reward model.
                 frozen_models: 2,
+                // Every step makes several updates (epochs × minibatches).
+                one_update: false,
             };
             memory::check_fits(&plan, "train ppo")?;
             PpoTrainer::new(&policy_config, weights, &reference, data, cfg.ppo.clone())?

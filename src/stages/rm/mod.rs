@@ -197,6 +197,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
                 rows: 2 * rows_per_pass(t.batch_size, 2 * longest, t.max_batch_tokens),
                 tokens_per_row: longest,
                 frozen_models: 0,
+                one_update: t.max_steps == Some(1),
             };
             memory::check_fits(&plan, "train rm")?;
             RewardTrainer::new(

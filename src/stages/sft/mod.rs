@@ -131,6 +131,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
                 rows: rows_per_pass(t.batch_size, longest, t.max_batch_tokens),
                 tokens_per_row: longest,
                 frozen_models: 0,
+                one_update: t.total_steps(train.len()) <= 1,
             };
             memory::check_fits(&plan, "train sft")?;
             let before = match eval.is_empty() {
