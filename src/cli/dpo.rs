@@ -83,10 +83,9 @@ impl DpoArgs {
         set(&mut c.loss, a.loss);
         set(&mut c.beta, a.beta);
         set(&mut c.label_smoothing, a.label_smoothing);
-        let t = &mut c.train;
-        a.training.apply(t, &LoraConfig::default())?;
+        a.training.apply(&mut c.train, &LoraConfig::default())?;
         c.quiet |= a.quiet;
-        c.resume = a.resume;
+        c.resume |= a.resume;
         ensure!(
             !c.data.is_empty(),
             "no training data: give --data FILE[:WEIGHT] (cai label, human pairs or cai revise \

@@ -68,16 +68,15 @@ impl RmArgs {
         set(&mut c.eval_fraction, a.eval_split);
         c.hard |= a.hard;
         set(&mut c.out, a.out);
-        let t = &mut c.train;
         let lora = LoraConfig {
             targets: vec!["all".into()],
             ..LoraConfig::default()
         };
-        a.training.apply(t, &lora)?;
+        a.training.apply(&mut c.train, &lora)?;
         set(&mut c.margin, a.margin);
         set(&mut c.center_coef, a.center_coef);
         c.quiet |= a.quiet;
-        c.resume = a.resume;
+        c.resume |= a.resume;
         ensure!(
             !c.data.is_empty(),
             "no training data: give --data FILE[:WEIGHT] or `data:` in the config"

@@ -68,8 +68,7 @@ impl SftArgs {
         }
         c.resume |= a.resume;
         c.quiet |= a.quiet;
-        let t = &mut c.train;
-        a.training.apply(t, &LoraConfig::default())?;
+        a.training.apply(&mut c.train, &LoraConfig::default())?;
         ensure!(
             (0.0..1.0).contains(&c.eval_split),
             "eval_split must be within [0, 1), got {}",
