@@ -55,8 +55,10 @@ const TILE: usize = 8;
 /// Activation rows per task when a product has many (prompt chunks): tasks over both weight
 /// and activation rows keep both cores busy on products with few weight rows.
 const ROWS_PER_TASK: usize = 32;
-/// Groups of [`LANES`] weight rows per task.
-const GROUPS_PER_TASK: usize = 8;
+/// Groups of [`LANES`] weight rows per task: 64 rows, as with 8-row groups before, so that a
+/// single token's small products still split evenly over two cores (SmolLM2's 576 rows: 9
+/// tasks, not 5).
+const GROUPS_PER_TASK: usize = 4;
 
 /// A weight matrix repacked in groups of [`LANES`] rows, with its tile kernel.
 ///
