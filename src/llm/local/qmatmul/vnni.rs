@@ -217,11 +217,17 @@ pub(super) struct Act32 {
 
 /// [`LANES`] weight rows' block `b` (32 values each): `qs[4 · LANES · t + 4j + l]` is value
 /// `4t + l` of row `j`, unsigned (the type's offset added); `d[j]` is row `j`'s scale.
+///
+/// Aligned to cache lines (576 bytes, nine lines, no padding) so that no 512-bit load of the
+/// weights spans two lines.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 pub(super) struct Group32 {
     qs: [u8; 32 * LANES],
     d: [f32; LANES],
 }
+
+const _: () = assert!(std::mem::size_of::<Group32>() == 36 * LANES);
 
 /// A [`Block32`] type's weights repacked for [`Packed::tile`].
 pub(super) struct Packed32 {

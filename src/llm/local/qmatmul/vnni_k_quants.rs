@@ -28,7 +28,10 @@ use super::RowsMatMul;
 /// (low half first) for `vpdpwssd` against the activations' pair `p` of sums: the minimums of
 /// its 32-value sub-blocks `2p` and `2p + 1` (Q4_K, Q5_K: pairs 0..4), or the scales of its
 /// 16-value sub-blocks `2p` and `2p + 1` (Q6_K: pairs 0..8).
+///
+/// Aligned to cache lines (4992 bytes, 78 lines, no padding), as `vnni::Group32`.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct GroupK {
     qs: [u8; LANES * QK_K],
     scales: [i8; 16 * LANES],
@@ -36,6 +39,8 @@ struct GroupK {
     d: [f32; LANES],
     dmin: [f32; LANES],
 }
+
+const _: () = assert!(std::mem::size_of::<GroupK>() == 4992);
 
 /// Two i16 values in one i32 lane, `lo` in the low half (as `vpdpwssd` pairs them).
 fn pair(lo: i16, hi: i16) -> u32 {
