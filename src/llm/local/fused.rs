@@ -400,28 +400,129 @@ simd! {
     }
 }
 
-simd! {
-    /// `s = softmax(s · scale)`, in place.
-    fn softmax_row(s: &mut [f32], scale: f32) {
-        let mut max = f32::NEG_INFINITY;
-        for s in s.iter_mut() {
+/// `s = softmax(s · scale)`, in place: with AVX2 where the CPU has it (the compiler left the
+/// loops below 4 lanes wide, and the maximum one scalar chain: most of a prompt's softmax
+/// time), else in plain code; the same values either way.
+pub(crate) fn softmax_row(s: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { softmax_avx2::softmax_row(s, scale) };
+    }
+    softmax_row_plain(s, scale)
+}
+
+/// [`softmax_row`] in plain code: the maximum, then `exp(s − max)` summed in eight lanes
+/// (folded by [`fold_lanes`]), then each value divided by the sum.
+fn softmax_row_plain(s: &mut [f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for s in s.iter_mut() {
+        *s *= scale;
+        max = max.max(*s);
+    }
+    let mut lanes = [0f32; 8];
+    let mut chunks = s.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (l, s) in lanes.iter_mut().zip(c.iter_mut()) {
+            *s = exp(*s - max);
+            *l += *s;
+        }
+    }
+    let mut sum = fold_lanes(lanes);
+    for s in chunks.into_remainder() {
+        *s = exp(*s - max);
+        sum += *s;
+    }
+    for s in s.iter_mut() {
+        *s /= sum;
+    }
+}
+
+/// [`softmax_row`] on 256-bit vectors: [`exp`]'s and [`softmax_row_plain`]'s operations in
+/// the same order, lane by lane, so the same values bit for bit (the maximum is exact in any
+/// order; no fused multiply-adds).
+#[cfg(target_arch = "x86_64")]
+mod softmax_avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{exp, fold_lanes};
+
+    /// [`exp`] in each lane.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let c = _mm256_set1_ps;
+        const ROUND: f32 = 12_582_912.0;
+        let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.0)), c(88.0));
+        let t = _mm256_add_ps(_mm256_mul_ps(x, c(std::f32::consts::LOG2_E)), c(ROUND));
+        let n = _mm256_sub_ps(t, c(ROUND));
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, c(0.693_359_4))),
+            _mm256_mul_ps(n, c(-2.121_944_4e-4)),
+        );
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(k));
+        }
+        let e = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
+            c(1.0),
+        );
+        let n = _mm256_sub_epi32(
+            _mm256_castps_si256(t),
+            _mm256_set1_epi32(ROUND.to_bits() as i32),
+        );
+        let two_n = _mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23);
+        _mm256_mul_ps(e, _mm256_castsi256_ps(two_n))
+    }
+
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn softmax_row(s: &mut [f32], scale: f32) {
+        let whole = s.len() / 8 * 8;
+        let p = s.as_mut_ptr();
+        let mut lanes = [0f32; 8];
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..whole).step_by(8) {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(p.add(i), v);
+            m = _mm256_max_ps(m, v);
+        }
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let mut max = lanes.into_iter().fold(f32::NEG_INFINITY, f32::max);
+        for s in &mut s[whole..] {
             *s *= scale;
             max = max.max(*s);
         }
-        let mut lanes = [0f32; 8];
-        let mut chunks = s.chunks_exact_mut(8);
-        for c in &mut chunks {
-            for (l, s) in lanes.iter_mut().zip(c.iter_mut()) {
-                *s = exp(*s - max);
-                *l += *s;
-            }
+        let mut sum = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            let e = exp8(_mm256_sub_ps(
+                _mm256_loadu_ps(p.add(i)),
+                _mm256_set1_ps(max),
+            ));
+            _mm256_storeu_ps(p.add(i), e);
+            sum = _mm256_add_ps(sum, e);
         }
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
         let mut sum = fold_lanes(lanes);
-        for s in chunks.into_remainder() {
+        for s in &mut s[whole..] {
             *s = exp(*s - max);
             sum += *s;
         }
-        for s in s.iter_mut() {
+        for i in (0..whole).step_by(8) {
+            let v = _mm256_div_ps(_mm256_loadu_ps(p.add(i)), _mm256_set1_ps(sum));
+            _mm256_storeu_ps(p.add(i), v);
+        }
+        for s in &mut s[whole..] {
             *s /= sum;
         }
     }
@@ -577,6 +678,21 @@ mod tests {
             close(&values(&fused), &values(&plain), 1e-5);
         }
         Ok(())
+    }
+
+    #[test]
+    fn softmax_is_the_same_with_and_without_avx2() {
+        // Every length up to 70 (tails of 0..8), scores over exp's clamp and a lone row.
+        for len in 1..=70 {
+            for scale in [0.125, 40.0] {
+                let raw = wave(len, 3.0);
+                let (mut a, mut b) = (raw.clone(), raw);
+                softmax_row(&mut a, scale);
+                softmax_row_plain(&mut b, scale);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "length {len}, scale {scale}");
+            }
+        }
     }
 
     #[test]

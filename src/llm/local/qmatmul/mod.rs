@@ -12,10 +12,11 @@
 //! weight block is unpacked once and dotted with a tile of up to 8 activation rows, with
 //! llama.cpp's arithmetic. They compute candle's quantities in another float order: equal to
 //! candle's within rounding, and bit for bit the same whatever the batch (see the tests).
-//! CPUs with AVX-512 VNNI (and VL) run instead the kernels of `vnni` and `vnni_k_quants`:
-//! weights repacked 8 rows per vector at load, activations quantized by `act_quant`, one
-//! `vpdpbusd` per 4 values of 8 weight rows, fast enough for prompt chunks too (those kernels
-//! say so through [`RowsMatMul::fast_for_many_rows`], and the model then keeps no f32 copy).
+//! CPUs with AVX-512 VNNI (and F, BW, VL) run instead the kernels of `vnni` and
+//! `vnni_k_quants`: weights repacked 16 rows per 512-bit vector at load, activations quantized
+//! by `act_quant`, one `vpdpbusd` per 4 values of 16 weight rows, fast enough for prompt chunks
+//! too (those kernels say so through [`RowsMatMul::fast_for_many_rows`], and the model then
+//! keeps no f32 copy).
 //! Other types, and other CPUs, run candle's `vec_dot` ([`Typed`]).
 
 use std::borrow::Cow;

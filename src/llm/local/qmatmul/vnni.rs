@@ -1,4 +1,4 @@
-//! AVX-512 VNNI kernels (with AVX-512 VL, on 256-bit vectors) for the 32-value block types
+//! AVX-512 VNNI kernels (on 512-bit vectors) for the 32-value block types
 //! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, and the tile driver they share with the K-quants
 //! (`vnni_k_quants`): one quantized product for one row, a batch of rows and a whole prompt
 //! chunk, fast enough that prompts need no f32 copy of the weights.
@@ -6,11 +6,14 @@
 //! The AVX2 kernels (`avx2`, `k_quants`) give each lane a slice of one weight row and sum the
 //! lanes per activation row, so most of their work is per (weight row, activation row) pair
 //! outside the multiply. Here, as in llama.cpp's repacked layouts (`ggml-cpu/repack.cpp`), the
-//! weights are repacked at load, 8 rows interleaved 4 bytes at a time, so that one
-//! `vpdpbusd` multiplies 4 values of each of 8 weight rows by the same 4 activation bytes
-//! (broadcast) and accumulates each weight row's sum in its own i32 lane: the eight lanes are
-//! eight outputs, and no horizontal sum is left. A tile of up to 8 activation rows shares each
-//! loaded weight vector.
+//! weights are repacked at load, 16 rows interleaved 4 bytes at a time, so that one
+//! `vpdpbusd` multiplies 4 values of each of 16 weight rows by the same 4 activation bytes
+//! (broadcast from memory, inside the instruction) and accumulates each weight row's sum in
+//! its own i32 lane: the sixteen lanes are sixteen outputs, and no horizontal sum is left. A
+//! tile of up to 8 activation rows shares each loaded weight vector. (512-bit vectors rather
+//! than llama.cpp's 8 rows per 256-bit one: each activation broadcast and each per-block
+//! float step serves twice the weight rows. On a Zen 4 core, whose `vpdpbusd` peak is the
+//! same for both widths, that took a prompt-sized Q8_0 product from ~55 % to ~70 % of it.)
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so weights are stored unsigned with the
 //! type's offset (`q + 8` for Q4_0, `q + 16` for Q5_0, `q + 128` for Q8_0) and the offset
@@ -34,24 +37,28 @@ use super::act_quant;
 use super::avx2::{check_size, Block32};
 use super::RowsMatMul;
 
-/// Whether the CPU runs these kernels (AVX2 and FMA for the float parts, AVX-512 VNNI and VL
-/// for `vpdpbusd` on 256-bit vectors).
+/// Whether the CPU runs these kernels (AVX2 and FMA for activation quantization, AVX-512 F,
+/// BW, VL and VNNI for the products on 512-bit vectors).
 pub(super) fn available() -> bool {
     std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512vnni")
 }
 
-/// Weight rows interleaved per output lane.
-pub(super) const LANES: usize = 8;
+/// Weight rows interleaved in one vector: one output per i32 lane of a 512-bit vector.
+pub(super) const LANES: usize = 16;
 /// Activation rows sharing each loaded weight vector, at most.
 const TILE: usize = 8;
 /// Activation rows per task when a product has many (prompt chunks): tasks over both weight
 /// and activation rows keep both cores busy on products with few weight rows.
 const ROWS_PER_TASK: usize = 32;
-/// Groups of [`LANES`] weight rows per task.
-const GROUPS_PER_TASK: usize = 8;
+/// Groups of [`LANES`] weight rows per task: 64 rows, as with 8-row groups before, so that a
+/// single token's small products still split evenly over two cores (SmolLM2's 576 rows: 9
+/// tasks, not 5).
+const GROUPS_PER_TASK: usize = 4;
 
 /// A weight matrix repacked in groups of [`LANES`] rows, with its tile kernel.
 ///
@@ -66,14 +73,14 @@ pub(super) unsafe trait Packed: Sync {
     fn act_blocks(&self) -> usize;
     /// `x`'s row (`k` values) quantized into `out` ([`Self::act_blocks`] blocks).
     fn quantize(&self, x: &[f32], out: &mut [Self::Act]);
-    /// The [`LANES`] outputs of group `g` (weight rows `8g..8g + 8`) for the `R` activation
+    /// The [`LANES`] outputs of group `g` (weight rows `16g..16g + 16`) for the `R` activation
     /// rows whose blocks start at `at[r]` in `y`.
     ///
     /// # Safety
     /// [`available`] must hold; `g` is a group of the matrix and `y` holds
     /// [`Self::act_blocks`] blocks from each `at[r]`.
     unsafe fn tile<const R: usize>(&self, g: usize, y: &[Self::Act], at: [usize; R])
-        -> [__m256; R];
+        -> [__m512; R];
 }
 
 /// A raw pointer to the output, written by tasks at disjoint places.
@@ -122,12 +129,12 @@ pub(super) fn matmul_packed<P: Packed>(p: &P, x: &[f32], m: usize, dst: &mut [f3
 /// One task of [`matmul_packed`]: the outputs of weight groups `groups` for activation rows
 /// `rows`, in tiles of up to [`TILE`] rows. Compiled with the kernels' features so that the
 /// tiles' vectors stay in registers and their stores are inlined (from a function without
-/// them, every `[__m256; R]` goes through memory and every store is a call).
+/// them, every `[__m512; R]` goes through memory and every store is a call).
 ///
 /// # Safety
 /// As for [`Packed::tile`] for every group and row; `out` holds `n` values per row of `rows`,
 /// written by this task alone.
-#[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn task<P: Packed>(
     p: &P,
     y: &[P::Act],
@@ -164,19 +171,17 @@ fn at<const R: usize>(r: usize, kb: usize) -> [usize; R] {
 /// weight row are dropped).
 ///
 /// # Safety
-/// AVX must be available; `out` has `n` values per row for every row written.
+/// AVX-512 F must be available; `out` has `n` values per row for every row written.
 #[inline(always)]
-unsafe fn store<const R: usize>(out: Out, n: usize, g: usize, r: usize, v: [__m256; R]) {
+unsafe fn store<const R: usize>(out: Out, n: usize, g: usize, r: usize, v: [__m512; R]) {
     let c = g * LANES;
+    // All lanes, or those of the weight rows that exist (a masked store writes no others).
+    let keep: __mmask16 = match n - c {
+        left if left >= LANES => !0,
+        left => (1 << left) - 1,
+    };
     for (i, v) in v.into_iter().enumerate() {
-        let dst = out.0.add((r + i) * n + c);
-        if c + LANES <= n {
-            _mm256_storeu_ps(dst, v);
-        } else {
-            let mut lanes = [0f32; LANES];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-            std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, n - c);
-        }
+        _mm512_mask_storeu_ps(out.0.add((r + i) * n + c), keep, v);
     }
 }
 
@@ -190,13 +195,13 @@ pub(super) const fn chains(r: usize) -> usize {
     }
 }
 
-/// 4 activation bytes at `p`, in every i32 lane.
+/// 4 activation bytes at `p`, in every i32 lane (folded into `vpdpbusd`'s memory operand).
 ///
 /// # Safety
-/// `p` must point to 4 readable bytes; AVX must be available.
+/// `p` must point to 4 readable bytes; AVX-512 F must be available.
 #[inline(always)]
-pub(super) unsafe fn broadcast4(p: *const i8) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+pub(super) unsafe fn broadcast4(p: *const i8) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
 /// One block of 32 activations quantized to Q8_0: the bytes, minus their sum times the
@@ -210,13 +215,19 @@ pub(super) struct Act32 {
     s: f32,
 }
 
-/// 8 weight rows' block `b` (32 values each): `qs[32t + 4j + l]` is value `4t + l` of row `j`,
-/// unsigned (the type's offset added); `d[j]` is row `j`'s scale.
+/// [`LANES`] weight rows' block `b` (32 values each): `qs[4 · LANES · t + 4j + l]` is value
+/// `4t + l` of row `j`, unsigned (the type's offset added); `d[j]` is row `j`'s scale.
+///
+/// Aligned to cache lines (576 bytes, nine lines, no padding) so that no 512-bit load of the
+/// weights spans two lines.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 pub(super) struct Group32 {
-    qs: [u8; 256],
+    qs: [u8; 32 * LANES],
     d: [f32; LANES],
 }
+
+const _: () = assert!(std::mem::size_of::<Group32>() == 36 * LANES);
 
 /// A [`Block32`] type's weights repacked for [`Packed::tile`].
 pub(super) struct Packed32 {
@@ -239,7 +250,7 @@ impl Packed32 {
         let blocks: Vec<(B, f32)> = data.chunks_exact(B::BYTES).map(B::read).collect();
         let offset = B::OFFSET;
         let empty = Group32 {
-            qs: [offset as u8; 256],
+            qs: [offset as u8; 32 * LANES],
             d: [0.0; LANES],
         };
         let mut groups = vec![empty; n.div_ceil(LANES) * kb];
@@ -258,7 +269,7 @@ impl Packed32 {
                 unsafe { _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, block.values()) };
                 let dst = &mut groups[g * kb + b];
                 for (i, &q) in v.iter().enumerate() {
-                    dst.qs[32 * (i / 4) + 4 * j + i % 4] = (q as i32 + offset) as u8;
+                    dst.qs[4 * LANES * (i / 4) + 4 * j + i % 4] = (q as i32 + offset) as u8;
                 }
                 dst.d[j] = block.d();
             }
@@ -297,13 +308,17 @@ unsafe impl Packed for Packed32 {
     }
 
     #[inline(always)]
-    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Act32], at: [usize; R]) -> [__m256; R] {
+    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Act32], at: [usize; R]) -> [__m512; R] {
         let kb = self.k / 32;
         let w = &self.groups[g * kb..(g + 1) * kb];
         let mins = match self.mins.is_empty() {
             true => &[][..],
             false => &self.mins[g * kb..(g + 1) * kb],
         };
+        if R == 1 {
+            // `R == 1`: `[row32(..); 1]` is `[__m512; R]`.
+            return std::array::from_fn(|_| row32(w, mins, y, at[0]));
+        }
         match chains(R) {
             4 => tile32::<R, 4>(w, mins, y, at),
             2 => tile32::<R, 2>(w, mins, y, at),
@@ -316,44 +331,87 @@ unsafe impl Packed for Packed32 {
 ///
 /// # Safety
 /// As for [`Packed::tile`]; `w` is one group's blocks, `mins` their minimums or empty.
-#[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile32<const R: usize, const C: usize>(
     w: &[Group32],
     mins: &[[f32; LANES]],
     y: &[Act32],
     at: [usize; R],
-) -> [__m256; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
+) -> [__m512; R] {
+    let mut acc = [_mm512_setzero_ps(); R];
     for (b, wb) in w.iter().enumerate() {
-        let mut sums = [[_mm256_setzero_si256(); C]; R];
+        let mut sums = [[_mm512_setzero_si512(); C]; R];
         for (r, sums) in sums.iter_mut().enumerate() {
             // The offset's term, so that the sum ends exact.
-            sums[0] = _mm256_set1_epi32(y.get_unchecked(at[r] + b).start);
+            sums[0] = _mm512_set1_epi32(y.get_unchecked(at[r] + b).start);
         }
         for t in 0..8 {
-            let wv = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * t) as *const __m256i);
+            let wv = _mm512_loadu_si512(wb.qs.as_ptr().add(4 * LANES * t) as *const __m512i);
             for r in 0..R {
                 let yb = y.get_unchecked(at[r] + b);
                 let s = &mut sums[r][t % C];
-                *s = _mm256_dpbusd_epi32(*s, wv, broadcast4(yb.qs.as_ptr().add(4 * t)));
+                *s = _mm512_dpbusd_epi32(*s, wv, broadcast4(yb.qs.as_ptr().add(4 * t)));
             }
         }
-        let d = _mm256_loadu_ps(wb.d.as_ptr());
+        let d = _mm512_loadu_ps(wb.d.as_ptr());
         for r in 0..R {
             let yb = y.get_unchecked(at[r] + b);
             let mut s = sums[r][0];
             for part in &sums[r][1..] {
-                s = _mm256_add_epi32(s, *part);
+                s = _mm512_add_epi32(s, *part);
             }
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(yb.d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[r]);
             if !mins.is_empty() {
-                let m = _mm256_loadu_ps(mins.get_unchecked(b).as_ptr());
-                acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(yb.s), acc[r]);
+                let m = _mm512_loadu_ps(mins.get_unchecked(b).as_ptr());
+                acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(yb.s), acc[r]);
             }
         }
     }
     acc
+}
+
+/// [`tile32`] for one activation row (a single sequence's token), on the two 256-bit halves
+/// of each weight vector: the same operations lane by lane, so the same values bit for bit.
+/// Decoding streams the weights from memory; there the 512-bit loads were slower (Gemma 3's
+/// 262144-row output projection: ~5 % at batch 1, median of 5 runs).
+///
+/// # Safety
+/// As for [`Packed::tile`]; `w` is one group's blocks, `mins` their minimums or empty.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row32(w: &[Group32], mins: &[[f32; LANES]], y: &[Act32], at: usize) -> __m512 {
+    const HALF: usize = LANES / 2;
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for (b, wb) in w.iter().enumerate() {
+        let yb = y.get_unchecked(at + b);
+        // Four chains per half hide `vpdpbusd`'s latency.
+        let mut sums = [[_mm256_setzero_si256(); 4]; 2];
+        for half in &mut sums {
+            half[0] = _mm256_set1_epi32(yb.start);
+        }
+        for t in 0..8 {
+            let four = std::ptr::read_unaligned(yb.qs.as_ptr().add(4 * t) as *const i32);
+            for (h, half) in sums.iter_mut().enumerate() {
+                let at = wb.qs.as_ptr().add(4 * LANES * t + 4 * HALF * h);
+                let wv = _mm256_loadu_si256(at as *const __m256i);
+                half[t % 4] = _mm256_dpbusd_epi32(half[t % 4], wv, _mm256_set1_epi32(four));
+            }
+        }
+        for (h, (half, acc)) in sums.iter().zip(&mut acc).enumerate() {
+            let mut s = half[0];
+            for part in &half[1..] {
+                s = _mm256_add_epi32(s, *part);
+            }
+            let d = _mm256_loadu_ps(wb.d.as_ptr().add(HALF * h));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
+            if !mins.is_empty() {
+                let m = _mm256_loadu_ps(mins.get_unchecked(b).as_ptr().add(HALF * h));
+                *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(yb.s), *acc);
+            }
+        }
+    }
+    _mm512_insertf32x8(_mm512_castps256_ps512(acc[0]), acc[1], 1)
 }
 
 impl RowsMatMul for Packed32 {

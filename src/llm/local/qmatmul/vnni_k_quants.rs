@@ -1,12 +1,13 @@
 //! AVX-512 VNNI kernels for the K-quants Q4_K, Q5_K and Q6_K, on the repacked layout and tile
-//! driver of `vnni` (8 weight rows interleaved 4 bytes at a time, one `vpdpbusd` per 4 values
-//! of the 8 rows, each row's sum in its own lane).
+//! driver of `vnni` (16 weight rows interleaved 4 bytes at a time, one `vpdpbusd` per 4
+//! values of the 16 rows, each row's sum in its own lane).
 //!
 //! Activations are quantized to Q8_K as for the AVX2 kernels (`k_quants`), by `act_quant`. Per super-block,
 //! in exact integers: each sub-block's dot product `I_g` (its values unsigned, Q6_K's offset
 //! of 32 taken back through the activation's 16-value sums) times the sub-block's integer
 //! scale, summed into `S`; and for Q4_K and Q5_K the minimums' term `M = Σ_i min_i · Σ y_i`
-//! over the 32-value sub-blocks. Then in floats, block after block:
+//! over the 32-value sub-blocks (Q6_K's offset term likewise, `32 · Σ_g scale_g · Σ y_g`, both
+//! by `vpdpwssd` on pairs of 16-bit factors). Then in floats, block after block:
 //! `acc = fma(S, d · d_y, acc)` and `acc = acc - M · (dmin · d_y)` (fused). As for the 32-value
 //! types, the float chain is the same whatever the tile, so every row's result is the same in
 //! any batch.
@@ -21,16 +22,29 @@ use super::k_quants::{BlockK, Q8KBlock, QK_K};
 use super::vnni::{broadcast4, chains, matmul_packed, Packed, LANES};
 use super::RowsMatMul;
 
-/// 8 weight rows' super-block: `qs[32t + 4j + l]` is value `4t + l` of row `j` (unsigned),
-/// `scales[8g + j]` the scale of row `j`'s sub-block `g`, `mins[8i + j]` the minimum of its
-/// 32-value sub-block `i`, `d[j]` and `dmin[j]` its super-block scales.
+/// [`LANES`] weight rows' super-block: `qs[4 · LANES · t + 4j + l]` is value `4t + l` of row
+/// `j` (unsigned), `scales[LANES · g + j]` the scale of row `j`'s sub-block `g`, `d[j]` and
+/// `dmin[j]` its super-block scales. `pairs[LANES · p + j]` holds two i16 factors of row `j`
+/// (low half first) for `vpdpwssd` against the activations' pair `p` of sums: the minimums of
+/// its 32-value sub-blocks `2p` and `2p + 1` (Q4_K, Q5_K: pairs 0..4), or the scales of its
+/// 16-value sub-blocks `2p` and `2p + 1` (Q6_K: pairs 0..8).
+///
+/// Aligned to cache lines (4992 bytes, 78 lines, no padding), as `vnni::Group32`.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct GroupK {
     qs: [u8; LANES * QK_K],
     scales: [i8; 16 * LANES],
-    mins: [i32; 8 * LANES],
+    pairs: [u32; 8 * LANES],
     d: [f32; LANES],
     dmin: [f32; LANES],
+}
+
+const _: () = assert!(std::mem::size_of::<GroupK>() == 4992);
+
+/// Two i16 values in one i32 lane, `lo` in the low half (as `vpdpwssd` pairs them).
+fn pair(lo: i16, hi: i16) -> u32 {
+    (lo as u16 as u32) | ((hi as u16 as u32) << 16)
 }
 
 /// A K-quant type's weights repacked for [`Packed::tile`].
@@ -49,7 +63,7 @@ impl<B: BlockK> PackedK<B> {
         let empty = GroupK {
             qs: [0; LANES * QK_K],
             scales: [0; 16 * LANES],
-            mins: [0; 8 * LANES],
+            pairs: [0; 8 * LANES],
             d: [0.0; LANES],
             dmin: [0.0; LANES],
         };
@@ -61,13 +75,19 @@ impl<B: BlockK> PackedK<B> {
             let ints = unsafe { B::read(bytes).ints() };
             let dst = &mut groups[g * kb + b];
             for (v, &q) in ints.q.iter().enumerate() {
-                dst.qs[32 * (v / 4) + 4 * j + v % 4] = q;
+                dst.qs[4 * LANES * (v / 4) + 4 * j + v % 4] = q;
             }
             for (s, &scale) in ints.scales.iter().enumerate() {
                 dst.scales[LANES * s + j] = scale;
             }
-            for (s, &min) in ints.mins.iter().enumerate() {
-                dst.mins[LANES * s + j] = min as i32;
+            for p in 0..8 {
+                dst.pairs[LANES * p + j] = match (B::HAS_MIN, B::OFFSET != 0) {
+                    (true, _) if p < 4 => {
+                        pair(ints.mins[2 * p] as i16, ints.mins[2 * p + 1] as i16)
+                    }
+                    (false, true) => pair(ints.scales[2 * p] as i16, ints.scales[2 * p + 1] as i16),
+                    _ => 0,
+                };
             }
             dst.d[j] = ints.d;
             dst.dmin[j] = ints.dmin;
@@ -103,7 +123,7 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
     }
 
     #[inline(always)]
-    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Q8KBlock], at: [usize; R]) -> [__m256; R] {
+    unsafe fn tile<const R: usize>(&self, g: usize, y: &[Q8KBlock], at: [usize; R]) -> [__m512; R] {
         let kb = self.k / QK_K;
         let w = &self.groups[g * kb..(g + 1) * kb];
         match chains(R) {
@@ -118,59 +138,68 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
 ///
 /// # Safety
 /// As for [`Packed::tile`]; `w` is one group's super-blocks.
-#[target_feature(enable = "avx2,fma,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
     w: &[GroupK],
     y: &[Q8KBlock],
     at: [usize; R],
-) -> [__m256; R] {
+) -> [__m512; R] {
     let steps = B::SUB / 4;
-    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc = [_mm512_setzero_ps(); R];
     for (b, wb) in w.iter().enumerate() {
-        let mut scaled = [_mm256_setzero_si256(); R];
+        let mut scaled = [_mm512_setzero_si512(); R];
         for s in 0..QK_K / B::SUB {
-            let scale = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+            let scale = _mm512_cvtepi8_epi32(_mm_loadu_si128(
                 wb.scales.as_ptr().add(LANES * s) as *const __m128i
             ));
-            let mut sums = [[_mm256_setzero_si256(); C]; R];
+            let mut sums = [[_mm512_setzero_si512(); C]; R];
             for t in 0..steps {
                 let step = s * steps + t;
-                let wv = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * step) as *const __m256i);
+                let wv = _mm512_loadu_si512(wb.qs.as_ptr().add(4 * LANES * step) as *const __m512i);
                 for r in 0..R {
                     let yb = y.get_unchecked(at[r] + b);
                     let acc = &mut sums[r][t % C];
-                    *acc = _mm256_dpbusd_epi32(*acc, wv, broadcast4(yb.qs.as_ptr().add(4 * step)));
+                    *acc = _mm512_dpbusd_epi32(*acc, wv, broadcast4(yb.qs.as_ptr().add(4 * step)));
                 }
             }
             for r in 0..R {
                 let mut sum = sums[r][0];
                 for part in &sums[r][1..] {
-                    sum = _mm256_add_epi32(sum, *part);
+                    sum = _mm512_add_epi32(sum, *part);
                 }
-                if B::OFFSET != 0 {
-                    // Q6_K: 16-value sub-blocks, one activation sum each.
-                    let yb = y.get_unchecked(at[r] + b);
-                    let off = B::OFFSET * *yb.bsums.get_unchecked(s) as i32;
-                    sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(off));
-                }
-                scaled[r] = _mm256_add_epi32(scaled[r], _mm256_mullo_epi32(sum, scale));
+                scaled[r] = _mm512_add_epi32(scaled[r], _mm512_mullo_epi32(sum, scale));
             }
         }
-        let d = _mm256_loadu_ps(wb.d.as_ptr());
-        let dmin = _mm256_loadu_ps(wb.dmin.as_ptr());
+        let d = _mm512_loadu_ps(wb.d.as_ptr());
+        let dmin = _mm512_loadu_ps(wb.dmin.as_ptr());
         for r in 0..R {
             let yb = y.get_unchecked(at[r] + b);
-            let dy = _mm256_set1_ps(yb.d);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(scaled[r]), _mm256_mul_ps(d, dy), acc[r]);
+            if B::OFFSET != 0 {
+                // Q6_K: Σ_g scale_g · 32 · Σ_g y over the 16-value sub-blocks, exact (at most
+                // 16 · 128 · 16 · 128 before the factor 32), taken from the scaled sum.
+                let sums = yb.bsums.as_ptr() as *const i32;
+                let mut off = _mm512_setzero_si512();
+                for p in 0..8 {
+                    let f = _mm512_loadu_si512(wb.pairs.as_ptr().add(LANES * p) as *const __m512i);
+                    let sy = _mm512_set1_epi32(std::ptr::read_unaligned(sums.add(p)));
+                    off = _mm512_dpwssd_epi32(off, f, sy);
+                }
+                let off = _mm512_mullo_epi32(off, _mm512_set1_epi32(B::OFFSET));
+                scaled[r] = _mm512_sub_epi32(scaled[r], off);
+            }
+            let dy = _mm512_set1_ps(yb.d);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(scaled[r]), _mm512_mul_ps(d, dy), acc[r]);
             if B::HAS_MIN {
-                let mut mins = _mm256_setzero_si256();
-                for i in 0..8 {
-                    let m = _mm256_loadu_si256(wb.mins.as_ptr().add(LANES * i) as *const __m256i);
-                    let sy = _mm256_set1_epi32(*yb.sums32.get_unchecked(i) as i32);
-                    mins = _mm256_add_epi32(mins, _mm256_mullo_epi32(m, sy));
+                // Σ_i min_i · Σ_i y over the 32-value sub-blocks, two per `vpdpwssd`.
+                let sums = yb.sums32.as_ptr() as *const i32;
+                let mut mins = _mm512_setzero_si512();
+                for p in 0..4 {
+                    let m = _mm512_loadu_si512(wb.pairs.as_ptr().add(LANES * p) as *const __m512i);
+                    let sy = _mm512_set1_epi32(std::ptr::read_unaligned(sums.add(p)));
+                    mins = _mm512_dpwssd_epi32(mins, m, sy);
                 }
                 acc[r] =
-                    _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, dy), acc[r]);
+                    _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dy), acc[r]);
             }
         }
     }
