@@ -51,7 +51,6 @@ pub fn annotate(
             None => {
                 let mut values = Vec::new();
                 find_key(defaults, key, &mut values);
-                values.dedup();
                 match values.as_slice() {
                     [] => None,
                     [v] => render(v),
