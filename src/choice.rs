@@ -56,5 +56,6 @@ mod tests {
         names_are_serde_names::<crate::export::ExportKind>();
         names_are_serde_names::<crate::export::Style>();
         names_are_serde_names::<crate::train::ScheduleKind>();
+        names_are_serde_names::<crate::train::Precision>();
     }
 }

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::choice::Choice;
 use crate::llm::openai::{OpenaiConfig, OptionScoring, PrefillMode};
 use crate::llm::{BackendKind, SamplingParams};
-use crate::train::{LoraConfig, ScheduleKind, SftConfig, Trainable};
+use crate::train::{LoraConfig, Precision, ScheduleKind, SftConfig, Trainable};
 
 /// Sets `target` when the flag was given.
 pub fn set<T>(target: &mut T, flag: Option<T>) {
@@ -205,6 +205,9 @@ pub struct TrainingArgs {
     /// longest sequence) run in parts whose gradients are accumulated, for the same update.
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
+    /// Number format of the passes (bf16 keeps f32 master weights; GPU only).
+    #[arg(long, value_parser = choice::<Precision>())]
+    pub dtype: Option<Precision>,
     /// Seed of the data order, the held-out split and the initialisation of new weights (LoRA,
     /// reward head).
     #[arg(long)]
@@ -231,6 +234,7 @@ impl TrainingArgs {
         set(&mut t.save_every, self.save_every);
         set(&mut t.max_len, self.max_len);
         t.max_batch_tokens = self.max_batch_tokens.or(t.max_batch_tokens);
+        set(&mut t.dtype, self.dtype);
         set(&mut t.seed, self.seed);
         self.trainable.apply(&mut t.trainable, lora)
     }

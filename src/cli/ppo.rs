@@ -12,7 +12,7 @@ use crate::config_file::read_or_default;
 use crate::llm::BackendKind;
 use crate::stages::ppo::{self, PpoRunConfig, RewardWeights};
 use crate::train::advantage::AdvantageEstimator;
-use crate::train::LoraConfig;
+use crate::train::{LoraConfig, Precision};
 
 /// `--reward`: one source alone; mixes are set in the config's `reward:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +83,10 @@ pub struct PpoArgs {
     /// update.
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
+    /// Number format of the policy's and the reference's passes (bf16 keeps f32 master
+    /// weights; GPU only).
+    #[arg(long, value_parser = choice::<Precision>())]
+    pub dtype: Option<Precision>,
     /// Advantage estimator. The critic-free ones sample --group-size
     /// responses per prompt and train no value head; `ppo.kl_in_loss: true` moves their KL
     /// from the score to a k3 loss term, `ppo.scale_rewards: false` is Dr. GRPO.
@@ -156,6 +160,7 @@ impl PpoArgs {
         set(&mut p.rollouts, a.rollouts);
         set(&mut p.minibatch, a.minibatch);
         p.max_batch_tokens = a.max_batch_tokens.or(p.max_batch_tokens);
+        set(&mut p.dtype, a.dtype);
         set(&mut p.advantage, a.advantage);
         set(&mut p.group_size, a.group_size);
         set(&mut p.lr, a.lr);

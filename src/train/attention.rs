@@ -19,7 +19,8 @@ const SLICE_SCORES: usize = 1 << 23;
 
 /// `softmax(q kᵀ · scale + mask) v` for `q: [b, h, t, d]`, `k, v: [b, kvh, t_k, d]` (`h` a
 /// multiple of `kvh`; query `i` sits at position `t_k − t + i`) and the additive `mask:
-/// [b | 1, 1, t, t_k]`, which must hide every key after its query. Returns `[b, h, t, d]`.
+/// [b | 1, 1, t, t_k]`, which must hide every key after its query. Returns `[b, h, t, d]` in the
+/// dtype of `q`; the softmax runs in the mask's dtype, which may be wider (f32 for bf16 q, k, v).
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -90,11 +91,13 @@ impl Plan {
             .reshape((b, kvh, h / kvh * s.len, d))
     }
 
-    /// The slice's probabilities `[b, kvh, rep · len, keys]`.
+    /// The slice's probabilities `[b, kvh, rep · len, keys]`, in the mask's dtype (f32 in a
+    /// bf16 pass: the softmax runs wide).
     fn probs(&self, q_s: &Tensor, k_s: &Tensor, s: &Slice, h: usize) -> Result<Tensor> {
         let (b, kvh, _, _) = k_s.dims4()?;
         let mask = self.mask.narrow(2, s.start, s.len)?.narrow(3, 0, s.keys)?;
         let scores = (q_s.matmul(&k_s.t()?)? * self.scale)?
+            .to_dtype(mask.dtype())?
             .reshape((b, h, s.len, s.keys))?
             .broadcast_add(&mask)?;
         ops::softmax_last_dim(&scores)?.reshape((b, kvh, h / kvh * s.len, s.keys))
@@ -108,6 +111,7 @@ impl Plan {
             let k_s = k.narrow(2, 0, s.keys)?.contiguous()?;
             let v_s = v.narrow(2, 0, s.keys)?.contiguous()?;
             let p = self.probs(&Self::grouped(q, &s, kvh)?, &k_s, &s, h)?;
+            let p = p.to_dtype(v.dtype())?;
             parts.push(p.matmul(&v_s)?.reshape((b, h, s.len, d))?);
         }
         Tensor::cat(&parts, 2)
@@ -128,14 +132,18 @@ impl Plan {
             let k_s = k.narrow(2, 0, s.keys)?.contiguous()?;
             let v_s = v.narrow(2, 0, s.keys)?.contiguous()?;
             let q_s = Self::grouped(q, &s, kvh)?;
+            // The softmax's backward runs in the probabilities' (wide) dtype; the products
+            // in the dtype of q, k and v.
             let p = self.probs(&q_s, &k_s, &s, h)?;
+            let (wide, dtype) = (p.dtype(), q.dtype());
             let do_s = Self::grouped(grad, &s, kvh)?;
             let o_s = Self::grouped(out, &s, kvh)?;
             let rest = t_k - s.keys;
-            dv = (dv + p.t()?.matmul(&do_s)?.pad_with_zeros(2, 0, rest)?)?;
-            let dp = do_s.matmul(&v_s.t()?)?;
-            let row = (&do_s * &o_s)?.sum_keepdim(3)?;
-            let ds = (p * dp.broadcast_sub(&row)?)?;
+            let p_narrow = p.to_dtype(dtype)?;
+            dv = (dv + p_narrow.t()?.matmul(&do_s)?.pad_with_zeros(2, 0, rest)?)?;
+            let dp = do_s.matmul(&v_s.t()?)?.to_dtype(wide)?;
+            let row = (do_s.to_dtype(wide)? * o_s.to_dtype(wide)?)?.sum_keepdim(3)?;
+            let ds = (p * dp.broadcast_sub(&row)?)?.to_dtype(dtype)?;
             dq.push((ds.matmul(&k_s)? * self.scale)?.reshape((b, h, s.len, d))?);
             let dk_s = (ds.t()?.matmul(&q_s)? * self.scale)?;
             dk = (dk + dk_s.pad_with_zeros(2, 0, rest)?)?;

@@ -274,7 +274,7 @@ impl DpoTrainer {
         };
         let batches = (state.epoch, epoch_batches(&data.train, t, state.epoch));
         Ok(Self {
-            model: params.build_model()?.with_checkpointing(),
+            model: params.training_model(cfg.train.dtype)?,
             cfg,
             params,
             opt,

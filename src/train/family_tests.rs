@@ -266,3 +266,135 @@ fn checkpointing_gives_the_same_gradients() -> Result<()> {
     }
     Ok(())
 }
+
+/// Relative L2 distance `|a − b| / |b|`.
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    let norm = |t: &Tensor| -> f64 {
+        let t = t.to_dtype(DType::F64).unwrap();
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt()
+    };
+    norm(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap()) / norm(b)
+}
+
+/// Mixed precision: for every family, in full fine-tuning and LoRA, a model computing in a
+/// narrower dtype than its master weights has hidden states in that dtype, a loss in f32 or
+/// wider, master gradients in the masters' dtype, both close to the masters-only pass's; and optimizer updates
+/// of the masters reach it (trainable weights are cast where used, not once), so its losses
+/// follow the masters-only run's step by step. f64 masters computing in f32 pin the mechanism
+/// (casts and gradient paths) to rounding; f32 masters computing in f16 pin the half path
+/// (norms and softmaxes in f32). bf16, which candle's CPU matrix product lacks, runs the f16
+/// code on a GPU.
+#[test]
+fn narrower_compute_follows_the_master_precision_for_every_family() -> Result<()> {
+    // (masters, compute, largest relative gradient error, largest relative loss error); the
+    // f16 bounds are about twice the largest errors measured (4.1e-2 and 5.0e-3).
+    for (master, compute, grad_tol, loss_tol) in [
+        (DType::F64, DType::F32, 1e-4, 1e-6),
+        (DType::F32, DType::F16, 8e-2, 1e-2),
+    ] {
+        follow_master_precision(master, compute, grad_tol, loss_tol)?;
+    }
+    Ok(())
+}
+
+fn follow_master_precision(
+    master: DType,
+    compute: DType,
+    grad_tol: f64,
+    loss_tol: f64,
+) -> Result<()> {
+    use super::optim::{AdamW, AdamWParams, Gradients};
+    let data: Vec<TokenizedExample> = dataset(4, 9);
+    let refs: Vec<&TokenizedExample> = data.iter().collect();
+    let batch = Batch::new(&refs, &Device::Cpu)?;
+    let lora_cfg = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["all".to_string()],
+    };
+    let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+    for family in FAMILIES {
+        let cfg = family_config(family);
+        for mode in [Trainable::All, Trainable::Lora(lora_cfg.clone())] {
+            let what = format!(
+                "{family:?} {} in {compute:?}",
+                if mode.lora().is_some() { "lora" } else { "all" }
+            );
+            let mut weights = family_weights(&cfg, master, 6);
+            if mode.lora().is_some() {
+                let adapters = lora::init_adapters(&cfg, &lora_cfg, 1, master, &Device::Cpu)?;
+                weights.extend(adapters);
+            }
+            // Two stores with the same starting values (LoRA's B random, so that every
+            // adapter has a gradient), one per model.
+            let stores = [
+                ParamStore::new(&cfg, weights.clone(), mode.clone())?,
+                ParamStore::new(&cfg, weights, mode.clone())?,
+            ];
+            for store in &stores {
+                for (name, var) in store.vars() {
+                    if name.contains("lora_B") {
+                        let mut rng = ChaCha8Rng::seed_from_u64(name.len() as u64);
+                        let v: Vec<f64> = (0..var.elem_count())
+                            .map(|_| rng.random_range(-0.3..0.3))
+                            .collect();
+                        let t = Tensor::from_vec(v, var.shape(), &Device::Cpu)?;
+                        var.set(&t.to_dtype(master)?)?;
+                    }
+                }
+            }
+            let plain = stores[0].build_model()?.with_checkpointing();
+            let narrow = stores[1]
+                .build_model()?
+                .with_compute_dtype(compute)?
+                .with_checkpointing();
+            let hidden = narrow.forward_hidden(&batch.input_ids, Some(&batch.attention_mask))?;
+            assert_eq!(hidden.dtype(), compute, "{what}");
+            let mut opts = [
+                AdamW::new(AdamWParams::default()),
+                AdamW::new(AdamWParams::default()),
+            ];
+            let mut losses = [Vec::new(), Vec::new()];
+            for step in 0..4 {
+                let mut grads = Vec::new();
+                for (i, model) in [&plain, &narrow].into_iter().enumerate() {
+                    let loss = (batch.nll_sum(model)? / batch.num_targets as f64)?;
+                    let wide = super::ops::wide_dtype(model.dtype());
+                    assert_eq!(loss.dtype(), wide, "{what}");
+                    losses[i].push(scalar(&loss)?);
+                    let mut g = Gradients::new();
+                    g.accumulate(stores[i].vars(), model.backward(&loss)?)?;
+                    grads.push(g);
+                }
+                if step == 0 {
+                    for (name, _) in stores[0].vars() {
+                        let (Some(a), Some(b)) = (grads[1].get(name), grads[0].get(name)) else {
+                            panic!("{what} {name}: a gradient is missing");
+                        };
+                        assert_eq!(a.dtype(), master, "{what} {name}");
+                        let e = relative_error(a, b);
+                        assert!(e < grad_tol, "{what} {name}: gradient off by {e:.2e}");
+                    }
+                }
+                for (i, opt) in opts.iter_mut().enumerate() {
+                    opt.step(stores[i].vars(), &grads[i], 1e-2)?;
+                }
+            }
+            let [a, b] = &losses;
+            assert!(a[3] < a[0] - 0.05, "{what}: the plain run learns: {a:?}");
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() < loss_tol * x,
+                    "{what}: losses {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -61,6 +61,11 @@ impl LmHead {
         }
     }
 
+    /// Holds a frozen projection in `dtype` (see [`LoraLinear::hold_frozen_in`]).
+    pub fn hold_frozen_in(&mut self, dtype: DType) -> Result<()> {
+        self.proj.hold_frozen_in(dtype)
+    }
+
     /// Vocabulary size (rows of the projection).
     pub fn vocab_size(&self) -> Result<usize> {
         self.proj.weight().dim(0)

@@ -1,7 +1,7 @@
 //! The LoRA-adapted linear layer of the training model: `x Wᵀ + (alpha / rank) · (x Aᵀ) Bᵀ`.
 //! Adapter settings, initialisation, files and merging are in [`crate::model_files::lora`].
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ops;
@@ -47,7 +47,16 @@ impl LoraLinear {
         &self.weight
     }
 
-    /// Applies the layer to the last dimension of `xs`.
+    /// Holds a frozen base weight (one that tracks no gradient) in `dtype`; a trainable one
+    /// stays the optimizer's tensor and is cast where it is used.
+    pub fn hold_frozen_in(&mut self, dtype: DType) -> candle_core::Result<()> {
+        if !self.weight.track_op() {
+            self.weight = self.weight.to_dtype(dtype)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the layer to the last dimension of `xs`, in the dtype of `xs`.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let base = ops::linear(xs, &self.weight)?;
         match &self.adapter {

@@ -2,18 +2,21 @@
 //! machine has, so that a run that cannot fit stops with a message instead of a kill by the
 //! out-of-memory killer.
 //!
-//! The estimate counts f32 tensors: every model weight (the trained model, and the frozen
-//! reference and reward models of PPO); gradients twice for the trainable part (the store of
-//! the backward pass and the accumulated copy the optimizer reads); AdamW's two moments; and
-//! the activations of one forward/backward pass with block checkpointing, sliced attention
-//! and sliced log-probabilities: one hidden state per block kept for backward, one block's
-//! recomputed activations, and the fixed-size slices of scores and logits. The constants were
-//! fitted to the peaks measured on SmolLM2-135M (README, training section).
+//! The estimate counts every model weight in f32 (the trained model, and the frozen
+//! reference and reward models of PPO), plus their copies in the compute dtype when that is
+//! narrower (mixed precision); gradients twice for the trainable part (the store of the
+//! backward pass and the accumulated copy the optimizer reads), in f32; AdamW's two moments;
+//! and the activations of one forward/backward pass with block checkpointing, sliced
+//! attention and sliced log-probabilities, in the compute dtype: one hidden state per block
+//! kept for backward, one block's recomputed activations, and the fixed-size f32 slices of
+//! scores and logits. The constants were fitted to the peaks measured on SmolLM2-135M in f32
+//! (README, training section).
 
 use super::params::Trainable;
 use crate::model_files::config::LlamaConfig;
 use crate::model_files::lora::LoraConfig;
 use anyhow::Result;
+use candle_core::DType;
 
 const F32: u64 = 4;
 /// Values per token of one recomputed block, in units of `hidden` and `intermediate`: q, k,
@@ -31,7 +34,7 @@ const BASE_BYTES: u64 = 200 << 20;
 /// The parts of an estimated peak, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// Weights of every model held (f32).
+    /// Weights of every model held (f32, and their copies in a narrower compute dtype).
     pub weights: u64,
     /// Gradients of the trainable parameters (the backward pass's and the accumulated copy).
     pub gradients: u64,
@@ -90,6 +93,9 @@ pub struct MemoryPlan<'a> {
     /// The run takes a single optimizer update: AdamW's moments are created after its backward
     /// pass, so they never coexist with the activations and the backward pass's gradients.
     pub one_update: bool,
+    /// The dtype of the activations (bf16 with mixed precision; see
+    /// [`super::precision`]).
+    pub compute: DType,
 }
 
 /// Number of scalars of the model's weights.
@@ -143,11 +149,16 @@ pub fn estimate(plan: &MemoryPlan) -> Result<MemoryEstimate> {
     let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
     let kept = cfg.num_hidden_layers as u64 * 2 * tokens * h;
     let block = tokens * (BLOCK_HIDDEN_VALUES * h + BLOCK_INTERMEDIATE_VALUES * i);
+    let act = plan.compute.size_in_bytes() as u64;
+    let copies = match plan.compute {
+        DType::F32 => 0,
+        _ => act,
+    };
     Ok(MemoryEstimate {
-        weights: (1 + plan.frozen_models as u64) * all * F32,
+        weights: (1 + plan.frozen_models as u64) * all * (F32 + copies),
         gradients: 2 * trained * F32,
         optimizer: 2 * trained * F32,
-        activations: (kept + block) * F32 + SLICE_BUFFERS * SLICE_BYTES,
+        activations: (kept + block) * act + SLICE_BUFFERS * SLICE_BYTES,
         base: BASE_BYTES,
         one_update: plan.one_update,
     })
@@ -258,6 +269,7 @@ mod tests {
             tokens_per_row: 512,
             frozen_models: 0,
             one_update: false,
+            compute: DType::F32,
         };
         let e = estimate(&plan)?;
         let p = num_params(&cfg) * 4;
@@ -274,6 +286,16 @@ mod tests {
             ..plan.clone()
         })?;
         assert_eq!(one.peak(), p + 2 * p + acts + (200 << 20));
+        // Mixed precision: bf16 copies of the weights beside the f32 masters, activations
+        // at half the size, the f32 slices unchanged.
+        let half = estimate(&MemoryPlan {
+            compute: DType::BF16,
+            ..plan.clone()
+        })?;
+        assert_eq!(half.weights, p + p / 2);
+        assert_eq!((half.gradients, half.optimizer), (2 * p, 2 * p));
+        let slices = 8 * (32 << 20);
+        assert_eq!(half.activations, (acts - slices) / 2 + slices);
         // Top layers train 2 blocks and the final norm (the tied embeddings stay frozen).
         let top = Trainable::TopLayers(2);
         assert_eq!(num_trainable(&cfg, &top)?, (2 * block + 576) as u64);

@@ -29,6 +29,7 @@ pub mod ppo;
 pub mod ppo_config;
 pub mod ppo_math;
 pub mod ppo_rollout;
+pub mod precision;
 pub mod recompute;
 pub mod resume;
 pub mod reward;
@@ -64,6 +65,7 @@ pub use log::{StepStats, TrainEvent, TrainObserver};
 pub use model::{CausalLm, GenerationCache, Llama};
 pub use optim::{AdamW, AdamWParams, LrSchedule, ScheduleKind};
 pub use params::{ParamStore, Trainable};
+pub use precision::Precision;
 pub use sft::{NonFiniteError, SftConfig, SftSummary};
 pub use trainer::{train_sft, SftStart, SftTrainer, TrainerState};
 

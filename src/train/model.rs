@@ -259,9 +259,9 @@ impl Attention {
             }
         };
         if let Some([bq, bk, bv]) = &self.biases {
-            q = q.broadcast_add(bq)?;
-            k = k.broadcast_add(bk)?;
-            v = v.broadcast_add(bv)?;
+            q = q.broadcast_add(&bq.to_dtype(q.dtype())?)?;
+            k = k.broadcast_add(&bk.to_dtype(k.dtype())?)?;
+            v = v.broadcast_add(&bv.to_dtype(v.dtype())?)?;
         }
         let split = |x: Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
         let (mut q, mut k) = (split(q, h)?, split(k, kvh)?);
@@ -283,6 +283,21 @@ impl Attention {
 }
 
 impl Block {
+    /// The block's projections.
+    fn linears_mut(&mut self) -> Vec<&mut LoraLinear> {
+        let mut all: Vec<&mut LoraLinear> = match &mut self.attn.qkv {
+            QkvProj::Separate(qkv) => qkv.iter_mut().collect(),
+            QkvProj::Fused(qkv) => vec![qkv],
+        };
+        all.push(&mut self.attn.o_proj);
+        match &mut self.mlp.gate_up {
+            GateUpProj::Separate(gate_up) => all.extend(gate_up.iter_mut()),
+            GateUpProj::Fused(gate_up) => all.push(gate_up),
+        }
+        all.push(&mut self.mlp.down_proj);
+        all
+    }
+
     fn forward(
         &self,
         xs: &Tensor,
@@ -339,6 +354,9 @@ pub struct Llama {
     rope: RopeTables,
     /// The local layers' tables, when the model has local layers.
     rope_local: Option<RopeTables>,
+    /// The dtype of the hidden states and the blocks' products (see
+    /// [`Llama::with_compute_dtype`]).
+    compute: DType,
     /// Whether the uncached forward pass recomputes the blocks in backward (see
     /// [`Llama::with_checkpointing`]).
     checkpoint_blocks: bool,
@@ -474,6 +492,7 @@ impl Llama {
             sliding_window: traits.sliding_window,
             rope: tables(&traits.rope)?,
             rope_local,
+            compute: vb.dtype(),
             checkpoint_blocks: false,
             recompute: RecomputedGrads::default(),
         })
@@ -494,14 +513,31 @@ impl Llama {
         self
     }
 
+    /// The same model computing in `dtype` (bf16 for mixed precision; see
+    /// [`super::precision`]): hidden states and products in `dtype`, norms and softmaxes in
+    /// [`ops::wide_dtype`]. Frozen projection weights are converted once; trainable ones
+    /// stay the optimizer's tensors and are cast where they are used, so their gradients
+    /// arrive in their own dtype.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Result<Self> {
+        for block in &mut self.blocks {
+            for linear in block.linears_mut() {
+                linear.hold_frozen_in(dtype)?;
+            }
+        }
+        self.lm_head.hold_frozen_in(dtype)?;
+        self.compute = dtype;
+        Ok(self)
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
 
-    /// Compute dtype of the model.
+    /// Compute dtype of the model (its weights' unless [`Llama::with_compute_dtype`] set
+    /// another).
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.dtype()
+        self.compute
     }
 
     /// Device holding the weights.
@@ -532,15 +568,16 @@ impl Llama {
         };
         let rope = narrow(&self.rope)?;
         let rope_local = self.rope_local.as_ref().map(narrow).transpose()?;
-        let mask_of =
-            |window| ops::attention_mask(t, offset, padding, window, self.dtype(), self.device());
+        let wide = ops::wide_dtype(self.compute);
+        let mask_of = |window| ops::attention_mask(t, offset, padding, window, wide, self.device());
         let mask = mask_of(None)?;
         let mask_local = match self.sliding_window {
             Some(w) if offset + t > w => Some(mask_of(Some(w))?),
             _ => None,
         };
         let mut xs = candle_nn::Embedding::new(self.embed_tokens.clone(), self.cfg.hidden_size)
-            .forward(input_ids)?;
+            .forward(input_ids)?
+            .to_dtype(self.compute)?;
         if let Some(scale) = self.embed_scale {
             xs = (xs * scale)?;
         }

@@ -20,11 +20,26 @@ use candle_core::{
 /// uniform distribution instead of NaN.
 pub const MASK_VALUE: f64 = -1e9;
 
-/// RMS normalisation over the last dimension, scaled by `weight`.
+/// The dtype sums, normalisations and exponentials of values in `dtype` run in: f32 for the
+/// half-precision types (see [`super::precision`]), `dtype` itself otherwise.
+pub fn wide_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
+}
+
+/// RMS normalisation over the last dimension, scaled by `weight`; computed in
+/// [`wide_dtype`] and returned in the dtype of `xs`.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let wide = wide_dtype(dtype);
+    let xs = xs.to_dtype(wide)?;
     let mean_sq = xs.sqr()?.mean_keepdim(D::Minus1)?;
     let inv_rms = (mean_sq + eps)?.sqrt()?.recip()?;
-    xs.broadcast_mul(&inv_rms)?.broadcast_mul(weight)
+    xs.broadcast_mul(&inv_rms)?
+        .broadcast_mul(&weight.to_dtype(wide)?)?
+        .to_dtype(dtype)
 }
 
 /// Softmax over the last dimension. The row maximum is subtracted for stability and
@@ -79,13 +94,14 @@ pub fn rope_tables(
 }
 
 /// Non-interleaved rotary embedding (Hugging Face `rotate_half` convention) of
-/// `xs: [b, heads, t, head_dim]` with `cos`/`sin: [t, head_dim / 2]`.
+/// `xs: [b, heads, t, head_dim]` with `cos`/`sin: [t, head_dim / 2]` (cast to the dtype of
+/// `xs`).
 pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = xs.dim(D::Minus1)? / 2;
     let x1 = xs.narrow(D::Minus1, 0, half)?;
     let x2 = xs.narrow(D::Minus1, half, half)?;
-    let cos = cos.unsqueeze(0)?.unsqueeze(0)?;
-    let sin = sin.unsqueeze(0)?.unsqueeze(0)?;
+    let cos = cos.to_dtype(xs.dtype())?.unsqueeze(0)?.unsqueeze(0)?;
+    let sin = sin.to_dtype(xs.dtype())?.unsqueeze(0)?.unsqueeze(0)?;
     let out1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
     let out2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
     Tensor::cat(&[out1, out2], D::Minus1)
@@ -120,10 +136,13 @@ pub fn attention_mask(
     (blocked * MASK_VALUE)?.to_dtype(dtype)
 }
 
-/// `xs @ weightᵀ` over the last dimension of `xs` (`weight: [out, in]`).
+/// `xs @ weightᵀ` over the last dimension of `xs` (`weight: [out, in]`), in the dtype of
+/// `xs`: a weight in another dtype (an f32 master weight of a bf16 pass) is cast first, and
+/// its gradient flows back through the cast.
 ///
 /// A frozen weight gets no gradient computed (see the module docs).
 pub fn linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let weight = &weight.to_dtype(xs.dtype())?;
     let (out_dim, in_dim) = weight.dims2()?;
     let mut out_shape = xs.dims().to_vec();
     let last = out_shape.len() - 1;

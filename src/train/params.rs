@@ -7,6 +7,7 @@
 //! and the store's tensors always show the current values.
 
 use super::model::Llama;
+use super::precision::Precision;
 use crate::model_files::checkpoint;
 use crate::model_files::config::LlamaConfig;
 use crate::model_files::lora::{self, LoraConfig};
@@ -187,6 +188,17 @@ impl ParamStore {
             _ => Llama::new(&self.config, vb),
         };
         model.context("building the model from the parameter store")
+    }
+
+    /// The model a trainer runs: [`ParamStore::build_model`] computing in `precision` on the
+    /// store's device, with activation checkpointing.
+    pub fn training_model(&self, precision: Precision) -> Result<Llama> {
+        let (_, device) = self.dtype_device()?;
+        let dtype = precision.compute_dtype(&device)?;
+        Ok(self
+            .build_model()?
+            .with_compute_dtype(dtype)?
+            .with_checkpointing())
     }
 
     fn dtype_device(&self) -> Result<(DType, Device)> {

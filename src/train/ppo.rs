@@ -190,8 +190,9 @@ impl PpoTrainer {
             cfg.max_new_tokens,
             model_config.max_position_embeddings
         );
-        let policy = params.build_model()?.with_checkpointing();
-        let reference = model_from_weights(model_config, reference)?;
+        let policy = params.training_model(cfg.dtype)?;
+        let reference =
+            model_from_weights(model_config, reference)?.with_compute_dtype(policy.dtype())?;
         let mut vars = params.vars().to_vec();
         if let Some(head) = &value_head {
             vars.extend(

@@ -7,6 +7,7 @@ use super::advantage::AdvantageEstimator;
 use super::optim::{AdamWParams, LrSchedule, ScheduleKind};
 use super::params::Trainable;
 use super::ppo_math::{AdaptiveKl, KlEstimator};
+use super::precision::Precision;
 
 /// Settings of a PPO run (defaults follow Ziegler et al. 2019 and TRL where they apply,
 /// scaled down for CPU). Unknown fields are rejected.
@@ -24,6 +25,10 @@ pub struct PpoConfig {
     /// many tokens, their gradients accumulated, for the same update (default 4096, as
     /// the other trainers; `null`: whole minibatches).
     pub max_batch_tokens: Option<usize>,
+    /// Number format of the policy's passes (rollouts and updates): `auto` (default: bf16
+    /// with f32 master weights on a GPU, f32 on the CPU), `f32` or `bf16`. The frozen
+    /// reference computes in the same format.
+    pub dtype: Precision,
     /// Advantage estimator: `gae` (value head, PPO; default), or the critic-free `grpo`,
     /// `rloo` and `reinforce`, which train no value head.
     pub advantage: AdvantageEstimator,
@@ -93,6 +98,7 @@ impl Default for PpoConfig {
             rollouts: 8,
             minibatch: 4,
             max_batch_tokens: Some(super::sft::DEFAULT_MAX_BATCH_TOKENS),
+            dtype: Precision::Auto,
             advantage: AdvantageEstimator::Gae,
             group_size: 4,
             scale_rewards: true,

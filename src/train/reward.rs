@@ -159,7 +159,9 @@ impl RewardHead {
     }
 
     /// Rewards `[rows]` from the hidden states `[rows, hidden]`.
+    /// Half-precision hidden states are widened to f32 first.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let hidden = &super::lm_head::upcast(hidden)?;
         let w = self.weight.as_tensor().to_dtype(hidden.dtype())?;
         let b = self.bias.as_tensor().to_dtype(hidden.dtype())?;
         Ok(hidden.matmul(&w.t()?)?.broadcast_add(&b)?.squeeze(1)?)

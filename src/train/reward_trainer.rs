@@ -219,7 +219,7 @@ impl RewardTrainer {
             group_batches(&train, t.batch_size, t.seed, state.epoch),
         );
         Ok(Self {
-            model: params.build_model()?.with_checkpointing(),
+            model: params.training_model(cfg.train.dtype)?,
             cfg,
             params,
             head,

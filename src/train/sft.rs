@@ -8,6 +8,7 @@
 
 use super::optim::{AdamWParams, ScheduleKind};
 use super::params::Trainable;
+use super::precision::Precision;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ pub struct SftConfig {
     /// runs the reward model's 8 pairs of 512 tokens as two parts, which keeps its peak
     /// memory within 4 GiB on the default model.
     pub max_batch_tokens: Option<usize>,
+    /// Number format of the forward and backward passes: `auto` (default: bf16 with f32
+    /// master weights on a GPU, f32 on the CPU), `f32` or `bf16`.
+    pub dtype: Precision,
 }
 
 /// Default token budget of one forward/backward pass (see [`SftConfig::max_batch_tokens`]).
@@ -93,6 +97,7 @@ impl Default for SftConfig {
             seed: 0,
             max_len: 1024,
             max_batch_tokens: Some(DEFAULT_MAX_BATCH_TOKENS),
+            dtype: Precision::Auto,
         }
     }
 }

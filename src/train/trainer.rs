@@ -159,7 +159,7 @@ impl SftTrainer {
             kind: cfg.schedule,
             min_lr_ratio: cfg.min_lr_ratio,
         };
-        let model = params.build_model()?.with_checkpointing();
+        let model = params.training_model(cfg.dtype)?;
         let order = (
             state.epoch,
             epoch_order(cfg.seed, state.epoch, prepared.examples.len()),

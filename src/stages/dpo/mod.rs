@@ -117,10 +117,17 @@ impl TrainDpoConfig {
 struct ReferenceFile {
     reference: String,
     reference_sha256: Option<String>,
+    /// The dtype the reference computed in (files from before mixed precision: f32).
+    #[serde(default = "f32_name")]
+    dtype: String,
     train_fingerprint: String,
     eval_fingerprint: String,
     train: Vec<[f64; 2]>,
     eval: Vec<[f64; 2]>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// sha256 of a model's weights file(s) without loading them (LoRA adapters included).
@@ -167,12 +174,16 @@ fn reference_logps(
     let reference = cfg.reference_model();
     let sha = model_sha(reference)?;
     let (train_fp, eval_fp) = (pairs_fingerprint(train), pairs_fingerprint(eval));
+    let device = compute_device()?;
+    let dtype = cfg.train.dtype.compute_dtype(&device)?;
+    let dtype_name = dtype.as_str().to_string();
     if let Ok(text) = std::fs::read_to_string(&path) {
         let stored: ReferenceFile =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if stored.reference_sha256 == sha
             && stored.train_fingerprint == train_fp
             && stored.eval_fingerprint == eval_fp
+            && stored.dtype == dtype_name
         {
             return Ok(ReferenceLogps {
                 train: stored.train,
@@ -181,14 +192,14 @@ fn reference_logps(
             });
         }
         eprintln!(
-            "cai: train dpo: {} is for other pairs or another reference; computing it anew",
+            "cai: train dpo: {} is for other pairs, another reference or another dtype; \
+             computing it anew",
             path.display()
         );
     }
     let (model_cfg, weights, _) =
         load_base(reference).with_context(|| format!("loading the reference {reference}"))?;
-    let model = model_from_weights(&model_cfg, &weights)?;
-    let device = compute_device()?;
+    let model = model_from_weights(&model_cfg, &weights)?.with_compute_dtype(dtype)?;
     let total = (train.len() + eval.len()) as u64;
     let pb = crate::progress::bar(total, 0, "reference log-probs", cfg.quiet);
     let bs = cfg.train.batch_size;
@@ -201,6 +212,7 @@ fn reference_logps(
     let file = ReferenceFile {
         reference: reference.to_string(),
         reference_sha256: sha,
+        dtype: dtype_name,
         train_fingerprint: train_fp,
         eval_fingerprint: eval_fp,
         train: train_ref,

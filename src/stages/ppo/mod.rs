@@ -292,6 +292,10 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
                 frozen_models: 2,
                 // Every step makes several updates (epochs × minibatches).
                 one_update: false,
+                compute: cfg
+                    .ppo
+                    .dtype
+                    .compute_dtype(&crate::device::compute_device()?)?,
             };
             memory::check_fits(&plan, "train ppo")?;
             PpoTrainer::new(&policy_config, weights, &reference, data, cfg.ppo.clone())?

@@ -198,6 +198,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
                 tokens_per_row: longest,
                 frozen_models: 0,
                 one_update: t.max_steps == Some(1),
+                compute: t.dtype.compute_dtype(&device)?,
             };
             memory::check_fits(&plan, "train rm")?;
             RewardTrainer::new(

@@ -132,13 +132,15 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
                 tokens_per_row: longest,
                 frozen_models: 0,
                 one_update: t.total_steps(train.len()) <= 1,
+                compute: t.dtype.compute_dtype(&dtype_device(&weights)?.1)?,
             };
             memory::check_fits(&plan, "train sft")?;
             let before = match eval.is_empty() {
                 true => None,
                 false => {
-                    let model = model_from_weights(&model_config, &weights)?;
                     let (_, device) = dtype_device(&weights)?;
+                    let model = model_from_weights(&model_config, &weights)?
+                        .with_compute_dtype(cfg.train.dtype.compute_dtype(&device)?)?;
                     Some(eval_loss(&model, &eval, cfg.train.batch_size, &device)?.0)
                 }
             };
