@@ -4,10 +4,9 @@
 //! family adds (biases, q/k norms, Gemma's norms and local layers, fused projections, Llama 3
 //! rope scaling, soft-capping), with sequences longer than the sliding windows.
 
-use super::data::{Batch, TokenizedExample};
 use super::model::CausalLm;
 use super::params::{ParamStore, Trainable};
-use super::tests::{check_finite_differences, dataset, ids, max_diff, VOCAB};
+use super::tests::{check_finite_differences, dataset_batch, ids, lora_rank2, max_diff, VOCAB};
 use super::{load_model_dir, model_from_weights, save_model_dir};
 use crate::llm::local::GgufModel;
 use crate::model_files::config::{Family, LlamaConfig};
@@ -123,16 +122,10 @@ fn cached_decoding_equals_the_full_pass_for_every_family() -> Result<()> {
 /// full fine-tuning and with LoRA on every linear layer of the family.
 #[test]
 fn gradients_match_finite_differences_for_every_family() -> Result<()> {
-    let data: Vec<TokenizedExample> = dataset(2, 5);
-    let refs: Vec<&TokenizedExample> = data.iter().collect();
-    let batch = Batch::new(&refs, &Device::Cpu)?;
+    let batch = dataset_batch(2, 5)?;
     for family in FAMILIES {
         let cfg = family_config(family);
-        let lora_cfg = LoraConfig {
-            rank: 2,
-            alpha: 4.0,
-            targets: vec!["all".to_string()],
-        };
+        let lora_cfg = lora_rank2();
         for mode in [Trainable::All, Trainable::Lora(lora_cfg.clone())] {
             let mut weights = family_weights(&cfg, DType::F64, 5);
             if mode.lora().is_some() {
@@ -225,15 +218,9 @@ fn lora_targets_follow_the_family() {
 /// plain model (up to summation order), in full fine-tuning and with LoRA on frozen weights.
 #[test]
 fn checkpointing_gives_the_same_gradients() -> Result<()> {
-    let data: Vec<TokenizedExample> = dataset(3, 9);
-    let refs: Vec<&TokenizedExample> = data.iter().collect();
-    let batch = Batch::new(&refs, &Device::Cpu)?;
+    let batch = dataset_batch(3, 9)?;
     let cfg = family_config(Family::Gemma3);
-    let lora_cfg = LoraConfig {
-        rank: 2,
-        alpha: 4.0,
-        targets: vec!["all".to_string()],
-    };
+    let lora_cfg = lora_rank2();
     for mode in [Trainable::All, Trainable::Lora(lora_cfg.clone())] {
         let mut weights = family_weights(&cfg, DType::F64, 4);
         if mode.lora().is_some() {
@@ -310,14 +297,8 @@ fn follow_master_precision(
     loss_tol: f64,
 ) -> Result<()> {
     use super::optim::{AdamW, AdamWParams, Gradients};
-    let data: Vec<TokenizedExample> = dataset(4, 9);
-    let refs: Vec<&TokenizedExample> = data.iter().collect();
-    let batch = Batch::new(&refs, &Device::Cpu)?;
-    let lora_cfg = LoraConfig {
-        rank: 2,
-        alpha: 4.0,
-        targets: vec!["all".to_string()],
-    };
+    let batch = dataset_batch(4, 9)?;
+    let lora_cfg = lora_rank2();
     let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
     for family in FAMILIES {
         let cfg = family_config(family);

@@ -111,6 +111,22 @@ pub(super) fn check_finite_differences(
     Ok(at.len())
 }
 
+/// Rank-2 LoRA on every projection (the finite-difference and precision tests).
+pub(super) fn lora_rank2() -> LoraConfig {
+    LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["all".to_string()],
+    }
+}
+
+/// [`dataset`]`(n, seed)` as one padded batch.
+pub(super) fn dataset_batch(n: usize, seed: u64) -> Result<Batch> {
+    let data = dataset(n, seed);
+    let refs: Vec<&TokenizedExample> = data.iter().collect();
+    Batch::new(&refs, &Device::Cpu)
+}
+
 pub(super) fn lora_all() -> Trainable {
     Trainable::Lora(LoraConfig {
         rank: 4,
@@ -239,14 +255,8 @@ fn lora_starts_equal_to_base_and_merges_exactly() -> Result<()> {
 #[test]
 fn gradients_match_finite_differences() -> Result<()> {
     let cfg = tiny_config(true);
-    let data = dataset(2, 5);
-    let refs: Vec<&TokenizedExample> = data.iter().collect();
-    let batch = Batch::new(&refs, &Device::Cpu)?;
-    let lora_cfg = LoraConfig {
-        rank: 2,
-        alpha: 4.0,
-        targets: vec!["all".to_string()],
-    };
+    let batch = dataset_batch(2, 5)?;
+    let lora_cfg = lora_rank2();
     for mode in [Trainable::All, Trainable::Lora(lora_cfg.clone())] {
         let mut weights = tiny_weights(&cfg, DType::F64);
         if mode.lora().is_some() {
