@@ -24,7 +24,7 @@ use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
 use crate::artifacts::{EVAL_LOG, FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
-use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use crate::model_files::lora;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -204,11 +204,7 @@ impl DpoTrainer {
     /// Continues the run saved in checkpoint folder `dir` on the same data, with the same
     /// settings `cfg` but for its length ([`resume::check_settings`]).
     pub fn resume(dir: &Path, data: DpoData, device: &Device, cfg: DpoTrainConfig) -> Result<Self> {
-        let path = dir.join(TRAINER_STATE_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let state: DpoTrainerState =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let state: DpoTrainerState = resume::read_state(dir)?;
         resume::check_settings(dir, &state.config, &cfg)?;
         let params = ParamStore::restore(dir, cfg.train.trainable.clone(), device)?;
         let opt = AdamW::load(cfg.train.adamw(), &dir.join(OPTIMIZER_FILE), device)?;
@@ -483,7 +479,7 @@ impl DpoTrainer {
                 lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
             }
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
-            self.write_state(tmp)
+            resume::write_state(tmp, &self.state)
         })?;
         self.last_checkpoint = Some(dir.to_path_buf());
         Ok(())
@@ -491,21 +487,11 @@ impl DpoTrainer {
 
     /// Writes the trained policy (LoRA merged) to `dir`: a model folder any stage loads.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let base = self.params.base_weights();
-        let weights = match self.cfg.train.trainable.lora() {
-            Some(l) => lora::merge_adapters(&base, &self.params.adapter_weights(), l)?,
-            None => base,
-        };
+        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
             checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
-            self.write_state(tmp)
+            resume::write_state(tmp, &self.state)
         })
-    }
-
-    fn write_state(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(TRAINER_STATE_FILE);
-        let text = serde_json::to_string_pretty(&self.state)?;
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Trains to the end: held-out metrics before the first step (fresh runs), every

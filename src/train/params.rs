@@ -165,6 +165,16 @@ impl ParamStore {
         self.select(|name| !is_adapter(name))
     }
 
+    /// The base weights with the LoRA adapters merged in (the base weights outside LoRA
+    /// runs): what a final model folder holds.
+    pub fn merged_weights(&self) -> Result<Weights> {
+        let base = self.base_weights();
+        match self.trainable.lora() {
+            Some(l) => lora::merge_adapters(&base, &self.adapter_weights(), l),
+            None => Ok(base),
+        }
+    }
+
     /// The LoRA adapter tensors (empty unless this is a LoRA run).
     pub fn adapter_weights(&self) -> Weights {
         self.select(is_adapter)

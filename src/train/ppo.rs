@@ -41,9 +41,6 @@ use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use crate::model_files::lora;
 use crate::model_files::weights::dtype_device;
 
-/// Trainer state file of a PPO checkpoint (the name every checkpoint folder uses, so
-/// [`checkpoint::latest_checkpoint`] finds it).
-pub const PPO_STATE_FILE: &str = checkpoint::TRAINER_STATE_FILE;
 /// Value-head file of a PPO checkpoint.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
 
@@ -52,7 +49,7 @@ pub trait Scorer {
     fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>>;
 }
 
-/// Where a PPO run stands; saved as [`PPO_STATE_FILE`].
+/// Where a PPO run stands; saved as every trainer's state ([`resume::write_state`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PpoState {
     pub step: usize,
@@ -138,11 +135,7 @@ impl PpoTrainer {
     /// settings `cfg` but for its length ([`resume::check_settings`]).
     pub fn resume(dir: &Path, reference: &Weights, data: PpoData, cfg: PpoConfig) -> Result<Self> {
         let (_, device) = dtype_device(reference)?;
-        let path = dir.join(PPO_STATE_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let state: PpoState =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let state: PpoState = resume::read_state(dir)?;
         ensure!(
             state.prompts_fingerprint == prompts_fingerprint(&data.prompts),
             "{}: the prompts differ from those of the checkpoint",
@@ -586,18 +579,12 @@ impl PpoTrainer {
         if let Some(head) = &self.value_head {
             head.save_file(&dir.join(VALUE_HEAD_FILE))?;
         }
-        let path = dir.join(PPO_STATE_FILE);
-        std::fs::write(&path, serde_json::to_string_pretty(&self.state)?)
-            .with_context(|| format!("writing {}", path.display()))
+        resume::write_state(dir, &self.state)
     }
 
     /// Writes the policy as a plain model folder (LoRA merged) that every stage loads.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let base = self.params.base_weights();
-        let weights = match self.cfg.trainable.lora() {
-            Some(l) => lora::merge_adapters(&base, &self.params.adapter_weights(), l)?,
-            None => base,
-        };
+        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
             checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
             self.write_head_and_state(tmp)

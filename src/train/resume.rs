@@ -12,11 +12,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model_files::checkpoint::latest_checkpoint;
+use crate::model_files::checkpoint::{latest_checkpoint, TRAINER_STATE_FILE};
 
 /// Settings a resumed run may change.
 pub const FREE_ON_RESUME: &[&str] = &[
@@ -45,6 +46,21 @@ pub fn resume_point(out_dir: &Path, resume: bool) -> Result<Option<PathBuf>> {
         ),
         (false, None) => Ok(None),
     }
+}
+
+/// The trainer state saved in checkpoint folder `dir` (`trainer_state.json`).
+pub fn read_state<S: DeserializeOwned>(dir: &Path) -> Result<S> {
+    let path = dir.join(TRAINER_STATE_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Writes `state` as the trainer state of folder `dir` (`trainer_state.json`).
+pub fn write_state<S: Serialize>(dir: &Path, state: &S) -> Result<()> {
+    let path = dir.join(TRAINER_STATE_FILE);
+    let text = serde_json::to_string_pretty(state)?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Refuses to resume the run saved in `checkpoint` with settings `now` that differ from its

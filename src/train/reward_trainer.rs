@@ -21,7 +21,7 @@ use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
 use crate::artifacts::{EVAL_LOG, FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
-use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use crate::model_files::lora;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Var};
@@ -140,11 +140,7 @@ impl RewardTrainer {
         device: &Device,
         cfg: RewardTrainConfig,
     ) -> Result<Self> {
-        let path = dir.join(TRAINER_STATE_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let state: RewardTrainerState =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let state: RewardTrainerState = resume::read_state(dir)?;
         resume::check_settings(dir, &state.config, &cfg)?;
         let params = ParamStore::restore(dir, cfg.train.trainable.clone(), device)?;
         let head = RewardHead::load(dir, params.config().hidden_size, device)?;
@@ -409,7 +405,7 @@ impl RewardTrainer {
             }
             self.head.save(tmp)?;
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
-            self.write_state(tmp)
+            resume::write_state(tmp, &self.state)
         })?;
         self.last_checkpoint = Some(dir.to_path_buf());
         Ok(())
@@ -417,22 +413,12 @@ impl RewardTrainer {
 
     /// Writes the trained reward model (LoRA merged) with its head to `dir`.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let base = self.params.base_weights();
-        let weights = match self.cfg.train.trainable.lora() {
-            Some(l) => lora::merge_adapters(&base, &self.params.adapter_weights(), l)?,
-            None => base,
-        };
+        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
             checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
             self.head.save(tmp)?;
-            self.write_state(tmp)
+            resume::write_state(tmp, &self.state)
         })
-    }
-
-    fn write_state(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(TRAINER_STATE_FILE);
-        let text = serde_json::to_string_pretty(&self.state)?;
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Trains to the end: `train_log.csv` (its `eval_loss` column is the held-out pair

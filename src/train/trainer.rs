@@ -14,7 +14,7 @@ use super::resume;
 use super::sft::{NonFiniteError, SftConfig, SftSummary};
 use crate::artifacts::{FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
-use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use crate::model_files::config::LlamaConfig;
 use crate::model_files::lora;
 use crate::model_files::weights::Weights;
@@ -89,11 +89,7 @@ impl SftTrainer {
         device: &Device,
         cfg: SftConfig,
     ) -> Result<Self> {
-        let path = dir.join(TRAINER_STATE_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let state: TrainerState =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let state: TrainerState = resume::read_state(dir)?;
         resume::check_settings(dir, &state.config, &cfg)?;
         let params = ParamStore::restore(dir, cfg.trainable.clone(), device)?;
         let opt = AdamW::load(cfg.adamw(), &dir.join(OPTIMIZER_FILE), device)?;
@@ -298,8 +294,7 @@ impl SftTrainer {
                 lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
             }
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
-            let state = serde_json::to_string_pretty(&self.state)?;
-            std::fs::write(tmp.join(TRAINER_STATE_FILE), state)?;
+            resume::write_state(tmp, &self.state)?;
             Ok(())
         })?;
         self.last_checkpoint = Some(dir.to_path_buf());
@@ -309,17 +304,10 @@ impl SftTrainer {
     /// Writes the trained model as a plain folder (LoRA adapters merged) to `dir`, with
     /// `trainer_state.json` for the record.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let base = self.params.base_weights();
-        let weights = match self.cfg.trainable.lora() {
-            Some(lora_cfg) => {
-                lora::merge_adapters(&base, &self.params.adapter_weights(), lora_cfg)?
-            }
-            None => base,
-        };
+        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
             checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
-            let state = serde_json::to_string_pretty(&self.state)?;
-            std::fs::write(tmp.join(TRAINER_STATE_FILE), state)?;
+            resume::write_state(tmp, &self.state)?;
             Ok(())
         })
     }
