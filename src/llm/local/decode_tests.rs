@@ -113,9 +113,17 @@ fn chunked_prompt_matches_token_by_token() -> Result<()> {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     // Single rows go through Q8_1-quantized activations (prompt rows through f32): measured
-    // 0.63 at most over the 49k logits; the argmax must agree.
+    // 0.63 at most over the 49k logits. The argmax must agree unless the two paths' tokens are
+    // within that rounding of each other (on aarch64, under qemu, candle's NEON products put
+    // two tokens 30 and 318 of this random prompt in opposite order).
     assert!(diff < 1.0, "max |chunked - stepwise| = {diff}");
-    assert_eq!(argmax(&chunk), argmax(&step));
+    let (a, b) = (argmax(&chunk), argmax(&step));
+    assert!(
+        a == b || (chunk[a as usize] - chunk[b as usize]).abs() <= 2.0 * diff,
+        "argmax {a} (chunked) vs {b} (stepwise), logits {} vs {}, max difference {diff}",
+        chunk[a as usize],
+        chunk[b as usize]
+    );
     Ok(())
 }
 

@@ -146,6 +146,7 @@ pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
 
 /// Set to `avx2` to run the AVX2/FMA kernels (and f32 weight copies for prompts) on a CPU with
 /// AVX-512 VNNI: what a CPU without it runs, for checking that path's speed and numbers.
+#[cfg(target_arch = "x86_64")]
 pub const KERNELS_ENV: &str = "CAI_KERNELS";
 
 fn has_vnni() -> bool {
@@ -165,6 +166,8 @@ fn kernel_for(q: &QTensor, vnni: bool) -> Result<Option<Box<dyn RowsMatMul>>> {
     let (n, k) = q.shape().dims2()?;
     let data = q.data()?;
     let vnni = vnni && has_vnni();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = vnni; // only x86-64 has VNNI kernels
     Ok(Some(match q.dtype() {
         #[cfg(target_arch = "x86_64")]
         GgmlDType::Q4_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q4_0Block>(&data, n, k)?),
