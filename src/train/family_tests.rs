@@ -271,9 +271,9 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Mixed precision: for every family, in full fine-tuning and LoRA, a model computing in a
 /// narrower dtype than its master weights has hidden states in that dtype, a loss in f32 or
-/// wider, master gradients in the masters' dtype, both close to the masters-only pass's; and optimizer updates
-/// of the masters reach it (trainable weights are cast where used, not once), so its losses
-/// follow the masters-only run's step by step. f64 masters computing in f32 pin the mechanism
+/// wider and master gradients in the masters' dtype, both close to the masters-only pass's;
+/// and optimizer updates of the masters reach it (trainable weights are cast where used, not
+/// once), so its losses follow the masters-only run's step by step. f64 masters computing in f32 pin the mechanism
 /// (casts and gradient paths) to rounding; f32 masters computing in f16 pin the half path
 /// (norms and softmaxes in f32). bf16, which candle's CPU matrix product lacks, runs the f16
 /// code on a GPU.

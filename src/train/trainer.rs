@@ -294,8 +294,7 @@ impl SftTrainer {
                 lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
             }
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
-            resume::write_state(tmp, &self.state)?;
-            Ok(())
+            resume::write_state(tmp, &self.state)
         })?;
         self.last_checkpoint = Some(dir.to_path_buf());
         Ok(())
@@ -307,8 +306,7 @@ impl SftTrainer {
         let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
             checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
-            resume::write_state(tmp, &self.state)?;
-            Ok(())
+            resume::write_state(tmp, &self.state)
         })
     }
 

@@ -25,6 +25,7 @@ use crate::llm::{ModelInfo, Prompt};
 use crate::manifest::{now_unix, sha256_of, Manifest};
 use crate::model_files::checkpoint::checkpoint_dir;
 use crate::model_files::locate::sha256_file;
+use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
@@ -292,10 +293,7 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
                 frozen_models: 2,
                 // Every step makes several updates (epochs × minibatches).
                 one_update: false,
-                compute: cfg
-                    .ppo
-                    .dtype
-                    .compute_dtype(&crate::device::compute_device()?)?,
+                compute: cfg.ppo.dtype.compute_dtype(&dtype_device(&weights)?.1)?,
             };
             memory::check_fits(&plan, "train ppo")?;
             PpoTrainer::new(&policy_config, weights, &reference, data, cfg.ppo.clone())?
