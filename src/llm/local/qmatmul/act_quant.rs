@@ -1,4 +1,4 @@
-//! Activation rows quantized to 8 bits for the VNNI kernels (`vnni`, `vnni_k_quants`), with
+//! Activation rows quantized to 8 bits for the packed kernels (`packed`, `packed_k`), with
 //! AVX2: the same numbers as candle's (and llama.cpp's) `quantize_row_q8_0` and
 //! `quantize_row_q8_K`, written straight into the kernels' block types. candle's scalar
 //! versions took a fifth of a prompt's quantized products.

@@ -288,8 +288,10 @@ pub(super) trait Block32: Copy + Send + Sync {
     /// sums the minimums multiply), or signed values (dotted with Q8_0 activations).
     const HAS_MIN: bool;
     /// For signed types, what makes every value non-negative (`q + OFFSET` fits a byte
-    /// unsigned): the VNNI kernels (`vnni`) multiply unsigned weight bytes.
+    /// unsigned): the packed kernels (`packed`) multiply unsigned weight bytes.
     const OFFSET: i32;
+    /// Bits per value: the packed kernels' AVX2 tiles size their i16 sums by it.
+    const BITS: u32;
     /// The block read from its file bytes, and its minimum (0 for signed types).
     fn read(bytes: &[u8]) -> (Self, f32);
     /// The block's scale.
@@ -336,6 +338,7 @@ pub(super) struct Q4_0Block {
 
 impl Block32 for Q4_0Block {
     const NAME: &'static str = "Q4_0";
+    const BITS: u32 = 4;
     const BYTES: usize = 18;
     const HAS_MIN: bool = false;
     const OFFSET: i32 = 8;
@@ -370,6 +373,7 @@ pub(super) struct Q4_1Block {
 
 impl Block32 for Q4_1Block {
     const NAME: &'static str = "Q4_1";
+    const BITS: u32 = 4;
     const BYTES: usize = 20;
     const HAS_MIN: bool = true;
     const OFFSET: i32 = 0;
@@ -405,6 +409,7 @@ pub(super) struct Q5_0Block {
 
 impl Block32 for Q5_0Block {
     const NAME: &'static str = "Q5_0";
+    const BITS: u32 = 5;
     const BYTES: usize = 22;
     const HAS_MIN: bool = false;
     const OFFSET: i32 = 16;
@@ -444,6 +449,7 @@ pub(super) struct Q5_1Block {
 
 impl Block32 for Q5_1Block {
     const NAME: &'static str = "Q5_1";
+    const BITS: u32 = 5;
     const BYTES: usize = 24;
     const HAS_MIN: bool = true;
     const OFFSET: i32 = 0;
@@ -481,6 +487,7 @@ pub(super) struct Q8_0Block {
 
 impl Block32 for Q8_0Block {
     const NAME: &'static str = "Q8_0";
+    const BITS: u32 = 8;
     const BYTES: usize = Q8_0_BYTES;
     const HAS_MIN: bool = false;
     const OFFSET: i32 = 128;

@@ -80,7 +80,9 @@ pub(super) trait BlockK: Copy + Send + Sync {
     const OFFSET: i32;
     /// Whether the sub-blocks have minimums (Q4_K, Q5_K).
     const HAS_MIN: bool;
-    /// The block as integers, for the VNNI kernels (`vnni_k_quants`).
+    /// Bits per value `q`: the packed kernels' AVX2 tiles size their i16 sums by it.
+    const BITS: u32;
+    /// The block as integers, for the packed kernels (`packed_k`).
     ///
     /// # Safety
     /// AVX2 must be available.
@@ -224,6 +226,7 @@ pub(super) struct Q4KBlock {
 
 impl BlockK for Q4KBlock {
     const NAME: &'static str = "Q4_K";
+    const BITS: u32 = 4;
     const BYTES: usize = 144;
     type Unpacked = ScaleMinBlock;
 
@@ -275,6 +278,7 @@ pub(super) struct Q5KBlock {
 
 impl BlockK for Q5KBlock {
     const NAME: &'static str = "Q5_K";
+    const BITS: u32 = 5;
     const BYTES: usize = 176;
     type Unpacked = ScaleMinBlock;
 
@@ -344,6 +348,7 @@ pub(super) struct Q6KUnpacked {
 
 impl BlockK for Q6KBlock {
     const NAME: &'static str = "Q6_K";
+    const BITS: u32 = 6;
     const BYTES: usize = 210;
     type Unpacked = Q6KUnpacked;
 

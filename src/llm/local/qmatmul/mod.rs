@@ -36,9 +36,11 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod k_quants;
 #[cfg(target_arch = "x86_64")]
-mod vnni;
+mod packed;
 #[cfg(target_arch = "x86_64")]
-mod vnni_k_quants;
+mod packed_avx2;
+#[cfg(target_arch = "x86_64")]
+mod packed_k;
 
 /// `dst[m, n] = x[m, k] · Wᵀ` for a quantized `W[n, k]`.
 pub trait RowsMatMul: Send + Sync {
@@ -170,72 +172,114 @@ fn has_avx2_fma() -> bool {
 
 /// The batched kernel for `q` (a 2-D `[n, k]` weight), or `None` for types without one.
 pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
-    kernel_for(q, true)
+    kernel_for(q, Kernels::detect())
 }
 
-/// Set to `avx2` to run the AVX2/FMA kernels (and f32 weight copies for prompts) on a CPU with
-/// AVX-512 VNNI: what a CPU without it runs, for checking that path's speed and numbers.
+/// Set to `avx2` to run the packed kernels' AVX2 tiles on a CPU with AVX-512 VNNI (what a CPU
+/// without it runs, for checking that path's speed and numbers), or to `rows` for the AVX2
+/// row kernels (`avx2`, `k_quants`).
 #[cfg(target_arch = "x86_64")]
 pub const KERNELS_ENV: &str = "CAI_KERNELS";
 
-fn has_vnni() -> bool {
+/// The kernels [`kernel_for`] builds for the types that have them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernels {
+    /// Weights repacked in groups of 16 rows (`packed`, `packed_k`), multiplied with `Isa`.
     #[cfg(target_arch = "x86_64")]
-    {
-        vnni::available() && std::env::var(KERNELS_ENV).map_or(true, |v| v.trim() != "avx2")
+    Packed(packed::Isa),
+    /// One weight row against a tile of activation rows (`avx2`, `k_quants`), with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    Rows,
+    /// candle's `vec_dot` ([`Typed`]).
+    Candle,
+}
+
+impl Kernels {
+    /// The fastest the CPU runs, unless [`KERNELS_ENV`] asks for others.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let asked = std::env::var(KERNELS_ENV).unwrap_or_default();
+            match asked.trim() {
+                _ if !has_avx2_fma() => Self::Candle,
+                "rows" => Self::Rows,
+                "avx2" => Self::Packed(packed::Isa::Avx2),
+                _ if packed::vnni_available() => Self::Packed(packed::Isa::Vnni),
+                _ => Self::Packed(packed::Isa::Avx2),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Self::Candle
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Every choice this CPU can run, for the tests.
+    #[cfg(test)]
+    fn all() -> Vec<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut all = vec![Self::Candle];
+            if has_avx2_fma() {
+                all.extend([Self::Rows, Self::Packed(packed::Isa::Avx2)]);
+            }
+            if packed::vnni_available() {
+                all.push(Self::Packed(packed::Isa::Vnni));
+            }
+            all
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        vec![Self::Candle]
     }
 }
 
-/// [`rows_matmul`], with the VNNI kernels only when `vnni` (the tests check the AVX2 ones on
-/// CPUs that have both).
-fn kernel_for(q: &QTensor, vnni: bool) -> Result<Option<Box<dyn RowsMatMul>>> {
+/// [`rows_matmul`] with the `kernels` chosen (the tests check every choice the CPU has).
+fn kernel_for(q: &QTensor, kernels: Kernels) -> Result<Option<Box<dyn RowsMatMul>>> {
     let (n, k) = q.shape().dims2()?;
     let data = q.data()?;
-    let vnni = vnni && has_vnni();
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = vnni; // only x86-64 has VNNI kernels
-    Ok(Some(match q.dtype() {
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q4_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q4_0Block>(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q4_1 if vnni => Box::new(vnni::Packed32::new::<avx2::Q4_1Block>(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q5_1 if vnni => Box::new(vnni::Packed32::new::<avx2::Q5_1Block>(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q5_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q5_0Block>(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q8_0 if vnni => Box::new(vnni::Packed32::new::<avx2::Q8_0Block>(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q4K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q4KBlock>::new(
-            &data, n, k,
-        )?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q5K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q5KBlock>::new(
-            &data, n, k,
-        )?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q6K if vnni => Box::new(vnni_k_quants::PackedK::<k_quants::Q6KBlock>::new(
-            &data, n, k,
-        )?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q4_0 if has_avx2_fma() => Box::new(avx2::Q4_0Avx2::new(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q4_1 if has_avx2_fma() => Box::new(avx2::Q4_1Avx2::new(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q5_0 if has_avx2_fma() => Box::new(avx2::Q5_0Avx2::new(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q5_1 if has_avx2_fma() => Box::new(avx2::Q5_1Avx2::new(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q8_0 if has_avx2_fma() => Box::new(avx2::Q8_0Avx2::new(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q4K if has_avx2_fma() => Box::new(k_quants::Q4KAvx2::new(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q5K if has_avx2_fma() => Box::new(k_quants::Q5KAvx2::new(&data, n, k)?),
-        #[cfg(target_arch = "x86_64")]
-        GgmlDType::Q6K if has_avx2_fma() => Box::new(k_quants::Q6KAvx2::new(&data, n, k)?),
+    #[cfg(target_arch = "x86_64")]
+    if let Kernels::Packed(isa) = kernels {
+        use avx2::{Q4_0Block, Q4_1Block, Q5_0Block, Q5_1Block, Q8_0Block};
+        use k_quants::{Q4KBlock, Q5KBlock, Q6KBlock};
+        use packed::Packed32;
+        use packed_k::PackedK;
+        let kernel: Box<dyn RowsMatMul> = match q.dtype() {
+            GgmlDType::Q4_0 => Box::new(Packed32::new::<Q4_0Block>(&data, n, k, isa)?),
+            GgmlDType::Q4_1 => Box::new(Packed32::new::<Q4_1Block>(&data, n, k, isa)?),
+            GgmlDType::Q5_0 => Box::new(Packed32::new::<Q5_0Block>(&data, n, k, isa)?),
+            GgmlDType::Q5_1 => Box::new(Packed32::new::<Q5_1Block>(&data, n, k, isa)?),
+            GgmlDType::Q8_0 => Box::new(Packed32::new::<Q8_0Block>(&data, n, k, isa)?),
+            GgmlDType::Q4K => Box::new(PackedK::<Q4KBlock>::new(&data, n, k, isa)?),
+            GgmlDType::Q5K => Box::new(PackedK::<Q5KBlock>::new(&data, n, k, isa)?),
+            GgmlDType::Q6K => Box::new(PackedK::<Q6KBlock>::new(&data, n, k, isa)?),
+            _ => return candle_kernel(q.dtype(), data, n, k),
+        };
+        return Ok(Some(kernel));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernels == Kernels::Rows {
+        let kernel: Box<dyn RowsMatMul> = match q.dtype() {
+            GgmlDType::Q4_0 => Box::new(avx2::Q4_0Avx2::new(&data, n, k)?),
+            GgmlDType::Q4_1 => Box::new(avx2::Q4_1Avx2::new(&data, n, k)?),
+            GgmlDType::Q5_0 => Box::new(avx2::Q5_0Avx2::new(&data, n, k)?),
+            GgmlDType::Q5_1 => Box::new(avx2::Q5_1Avx2::new(&data, n, k)?),
+            GgmlDType::Q8_0 => Box::new(avx2::Q8_0Avx2::new(&data, n, k)?),
+            GgmlDType::Q4K => Box::new(k_quants::Q4KAvx2::new(&data, n, k)?),
+            GgmlDType::Q5K => Box::new(k_quants::Q5KAvx2::new(&data, n, k)?),
+            GgmlDType::Q6K => Box::new(k_quants::Q6KAvx2::new(&data, n, k)?),
+            _ => return candle_kernel(q.dtype(), data, n, k),
+        };
+        return Ok(Some(kernel));
+    }
+    candle_kernel(q.dtype(), data, n, k)
+}
+
+/// candle's `vec_dot` for `dtype`, or `None` for types without a kernel.
+fn candle_kernel(
+    dtype: GgmlDType,
+    data: Cow<'_, [u8]>,
+    n: usize,
+    k: usize,
+) -> Result<Option<Box<dyn RowsMatMul>>> {
+    Ok(Some(match dtype {
         GgmlDType::Q4_0 => typed::<BlockQ4_0>(data, n, k)?,
         GgmlDType::Q4_1 => typed::<BlockQ4_1>(data, n, k)?,
         GgmlDType::Q5_0 => typed::<BlockQ5_0>(data, n, k)?,
@@ -277,14 +321,22 @@ mod tests {
     }
 
     /// Checks every kernel type on `m` rows of `k` values against `n = 100` weight rows (not a
-    /// multiple of 8: a partial group): a row's output is bit for bit the same alone and in the
-    /// batch, and equal to candle's quantized product (the same quantized activations) within
-    /// rounding. Both the VNNI kernels and the AVX2 ones where the CPU has them.
+    /// multiple of 16: a partial group), with uniform random values.
     fn check_types(dtypes: &[GgmlDType], k: usize, m: usize) {
-        let dev = Device::Cpu;
         let n = 100;
-        let w = Tensor::from_vec(uniform(n * k, 1), (n, k), &dev).unwrap();
-        let x = Tensor::from_vec(uniform(m * k, 2), (m, k), &dev).unwrap();
+        let w = Tensor::from_vec(uniform(n * k, 1), (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(uniform(m * k, 2), (m, k), &Device::Cpu).unwrap();
+        check(dtypes, &w, &x);
+    }
+
+    /// Checks every kernel choice the CPU has on weights `w` (`[n, k]`) and activations `x`
+    /// (`[m, k]`) quantized to each of `dtypes`: a row's output is bit for bit the same alone
+    /// and in the batch, and equal to candle's quantized product (the same quantized
+    /// activations) within rounding; the packed kernels' VNNI and AVX2 tiles give the same
+    /// outputs.
+    fn check(dtypes: &[GgmlDType], w: &Tensor, x: &Tensor) {
+        let (n, _) = w.dims2().unwrap();
+        let (m, _) = x.dims2().unwrap();
         let l1: Vec<f32> = x
             .abs()
             .unwrap()
@@ -294,17 +346,15 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let variants = match has_vnni() {
-            true => vec![true, false],
-            false => vec![false],
-        };
-        for (&dtype, vnni) in dtypes
+        #[cfg(target_arch = "x86_64")]
+        let mut packed_outputs = std::collections::HashMap::<String, Vec<f32>>::new();
+        for (&dtype, kernels) in dtypes
             .iter()
-            .flat_map(|d| variants.iter().map(move |&v| (d, v)))
+            .flat_map(|d| Kernels::all().into_iter().map(move |v| (d, v)))
         {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let ours = kernel_for(&q, vnni).unwrap().unwrap();
-            let batch = rows(ours.as_ref(), &x, m, n);
+            let q = QTensor::quantize(w, dtype).unwrap();
+            let ours = kernel_for(&q, kernels).unwrap().unwrap();
+            let batch = rows(ours.as_ref(), x, m, n);
             let qm = QMatMul::from_qtensor(q).unwrap();
             for r in 0..m {
                 let one = x.narrow(0, r, 1).unwrap();
@@ -313,7 +363,7 @@ mod tests {
                 assert_eq!(
                     got,
                     rows(ours.as_ref(), &one, 1, n),
-                    "{dtype:?} {vnni} row {r}"
+                    "{dtype:?} {kernels:?} row {r}"
                 );
                 let want: Vec<f32> = qm
                     .forward(&one)
@@ -322,20 +372,26 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                if has_avx2_fma() {
-                    // Our kernels sum candle's terms in another order; rounding is bounded by
-                    // the terms' absolute sum (Σ|x||w| ≈ k / 3): 1e-6 of it, ~2e-4 for k = 576.
-                    for (c, (a, b)) in got.iter().zip(&want).enumerate() {
-                        let tol = 1e-6 * l1[r * n + c];
-                        assert!(
-                            (a - b).abs() <= tol,
-                            "{dtype:?} {vnni} [{r},{c}]: {a} vs {b}"
-                        );
-                    }
-                } else {
-                    // Without AVX2 every type runs candle's own `vec_dot`: bit for bit.
+                if kernels == Kernels::Candle {
+                    // candle's own `vec_dot`: bit for bit.
                     assert_eq!(got, want.as_slice(), "{dtype:?} row {r}");
+                    continue;
                 }
+                // Our kernels sum candle's terms in another order; rounding is bounded by the
+                // terms' absolute sum (Σ|x||w| ≈ k / 3): 1e-6 of it, ~2e-4 for k = 576.
+                for (c, (a, b)) in got.iter().zip(&want).enumerate() {
+                    let tol = 1e-6 * l1[r * n + c];
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "{dtype:?} {kernels:?} [{r},{c}]: {a} vs {b}"
+                    );
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Kernels::Packed(isa) = kernels {
+                // The same exact integers and float steps on either instruction set.
+                let same = packed_outputs.entry(format!("{dtype:?}")).or_insert(batch.clone());
+                assert_eq!(same, &batch, "{dtype:?}: {isa:?} and the other packed tiles");
             }
         }
     }
@@ -359,6 +415,29 @@ mod tests {
     fn prompt_chunks_are_batch_invariant_and_equal_candles() {
         // 70 rows: the VNNI driver splits them over tasks of 32 rows (32, 32, 6).
         check_types(&BLOCK32, 128, 70);
+    }
+
+    /// Weights and activations at the ends of their ranges, where a sum kept in too narrow
+    /// integers would overflow: each weight block one -1 then +1s (the largest code for all
+    /// but one value, in every type), activation rows of +1s (127 or 127 per byte) and of -1s
+    /// (-127, or -128 in Q8_K).
+    #[test]
+    fn extreme_values_do_not_overflow() {
+        let (n, k) = (24, 512);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| if i % 32 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let x: Vec<f32> = (0..3 * k)
+            .map(|i| match i / k {
+                0 => 1.0,
+                1 => -1.0,
+                _ => if i % 2 == 0 { 1.0 } else { -1.0 },
+            })
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(x, (3, k), &Device::Cpu).unwrap();
+        let all = [BLOCK32.as_slice(), &[GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K]].concat();
+        check(&all, &w, &x);
     }
 
     #[test]

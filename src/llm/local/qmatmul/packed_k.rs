@@ -1,9 +1,10 @@
-//! AVX-512 VNNI kernels for the K-quants Q4_K, Q5_K and Q6_K, on the repacked layout and tile
-//! driver of `vnni` (16 weight rows interleaved 4 bytes at a time, one `vpdpbusd` per 4
-//! values of the 16 rows, each row's sum in its own lane).
+//! The K-quants Q4_K, Q5_K and Q6_K repacked, with their AVX-512 VNNI tiles, on the layout
+//! and tile driver of `packed` (16 weight rows interleaved 4 bytes at a time, one `vpdpbusd`
+//! per 4 values of the 16 rows, each row's sum in its own lane; `packed_avx2` has the AVX2
+//! tiles).
 //!
-//! Activations are quantized to Q8_K as for the AVX2 kernels (`k_quants`), by `act_quant`. Per super-block,
-//! in exact integers: each sub-block's dot product `I_g` (its values unsigned, Q6_K's offset
+//! Activations are quantized to Q8_K as for the AVX2 row kernels (`k_quants`), by
+//! `act_quant`. Per super-block, in exact integers: each sub-block's dot product `I_g` (its values unsigned, Q6_K's offset
 //! of 32 taken back through the activation's 16-value sums) times the sub-block's integer
 //! scale, summed into `S`; and for Q4_K and Q5_K the minimums' term `M = Σ_i min_i · Σ y_i`
 //! over the 32-value sub-blocks (Q6_K's offset term likewise, `32 · Σ_g scale_g · Σ y_g`, both
@@ -19,7 +20,8 @@ use anyhow::Result;
 use super::act_quant;
 use super::avx2::check_size;
 use super::k_quants::{BlockK, Q8KBlock, QK_K};
-use super::vnni::{broadcast4, chains, matmul_packed, Packed, LANES};
+use super::packed::{broadcast4, chains, matmul_packed, Isa, Packed, LANES};
+use super::packed_avx2;
 use super::RowsMatMul;
 
 /// [`LANES`] weight rows' super-block: `qs[4 · LANES · t + 4j + l]` is value `4t + l` of row
@@ -29,15 +31,15 @@ use super::RowsMatMul;
 /// its 32-value sub-blocks `2p` and `2p + 1` (Q4_K, Q5_K: pairs 0..4), or the scales of its
 /// 16-value sub-blocks `2p` and `2p + 1` (Q6_K: pairs 0..8).
 ///
-/// Aligned to cache lines (4992 bytes, 78 lines, no padding), as `vnni::Group32`.
+/// Aligned to cache lines (4992 bytes, 78 lines, no padding), as `packed::Group32`.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct GroupK {
-    qs: [u8; LANES * QK_K],
-    scales: [i8; 16 * LANES],
-    pairs: [u32; 8 * LANES],
-    d: [f32; LANES],
-    dmin: [f32; LANES],
+pub(super) struct GroupK {
+    pub(super) qs: [u8; LANES * QK_K],
+    pub(super) scales: [i8; 16 * LANES],
+    pub(super) pairs: [u32; 8 * LANES],
+    pub(super) d: [f32; LANES],
+    pub(super) dmin: [f32; LANES],
 }
 
 const _: () = assert!(std::mem::size_of::<GroupK>() == 4992);
@@ -50,14 +52,16 @@ fn pair(lo: i16, hi: i16) -> u32 {
 /// A K-quant type's weights repacked for [`Packed::tile`].
 pub(super) struct PackedK<B> {
     groups: Vec<GroupK>,
+    isa: Isa,
     n: usize,
     k: usize,
     _type: std::marker::PhantomData<B>,
 }
 
 impl<B: BlockK> PackedK<B> {
-    /// The kernel for `n` rows of `k` values stored as `data` (the tensor's GGUF bytes).
-    pub(super) fn new(data: &[u8], n: usize, k: usize) -> Result<Self> {
+    /// The kernel for `n` rows of `k` values stored as `data` (the tensor's GGUF bytes),
+    /// multiplying with `isa` (which the CPU must have).
+    pub(super) fn new(data: &[u8], n: usize, k: usize, isa: Isa) -> Result<Self> {
         check_size(B::NAME, data.len(), (QK_K, B::BYTES), n, k)?;
         let kb = k / QK_K;
         let empty = GroupK {
@@ -71,7 +75,7 @@ impl<B: BlockK> PackedK<B> {
         for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
             let (c, b) = (i / kb, i % kb);
             let (g, j) = (c / LANES, c % LANES);
-            // SAFETY: `rows_matmul` builds this kernel only when `vnni::available()` holds.
+            // SAFETY: every `Isa` includes AVX2, and the kernel is built for one the CPU has.
             let ints = unsafe { B::read(bytes).ints() };
             let dst = &mut groups[g * kb + b];
             for (v, &q) in ints.q.iter().enumerate() {
@@ -94,6 +98,7 @@ impl<B: BlockK> PackedK<B> {
         }
         Ok(Self {
             groups,
+            isa,
             n,
             k,
             _type: std::marker::PhantomData,
@@ -105,6 +110,10 @@ impl<B: BlockK> PackedK<B> {
 unsafe impl<B: BlockK> Packed for PackedK<B> {
     type Act = Q8KBlock;
 
+    fn isa(&self) -> Isa {
+        self.isa
+    }
+
     fn shape(&self) -> (usize, usize) {
         (self.n, self.k)
     }
@@ -115,7 +124,8 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
 
     fn quantize(&self, x: &[f32], out: &mut [Q8KBlock]) {
         for (x, o) in x.chunks_exact(QK_K).zip(out) {
-            // SAFETY: `rows_matmul` builds this kernel only when `vnni::available()` holds.
+            // SAFETY: every `Isa` includes AVX2 and FMA, and the kernel is built for one the
+            // CPU has.
             o.d = unsafe { act_quant::q8_k(x, &mut o.qs, &mut o.bsums) };
             // At most 32 · 128 in magnitude: no overflow.
             o.sums32 = std::array::from_fn(|i| o.bsums[2 * i] + o.bsums[2 * i + 1]);
@@ -131,6 +141,18 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
             2 => tile_k::<B, R, 2>(w, y, at),
             _ => tile_k::<B, R, 1>(w, y, at),
         }
+    }
+
+    #[inline(always)]
+    unsafe fn tile_avx2<const R: usize>(
+        &self,
+        g: usize,
+        h: usize,
+        y: &[Q8KBlock],
+        at: [usize; R],
+    ) -> [__m256; R] {
+        let kb = self.k / QK_K;
+        packed_avx2::tile_k::<B, R>(&self.groups[g * kb..(g + 1) * kb], y, at, h)
     }
 }
 
@@ -211,7 +233,7 @@ impl<B: BlockK> RowsMatMul for PackedK<B> {
         matmul_packed(self, x, m, dst)
     }
 
-    /// As for the 32-value types (`vnni::Packed32`).
+    /// As for the 32-value types (`packed::Packed32`).
     fn fast_for_many_rows(&self) -> bool {
         true
     }
