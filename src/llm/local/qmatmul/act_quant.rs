@@ -113,6 +113,15 @@ mod tests {
     use candle_core::quantized::k_quants::{BlockQ8K, BlockQ8_0};
     use candle_core::quantized::GgmlType;
 
+    /// `blocks` as bytes.
+    ///
+    /// # Safety
+    /// `T` must be a `repr(C)` block of exactly `size` plain bytes.
+    unsafe fn block_bytes<T>(blocks: &[T], size: usize) -> &[u8] {
+        assert_eq!(std::mem::size_of::<T>(), size);
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+    }
+
     /// Values in [-1, 1) and, in the first block, exact halves (`max = 127`: `x / d` is `x`
     /// itself, so 2.5 and -0.5 are ties), against candle's scalar quantizers, byte for byte.
     #[test]
@@ -137,10 +146,10 @@ mod tests {
             let mut qs = [0i8; 32];
             let (d, sum) = unsafe { q8_0(&x[32 * b..32 * b + 32], &mut qs) };
             // SAFETY: BlockQ8_0 is `repr(C)`: f16 d, then 32 bytes.
-            let bytes = unsafe { super::super::avx2::block_bytes(std::slice::from_ref(want), 34) };
+            let bytes = unsafe { block_bytes(std::slice::from_ref(want), 34) };
             let want_qs: Vec<i8> = bytes[2..].iter().map(|&b| b as i8).collect();
             assert_eq!(qs.as_slice(), want_qs.as_slice(), "Q8_0 block {b}");
-            assert_eq!(d, super::super::avx2::f16_at(bytes, 0), "Q8_0 block {b}");
+            assert_eq!(d, super::super::block32::f16_at(bytes, 0), "Q8_0 block {b}");
             assert_eq!(sum, want_qs.iter().map(|&q| q as i32).sum::<i32>());
         }
         let mut want = vec![BlockQ8K::zeros(); 2];
@@ -149,7 +158,7 @@ mod tests {
             let (mut qs, mut bsums) = ([0i8; 256], [0i16; 16]);
             let d = unsafe { q8_k(&x[256 * b..256 * b + 256], &mut qs, &mut bsums) };
             // SAFETY: BlockQ8K is `repr(C)`: f32 d, 256 bytes, 16 i16 sums.
-            let bytes = unsafe { super::super::avx2::block_bytes(std::slice::from_ref(want), 292) };
+            let bytes = unsafe { block_bytes(std::slice::from_ref(want), 292) };
             let want_qs: Vec<i8> = bytes[4..260].iter().map(|&b| b as i8).collect();
             assert_eq!(qs.as_slice(), want_qs.as_slice(), "Q8_K block {b}");
             assert_eq!(d.to_le_bytes(), bytes[..4], "Q8_K block {b}");

@@ -1,23 +1,23 @@
-//! Quantized matrix products for several rows at once (batched decoding, short chunks).
+//! Quantized matrix products for one row, several rows (batched decoding) and whole prompt
+//! chunks.
 //!
 //! candle's quantized matmul walks every weight row once per activation row, so B sequences
-//! cost B full passes over the weights. Here each weight row's blocks are dotted with all B
-//! activation rows while they sit in L1 cache. The per-element arithmetic is candle's own
-//! `GgmlType::vec_dot` on the same quantized activations, so a sequence's numbers do not depend
-//! on which other sequences share its batch.
+//! cost B full passes over the weights. Here each weight block is dotted with a tile of
+//! activation rows while it sits in L1 cache, and a sequence's numbers do not depend on which
+//! other sequences share its batch.
 //!
 //! On x86-64 with AVX2 and FMA (detected at run time: the binary needs no `target-cpu`), the
-//! types of the files people download get their own kernels: the 32-value block types Q4_0,
-//! Q4_1, Q5_0, Q5_1 and Q8_0 (`avx2`) and the K-quants Q4_K, Q5_K and Q6_K (`k_quants`). Each
-//! weight block is unpacked once and dotted with a tile of up to 8 activation rows, with
-//! llama.cpp's arithmetic. They compute candle's quantities in another float order: equal to
-//! candle's within rounding, and bit for bit the same whatever the batch (see the tests).
-//! CPUs with AVX-512 VNNI (and F, BW, VL) run instead the kernels of `vnni` and
-//! `vnni_k_quants`: weights repacked 16 rows per 512-bit vector at load, activations quantized
-//! by `act_quant`, one `vpdpbusd` per 4 values of 16 weight rows, fast enough for prompt chunks
-//! too (those kernels say so through [`RowsMatMul::fast_for_many_rows`], and the model then
-//! keeps no f32 copy).
-//! Other types, and other CPUs, run candle's `vec_dot` ([`Typed`]).
+//! types of the files people download, the 32-value block types Q4_0, Q4_1, Q5_0, Q5_1 and
+//! Q8_0 (`block32`) and the K-quants Q4_K, Q5_K and Q6_K (`k_quants`), are repacked at load 16
+//! weight rows at a time (`packed`, `packed_k`), with activations quantized as llama.cpp
+//! quantizes them (`act_quant`). CPUs with AVX-512 VNNI (and F, BW, VL) multiply 4 values of
+//! 16 weight rows per `vpdpbusd`; others with AVX2 (`packed_avx2`) the same values of 8 rows
+//! per `vpmaddubsw`, to the same outputs. Both are exact integer block products scaled in
+//! f32: equal to candle's within rounding, bit for bit the same whatever the batch (see the
+//! tests), and fast enough for prompt chunks (they say so through
+//! [`RowsMatMul::fast_for_many_rows`], and the model then keeps no f32 copy).
+//! Other types, and other CPUs, run candle's `vec_dot` on its own quantized activations
+//! ([`Typed`]).
 
 use std::borrow::Cow;
 
@@ -32,7 +32,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 mod act_quant;
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+mod block32;
 #[cfg(target_arch = "x86_64")]
 mod k_quants;
 #[cfg(target_arch = "x86_64")]
@@ -59,7 +59,7 @@ struct Typed<T: GgmlType> {
     k: usize,
 }
 
-/// Weight rows handled by one task (a multiple of 8: the AVX2 kernels take them 8 at a time).
+/// Weight rows handled by one task of [`Typed`].
 const COLS_PER_TASK: usize = 64;
 
 impl<T: GgmlType + Send + Sync> RowsMatMul for Typed<T>
@@ -175,9 +175,8 @@ pub fn rows_matmul(q: &QTensor) -> Result<Option<Box<dyn RowsMatMul>>> {
     kernel_for(q, Kernels::detect())
 }
 
-/// Set to `avx2` to run the packed kernels' AVX2 tiles on a CPU with AVX-512 VNNI (what a CPU
-/// without it runs, for checking that path's speed and numbers), or to `rows` for the AVX2
-/// row kernels (`avx2`, `k_quants`).
+/// Set to `avx2` to run the packed kernels' AVX2 tiles on a CPU with AVX-512 VNNI: what a CPU
+/// without it runs, for checking that path's speed.
 #[cfg(target_arch = "x86_64")]
 pub const KERNELS_ENV: &str = "CAI_KERNELS";
 
@@ -187,9 +186,6 @@ enum Kernels {
     /// Weights repacked in groups of 16 rows (`packed`, `packed_k`), multiplied with `Isa`.
     #[cfg(target_arch = "x86_64")]
     Packed(packed::Isa),
-    /// One weight row against a tile of activation rows (`avx2`, `k_quants`), with AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    Rows,
     /// candle's `vec_dot` ([`Typed`]).
     Candle,
 }
@@ -202,7 +198,6 @@ impl Kernels {
             let asked = std::env::var(KERNELS_ENV).unwrap_or_default();
             match asked.trim() {
                 _ if !has_avx2_fma() => Self::Candle,
-                "rows" => Self::Rows,
                 "avx2" => Self::Packed(packed::Isa::Avx2),
                 _ if packed::vnni_available() => Self::Packed(packed::Isa::Vnni),
                 _ => Self::Packed(packed::Isa::Avx2),
@@ -219,7 +214,7 @@ impl Kernels {
         {
             let mut all = vec![Self::Candle];
             if has_avx2_fma() {
-                all.extend([Self::Rows, Self::Packed(packed::Isa::Avx2)]);
+                all.push(Self::Packed(packed::Isa::Avx2));
             }
             if packed::vnni_available() {
                 all.push(Self::Packed(packed::Isa::Vnni));
@@ -237,7 +232,7 @@ fn kernel_for(q: &QTensor, kernels: Kernels) -> Result<Option<Box<dyn RowsMatMul
     let data = q.data()?;
     #[cfg(target_arch = "x86_64")]
     if let Kernels::Packed(isa) = kernels {
-        use avx2::{Q4_0Block, Q4_1Block, Q5_0Block, Q5_1Block, Q8_0Block};
+        use block32::{Q4_0Block, Q4_1Block, Q5_0Block, Q5_1Block, Q8_0Block};
         use k_quants::{Q4KBlock, Q5KBlock, Q6KBlock};
         use packed::Packed32;
         use packed_k::PackedK;
@@ -250,21 +245,6 @@ fn kernel_for(q: &QTensor, kernels: Kernels) -> Result<Option<Box<dyn RowsMatMul
             GgmlDType::Q4K => Box::new(PackedK::<Q4KBlock>::new(&data, n, k, isa)?),
             GgmlDType::Q5K => Box::new(PackedK::<Q5KBlock>::new(&data, n, k, isa)?),
             GgmlDType::Q6K => Box::new(PackedK::<Q6KBlock>::new(&data, n, k, isa)?),
-            _ => return candle_kernel(q.dtype(), data, n, k),
-        };
-        return Ok(Some(kernel));
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernels == Kernels::Rows {
-        let kernel: Box<dyn RowsMatMul> = match q.dtype() {
-            GgmlDType::Q4_0 => Box::new(avx2::Q4_0Avx2::new(&data, n, k)?),
-            GgmlDType::Q4_1 => Box::new(avx2::Q4_1Avx2::new(&data, n, k)?),
-            GgmlDType::Q5_0 => Box::new(avx2::Q5_0Avx2::new(&data, n, k)?),
-            GgmlDType::Q5_1 => Box::new(avx2::Q5_1Avx2::new(&data, n, k)?),
-            GgmlDType::Q8_0 => Box::new(avx2::Q8_0Avx2::new(&data, n, k)?),
-            GgmlDType::Q4K => Box::new(k_quants::Q4KAvx2::new(&data, n, k)?),
-            GgmlDType::Q5K => Box::new(k_quants::Q5KAvx2::new(&data, n, k)?),
-            GgmlDType::Q6K => Box::new(k_quants::Q6KAvx2::new(&data, n, k)?),
             _ => return candle_kernel(q.dtype(), data, n, k),
         };
         return Ok(Some(kernel));
@@ -390,8 +370,13 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if let Kernels::Packed(isa) = kernels {
                 // The same exact integers and float steps on either instruction set.
-                let same = packed_outputs.entry(format!("{dtype:?}")).or_insert(batch.clone());
-                assert_eq!(same, &batch, "{dtype:?}: {isa:?} and the other packed tiles");
+                let same = packed_outputs
+                    .entry(format!("{dtype:?}"))
+                    .or_insert(batch.clone());
+                assert_eq!(
+                    same, &batch,
+                    "{dtype:?}: {isa:?} and the other packed tiles"
+                );
             }
         }
     }
@@ -431,12 +416,22 @@ mod tests {
             .map(|i| match i / k {
                 0 => 1.0,
                 1 => -1.0,
-                _ => if i % 2 == 0 { 1.0 } else { -1.0 },
+                _ => {
+                    if i % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }
             })
             .collect();
         let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
         let x = Tensor::from_vec(x, (3, k), &Device::Cpu).unwrap();
-        let all = [BLOCK32.as_slice(), &[GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K]].concat();
+        let all = [
+            BLOCK32.as_slice(),
+            &[GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K],
+        ]
+        .concat();
         check(&all, &w, &x);
     }
 

@@ -3,9 +3,9 @@
 //! of the 32-value block types Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (the K-quants' layout is
 //! `packed_k`, the AVX2 tiles of both layouts `packed_avx2`).
 //!
-//! The row kernels (`avx2`, `k_quants`) give each lane a slice of one weight row and sum the
-//! lanes per activation row, so most of their work is per (weight row, activation row) pair
-//! outside the multiply. Here, as in llama.cpp's repacked layouts (`ggml-cpu/repack.cpp`), the
+//! Kernels that give each lane a slice of one weight row and sum the lanes per activation
+//! row (llama.cpp's `vec_dot`, and ours before these) do most of their work per (weight row,
+//! activation row) pair outside the multiply. Here, as in llama.cpp's repacked layouts (`ggml-cpu/repack.cpp`), the
 //! weights are repacked at load, 16 rows interleaved 4 bytes at a time, so that one
 //! `vpdpbusd` multiplies 4 values of each of 16 weight rows by the same 4 activation bytes
 //! (broadcast from memory, inside the instruction) and accumulates each weight row's sum in
@@ -37,7 +37,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use super::act_quant;
-use super::avx2::{check_size, Block32};
+use super::block32::{check_size, Block32};
 use super::packed_avx2;
 use super::RowsMatMul;
 
@@ -340,7 +340,6 @@ impl Packed32 {
     pub(super) fn new<B: Block32>(data: &[u8], n: usize, k: usize, isa: Isa) -> Result<Self> {
         check_size(B::NAME, data.len(), (32, B::BYTES), n, k)?;
         let kb = k / 32;
-        let blocks: Vec<(B, f32)> = data.chunks_exact(B::BYTES).map(B::read).collect();
         let offset = B::OFFSET;
         let empty = Group32 {
             qs: [offset as u8; 32 * LANES],
@@ -351,21 +350,18 @@ impl Packed32 {
             true => vec![[0.0; LANES]; groups.len()],
             false => Vec::new(),
         };
-        for (c, row) in blocks.chunks_exact(kb).enumerate() {
+        for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
+            let (c, b) = (i / kb, i % kb);
             let (g, j) = (c / LANES, c % LANES);
-            for (b, (block, min)) in row.iter().enumerate() {
-                if B::HAS_MIN {
-                    mins[g * kb + b][j] = *min;
-                }
-                let mut v = [0i8; 32];
-                // SAFETY: every `Isa` includes AVX2, and the kernel is built for one the CPU has.
-                unsafe { _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, block.values()) };
-                let dst = &mut groups[g * kb + b];
-                for (i, &q) in v.iter().enumerate() {
-                    dst.qs[4 * LANES * (i / 4) + 4 * j + i % 4] = (q as i32 + offset) as u8;
-                }
-                dst.d[j] = block.d();
+            let block = B::ints(bytes);
+            if B::HAS_MIN {
+                mins[g * kb + b][j] = block.min;
             }
+            let dst = &mut groups[g * kb + b];
+            for (v, &q) in block.q.iter().enumerate() {
+                dst.qs[4 * LANES * (v / 4) + 4 * j + v % 4] = (q as i32 + offset) as u8;
+            }
+            dst.d[j] = block.d;
         }
         Ok(Self {
             groups,

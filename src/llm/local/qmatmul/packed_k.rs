@@ -3,10 +3,10 @@
 //! per 4 values of the 16 rows, each row's sum in its own lane; `packed_avx2` has the AVX2
 //! tiles).
 //!
-//! Activations are quantized to Q8_K as for the AVX2 row kernels (`k_quants`), by
-//! `act_quant`. Per super-block, in exact integers: each sub-block's dot product `I_g` (its values unsigned, Q6_K's offset
-//! of 32 taken back through the activation's 16-value sums) times the sub-block's integer
-//! scale, summed into `S`; and for Q4_K and Q5_K the minimums' term `M = Σ_i min_i · Σ y_i`
+//! Activations are quantized to Q8_K (`k_quants`) by `act_quant`. Per super-block, in exact
+//! integers: each sub-block's dot product `I_g` (its values unsigned, Q6_K's offset of 32
+//! taken back through the activation's 16-value sums) times the sub-block's integer scale,
+//! summed into `S`; and for Q4_K and Q5_K the minimums' term `M = Σ_i min_i · Σ y_i`
 //! over the 32-value sub-blocks (Q6_K's offset term likewise, `32 · Σ_g scale_g · Σ y_g`, both
 //! by `vpdpwssd` on pairs of 16-bit factors). Then in floats, block after block:
 //! `acc = fma(S, d · d_y, acc)` and `acc = acc - M · (dmin · d_y)` (fused). As for the 32-value
@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 use anyhow::Result;
 
 use super::act_quant;
-use super::avx2::check_size;
+use super::block32::check_size;
 use super::k_quants::{BlockK, Q8KBlock, QK_K};
 use super::packed::{broadcast4, chains, matmul_packed, Isa, Packed, LANES};
 use super::packed_avx2;
@@ -75,8 +75,7 @@ impl<B: BlockK> PackedK<B> {
         for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
             let (c, b) = (i / kb, i % kb);
             let (g, j) = (c / LANES, c % LANES);
-            // SAFETY: every `Isa` includes AVX2, and the kernel is built for one the CPU has.
-            let ints = unsafe { B::read(bytes).ints() };
+            let ints = B::ints(bytes);
             let dst = &mut groups[g * kb + b];
             for (v, &q) in ints.q.iter().enumerate() {
                 dst.qs[4 * LANES * (v / 4) + 4 * j + v % 4] = q;
