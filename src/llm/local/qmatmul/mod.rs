@@ -41,6 +41,8 @@ mod packed;
 mod packed_avx2;
 #[cfg(target_arch = "x86_64")]
 mod packed_k;
+#[cfg(target_arch = "x86_64")]
+mod packed_layout;
 
 /// `dst[m, n] = x[m, k] · Wᵀ` for a quantized `W[n, k]`.
 pub trait RowsMatMul: Send + Sync {

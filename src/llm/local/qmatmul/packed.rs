@@ -39,6 +39,7 @@ use rayon::prelude::*;
 use super::act_quant;
 use super::block32::{check_size, Block32};
 use super::packed_avx2;
+use super::packed_layout::{Act32, Group32, HALF, LANES};
 use super::RowsMatMul;
 
 /// Whether the CPU runs the VNNI tiles (AVX2 and FMA for activation quantization, AVX-512 F,
@@ -61,10 +62,6 @@ pub(super) enum Isa {
     Avx2,
 }
 
-/// Weight rows interleaved in one group: one output per i32 lane of a 512-bit vector.
-pub(super) const LANES: usize = 16;
-/// Weight rows in each half of a group: one output per i32 lane of a 256-bit vector.
-pub(super) const HALF: usize = LANES / 2;
 /// Activation rows sharing each loaded weight vector, at most: 8 with 32 vector registers
 /// (AVX-512), 4 with 16 (AVX2: each row's integer and float sums take two).
 const TILE_VNNI: usize = 8;
@@ -293,31 +290,6 @@ pub(super) const fn chains(r: usize) -> usize {
 pub(super) unsafe fn broadcast4(p: *const i8) -> __m512i {
     _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
-
-/// One block of 32 activations quantized to Q8_0: the bytes, minus their sum times the
-/// weights' offset (where the block's integer dot product starts), and the scale.
-#[derive(Clone, Copy)]
-pub(super) struct Act32 {
-    pub(super) qs: [i8; 32],
-    pub(super) start: i32,
-    pub(super) d: f32,
-    /// `d · Σ q` in f16 arithmetic (Q8_1's `s`), which the minimums of Q4_1 and Q5_1 multiply.
-    pub(super) s: f32,
-}
-
-/// [`LANES`] weight rows' block `b` (32 values each): `qs[4 · LANES · t + 4j + l]` is value
-/// `4t + l` of row `j`, unsigned (the type's offset added); `d[j]` is row `j`'s scale.
-///
-/// Aligned to cache lines (576 bytes, nine lines, no padding) so that no 512-bit load of the
-/// weights spans two lines.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-pub(super) struct Group32 {
-    pub(super) qs: [u8; 32 * LANES],
-    pub(super) d: [f32; LANES],
-}
-
-const _: () = assert!(std::mem::size_of::<Group32>() == 36 * LANES);
 
 /// A [`Block32`] type's weights repacked for [`Packed::tile`].
 pub(super) struct Packed32 {

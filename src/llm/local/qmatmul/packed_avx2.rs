@@ -1,4 +1,4 @@
-//! AVX2 tiles of the packed layouts (`packed`'s [`Group32`], `packed_k`'s `GroupK`), for CPUs
+//! AVX2 tiles of the packed layouts ([`Group32`], [`GroupK`]), for CPUs
 //! without AVX-512 VNNI: each 16-row group taken as two halves of 8 rows, one weight row per
 //! i32 lane of a 256-bit vector.
 //!
@@ -17,8 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::k_quants::{BlockK, Q8KBlock, QK_K};
-use super::packed::{Act32, Group32, HALF, LANES};
-use super::packed_k::GroupK;
+use super::packed_layout::{Act32, Group32, GroupK, HALF, LANES};
 
 /// Steps of 4 values (out of `steps`, a power of two) whose `vpmaddubsw` sums can be added in
 /// i16 lanes: each step adds at most `2 · (2^bits - 1) · 128` (two products of a weight and an

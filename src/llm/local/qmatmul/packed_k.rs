@@ -20,29 +20,10 @@ use anyhow::Result;
 use super::act_quant;
 use super::block32::check_size;
 use super::k_quants::{BlockK, Q8KBlock, QK_K};
-use super::packed::{broadcast4, chains, matmul_packed, Isa, Packed, LANES};
+use super::packed::{broadcast4, chains, matmul_packed, Isa, Packed};
 use super::packed_avx2;
+use super::packed_layout::{GroupK, LANES};
 use super::RowsMatMul;
-
-/// [`LANES`] weight rows' super-block: `qs[4 · LANES · t + 4j + l]` is value `4t + l` of row
-/// `j` (unsigned), `scales[LANES · g + j]` the scale of row `j`'s sub-block `g`, `d[j]` and
-/// `dmin[j]` its super-block scales. `pairs[LANES · p + j]` holds two i16 factors of row `j`
-/// (low half first) for `vpdpwssd` against the activations' pair `p` of sums: the minimums of
-/// its 32-value sub-blocks `2p` and `2p + 1` (Q4_K, Q5_K: pairs 0..4), or the scales of its
-/// 16-value sub-blocks `2p` and `2p + 1` (Q6_K: pairs 0..8).
-///
-/// Aligned to cache lines (4992 bytes, 78 lines, no padding), as `packed::Group32`.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-pub(super) struct GroupK {
-    pub(super) qs: [u8; LANES * QK_K],
-    pub(super) scales: [i8; 16 * LANES],
-    pub(super) pairs: [u32; 8 * LANES],
-    pub(super) d: [f32; LANES],
-    pub(super) dmin: [f32; LANES],
-}
-
-const _: () = assert!(std::mem::size_of::<GroupK>() == 4992);
 
 /// Two i16 values in one i32 lane, `lo` in the low half (as `vpdpwssd` pairs them).
 fn pair(lo: i16, hi: i16) -> u32 {

@@ -1,0 +1,54 @@
+//! The packed kernels' layouts (`packed`, `packed_k`, `packed_avx2`): weight rows in groups
+//! of [`LANES`], interleaved 4 bytes at a time, and the activation blocks they multiply.
+
+use super::k_quants::QK_K;
+
+/// Weight rows interleaved in one group: one output per i32 lane of a 512-bit vector.
+pub(super) const LANES: usize = 16;
+/// Weight rows in each half of a group: one output per i32 lane of a 256-bit vector.
+pub(super) const HALF: usize = LANES / 2;
+
+/// One block of 32 activations quantized to Q8_0: the bytes, minus their sum times the
+/// weights' offset (where the block's integer dot product starts), and the scale.
+#[derive(Clone, Copy)]
+pub(super) struct Act32 {
+    pub(super) qs: [i8; 32],
+    pub(super) start: i32,
+    pub(super) d: f32,
+    /// `d · Σ q` in f16 arithmetic (Q8_1's `s`), which the minimums of Q4_1 and Q5_1 multiply.
+    pub(super) s: f32,
+}
+
+/// [`LANES`] weight rows' block `b` (32 values each): `qs[4 · LANES · t + 4j + l]` is value
+/// `4t + l` of row `j`, unsigned (the type's offset added); `d[j]` is row `j`'s scale.
+///
+/// Aligned to cache lines (576 bytes, nine lines, no padding) so that no 512-bit load of the
+/// weights spans two lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Group32 {
+    pub(super) qs: [u8; 32 * LANES],
+    pub(super) d: [f32; LANES],
+}
+
+const _: () = assert!(std::mem::size_of::<Group32>() == 36 * LANES);
+
+/// [`LANES`] weight rows' super-block: `qs[4 · LANES · t + 4j + l]` is value `4t + l` of row
+/// `j` (unsigned), `scales[LANES · g + j]` the scale of row `j`'s sub-block `g`, `d[j]` and
+/// `dmin[j]` its super-block scales. `pairs[LANES · p + j]` holds two i16 factors of row `j`
+/// (low half first) for `vpdpwssd` against the activations' pair `p` of sums: the minimums of
+/// its 32-value sub-blocks `2p` and `2p + 1` (Q4_K, Q5_K: pairs 0..4), or the scales of its
+/// 16-value sub-blocks `2p` and `2p + 1` (Q6_K: pairs 0..8).
+///
+/// Aligned to cache lines (4992 bytes, 78 lines, no padding), as [`Group32`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct GroupK {
+    pub(super) qs: [u8; LANES * QK_K],
+    pub(super) scales: [i8; 16 * LANES],
+    pub(super) pairs: [u32; 8 * LANES],
+    pub(super) d: [f32; LANES],
+    pub(super) dmin: [f32; LANES],
+}
+
+const _: () = assert!(std::mem::size_of::<GroupK>() == 4992);
