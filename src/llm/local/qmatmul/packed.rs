@@ -39,7 +39,7 @@ use rayon::prelude::*;
 use super::act_quant;
 use super::block32::{check_size, Block32};
 use super::packed_avx2;
-use super::packed_layout::{Act32, Group32, HALF, LANES};
+use super::packed_layout::{Act32, Fifth32, Group32, Nibbles32, HALF, LANES};
 use super::RowsMatMul;
 
 /// Whether the CPU runs the VNNI tiles (AVX2 and FMA for activation quantization, AVX-512 F,
@@ -291,10 +291,16 @@ pub(super) unsafe fn broadcast4(p: *const i8) -> __m512i {
     _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
-/// A [`Block32`] type's weights repacked for [`Packed::tile`].
+/// A [`Block32`] type's weights repacked for [`Packed::tile`] (and [`Packed::tile_avx2`]).
 pub(super) struct Packed32 {
+    /// The weights a byte per value; empty where `nibbles` holds them.
     groups: Vec<Group32>,
-    /// For the types with a minimum (Q4_1, Q5_1), the 8 rows' minimums of each group's block
+    /// The weights of a 4- or 5-bit type for the AVX2 tiles, half a byte per value (as
+    /// `groups`); else empty.
+    nibbles: Vec<Nibbles32>,
+    /// For a 5-bit type in `nibbles`, the fifth bits (as `groups`); else empty.
+    fifth: Vec<Fifth32>,
+    /// For the types with a minimum (Q4_1, Q5_1), the 16 rows' minimums of each group's block
     /// (as `groups`); else empty.
     mins: Vec<[f32; LANES]>,
     /// The offset added to the values to make them unsigned.
@@ -313,37 +319,71 @@ impl Packed32 {
         check_size(B::NAME, data.len(), (32, B::BYTES), n, k)?;
         let kb = k / 32;
         let offset = B::OFFSET;
-        let empty = Group32 {
-            qs: [offset as u8; 32 * LANES],
-            d: [0.0; LANES],
-        };
-        let mut groups = vec![empty; n.div_ceil(LANES) * kb];
-        let mut mins = match B::HAS_MIN {
-            true => vec![[0.0; LANES]; groups.len()],
-            false => Vec::new(),
-        };
-        for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
-            let (c, b) = (i / kb, i % kb);
-            let (g, j) = (c / LANES, c % LANES);
-            let block = B::ints(bytes);
-            if B::HAS_MIN {
-                mins[g * kb + b][j] = block.min;
-            }
-            let dst = &mut groups[g * kb + b];
-            for (v, &q) in block.q.iter().enumerate() {
-                dst.qs[4 * LANES * (v / 4) + 4 * j + v % 4] = (q as i32 + offset) as u8;
-            }
-            dst.d[j] = block.d;
-        }
-        Ok(Self {
-            groups,
-            mins,
+        let blocks = n.div_ceil(LANES) * kb;
+        let as_nibbles = isa == Isa::Avx2 && B::BITS <= 5;
+        let mut me = Self {
+            groups: Vec::new(),
+            nibbles: Vec::new(),
+            fifth: Vec::new(),
+            mins: match B::HAS_MIN {
+                true => vec![[0.0; LANES]; blocks],
+                false => Vec::new(),
+            },
             offset,
             bits: B::BITS,
             isa,
             n,
             k,
-        })
+        };
+        match as_nibbles {
+            true => {
+                let empty = Nibbles32 {
+                    lo: [0; 16 * LANES],
+                    d: [0.0; LANES],
+                };
+                me.nibbles = vec![empty; blocks];
+                if B::BITS == 5 {
+                    me.fifth = vec![[0; 4 * LANES]; blocks];
+                }
+            }
+            false => {
+                let empty = Group32 {
+                    qs: [offset as u8; 32 * LANES],
+                    d: [0.0; LANES],
+                };
+                me.groups = vec![empty; blocks];
+            }
+        }
+        for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
+            let (c, b) = (i / kb, i % kb);
+            let (g, j) = (c / LANES, c % LANES);
+            let block = B::ints(bytes);
+            let at = g * kb + b;
+            if B::HAS_MIN {
+                me.mins[at][j] = block.min;
+            }
+            let unsigned = block.q.map(|q| (q as i32 + offset) as u8);
+            if !as_nibbles {
+                let dst = &mut me.groups[at];
+                for (v, &u) in unsigned.iter().enumerate() {
+                    dst.qs[4 * LANES * (v / 4) + 4 * j + v % 4] = u;
+                }
+                dst.d[j] = block.d;
+                continue;
+            }
+            let dst = &mut me.nibbles[at];
+            dst.d[j] = block.d;
+            let (h, j) = (j / HALF, j % HALF);
+            for (v, &u) in unsigned.iter().enumerate() {
+                let (t, l) = (v / 4, v % 4);
+                let byte = 128 * h + 32 * (t % 4) + 4 * j + l;
+                dst.lo[byte] |= (u & 0xF) << (4 * (t / 4));
+                if B::BITS == 5 {
+                    me.fifth[at][32 * h + 4 * j + l] |= (u >> 4) << t;
+                }
+            }
+        }
+        Ok(me)
     }
 }
 
@@ -403,15 +443,18 @@ unsafe impl Packed for Packed32 {
         at: [usize; R],
     ) -> [__m256; R] {
         let kb = self.k / 32;
-        let w = &self.groups[g * kb..(g + 1) * kb];
+        let blocks = g * kb..(g + 1) * kb;
         let mins = match self.mins.is_empty() {
             true => &[][..],
-            false => &self.mins[g * kb..(g + 1) * kb],
+            false => &self.mins[blocks.clone()],
         };
         match self.bits {
-            4 => packed_avx2::tile32::<R, { packed_avx2::i16_steps(4, 8) }>(w, mins, y, at, h),
-            5 => packed_avx2::tile32::<R, { packed_avx2::i16_steps(5, 8) }>(w, mins, y, at, h),
-            8 => packed_avx2::tile32_q8_0::<R>(w, y, at, h),
+            4 => packed_avx2::tile32::<R, false>(&self.nibbles[blocks], &[], mins, y, at, h),
+            5 => {
+                let (w, fifth) = (&self.nibbles[blocks.clone()], &self.fifth[blocks]);
+                packed_avx2::tile32::<R, true>(w, fifth, mins, y, at, h)
+            }
+            8 => packed_avx2::tile32_q8_0::<R>(&self.groups[blocks], y, at, h),
             bits => unreachable!("no 32-value block type has {bits}-bit values"),
         }
     }

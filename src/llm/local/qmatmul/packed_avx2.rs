@@ -1,6 +1,9 @@
-//! AVX2 tiles of the packed layouts ([`Group32`], [`GroupK`]), for CPUs
+//! AVX2 tiles of the packed layouts ([`Group32`], [`Nibbles32`], [`GroupK`]), for CPUs
 //! without AVX-512 VNNI: each 16-row group taken as two halves of 8 rows, one weight row per
-//! i32 lane of a 256-bit vector.
+//! i32 lane of a 256-bit vector. The 4- and 5-bit types keep two values per byte here
+//! ([`Nibbles32`], the fifth bits apart): a single sequence's decoding streams every weight
+//! from memory, and reads half the bytes (2 to 3 instructions per 8 rows' 8 values unpack
+//! them, shared by the tile's rows).
 //!
 //! `vpdpbusd` (unsigned weight bytes times signed activation bytes, four products summed into
 //! each i32 lane) becomes `vpmaddubsw`, which sums pairs of products into i16 lanes, and
@@ -17,7 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::k_quants::{BlockK, Q8KBlock, QK_K};
-use super::packed_layout::{Act32, Group32, GroupK, HALF, LANES};
+use super::packed_layout::{Act32, Fifth32, Group32, GroupK, Nibbles32, HALF, LANES};
 
 /// Steps of 4 values (out of `steps`, a power of two) whose `vpmaddubsw` sums can be added in
 /// i16 lanes: each step adds at most `2 · (2^bits - 1) · 128` (two products of a weight and an
@@ -50,21 +53,29 @@ unsafe fn weights(qs: *const u8, t: usize, h: usize) -> __m256i {
     _mm256_loadu_si256(qs.add(4 * LANES * t + 4 * HALF * h) as *const __m256i)
 }
 
-/// `Packed::tile_avx2` of a Q4_0, Q4_1, Q5_0 or Q5_1 group (`w`: its blocks, `mins`: their
-/// minimums or empty) for half `h`, adding the i16 sums of `S` steps (from [`i16_steps`])
-/// before widening.
+/// `Packed::tile_avx2` of a Q4_0, Q4_1, Q5_0 or Q5_1 group (`w`: its blocks as nibbles,
+/// `fifth`: their fifth bits when `FIVE`, `mins`: their minimums or empty) for half `h`: each
+/// load of nibbles gives the values of two steps, and the i16 sums of as many steps as
+/// [`i16_steps`] allows are added before widening.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `y` holds `w.len()` blocks from each `at[r]`; `h < 2`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile32<const R: usize, const S: usize>(
-    w: &[Group32],
+pub(super) unsafe fn tile32<const R: usize, const FIVE: bool>(
+    w: &[Nibbles32],
+    fifth: &[Fifth32],
     mins: &[[f32; LANES]],
     y: &[Act32],
     at: [usize; R],
     h: usize,
 ) -> [__m256; R] {
+    // Loads of nibbles (two steps each) per i16 sum.
+    const fn loads(five: bool) -> usize {
+        i16_steps(if five { 5 } else { 4 }, 8) / 2
+    }
     let ones = _mm256_set1_epi16(1);
+    let nibble = _mm256_set1_epi8(0x0F);
+    let bit4 = _mm256_set1_epi8(0x10);
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, wb) in w.iter().enumerate() {
         let mut sums = [_mm256_setzero_si256(); R];
@@ -72,20 +83,39 @@ pub(super) unsafe fn tile32<const R: usize, const S: usize>(
             // The offset's term, so that the sum ends exact.
             *sum = _mm256_set1_epi32(y.get_unchecked(at[r] + b).start);
         }
-        for first in (0..8).step_by(S) {
+        let high = match FIVE {
+            true => _mm256_loadu_si256(fifth.get_unchecked(b).as_ptr().add(32 * h) as *const _),
+            false => _mm256_setzero_si256(),
+        };
+        for first in (0..4).step_by(loads(FIVE)) {
             let mut p16 = [_mm256_setzero_si256(); R];
-            for t in first..first + S {
-                let wv = weights(wb.qs.as_ptr(), t, h);
-                for r in 0..R {
-                    let yv = broadcast4(y.get_unchecked(at[r] + b).qs.as_ptr().add(4 * t));
-                    p16[r] = _mm256_add_epi16(p16[r], _mm256_maddubs_epi16(wv, yv));
+            for p in first..first + loads(FIVE) {
+                let v = _mm256_loadu_si256(wb.lo.as_ptr().add(128 * h + 32 * p) as *const _);
+                let mut q = [
+                    _mm256_and_si256(v, nibble),
+                    _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
+                ];
+                if FIVE {
+                    // Bit `t` of each byte of `high` to bit 4 (shifts within 16-bit lanes
+                    // move other bits across bytes; the mask keeps only this one).
+                    let up = _mm256_sll_epi16(high, _mm_cvtsi32_si128(4 - p as i32));
+                    let down = _mm256_srl_epi16(high, _mm_cvtsi32_si128(p as i32));
+                    q[0] = _mm256_or_si256(q[0], _mm256_and_si256(up, bit4));
+                    q[1] = _mm256_or_si256(q[1], _mm256_and_si256(down, bit4));
+                }
+                for (half, &q) in q.iter().enumerate() {
+                    let t = p + 4 * half;
+                    for r in 0..R {
+                        let yv = broadcast4(y.get_unchecked(at[r] + b).qs.as_ptr().add(4 * t));
+                        p16[r] = _mm256_add_epi16(p16[r], _mm256_maddubs_epi16(q, yv));
+                    }
                 }
             }
             for r in 0..R {
                 sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(p16[r], ones));
             }
         }
-        scale_block(wb, mins, b, y, at, h, sums, &mut acc);
+        scale_block(&wb.d, mins, b, y, at, h, sums, &mut acc);
     }
     acc
 }
@@ -118,12 +148,12 @@ pub(super) unsafe fn tile32_q8_0<const R: usize>(
                 sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(p16, ones));
             }
         }
-        scale_block(wb, &[], b, y, at, h, sums, &mut acc);
+        scale_block(&wb.d, &[], b, y, at, h, sums, &mut acc);
     }
     acc
 }
 
-/// `acc[r] += float(sums[r]) · (d_w · d_y)`, then the minimums' term where there are
+/// `acc[r] += float(sums[r]) · (d_w · d_y)` (`d`: the weight rows' scales), then the minimums' term where there are
 /// minimums: block `b`'s float steps, as in the VNNI tile.
 ///
 /// # Safety
@@ -131,7 +161,7 @@ pub(super) unsafe fn tile32_q8_0<const R: usize>(
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn scale_block<const R: usize>(
-    wb: &Group32,
+    d: &[f32; LANES],
     mins: &[[f32; LANES]],
     b: usize,
     y: &[Act32],
@@ -140,7 +170,7 @@ unsafe fn scale_block<const R: usize>(
     sums: [__m256i; R],
     acc: &mut [__m256; R],
 ) {
-    let d = _mm256_loadu_ps(wb.d.as_ptr().add(HALF * h));
+    let d = _mm256_loadu_ps(d.as_ptr().add(HALF * h));
     for r in 0..R {
         let yb = y.get_unchecked(at[r] + b);
         let scale = _mm256_mul_ps(d, _mm256_set1_ps(yb.d));

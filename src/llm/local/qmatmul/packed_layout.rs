@@ -52,3 +52,21 @@ pub(super) struct GroupK {
 }
 
 const _: () = assert!(std::mem::size_of::<GroupK>() == 4992);
+
+/// A [`Group32`] of 4- or 5-bit values for the AVX2 tiles, in half the bytes (decoding streams
+/// the weights from memory): `lo[128h + 32p + 4j + l]` holds value `4p + l` of row `8h + j`
+/// (unsigned, the type's offset added) in its low nibble and value `4(p + 4) + l` in its high
+/// one; their fifth bits, for 5-bit types, are kept apart ([`Fifth32`]). `d` as in
+/// [`Group32`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Nibbles32 {
+    pub(super) lo: [u8; 16 * LANES],
+    pub(super) d: [f32; LANES],
+}
+
+const _: () = assert!(std::mem::size_of::<Nibbles32>() == 20 * LANES);
+
+/// The fifth bits of a [`Nibbles32`] block of a 5-bit type: bit `t` of `[32h + 4j + l]` is
+/// that of value `4t + l` of row `8h + j`.
+pub(super) type Fifth32 = [u8; 4 * LANES];
