@@ -232,26 +232,37 @@ impl Kernels {
 fn kernel_for(q: &QTensor, kernels: Kernels) -> Result<Option<Box<dyn RowsMatMul>>> {
     let (n, k) = q.shape().dims2()?;
     let data = q.data()?;
-    #[cfg(target_arch = "x86_64")]
-    if let Kernels::Packed(isa) = kernels {
-        use block32::{Q4_0Block, Q4_1Block, Q5_0Block, Q5_1Block, Q8_0Block};
-        use k_quants::{Q4KBlock, Q5KBlock, Q6KBlock};
-        use packed::Packed32;
-        use packed_k::PackedK;
-        let kernel: Box<dyn RowsMatMul> = match q.dtype() {
-            GgmlDType::Q4_0 => Box::new(Packed32::new::<Q4_0Block>(&data, n, k, isa)?),
-            GgmlDType::Q4_1 => Box::new(Packed32::new::<Q4_1Block>(&data, n, k, isa)?),
-            GgmlDType::Q5_0 => Box::new(Packed32::new::<Q5_0Block>(&data, n, k, isa)?),
-            GgmlDType::Q5_1 => Box::new(Packed32::new::<Q5_1Block>(&data, n, k, isa)?),
-            GgmlDType::Q8_0 => Box::new(Packed32::new::<Q8_0Block>(&data, n, k, isa)?),
-            GgmlDType::Q4K => Box::new(PackedK::<Q4KBlock>::new(&data, n, k, isa)?),
-            GgmlDType::Q5K => Box::new(PackedK::<Q5KBlock>::new(&data, n, k, isa)?),
-            GgmlDType::Q6K => Box::new(PackedK::<Q6KBlock>::new(&data, n, k, isa)?),
-            _ => return candle_kernel(q.dtype(), data, n, k),
-        };
-        return Ok(Some(kernel));
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Packed(isa) => packed_kernel(q.dtype(), data, n, k, isa),
+        Kernels::Candle => candle_kernel(q.dtype(), data, n, k),
     }
-    candle_kernel(q.dtype(), data, n, k)
+}
+
+/// The packed kernel for `dtype` multiplying with `isa`, or candle's for types without one.
+#[cfg(target_arch = "x86_64")]
+fn packed_kernel(
+    dtype: GgmlDType,
+    data: Cow<'_, [u8]>,
+    n: usize,
+    k: usize,
+    isa: packed::Isa,
+) -> Result<Option<Box<dyn RowsMatMul>>> {
+    use block32::{Q4_0Block, Q4_1Block, Q5_0Block, Q5_1Block, Q8_0Block};
+    use k_quants::{Q4KBlock, Q5KBlock, Q6KBlock};
+    use packed::Packed32;
+    use packed_k::PackedK;
+    Ok(Some(match dtype {
+        GgmlDType::Q4_0 => Box::new(Packed32::new::<Q4_0Block>(&data, n, k, isa)?),
+        GgmlDType::Q4_1 => Box::new(Packed32::new::<Q4_1Block>(&data, n, k, isa)?),
+        GgmlDType::Q5_0 => Box::new(Packed32::new::<Q5_0Block>(&data, n, k, isa)?),
+        GgmlDType::Q5_1 => Box::new(Packed32::new::<Q5_1Block>(&data, n, k, isa)?),
+        GgmlDType::Q8_0 => Box::new(Packed32::new::<Q8_0Block>(&data, n, k, isa)?),
+        GgmlDType::Q4K => Box::new(PackedK::<Q4KBlock>::new(&data, n, k, isa)?),
+        GgmlDType::Q5K => Box::new(PackedK::<Q5KBlock>::new(&data, n, k, isa)?),
+        GgmlDType::Q6K => Box::new(PackedK::<Q6KBlock>::new(&data, n, k, isa)?),
+        _ => return candle_kernel(dtype, data, n, k),
+    }))
 }
 
 /// candle's `vec_dot` for `dtype`, or `None` for types without a kernel.
