@@ -130,7 +130,7 @@ fn chunked_prompt_matches_token_by_token() -> Result<()> {
 #[test]
 fn matches_the_training_model_in_f32() -> Result<()> {
     // An independent implementation (the training model on dequantized f32 weights) as the
-    // reference. On CPUs with AVX-512 VNNI chunked prompts run the quantized kernel on 8-bit
+    // reference. On x86-64 CPUs with AVX2 chunked prompts run the quantized kernel on 8-bit
     // activations (like single rows, see above: up to 0.66 measured over the 49k logits);
     // elsewhere they use the f32 weights and only summation order differs.
     use crate::train::{load_gguf, model_from_weights, CausalLm};
@@ -150,7 +150,8 @@ fn matches_the_training_model_in_f32() -> Result<()> {
     // Two chunks (16 + 8 rows) exercise attention over a cache with a causal mask.
     let mut cache = model.new_cache();
     model.forward(&p[..16], &mut cache, false)?;
-    // All positions: 8 rows, so the output projection also runs on the f32 weights.
+    // All positions: 8 rows, so the output projection also runs the prompt path (the f32
+    // weights where they are kept).
     let got = last_row(&model.forward(&p[16..], &mut cache, true)?)?;
     let diff = got
         .iter()

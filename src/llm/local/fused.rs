@@ -529,7 +529,7 @@ mod softmax_avx2 {
 }
 
 /// `Σ x²` in order, as candle's `rms_norm` sums: the normed values feed 8-bit activation
-/// quantization (the VNNI kernels), where a last-bit difference can move a value across a
+/// quantization (the packed kernels), where a last-bit difference can move a value across a
 /// rounding step; summed in eight lanes, SmolLM2 Q8_0's perplexity moved by 0.8 %.
 #[inline(always)]
 fn sum_squares(x: &[f32]) -> f32 {

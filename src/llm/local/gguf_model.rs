@@ -30,7 +30,8 @@ const GEMM_ROWS: usize = 8;
 
 /// A projection kept quantized (streams the least memory: best for one or a few rows) and,
 /// when `dense` is on, also as f32 weights (a cache-blocked gemm: best for prompt chunks),
-/// unless its quantized kernel is the faster one for prompt chunks too (the VNNI kernels).
+/// unless its quantized kernel is the faster one for prompt chunks too (the packed kernels,
+/// on any x86-64 CPU with AVX2).
 struct Linear {
     quant: Quant,
     dense: Option<Tensor>,
