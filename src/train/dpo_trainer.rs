@@ -5,7 +5,7 @@
 //! and handed in.
 //!
 //! A step takes `grad_accum` micro-batches of whole conversations (see
-//! [`group_batches_by`]) and averages the weighted pair losses over the step's total weight.
+//! [`group_batches_by`](super::reward_data::group_batches_by)) and averages the weighted pair losses over the step's total weight.
 //! Everything a step depends on is in the checkpoint (weights, moments, position; the batches
 //! of an epoch are a pure function of seed and epoch; the reference log-probabilities are
 //! stored by the caller), so a resumed run repeats the uninterrupted one.
@@ -19,13 +19,12 @@ use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::resume;
-use super::reward_data::group_batches_by;
+use super::reward_data::EpochBatches;
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
 use crate::artifacts::{EVAL_LOG, FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
-use crate::model_files::lora;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -180,7 +179,7 @@ pub struct DpoTrainer {
     opt: AdamW,
     schedule: LrSchedule,
     data: DpoData,
-    batches: (usize, Vec<Vec<usize>>),
+    batches: EpochBatches,
     state: DpoTrainerState,
     last_checkpoint: Option<PathBuf>,
     device: Device,
@@ -232,10 +231,11 @@ impl DpoTrainer {
         data.check(cfg.loss)?;
         let t = &cfg.train;
         let fingerprint = data.data_fingerprint();
-        let first = epoch_batches(&data.train, t, 0);
+        let keys = data.train.iter().map(|p| p.group.clone()).collect();
+        let batches = EpochBatches::new(keys, t.batch_size, t.seed, 0);
         let total_steps = t
             .max_steps
-            .unwrap_or_else(|| (t.epochs * first.len()).div_ceil(t.grad_accum.max(1)));
+            .unwrap_or_else(|| (t.epochs * batches.per_epoch()).div_ceil(t.grad_accum.max(1)));
         let state = match saved {
             Some(state) => {
                 ensure!(
@@ -268,7 +268,6 @@ impl DpoTrainer {
             kind: t.schedule,
             min_lr_ratio: t.min_lr_ratio,
         };
-        let batches = (state.epoch, epoch_batches(&data.train, t, state.epoch));
         Ok(Self {
             model: params.training_model(cfg.train.dtype)?,
             cfg,
@@ -303,20 +302,6 @@ impl DpoTrainer {
         self.state.step >= self.state.total_steps
     }
 
-    fn next_micro_batch(&mut self) -> Vec<usize> {
-        if self.batches.0 != self.state.epoch {
-            let b = epoch_batches(&self.data.train, &self.cfg.train, self.state.epoch);
-            self.batches = (self.state.epoch, b);
-        }
-        let picked = self.batches.1[self.state.cursor].clone();
-        self.state.cursor += 1;
-        if self.state.cursor == self.batches.1.len() {
-            self.state.epoch += 1;
-            self.state.cursor = 0;
-        }
-        picked
-    }
-
     fn non_finite(&self, step: usize, what: &'static str, value: f64) -> anyhow::Error {
         anyhow::Error::new(NonFiniteError {
             step,
@@ -334,7 +319,10 @@ impl DpoTrainer {
         let lr = self.schedule.lr(step);
         let spec = self.cfg.spec();
         let micro: Vec<Vec<usize>> = (0..self.cfg.train.grad_accum)
-            .map(|_| self.next_micro_batch())
+            .map(|_| {
+                self.batches
+                    .next(&mut self.state.epoch, &mut self.state.cursor)
+            })
             .collect();
         let total_weight: f64 = micro
             .iter()
@@ -473,11 +461,7 @@ impl DpoTrainer {
     /// Writes a resumable checkpoint (base weights, adapters, optimizer, state).
     pub fn save_checkpoint(&mut self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
         checkpoint::write_dir_atomically(dir, |tmp| {
-            let base = self.params.base_weights();
-            checkpoint::write_model_files(tmp, self.params.config(), &base, extra_files)?;
-            if let Some(lora_cfg) = self.cfg.train.trainable.lora() {
-                lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
-            }
+            self.params.write_checkpoint_files(tmp, extra_files)?;
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
             resume::write_state(tmp, &self.state)
         })?;
@@ -487,9 +471,8 @@ impl DpoTrainer {
 
     /// Writes the trained policy (LoRA merged) to `dir`: a model folder any stage loads.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
-            checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
+            self.params.write_final_files(tmp, extra_files)?;
             resume::write_state(tmp, &self.state)
         })
     }
@@ -564,11 +547,4 @@ impl DpoTrainer {
         let path = out_dir.join(EVAL_LOG);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     }
-}
-
-/// The micro-batches of `epoch`: conversations shuffled by `(seed, epoch)`, their pairs
-/// kept together.
-fn epoch_batches(pairs: &[DpoPair], t: &SftConfig, epoch: usize) -> Vec<Vec<usize>> {
-    let keys: Vec<&str> = pairs.iter().map(|p| p.group.as_str()).collect();
-    group_batches_by(&keys, t.batch_size, t.seed, epoch)
 }

@@ -8,7 +8,7 @@
 
 use super::model::Llama;
 use super::precision::Precision;
-use crate::model_files::checkpoint;
+use crate::model_files::checkpoint::{self, ExtraFiles};
 use crate::model_files::config::LlamaConfig;
 use crate::model_files::lora::{self, LoraConfig};
 use crate::model_files::weights::{self, Weights};
@@ -173,6 +173,23 @@ impl ParamStore {
             Some(l) => lora::merge_adapters(&base, &self.adapter_weights(), l),
             None => Ok(base),
         }
+    }
+
+    /// Writes the parameters a resumable checkpoint holds into `dir`: the base weights as a
+    /// model folder (with `extra_files`) and, in LoRA runs, the adapters beside them (what
+    /// [`Self::restore`] reads).
+    pub fn write_checkpoint_files(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
+        checkpoint::write_model_files(dir, &self.config, &self.base_weights(), extra_files)?;
+        if let Some(lora_cfg) = self.trainable.lora() {
+            lora::save_adapters(dir, &self.adapter_weights(), lora_cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the trained model into `dir` as a model folder (with `extra_files`) that every
+    /// stage loads: [`Self::merged_weights`].
+    pub fn write_final_files(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
+        checkpoint::write_model_files(dir, &self.config, &self.merged_weights()?, extra_files)
     }
 
     /// The LoRA adapter tensors (empty unless this is a LoRA run).

@@ -38,7 +38,6 @@ use super::reward::RewardHead;
 use super::trainer::epoch_order;
 use super::{model_from_weights, LlamaConfig, NonFiniteError, Weights};
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
-use crate::model_files::lora;
 use crate::model_files::weights::dtype_device;
 
 /// Value-head file of a PPO checkpoint.
@@ -565,11 +564,7 @@ impl PpoTrainer {
     /// head (GAE only), optimizer moments and [`PpoState`].
     pub fn save_checkpoint(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
         checkpoint::write_dir_atomically(dir, |tmp| {
-            let base = self.params.base_weights();
-            checkpoint::write_model_files(tmp, self.params.config(), &base, extra_files)?;
-            if let Some(lora_cfg) = self.cfg.trainable.lora() {
-                lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
-            }
+            self.params.write_checkpoint_files(tmp, extra_files)?;
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
             self.write_head_and_state(tmp)
         })
@@ -584,9 +579,8 @@ impl PpoTrainer {
 
     /// Writes the policy as a plain model folder (LoRA merged) that every stage loads.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
-            checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
+            self.params.write_final_files(tmp, extra_files)?;
             self.write_head_and_state(tmp)
         })
     }

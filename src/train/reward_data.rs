@@ -197,6 +197,59 @@ pub fn tokenize_pairs(
     Ok((out, truncated))
 }
 
+/// The micro-batches of every epoch over items grouped by conversation
+/// ([`group_batches_by`]), the current epoch's kept: a trainer's position in its data is just
+/// (epoch, cursor), as its resumable state records it.
+pub struct EpochBatches {
+    keys: Vec<String>,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    batches: Vec<Vec<usize>>,
+}
+
+impl EpochBatches {
+    /// Batches of at most `batch_size` items (`keys[i]`: item `i`'s conversation), shuffled by
+    /// `seed`, starting at `epoch`.
+    pub fn new(keys: Vec<String>, batch_size: usize, seed: u64, epoch: usize) -> Self {
+        let mut me = Self {
+            keys,
+            batch_size,
+            seed,
+            epoch,
+            batches: Vec::new(),
+        };
+        me.batches = me.of_epoch(epoch);
+        me
+    }
+
+    /// Micro-batches per epoch.
+    pub fn per_epoch(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// The micro-batch at `cursor` of `epoch`, moving both on (to the next epoch after its
+    /// last batch).
+    pub fn next(&mut self, epoch: &mut usize, cursor: &mut usize) -> Vec<usize> {
+        if self.epoch != *epoch {
+            self.batches = self.of_epoch(*epoch);
+            self.epoch = *epoch;
+        }
+        let picked = self.batches[*cursor].clone();
+        *cursor += 1;
+        if *cursor == self.batches.len() {
+            *epoch += 1;
+            *cursor = 0;
+        }
+        picked
+    }
+
+    fn of_epoch(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+        group_batches_by(&keys, self.batch_size, self.seed, epoch)
+    }
+}
+
 /// Micro-batches of pair indices for `epoch`: the conversations are shuffled (seeded by
 /// `seed` on the ChaCha stream `epoch`, so any epoch can be recomputed on resume), and
 /// their pairs are packed in that order into batches of at most `batch_size` pairs; a

@@ -3,7 +3,7 @@
 //! the pairwise loss of [`reward_loss`](super::reward_loss) on a scalar head.
 //!
 //! A step takes `grad_accum` micro-batches of whole conversations (see
-//! [`group_batches`]) and averages the weighted pair losses over the step's total
+//! [`group_batches_by`](super::reward_data::group_batches_by)) and averages the weighted pair losses over the step's total
 //! weight. Everything a step depends on is in the checkpoint (weights, head, moments,
 //! position; the batches of an epoch are a pure function of seed and epoch), so a resumed
 //! run repeats the uninterrupted one.
@@ -15,14 +15,13 @@ use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::resume;
 use super::reward::{batch_rewards, evaluate_pairs, RewardEval, RewardHead};
-use super::reward_data::{group_batches, PairBatch, TokenPair};
+use super::reward_data::{EpochBatches, PairBatch, TokenPair};
 use super::reward_loss::{batch_loss, LossSettings};
 use super::sft::{NonFiniteError, SftConfig};
 use super::{LlamaConfig, Weights};
 use crate::artifacts::{EVAL_LOG, FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
-use crate::model_files::lora;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Var};
 use serde::{Deserialize, Serialize};
@@ -108,7 +107,7 @@ pub struct RewardTrainer {
     schedule: LrSchedule,
     train: Vec<TokenPair>,
     eval: Vec<TokenPair>,
-    batches: (usize, Vec<Vec<usize>>),
+    batches: EpochBatches,
     state: RewardTrainerState,
     last_eval: Option<RewardEval>,
     last_checkpoint: Option<PathBuf>,
@@ -172,11 +171,12 @@ impl RewardTrainer {
             "no training pairs (every pair is held out or was dropped as a tie)"
         );
         let t = &cfg.train;
-        let first = group_batches(&train, t.batch_size, t.seed, 0);
+        let keys = train.iter().map(|p| p.group.clone()).collect();
+        let batches = EpochBatches::new(keys, t.batch_size, t.seed, 0);
         let fingerprint = pairs_fingerprint(&train);
         let total_steps = t
             .max_steps
-            .unwrap_or_else(|| (t.epochs * first.len()).div_ceil(t.grad_accum.max(1)));
+            .unwrap_or_else(|| (t.epochs * batches.per_epoch()).div_ceil(t.grad_accum.max(1)));
         let state = match saved {
             Some(state) => {
                 ensure!(
@@ -210,10 +210,6 @@ impl RewardTrainer {
         };
         let mut vars = params.vars().to_vec();
         vars.extend(head.vars());
-        let batches = (
-            state.epoch,
-            group_batches(&train, t.batch_size, t.seed, state.epoch),
-        );
         Ok(Self {
             model: params.training_model(cfg.train.dtype)?,
             cfg,
@@ -256,21 +252,6 @@ impl RewardTrainer {
         self.state.step >= self.state.total_steps
     }
 
-    fn next_micro_batch(&mut self) -> Vec<usize> {
-        let t = &self.cfg.train;
-        if self.batches.0 != self.state.epoch {
-            let b = group_batches(&self.train, t.batch_size, t.seed, self.state.epoch);
-            self.batches = (self.state.epoch, b);
-        }
-        let picked = self.batches.1[self.state.cursor].clone();
-        self.state.cursor += 1;
-        if self.state.cursor == self.batches.1.len() {
-            self.state.epoch += 1;
-            self.state.cursor = 0;
-        }
-        picked
-    }
-
     fn non_finite(&self, step: usize, what: &'static str, value: f64) -> anyhow::Error {
         anyhow::Error::new(NonFiniteError {
             step,
@@ -289,9 +270,11 @@ impl RewardTrainer {
         let device = self.model.device().clone();
         let mut batches = Vec::with_capacity(self.cfg.train.grad_accum);
         for _ in 0..self.cfg.train.grad_accum {
-            let idx = self.next_micro_batch();
+            let idx = self
+                .batches
+                .next(&mut self.state.epoch, &mut self.state.cursor);
             let pairs: Vec<&TokenPair> = idx.iter().map(|&i| &self.train[i]).collect();
-            // The pairs of a conversation are adjacent (see `group_batches`) and stay together.
+            // The pairs of a conversation are adjacent (see `group_batches_by`) and stay together.
             let mut units: Vec<(usize, usize)> = Vec::new();
             let mut starts = Vec::new();
             for (k, p) in pairs.iter().enumerate() {
@@ -398,11 +381,7 @@ impl RewardTrainer {
     /// Writes a resumable checkpoint (base weights, adapters, head, optimizer, state).
     pub fn save_checkpoint(&mut self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
         checkpoint::write_dir_atomically(dir, |tmp| {
-            let base = self.params.base_weights();
-            checkpoint::write_model_files(tmp, self.params.config(), &base, extra_files)?;
-            if let Some(lora_cfg) = self.cfg.train.trainable.lora() {
-                lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
-            }
+            self.params.write_checkpoint_files(tmp, extra_files)?;
             self.head.save(tmp)?;
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
             resume::write_state(tmp, &self.state)
@@ -413,9 +392,8 @@ impl RewardTrainer {
 
     /// Writes the trained reward model (LoRA merged) with its head to `dir`.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
-            checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
+            self.params.write_final_files(tmp, extra_files)?;
             self.head.save(tmp)?;
             resume::write_state(tmp, &self.state)
         })

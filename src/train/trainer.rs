@@ -16,7 +16,6 @@ use crate::artifacts::{FINAL_DIR, TRAIN_LOG};
 use crate::hash::Fnv1a;
 use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
 use crate::model_files::config::LlamaConfig;
-use crate::model_files::lora;
 use crate::model_files::weights::Weights;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
@@ -288,11 +287,7 @@ impl SftTrainer {
     /// state, optimizer) to `dir`.
     pub fn save_checkpoint(&mut self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
         checkpoint::write_dir_atomically(dir, |tmp| {
-            let base = self.params.base_weights();
-            checkpoint::write_model_files(tmp, self.params.config(), &base, extra_files)?;
-            if let Some(lora_cfg) = self.cfg.trainable.lora() {
-                lora::save_adapters(tmp, &self.params.adapter_weights(), lora_cfg)?;
-            }
+            self.params.write_checkpoint_files(tmp, extra_files)?;
             self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
             resume::write_state(tmp, &self.state)
         })?;
@@ -303,9 +298,8 @@ impl SftTrainer {
     /// Writes the trained model as a plain folder (LoRA adapters merged) to `dir`, with
     /// `trainer_state.json` for the record.
     pub fn save_final(&self, dir: &Path, extra_files: ExtraFiles) -> Result<()> {
-        let weights = self.params.merged_weights()?;
         checkpoint::write_dir_atomically(dir, |tmp| {
-            checkpoint::write_model_files(tmp, self.params.config(), &weights, extra_files)?;
+            self.params.write_final_files(tmp, extra_files)?;
             resume::write_state(tmp, &self.state)
         })
     }
