@@ -1,7 +1,8 @@
 //! AVX2 tiles of the packed layouts ([`Group32`], [`Nibbles32`], [`GroupK`]), for CPUs
 //! without AVX-512 VNNI: each 16-row group taken as two halves of 8 rows, one weight row per
-//! i32 lane of a 256-bit vector. The 4- and 5-bit types keep two values per byte here
-//! ([`Nibbles32`], the fifth bits apart): a single sequence's decoding streams every weight
+//! i32 lane of a 256-bit vector. The 4- and 5-bit types (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+//! Q5_K) keep two values per byte here ([`Nibbles32`], [`GroupK`] of [`K_NIBBLES`], the fifth
+//! bits apart): a single sequence's decoding streams every weight
 //! from memory, and reads half the bytes (2 to 3 instructions per 8 rows' 8 values unpack
 //! them, shared by the tile's rows).
 //!
@@ -20,7 +21,9 @@
 use std::arch::x86_64::*;
 
 use super::k_quants::{BlockK, Q8KBlock, QK_K};
-use super::packed_layout::{Act32, Fifth32, Group32, GroupK, Nibbles32, HALF, LANES};
+use super::packed_layout::{
+    Act32, Fifth32, Group32, GroupK, KFifth, Nibbles32, HALF, K_NIBBLES, LANES,
+};
 
 /// Steps of 4 values (out of `steps`, a power of two) whose `vpmaddubsw` sums can be added in
 /// i16 lanes: each step adds at most `2 · (2^bits - 1) · 128` (two products of a weight and an
@@ -182,13 +185,15 @@ unsafe fn scale_block<const R: usize>(
     }
 }
 
-/// `Packed::tile_avx2` of a K-quant group (`w`: its super-blocks) for half `h`.
+/// `Packed::tile_avx2` of a K-quant group (`w`: its super-blocks, a byte per value or, with
+/// `Q` [`K_NIBBLES`], two; `fifth`: Q5_K's fifth bits then, else empty) for half `h`.
 ///
 /// # Safety
 /// As for [`tile32`].
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_k<B: BlockK, const R: usize>(
-    w: &[GroupK],
+pub(super) unsafe fn tile_k<B: BlockK, const R: usize, const Q: usize>(
+    w: &[GroupK<Q>],
+    fifth: &[KFifth],
     y: &[Q8KBlock],
     at: [usize; R],
     h: usize,
@@ -210,7 +215,10 @@ pub(super) unsafe fn tile_k<B: BlockK, const R: usize>(
                 let mut p16 = [_mm256_setzero_si256(); R];
                 for t in first..first + s16 {
                     let step = s * steps + t;
-                    let wv = weights(wb.qs.as_ptr(), step, h);
+                    let wv = match Q == K_NIBBLES {
+                        true => k_nibbles(wb.qs.as_ptr(), fifth, b, s, t, h),
+                        false => weights(wb.qs.as_ptr(), step, h),
+                    };
                     for r in 0..R {
                         let yb = y.get_unchecked(at[r] + b);
                         let yv = broadcast4(yb.qs.as_ptr().add(4 * step));
@@ -244,13 +252,52 @@ pub(super) unsafe fn tile_k<B: BlockK, const R: usize>(
     acc
 }
 
+/// The 8 rows' 4 values of step `t` of sub-block `s` in half `h` of a [`GroupK`] of nibbles
+/// (`qs`), with their fifth bits from `fifth[b]` unless `fifth` is empty.
+///
+/// # Safety
+/// AVX2 must be available; `qs` holds sub-block `s`; `fifth` is empty or holds block `b`.
+#[inline(always)]
+unsafe fn k_nibbles(
+    qs: *const u8,
+    fifth: &[KFifth],
+    b: usize,
+    s: usize,
+    t: usize,
+    h: usize,
+) -> __m256i {
+    let v = _mm256_loadu_si256(qs.add(256 * s + 128 * h + 32 * (t % 4)) as *const __m256i);
+    let nibble = _mm256_set1_epi8(0x0F);
+    let q = match t < 4 {
+        true => _mm256_and_si256(v, nibble),
+        false => _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
+    };
+    if fifth.is_empty() {
+        return q;
+    }
+    let high = fifth.get_unchecked(b).as_ptr().add(64 * s + 32 * h);
+    let high = _mm256_loadu_si256(high as *const __m256i);
+    // Bit `t` of each byte to bit 4 (shifts within 16-bit lanes move other bits across
+    // bytes; the mask keeps only this one).
+    let high = match t <= 4 {
+        true => _mm256_sll_epi16(high, _mm_cvtsi32_si128(4 - t as i32)),
+        false => _mm256_srl_epi16(high, _mm_cvtsi32_si128(t as i32 - 4)),
+    };
+    _mm256_or_si256(q, _mm256_and_si256(high, _mm256_set1_epi8(0x10)))
+}
+
 /// `Σ_p` of `GroupK::pairs` row `p` (two i16 factors per lane) times the activation's pair `p`
 /// of i16 sums (`sums`, read as i32), for `p < pairs`: half `h`'s 8 lanes.
 ///
 /// # Safety
 /// AVX2 must be available; `sums` holds `pairs` pairs.
 #[inline(always)]
-unsafe fn pair_sums(wb: &GroupK, h: usize, sums: *const i32, pairs: usize) -> __m256i {
+unsafe fn pair_sums<const Q: usize>(
+    wb: &GroupK<Q>,
+    h: usize,
+    sums: *const i32,
+    pairs: usize,
+) -> __m256i {
     let mut total = _mm256_setzero_si256();
     for p in 0..pairs {
         let f = _mm256_loadu_si256(wb.pairs.as_ptr().add(LANES * p + HALF * h) as *const __m256i);

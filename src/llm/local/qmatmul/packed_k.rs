@@ -19,10 +19,10 @@ use anyhow::Result;
 
 use super::act_quant;
 use super::block32::check_size;
-use super::k_quants::{BlockK, Q8KBlock, QK_K};
+use super::k_quants::{BlockK, KInts, Q8KBlock, QK_K};
 use super::packed::{broadcast4, chains, matmul_packed, Isa, Packed};
 use super::packed_avx2;
-use super::packed_layout::{GroupK, LANES};
+use super::packed_layout::{GroupK, KFifth, HALF, K_BYTES, K_NIBBLES, LANES};
 use super::RowsMatMul;
 
 /// Two i16 values in one i32 lane, `lo` in the low half (as `vpdpwssd` pairs them).
@@ -30,9 +30,14 @@ fn pair(lo: i16, hi: i16) -> u32 {
     (lo as u16 as u32) | ((hi as u16 as u32) << 16)
 }
 
-/// A K-quant type's weights repacked for [`Packed::tile`].
+/// A K-quant type's weights repacked for [`Packed::tile`] (and [`Packed::tile_avx2`]).
 pub(super) struct PackedK<B> {
-    groups: Vec<GroupK>,
+    /// The weights a byte per value; empty where `nibbles` holds them.
+    groups: Vec<GroupK<K_BYTES>>,
+    /// Q4_K and Q5_K for the AVX2 tiles, two values per byte (as `groups`); else empty.
+    nibbles: Vec<GroupK<K_NIBBLES>>,
+    /// For Q5_K in `nibbles`, the fifth bits (as `groups`); else empty.
+    fifth: Vec<KFifth>,
     isa: Isa,
     n: usize,
     k: usize,
@@ -45,45 +50,80 @@ impl<B: BlockK> PackedK<B> {
     pub(super) fn new(data: &[u8], n: usize, k: usize, isa: Isa) -> Result<Self> {
         check_size(B::NAME, data.len(), (QK_K, B::BYTES), n, k)?;
         let kb = k / QK_K;
-        let empty = GroupK {
-            qs: [0; LANES * QK_K],
-            scales: [0; 16 * LANES],
-            pairs: [0; 8 * LANES],
-            d: [0.0; LANES],
-            dmin: [0.0; LANES],
-        };
-        let mut groups = vec![empty; n.div_ceil(LANES) * kb];
-        for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
-            let (c, b) = (i / kb, i % kb);
-            let (g, j) = (c / LANES, c % LANES);
-            let ints = B::ints(bytes);
-            let dst = &mut groups[g * kb + b];
-            for (v, &q) in ints.q.iter().enumerate() {
-                dst.qs[4 * LANES * (v / 4) + 4 * j + v % 4] = q;
-            }
-            for (s, &scale) in ints.scales.iter().enumerate() {
-                dst.scales[LANES * s + j] = scale;
-            }
-            for p in 0..8 {
-                dst.pairs[LANES * p + j] = match (B::HAS_MIN, B::OFFSET != 0) {
-                    (true, _) if p < 4 => {
-                        pair(ints.mins[2 * p] as i16, ints.mins[2 * p + 1] as i16)
-                    }
-                    (false, true) => pair(ints.scales[2 * p] as i16, ints.scales[2 * p + 1] as i16),
-                    _ => 0,
-                };
-            }
-            dst.d[j] = ints.d;
-            dst.dmin[j] = ints.dmin;
-        }
-        Ok(Self {
-            groups,
+        let blocks = n.div_ceil(LANES) * kb;
+        let as_nibbles = isa == Isa::Avx2 && B::SUB == 32 && B::BITS <= 5;
+        let mut me = Self {
+            groups: Vec::new(),
+            nibbles: Vec::new(),
+            fifth: Vec::new(),
             isa,
             n,
             k,
             _type: std::marker::PhantomData,
-        })
+        };
+        match as_nibbles {
+            true => {
+                me.nibbles = vec![empty_group(); blocks];
+                if B::BITS == 5 {
+                    me.fifth = vec![[0; 8 * 4 * LANES]; blocks];
+                }
+            }
+            false => me.groups = vec![empty_group(); blocks],
+        }
+        for (i, bytes) in data.chunks_exact(B::BYTES).enumerate() {
+            let (c, b) = (i / kb, i % kb);
+            let (g, j) = (c / LANES, c % LANES);
+            let ints = B::ints(bytes);
+            let at = g * kb + b;
+            if !as_nibbles {
+                let dst = &mut me.groups[at];
+                for (v, &q) in ints.q.iter().enumerate() {
+                    dst.qs[4 * LANES * (v / 4) + 4 * j + v % 4] = q;
+                }
+                set_lane::<B, K_BYTES>(dst, j, &ints);
+                continue;
+            }
+            let dst = &mut me.nibbles[at];
+            set_lane::<B, K_NIBBLES>(dst, j, &ints);
+            let (h, j) = (j / HALF, j % HALF);
+            for (v, &q) in ints.q.iter().enumerate() {
+                let (s, t, l) = (v / 32, v % 32 / 4, v % 4);
+                let byte = 256 * s + 128 * h + 32 * (t % 4) + 4 * j + l;
+                dst.qs[byte] |= (q & 0xF) << (4 * (t / 4));
+                if B::BITS == 5 {
+                    me.fifth[at][64 * s + 32 * h + 4 * j + l] |= (q >> 4) << t;
+                }
+            }
+        }
+        Ok(me)
     }
+}
+
+/// A group of zeros (the rows past the last one stay so).
+fn empty_group<const Q: usize>() -> GroupK<Q> {
+    GroupK {
+        qs: [0; Q],
+        scales: [0; 16 * LANES],
+        pairs: [0; 8 * LANES],
+        d: [0.0; LANES],
+        dmin: [0.0; LANES],
+    }
+}
+
+/// Row `j`'s scales, pairs of factors and super-block scales in `dst`.
+fn set_lane<B: BlockK, const Q: usize>(dst: &mut GroupK<Q>, j: usize, ints: &KInts) {
+    for (s, &scale) in ints.scales.iter().enumerate() {
+        dst.scales[LANES * s + j] = scale;
+    }
+    for p in 0..8 {
+        dst.pairs[LANES * p + j] = match (B::HAS_MIN, B::OFFSET != 0) {
+            (true, _) if p < 4 => pair(ints.mins[2 * p] as i16, ints.mins[2 * p + 1] as i16),
+            (false, true) => pair(ints.scales[2 * p] as i16, ints.scales[2 * p + 1] as i16),
+            _ => 0,
+        };
+    }
+    dst.d[j] = ints.d;
+    dst.dmin[j] = ints.dmin;
 }
 
 // SAFETY: `Q8KBlock` holds integers and a float.
@@ -132,7 +172,17 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
         at: [usize; R],
     ) -> [__m256; R] {
         let kb = self.k / QK_K;
-        packed_avx2::tile_k::<B, R>(&self.groups[g * kb..(g + 1) * kb], y, at, h)
+        let blocks = g * kb..(g + 1) * kb;
+        match (self.nibbles.is_empty(), self.fifth.is_empty()) {
+            (true, _) => packed_avx2::tile_k::<B, R, K_BYTES>(&self.groups[blocks], &[], y, at, h),
+            (false, true) => {
+                packed_avx2::tile_k::<B, R, K_NIBBLES>(&self.nibbles[blocks], &[], y, at, h)
+            }
+            (false, false) => {
+                let (w, fifth) = (&self.nibbles[blocks.clone()], &self.fifth[blocks]);
+                packed_avx2::tile_k::<B, R, K_NIBBLES>(w, fifth, y, at, h)
+            }
+        }
     }
 }
 
@@ -142,7 +192,7 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
 /// As for [`Packed::tile`]; `w` is one group's super-blocks.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
-    w: &[GroupK],
+    w: &[GroupK<K_BYTES>],
     y: &[Q8KBlock],
     at: [usize; R],
 ) -> [__m512; R] {

@@ -34,24 +34,38 @@ pub(super) struct Group32 {
 const _: () = assert!(std::mem::size_of::<Group32>() == 36 * LANES);
 
 /// [`LANES`] weight rows' super-block: `qs[4 · LANES · t + 4j + l]` is value `4t + l` of row
-/// `j` (unsigned), `scales[LANES · g + j]` the scale of row `j`'s sub-block `g`, `d[j]` and
+/// `j` (unsigned) when `Q` is [`K_BYTES`]; with `Q` [`K_NIBBLES`] (Q4_K and Q5_K for the AVX2
+/// tiles: half the bytes, for decoding), `qs[256s + 128h + 32p + 4j + l]` holds value
+/// `32s + 4p + l` of row `8h + j` in its low nibble and value `32s + 4(p + 4) + l` in its high
+/// one (Q5_K's fifth bits apart, [`KFifth`]). `scales[LANES · g + j]` the scale of row `j`'s sub-block `g`, `d[j]` and
 /// `dmin[j]` its super-block scales. `pairs[LANES · p + j]` holds two i16 factors of row `j`
 /// (low half first) for `vpdpwssd` against the activations' pair `p` of sums: the minimums of
 /// its 32-value sub-blocks `2p` and `2p + 1` (Q4_K, Q5_K: pairs 0..4), or the scales of its
 /// 16-value sub-blocks `2p` and `2p + 1` (Q6_K: pairs 0..8).
 ///
-/// Aligned to cache lines (4992 bytes, 78 lines, no padding), as [`Group32`].
+/// Aligned to cache lines (4992 bytes, 78 lines, or 2944, 46 lines; no padding), as
+/// [`Group32`].
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(super) struct GroupK {
-    pub(super) qs: [u8; LANES * QK_K],
+pub(super) struct GroupK<const Q: usize> {
+    pub(super) qs: [u8; Q],
     pub(super) scales: [i8; 16 * LANES],
     pub(super) pairs: [u32; 8 * LANES],
     pub(super) d: [f32; LANES],
     pub(super) dmin: [f32; LANES],
 }
 
-const _: () = assert!(std::mem::size_of::<GroupK>() == 4992);
+/// [`GroupK`]'s `Q` with a byte per value.
+pub(super) const K_BYTES: usize = LANES * QK_K;
+/// [`GroupK`]'s `Q` with two values per byte.
+pub(super) const K_NIBBLES: usize = LANES * QK_K / 2;
+
+const _: () = assert!(std::mem::size_of::<GroupK<K_BYTES>>() == 4992);
+const _: () = assert!(std::mem::size_of::<GroupK<K_NIBBLES>>() == 2944);
+
+/// The fifth bits of a Q5_K [`GroupK`] of nibbles: bit `t` of `[64s + 32h + 4j + l]` is that
+/// of value `32s + 4t + l` of row `8h + j`.
+pub(super) type KFifth = [u8; 8 * 4 * LANES];
 
 /// A [`Group32`] of 4- or 5-bit values for the AVX2 tiles, in half the bytes (decoding streams
 /// the weights from memory): `lo[128h + 32p + 4j + l]` holds value `4p + l` of row `8h + j`
