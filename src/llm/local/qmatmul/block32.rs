@@ -5,6 +5,8 @@
 
 use anyhow::{bail, Result};
 
+/// The little-endian f16 at `b[at..at + 2]`, as f32.
+/// The little-endian f16 at `b[at..at + 2]`, as f32.
 pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }

@@ -4,6 +4,8 @@
 //! blocks those kernels multiply them with (as in llama.cpp: 256 signed bytes, an f32 scale
 //! and the sums of each 16 bytes, quantized by `act_quant`).
 
+use super::block32::f16_at;
+
 /// Values per super-block.
 pub(super) const QK_K: usize = 256;
 
@@ -43,10 +45,6 @@ pub(super) struct KInts {
     pub(super) mins: [u8; 8],
     pub(super) d: f32,
     pub(super) dmin: f32,
-}
-
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 /// The 6-bit scales and minimums of Q4_K and Q5_K's eight sub-blocks, from their 12 packed

@@ -78,7 +78,6 @@ pub(super) unsafe fn tile32<const R: usize, const FIVE: bool>(
     }
     let ones = _mm256_set1_epi16(1);
     let nibble = _mm256_set1_epi8(0x0F);
-    let bit4 = _mm256_set1_epi8(0x10);
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, wb) in w.iter().enumerate() {
         let mut sums = [_mm256_setzero_si256(); R];
@@ -99,12 +98,8 @@ pub(super) unsafe fn tile32<const R: usize, const FIVE: bool>(
                     _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
                 ];
                 if FIVE {
-                    // Bit `t` of each byte of `high` to bit 4 (shifts within 16-bit lanes
-                    // move other bits across bytes; the mask keeps only this one).
-                    let up = _mm256_sll_epi16(high, _mm_cvtsi32_si128(4 - p as i32));
-                    let down = _mm256_srl_epi16(high, _mm_cvtsi32_si128(p as i32));
-                    q[0] = _mm256_or_si256(q[0], _mm256_and_si256(up, bit4));
-                    q[1] = _mm256_or_si256(q[1], _mm256_and_si256(down, bit4));
+                    q[0] = with_fifth_bit(q[0], high, p);
+                    q[1] = with_fifth_bit(q[1], high, p + 4);
                 }
                 for (half, &q) in q.iter().enumerate() {
                     let t = p + 4 * half;
@@ -156,8 +151,8 @@ pub(super) unsafe fn tile32_q8_0<const R: usize>(
     acc
 }
 
-/// `acc[r] += float(sums[r]) · (d_w · d_y)` (`d`: the weight rows' scales), then the minimums' term where there are
-/// minimums: block `b`'s float steps, as in the VNNI tile.
+/// `acc[r] += float(sums[r]) · (d_w · d_y)` (`d`: the weight rows' scales), then the
+/// minimums' term where there are minimums: block `b`'s float steps, as in the VNNI tile.
 ///
 /// # Safety
 /// AVX and FMA must be available; `y` holds block `at[r] + b`; `mins` is empty or holds `b`.
@@ -204,6 +199,14 @@ pub(super) unsafe fn tile_k<B: BlockK, const R: usize, const Q: usize>(
     for (b, wb) in w.iter().enumerate() {
         let mut scaled = [_mm256_setzero_si256(); R];
         for s in 0..QK_K / B::SUB {
+            // Q5_K's fifth bits of this sub-block's values, in nibbles.
+            let high = match fifth.is_empty() {
+                true => None,
+                false => {
+                    let at = fifth.get_unchecked(b).as_ptr().add(64 * s + 32 * h);
+                    Some(_mm256_loadu_si256(at as *const __m256i))
+                }
+            };
             // The 8 rows' scales of sub-block `s`, each in both i16 halves of its lane.
             let sc = _mm_loadl_epi64(wb.scales.as_ptr().add(LANES * s + HALF * h) as *const _);
             let sc = _mm256_cvtepi8_epi32(sc);
@@ -216,7 +219,7 @@ pub(super) unsafe fn tile_k<B: BlockK, const R: usize, const Q: usize>(
                 for t in first..first + s16 {
                     let step = s * steps + t;
                     let wv = match Q == K_NIBBLES {
-                        true => k_nibbles(wb.qs.as_ptr(), fifth, b, s, t, h),
+                        true => k_nibbles(wb.qs.as_ptr(), high, s, t, h),
                         false => weights(wb.qs.as_ptr(), step, h),
                     };
                     for r in 0..R {
@@ -253,37 +256,36 @@ pub(super) unsafe fn tile_k<B: BlockK, const R: usize, const Q: usize>(
 }
 
 /// The 8 rows' 4 values of step `t` of sub-block `s` in half `h` of a [`GroupK`] of nibbles
-/// (`qs`), with their fifth bits from `fifth[b]` unless `fifth` is empty.
+/// (`qs`), with their fifth bits from `high` (the sub-block's, for Q5_K).
 ///
 /// # Safety
-/// AVX2 must be available; `qs` holds sub-block `s`; `fifth` is empty or holds block `b`.
+/// AVX2 must be available; `qs` holds sub-block `s`.
 #[inline(always)]
-unsafe fn k_nibbles(
-    qs: *const u8,
-    fifth: &[KFifth],
-    b: usize,
-    s: usize,
-    t: usize,
-    h: usize,
-) -> __m256i {
+unsafe fn k_nibbles(qs: *const u8, high: Option<__m256i>, s: usize, t: usize, h: usize) -> __m256i {
     let v = _mm256_loadu_si256(qs.add(256 * s + 128 * h + 32 * (t % 4)) as *const __m256i);
     let nibble = _mm256_set1_epi8(0x0F);
     let q = match t < 4 {
         true => _mm256_and_si256(v, nibble),
         false => _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
     };
-    if fifth.is_empty() {
-        return q;
+    match high {
+        Some(high) => with_fifth_bit(q, high, t),
+        None => q,
     }
-    let high = fifth.get_unchecked(b).as_ptr().add(64 * s + 32 * h);
-    let high = _mm256_loadu_si256(high as *const __m256i);
-    // Bit `t` of each byte to bit 4 (shifts within 16-bit lanes move other bits across
-    // bytes; the mask keeps only this one).
-    let high = match t <= 4 {
+}
+
+/// `q` with bit `t` of each byte of `high` as its bit 4 (the fifth bits of step `t`).
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline(always)]
+unsafe fn with_fifth_bit(q: __m256i, high: __m256i, t: usize) -> __m256i {
+    // Shifts within 16-bit lanes move other bits across bytes; the mask keeps only this one.
+    let moved = match t <= 4 {
         true => _mm256_sll_epi16(high, _mm_cvtsi32_si128(4 - t as i32)),
         false => _mm256_srl_epi16(high, _mm_cvtsi32_si128(t as i32 - 4)),
     };
-    _mm256_or_si256(q, _mm256_and_si256(high, _mm256_set1_epi8(0x10)))
+    _mm256_or_si256(q, _mm256_and_si256(moved, _mm256_set1_epi8(0x10)))
 }
 
 /// `Σ_p` of `GroupK::pairs` row `p` (two i16 factors per lane) times the activation's pair `p`

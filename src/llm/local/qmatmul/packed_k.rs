@@ -173,16 +173,14 @@ unsafe impl<B: BlockK> Packed for PackedK<B> {
     ) -> [__m256; R] {
         let kb = self.k / QK_K;
         let blocks = g * kb..(g + 1) * kb;
-        match (self.nibbles.is_empty(), self.fifth.is_empty()) {
-            (true, _) => packed_avx2::tile_k::<B, R, K_BYTES>(&self.groups[blocks], &[], y, at, h),
-            (false, true) => {
-                packed_avx2::tile_k::<B, R, K_NIBBLES>(&self.nibbles[blocks], &[], y, at, h)
-            }
-            (false, false) => {
-                let (w, fifth) = (&self.nibbles[blocks.clone()], &self.fifth[blocks]);
-                packed_avx2::tile_k::<B, R, K_NIBBLES>(w, fifth, y, at, h)
-            }
+        if self.nibbles.is_empty() {
+            return packed_avx2::tile_k::<B, R, K_BYTES>(&self.groups[blocks], &[], y, at, h);
         }
+        let fifth = match self.fifth.is_empty() {
+            true => &[][..],
+            false => &self.fifth[blocks.clone()],
+        };
+        packed_avx2::tile_k::<B, R, K_NIBBLES>(&self.nibbles[blocks], fifth, y, at, h)
     }
 }
 
