@@ -50,14 +50,15 @@ pub struct DpoArgs {
     #[arg(long)]
     pub resume: bool,
     /// Loss: sigmoid (DPO, label rounded), cdpo (soft label as the target), robust (rDPO,
-    /// the label's uncertainty as flip rate), ipo (soft target on per-token log-ratios),
-    /// hinge (SLiC).
+    /// label rounded, one flip rate ε = --label-smoothing for every pair), ipo (soft target on
+    /// per-token log-ratios), hinge (SLiC).
     #[arg(long, value_parser = parsed::<DpoLoss>)]
     pub loss: Option<DpoLoss>,
     /// β of the implicit reward β·log(π/π_ref).
     #[arg(long)]
     pub beta: Option<f64>,
-    /// Label smoothing ε: cdpo's target ε + (1 − 2ε)·p, robust's least flip rate.
+    /// Label smoothing ε: cdpo's target ε + (1 − 2ε)·p, robust's flip rate (with ε = 0
+    /// robust is sigmoid). Refused by sigmoid, ipo and hinge, which would ignore it.
     #[arg(long)]
     pub label_smoothing: Option<f64>,
     #[command(flatten)]

@@ -27,22 +27,43 @@ pub struct DpoPair {
     pub group: String,
 }
 
-/// Cuts an example longer than `max_len` tokens: the conversation loses tokens from its start
-/// (keeping at least half of `max_len` for it when the response is long), then the response
-/// loses tokens from its end. Returns whether anything was cut.
-pub fn fit_example(ex: &mut TokenizedExample, max_len: usize) -> bool {
+/// Where a sequence starts its response (its prompt length) and its response length.
+fn split_point(ex: &TokenizedExample) -> (usize, usize) {
     let len = ex.tokens.len();
-    if len <= max_len {
+    let prompt = ex.loss_mask.iter().position(|&m| m).unwrap_or(len);
+    (prompt, len - prompt)
+}
+
+/// Keeps the last `keep_prompt` conversation tokens and the first `keep_response` response
+/// tokens of `ex`; returns whether anything was cut.
+fn cut(ex: &mut TokenizedExample, keep_prompt: usize, keep_response: usize) -> bool {
+    let (prompt, response) = split_point(ex);
+    let (keep_prompt, keep_response) = (keep_prompt.min(prompt), keep_response.min(response));
+    if (keep_prompt, keep_response) == (prompt, response) {
         return false;
     }
-    let prompt = ex.loss_mask.iter().position(|&m| m).unwrap_or(len);
-    let response = len - prompt;
-    let keep_prompt = prompt.min((max_len / 2).max(max_len.saturating_sub(response)));
-    let keep_response = response.min(max_len - keep_prompt);
-    let start = prompt - keep_prompt;
-    ex.tokens = ex.tokens[start..prompt + keep_response].to_vec();
-    ex.loss_mask = ex.loss_mask[start..prompt + keep_response].to_vec();
+    let range = prompt - keep_prompt..prompt + keep_response;
+    ex.tokens = ex.tokens[range.clone()].to_vec();
+    ex.loss_mask = ex.loss_mask[range].to_vec();
     true
+}
+
+/// Fits both sequences of a pair into `max_len` tokens with one cut of the conversation, so
+/// that A and B are conditioned on the same prompt (TRL's `DPOTrainer` rule): when the longer
+/// sequence does not fit, the conversation loses tokens from its start, sized by the longer
+/// response (keeping at least half of `max_len` for it), in both sequences alike; then each
+/// response loses tokens from its end. Returns how many of the two sequences were cut.
+pub fn fit_pair(a: &mut TokenizedExample, b: &mut TokenizedExample, max_len: usize) -> usize {
+    if a.tokens.len().max(b.tokens.len()) <= max_len {
+        return 0;
+    }
+    let ((prompt_a, response_a), (prompt_b, response_b)) = (split_point(a), split_point(b));
+    let longest = response_a.max(response_b);
+    let keep_prompt = prompt_a
+        .max(prompt_b)
+        .min((max_len / 2).max(max_len.saturating_sub(longest)));
+    let keep_response = max_len - keep_prompt;
+    usize::from(cut(a, keep_prompt, keep_response)) + usize::from(cut(b, keep_prompt, keep_response))
 }
 
 /// Log-probabilities of the responses of `rows` (each summed over its masked tokens) and
@@ -128,24 +149,58 @@ mod tests {
         }
     }
 
+    /// [`fit_pair`] of one example with itself (both sequences cut alike).
+    fn fit_one(ex: &mut TokenizedExample, max_len: usize) -> bool {
+        let mut twin = ex.clone();
+        fit_pair(ex, &mut twin, max_len) > 0
+    }
+
     #[test]
     fn fitting_cuts_the_conversation_start_then_the_response_end() {
         // 6 prompt + 4 response tokens into 8: the response fits whole, the prompt keeps
         // its last 4 (8 − 4 ≥ 8/2).
         let mut ex = example(6, 4);
-        assert!(fit_example(&mut ex, 8));
+        assert!(fit_one(&mut ex, 8));
         assert_eq!(ex.tokens, vec![2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(ex.loss_mask.iter().filter(|&&m| m).count(), 4);
         // 6 + 10 into 8: the prompt keeps 4 (half), the response its first 4.
         let mut ex = example(6, 10);
-        assert!(fit_example(&mut ex, 8));
+        assert!(fit_one(&mut ex, 8));
         assert_eq!(ex.tokens, vec![2, 3, 4, 5, 6, 7, 8, 9]);
         // A short prompt is kept whole: 2 + 10 into 8 keeps 2 + 6.
         let mut ex = example(2, 10);
-        assert!(fit_example(&mut ex, 8));
+        assert!(fit_one(&mut ex, 8));
         assert_eq!(ex.tokens, vec![0, 1, 2, 3, 4, 5, 6, 7]);
         let mut ex = example(2, 3);
-        assert!(!fit_example(&mut ex, 8));
+        assert!(!fit_one(&mut ex, 8));
         assert_eq!(ex.tokens.len(), 5);
+    }
+
+    #[test]
+    fn dpo_pair_sees_one_prompt_when_responses_differ_in_length() {
+        // Prompt tokens 0..10, response A 10..16 (6 tokens), response B 10..12 (2 tokens),
+        // into 12. The longer response sets the cut: keep max(12/2, 12 − 6) = 6 prompt
+        // tokens (4..10) in both. A = 4..16 (12 tokens, nothing of its response lost), B =
+        // 4..12 (8 tokens), although B alone (12 tokens) would have fit whole.
+        let (mut a, mut b) = (example(10, 6), example(10, 2));
+        assert_eq!(fit_pair(&mut a, &mut b, 12), 2);
+        assert_eq!(a.tokens, (4..16).collect::<Vec<u32>>());
+        assert_eq!(b.tokens, (4..12).collect::<Vec<u32>>());
+        let prompt = |ex: &TokenizedExample| {
+            let start = ex.loss_mask.iter().position(|&m| m).unwrap();
+            ex.tokens[..start].to_vec()
+        };
+        assert_eq!(prompt(&a), prompt(&b));
+        assert_eq!((a.num_targets(), b.num_targets()), (6, 2));
+        // A very long response: the prompt keeps half (6: 4..10) in both, A's response its
+        // first 6 tokens, B's 2 tokens whole.
+        let (mut a, mut b) = (example(10, 30), example(10, 2));
+        assert_eq!(fit_pair(&mut a, &mut b, 12), 2);
+        assert_eq!(a.tokens, (4..16).collect::<Vec<u32>>());
+        assert_eq!(b.tokens, (4..12).collect::<Vec<u32>>());
+        // A pair that fits is untouched.
+        let (mut a, mut b) = (example(4, 6), example(4, 2));
+        assert_eq!(fit_pair(&mut a, &mut b, 12), 0);
+        assert_eq!((a.tokens.len(), b.tokens.len()), (10, 6));
     }
 }

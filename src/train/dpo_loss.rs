@@ -11,12 +11,16 @@
 //! * `cdpo` (conservative DPO, Mitchell 2023; TRL `label_smoothing`): the soft label is the
 //!   target, `q·sp(−z) + (1−q)·sp(z)` with `q = ε + (1 − 2ε)·p`; at p = 1, ε = 0 it is
 //!   `sigmoid`, at p = ½ it is symmetric in `z` (ties pull the margin to 0).
-//! * `robust` (rDPO, Chowdhury et al. 2024 eq. 8): the label is rounded and its flip rate
-//!   `e = max(ε, min(p, 1 − p))`, capped at [`ROBUST_MAX_NOISE`], de-biases the loss:
-//!   `[(1−e)·sp(−z_c) − e·sp(z_c)] / (1 − 2e)`; ties are dropped.
+//! * `robust` (rDPO, Chowdhury et al. 2024 eq. 8; TRL `loss_type="robust"`): the label is
+//!   rounded and one global flip rate `ε` (`label_smoothing`) de-biases the loss:
+//!   `[(1−ε)·sp(−z_c) − ε·sp(z_c)] / (1 − 2ε)`; ties are dropped. Every decided pair gets the
+//!   same gradient scale whatever its `p`: a per-pair rate `min(p, 1 − p)` would give the
+//!   least certain labels the largest gradient (`½/(1 − 2e)` at `z = 0`), and soft labels
+//!   already have their losses (`cdpo`, `ipo`). With `ε = 0` it is `sigmoid`.
 //! * `ipo` (Azar et al. 2023 eq. 17, on per-token mean log-probabilities as TRL does): the
-//!   soft label is the target, `p·(h − k)² + (1−p)·(h + k)²` with `k = 1/(2β)`, whose
-//!   minimum is at `h = (2p − 1)·k`; ties pull `h` to 0.
+//!   soft label is the target, `(h − (2p − 1)·k)²` with `k = 1/(2β)`; at p = 1 it is TRL's
+//!   `(h − 1/(2β))²`, and ties pull `h` to 0. (It equals `p·(h − k)² + (1−p)·(h + k)²` less
+//!   that form's constant `4p(1−p)·k²`, which would put 25 under every tie at β = 0.1.)
 //! * `hinge` (SLiC, Zhao et al. 2023): the label is rounded, `max(0, 1 − z_c)`; ties are
 //!   dropped.
 //!
@@ -28,9 +32,6 @@ use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-/// Largest flip rate the `robust` loss uses: `1/(1 − 2e)` grows without bound near ½.
-pub const ROBUST_MAX_NOISE: f64 = 0.4;
-
 /// Which preference loss a DPO run minimises (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -40,7 +41,7 @@ pub enum DpoLoss {
     Sigmoid,
     /// Soft-label cross-entropy on `σ(β·h)` (conservative DPO).
     Cdpo,
-    /// Noise-corrected sigmoid loss with the label's flip rate (rDPO).
+    /// Noise-corrected sigmoid loss with one global flip rate ε (rDPO).
     Robust,
     /// Squared distance of the per-token log-ratio difference to the soft target (IPO).
     Ipo,
@@ -83,6 +84,12 @@ impl DpoLoss {
     pub fn keeps(self, p_a: f64) -> bool {
         !(self.rounds_label() && p_a == 0.5)
     }
+
+    /// Whether the loss reads `label_smoothing` (cDPO's target, rDPO's flip rate); the others
+    /// would ignore it, so a non-zero value is refused for them.
+    pub fn uses_label_smoothing(self) -> bool {
+        matches!(self, DpoLoss::Cdpo | DpoLoss::Robust)
+    }
 }
 
 impl std::str::FromStr for DpoLoss {
@@ -107,12 +114,12 @@ pub struct LossSpec {
     pub loss: DpoLoss,
     /// Temperature β of the implicit reward.
     pub beta: f64,
-    /// Label smoothing ε (`cdpo` target, `robust` minimum flip rate).
+    /// Label smoothing ε (`cdpo` target, `robust` flip rate).
     pub label_smoothing: f64,
 }
 
 impl LossSpec {
-    /// Checks β > 0 and ε in [0, ½).
+    /// Checks β > 0, ε in [0, ½), and ε = 0 for the losses that do not use it.
     pub fn validate(&self) -> Result<()> {
         ensure!(
             self.beta.is_finite() && self.beta > 0.0,
@@ -124,6 +131,13 @@ impl LossSpec {
             "label_smoothing must be within [0, 0.5), got {}",
             self.label_smoothing
         );
+        ensure!(
+            self.label_smoothing == 0.0 || self.loss.uses_label_smoothing(),
+            "--label-smoothing {} has no effect on the {} loss (only cdpo and robust use it; \
+             TRL's label-smoothed sigmoid is --loss cdpo)",
+            self.label_smoothing,
+            self.loss
+        );
         Ok(())
     }
 }
@@ -134,13 +148,13 @@ pub fn softplus(x: f64) -> f64 {
 }
 
 /// How a pair's label enters the loss: `c_win·sp(−z) + c_lose·sp(z)` for the sigmoid family,
-/// `sign` (±1, which response is chosen) for the hinge, `p` for IPO.
+/// `sign` (±1, which response is chosen) for the hinge, the target `(2p − 1)·k` of `h` for IPO.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Coefficients {
     c_win: f64,
     c_lose: f64,
     sign: f64,
-    p: f64,
+    target: f64,
 }
 
 fn coefficients(spec: &LossSpec, p_a: f64) -> Coefficients {
@@ -153,10 +167,7 @@ fn coefficients(spec: &LossSpec, p_a: f64) -> Coefficients {
             (q, 1.0 - q)
         }
         DpoLoss::Robust => {
-            let e = spec
-                .label_smoothing
-                .max(p_a.min(1.0 - p_a))
-                .min(ROBUST_MAX_NOISE);
+            let e = spec.label_smoothing;
             let (right, wrong) = ((1.0 - e) / (1.0 - 2.0 * e), -e / (1.0 - 2.0 * e));
             if hard == 1.0 {
                 (right, wrong)
@@ -169,7 +180,7 @@ fn coefficients(spec: &LossSpec, p_a: f64) -> Coefficients {
         c_win,
         c_lose,
         sign,
-        p: p_a,
+        target: (2.0 * p_a - 1.0) / (2.0 * spec.beta),
     }
 }
 
@@ -183,10 +194,7 @@ pub fn pair_loss(spec: &LossSpec, h: f64, p_a: f64) -> f64 {
             c.c_win * softplus(-z) + c.c_lose * softplus(z)
         }
         DpoLoss::Hinge => (1.0 - c.sign * z).max(0.0),
-        DpoLoss::Ipo => {
-            let k = 1.0 / (2.0 * spec.beta);
-            c.p * (h - k).powi(2) + (1.0 - c.p) * (h + k).powi(2)
-        }
+        DpoLoss::Ipo => (h - c.target).powi(2),
     }
 }
 
@@ -213,13 +221,7 @@ pub fn pair_losses(spec: &LossSpec, h: &Tensor, p_a: &[f64]) -> Result<Tensor> {
             (win + lose)?
         }
         DpoLoss::Hinge => (column(|c| c.sign)? * z)?.neg()?.affine(1.0, 1.0)?.relu()?,
-        DpoLoss::Ipo => {
-            let k = 1.0 / (2.0 * spec.beta);
-            let p = column(|c| c.p)?;
-            let above = (&p * (h - k)?.sqr()?)?;
-            let below = (p.affine(-1.0, 1.0)? * (h + k)?.sqr()?)?;
-            (above + below)?
-        }
+        DpoLoss::Ipo => (h - column(|c| c.target)?)?.sqr()?,
     })
 }
 
@@ -256,19 +258,21 @@ mod tests {
         close(pair_loss(&s(DpoLoss::Cdpo, 0.0), 2.0, 0.8), 0.513_261_7);
         // cDPO, p = 1, ε = 0.1: q = 0.9 → 0.9·0.3132617 + 0.1·1.3132617 = 0.4132617.
         close(pair_loss(&s(DpoLoss::Cdpo, 0.1), 2.0, 1.0), 0.413_261_7);
-        // rDPO, p = 0.8 → e = 0.2: (0.8·0.3132617 − 0.2·1.3132617)/0.6
-        // = (0.2506094 − 0.2626523)/0.6 = −0.0200716.
-        close(pair_loss(&s(DpoLoss::Robust, 0.0), 2.0, 0.8), -0.020_071_6);
-        // rDPO, p = 0.55 → e = 0.45 capped at 0.4: (0.6·0.3132617 − 0.4·1.3132617)/0.2
-        // = (0.1879570 − 0.5253047)/0.2 = −1.6867383.
-        close(pair_loss(&s(DpoLoss::Robust, 0.0), 2.0, 0.55), -1.686_738_3);
+        // rDPO, ε = 0.2, p = 0.8 rounds to a: (0.8·0.3132617 − 0.2·1.3132617)/0.6
+        // = (0.2506094 − 0.2626523)/0.6 = −0.0200716; p = 1 is the same pair.
+        close(pair_loss(&s(DpoLoss::Robust, 0.2), 2.0, 0.8), -0.020_071_6);
+        close(pair_loss(&s(DpoLoss::Robust, 0.2), 2.0, 1.0), -0.020_071_6);
+        // rDPO, ε = 0.1, p = 0.55 rounds to a: (0.9·0.3132617 − 0.1·1.3132617)/0.8
+        // = (0.2819355 − 0.1313262)/0.8 = 0.1882617.
+        close(pair_loss(&s(DpoLoss::Robust, 0.1), 2.0, 0.55), 0.188_261_7);
         // Hinge: max(0, 1 − 1) = 0; h = 1 → max(0, 1 − 0.5) = 0.5; b chosen: 1 + 1 = 2.
         close(pair_loss(&s(DpoLoss::Hinge, 0.0), 2.0, 1.0), 0.0);
         close(pair_loss(&s(DpoLoss::Hinge, 0.0), 1.0, 1.0), 0.5);
         close(pair_loss(&s(DpoLoss::Hinge, 0.0), 2.0, 0.0), 2.0);
-        // IPO, k = 1/(2·0.5) = 1: p = 1 → (2 − 1)² = 1; p = 0.75 → 0.75·1 + 0.25·(2 + 1)² = 3.
+        // IPO, k = 1/(2·0.5) = 1: p = 1 → (2 − 1)² = 1; p = 0.75 → target (2·0.75 − 1)·1 = 0.5,
+        // (2 − 0.5)² = 2.25.
         close(pair_loss(&s(DpoLoss::Ipo, 0.0), 2.0, 1.0), 1.0);
-        close(pair_loss(&s(DpoLoss::Ipo, 0.0), 2.0, 0.75), 3.0);
+        close(pair_loss(&s(DpoLoss::Ipo, 0.0), 2.0, 0.75), 2.25);
         // Large margins stay finite: −log σ(−100) ≈ 100.
         close(
             pair_loss(&spec(DpoLoss::Sigmoid, 1.0, 0.0), -100.0, 1.0),
@@ -339,6 +343,65 @@ mod tests {
             -0.134_470_7,
         );
         Ok(())
+    }
+
+    /// d loss / dh of one pair at `h`, through the tensor form (autograd).
+    fn gradient(s: &LossSpec, h: f64, p: f64) -> Result<f64> {
+        let v = Var::from_tensor(&Tensor::new(&[h], &Device::Cpu)?)?;
+        let g = pair_losses(s, v.as_tensor(), &[p])?.sum_all()?.backward()?;
+        Ok(g.get(v.as_tensor()).unwrap().to_vec1::<f64>()?[0])
+    }
+
+    #[test]
+    fn robust_dpo_gradient_shrinks_as_labels_get_less_certain() -> Result<()> {
+        // Labels from most to least certain; the gradient's size at z = 0 (where training
+        // starts) may not grow along them. With ε = 0.1, β = 0.5 every decided pair has
+        // d/dh = β·(c_lose − c_win)/2 = 0.5·(−0.1/0.8 − 0.9/0.8)/2 = −0.3125 (a chosen),
+        // +0.3125 (b chosen); a per-pair flip rate min(p, 1 − p) gave 0.5·(½/(1 − 2e)):
+        // 0.3125 at p = 0.9 but 1.25 at p = 0.6.
+        let s = spec(DpoLoss::Robust, 0.5, 0.1);
+        let ps = [1.0, 0.9, 0.75, 0.6, 0.55];
+        let mut last = f64::INFINITY;
+        for p in ps {
+            let g = gradient(&s, 0.0, p)?;
+            close(g, -0.3125);
+            assert!(g.abs() <= last + 1e-12, "p = {p}: |{g}| > {last}");
+            last = g.abs();
+            close(gradient(&s, 0.0, 1.0 - p)?, 0.3125);
+        }
+        // Away from 0 too (h = 3, z = 1.5): equal for every a-chosen label.
+        let g1 = gradient(&s, 3.0, 1.0)?;
+        for p in ps {
+            close(gradient(&s, 3.0, p)?, g1);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn ipo_loss_carries_no_label_constant() {
+        // β = 0.1 (k = 5): a tie at h = 0 and a hard label at h = k are at the minimum, 0;
+        // the old form p·(h − k)² + (1 − p)·(h + k)² had 4p(1 − p)·k² = 25 at the tie.
+        let s = spec(DpoLoss::Ipo, 0.1, 0.0);
+        close(pair_loss(&s, 0.0, 0.5), 0.0);
+        close(pair_loss(&s, 5.0, 1.0), 0.0);
+        // p = 0.7: target (2·0.7 − 1)·5 = 2; at h = 0 the loss is 2² = 4 (the old form 4 + 21).
+        close(pair_loss(&s, 0.0, 0.7), 4.0);
+    }
+
+    #[test]
+    fn label_smoothing_is_refused_where_the_loss_ignores_it() {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Hinge, DpoLoss::Ipo] {
+            let err = spec(loss, 0.1, 0.1).validate().unwrap_err().to_string();
+            assert!(
+                err.contains("--label-smoothing 0.1") && err.contains(loss.name()),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "one line: {err}");
+            assert!(spec(loss, 0.1, 0.0).validate().is_ok());
+        }
+        for loss in [DpoLoss::Cdpo, DpoLoss::Robust] {
+            assert!(spec(loss, 0.1, 0.1).validate().is_ok(), "{loss}");
+        }
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub struct DpoEval {
     /// Fraction of decided pairs whose chosen response has the higher per-token mean
     /// log-probability under the policy (ties ½).
     pub logp_accuracy: f64,
-    /// Mean loss of the pairs the loss keeps.
+    /// Loss of the pairs the loss keeps (ties too for cdpo and ipo), weighted by their
+    /// sources' weights as in training: `Σ w·ℓ / Σ w`.
     pub loss: f64,
 }
 
@@ -72,16 +73,22 @@ fn score(better: f64, worse: f64) -> f64 {
     }
 }
 
-/// The metrics of pairs with labels `p_a` after `step` steps.
-pub fn dpo_metrics(spec: &LossSpec, step: usize, pairs: &[PairLogps], p_a: &[f64]) -> DpoEval {
+/// The metrics of pairs with labels `p_a` and loss weights `weight` after `step` steps.
+pub fn dpo_metrics(
+    spec: &LossSpec,
+    step: usize,
+    pairs: &[PairLogps],
+    p_a: &[f64],
+    weight: &[f64],
+) -> DpoEval {
     let (mut decided, mut acc, mut margin, mut chosen, mut rejected, mut logp_acc) =
         (0usize, 0.0, 0.0, 0.0, 0.0, 0.0);
-    let (mut loss, mut kept) = (0.0, 0usize);
-    for (x, &p) in pairs.iter().zip(p_a) {
+    let (mut loss, mut kept_weight) = (0.0, 0.0);
+    for ((x, &p), &w) in pairs.iter().zip(p_a).zip(weight) {
         if spec.loss.keeps(p) {
             let h = x.log_ratio_difference(spec.loss.length_normalized());
-            loss += pair_loss(spec, h, p);
-            kept += 1;
+            loss += w * pair_loss(spec, h, p);
+            kept_weight += w;
         }
         if p == 0.5 {
             continue;
@@ -106,10 +113,10 @@ pub fn dpo_metrics(spec: &LossSpec, step: usize, pairs: &[PairLogps], p_a: &[f64
         chosen_drift: chosen / d,
         rejected_drift: rejected / d,
         logp_accuracy: logp_acc / d,
-        loss: if kept == 0 {
-            f64::NAN
+        loss: if kept_weight > 0.0 {
+            loss / kept_weight
         } else {
-            loss / kept as f64
+            f64::NAN
         },
     }
 }
@@ -119,14 +126,14 @@ mod tests {
     use super::*;
     use crate::train::dpo_loss::DpoLoss;
 
-    #[test]
-    fn metrics_match_hand_values() {
-        let spec = LossSpec {
-            loss: DpoLoss::Sigmoid,
-            beta: 0.5,
-            label_smoothing: 0.0,
-        };
-        let pairs = [
+    const SIGMOID: LossSpec = LossSpec {
+        loss: DpoLoss::Sigmoid,
+        beta: 0.5,
+        label_smoothing: 0.0,
+    };
+
+    fn hand_pairs() -> [PairLogps; 3] {
+        [
             // a chosen: drifts +1 (a) and −1 (b) → correct, margin 0.5·2 = 1.
             // Per-token means −4/2 = −2 (a) vs −9/3 = −3 (b) → log-prob accuracy 1.
             PairLogps {
@@ -147,8 +154,23 @@ mod tests {
                 reference: [-1.0, -1.0],
                 tokens: [1, 1],
             },
-        ];
-        let m = dpo_metrics(&spec, 7, &pairs, &[1.0, 0.0, 0.5]);
+        ]
+    }
+
+    #[test]
+    fn dpo_held_out_loss_is_weighted_like_training() {
+        // The pairs of `metrics_match_hand_values` from sources of weight 1 and 3 (and 1 for
+        // the tie, which sigmoid drops): (1·0.3132617 + 3·1.3132617)/4 = 4.2530468/4
+        // = 1.0632617, where the unweighted mean is 0.8132617.
+        let m = dpo_metrics(&SIGMOID, 7, &hand_pairs(), &[1.0, 0.0, 0.5], &[1.0, 3.0, 1.0]);
+        assert!((m.loss - 1.063_261_7).abs() < 1e-6, "{}", m.loss);
+        assert_eq!(m.accuracy, 0.5, "accuracy counts pairs, unweighted");
+    }
+
+    #[test]
+    fn metrics_match_hand_values() {
+        let (spec, pairs) = (SIGMOID, hand_pairs());
+        let m = dpo_metrics(&spec, 7, &pairs, &[1.0, 0.0, 0.5], &[1.0, 1.0, 1.0]);
         assert_eq!((m.step, m.pairs, m.decided), (7, 3, 2));
         assert_eq!((m.accuracy, m.margin, m.logp_accuracy), (0.5, 0.0, 0.5));
         // Chosen drifts +1 and −2 → −0.5; rejected −1 and 0 → −0.5.

@@ -257,3 +257,29 @@ fn ties_are_refused_by_rounding_losses() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn dpo_total_steps_cover_every_epochs_own_batches() -> Result<()> {
+    // As for the reward model: three epochs of conversations whose packing into batches of
+    // 4 varies by epoch end exactly at epoch 3, cursor 0.
+    let (keys, seed) = super::reward_tests::uneven_epochs();
+    let cfg = tiny_config(true);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let mut train = preference_pairs(keys.len(), 6, 1.0);
+    for (p, k) in train.iter_mut().zip(&keys) {
+        p.group = k.clone();
+    }
+    let data = with_reference(&cfg, &weights, train, Vec::new())?;
+    let mut run = config(Trainable::All, DpoLoss::Sigmoid, 1, 1e-3);
+    run.train.max_steps = None;
+    run.train.epochs = 3;
+    run.train.batch_size = 4;
+    run.train.seed = seed;
+    let mut trainer = DpoTrainer::new(&cfg, weights, data, run)?;
+    while !trainer.is_done() {
+        trainer.train_step()?;
+    }
+    let s = trainer.state();
+    assert_eq!((s.epoch, s.cursor), (3, 0), "{} steps", s.total_steps);
+    Ok(())
+}

@@ -42,8 +42,8 @@ pub struct DpoTrainConfig {
     pub loss: DpoLoss,
     /// β of the implicit reward `β·log(π/ρ)` (default 0.1).
     pub beta: f64,
-    /// Label smoothing ε: `cdpo` target `ε + (1 − 2ε)·p`, `robust` minimum flip rate
-    /// (default 0).
+    /// Label smoothing ε: `cdpo` target `ε + (1 − 2ε)·p`, `robust` flip rate (default 0;
+    /// refused by the other losses, which would ignore it).
     pub label_smoothing: f64,
 }
 
@@ -235,7 +235,7 @@ impl DpoTrainer {
         let batches = EpochBatches::new(keys, t.batch_size, t.seed, 0);
         let total_steps = t
             .max_steps
-            .unwrap_or_else(|| (t.epochs * batches.per_epoch()).div_ceil(t.grad_accum.max(1)));
+            .unwrap_or_else(|| batches.in_epochs(t.epochs).div_ceil(t.grad_accum.max(1)));
         let state = match saved {
             Some(state) => {
                 ensure!(
@@ -451,7 +451,8 @@ impl DpoTrainer {
             })
             .collect();
         let labels: Vec<f64> = self.data.eval.iter().map(|p| p.p_a).collect();
-        let m = dpo_metrics(&self.cfg.spec(), self.state.step, &logps, &labels);
+        let weights: Vec<f64> = self.data.eval.iter().map(|p| p.weight).collect();
+        let m = dpo_metrics(&self.cfg.spec(), self.state.step, &logps, &labels, &weights);
         let step = self.state.step;
         self.state.evals.retain(|e| e.step != step);
         self.state.evals.push(m.clone());

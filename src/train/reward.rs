@@ -271,6 +271,23 @@ pub struct RewardEval {
     pub rewards: Vec<(f64, f64)>,
 }
 
+/// Whether the reward model ranks a pair as its label does: 1 when the chosen response has
+/// the higher reward, ½ on a reward tie, 0 otherwise; `None` for a tie label (p = ½), which
+/// no accuracy counts.
+pub fn pair_correct(r_a: f64, r_b: f64, p_a: f64) -> Option<f64> {
+    if p_a == 0.5 {
+        return None;
+    }
+    let (chosen, rejected) = if p_a > 0.5 { (r_a, r_b) } else { (r_b, r_a) };
+    Some(if chosen > rejected {
+        1.0
+    } else if chosen == rejected {
+        0.5
+    } else {
+        0.0
+    })
+}
+
 /// Metrics from rewards `(r_a, r_b)` and labels `p_a`, with `bins` calibration bins.
 pub fn eval_metrics(rewards: &[(f64, f64)], labels: &[f64], bins: usize) -> RewardEval {
     let mut decided = Vec::new();
@@ -280,16 +297,9 @@ pub fn eval_metrics(rewards: &[(f64, f64)], labels: &[f64], bins: usize) -> Rewa
     for (&(ra, rb), &p) in rewards.iter().zip(labels) {
         loss += super::reward_loss::pair_loss(ra, rb, p, 0.0);
         probs.push(sigmoid(ra - rb));
-        if p != 0.5 {
-            let (c, r) = if p > 0.5 { (ra, rb) } else { (rb, ra) };
-            correct += if c > r {
-                1.0
-            } else if c == r {
-                0.5
-            } else {
-                0.0
-            };
-            decided.push((c, r));
+        if let Some(score) = pair_correct(ra, rb, p) {
+            correct += score;
+            decided.push(if p > 0.5 { (ra, rb) } else { (rb, ra) });
         }
     }
     let chosen: Vec<f64> = decided.iter().map(|x| x.0).collect();

@@ -223,9 +223,15 @@ impl EpochBatches {
         me
     }
 
-    /// Micro-batches per epoch.
-    pub fn per_epoch(&self) -> usize {
-        self.batches.len()
+    /// Micro-batches of the first `epochs` epochs together: the packing of whole
+    /// conversations depends on their order, so the count varies from epoch to epoch.
+    pub fn in_epochs(&self, epochs: usize) -> usize {
+        (0..epochs)
+            .map(|e| match e == self.epoch {
+                true => self.batches.len(),
+                false => self.of_epoch(e).len(),
+            })
+            .sum()
     }
 
     /// The micro-batch at `cursor` of `epoch`, moving both on (to the next epoch after its

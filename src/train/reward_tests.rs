@@ -155,3 +155,83 @@ fn resumed_lora_run_equals_the_uninterrupted_one() -> Result<()> {
     RewardModel::load(&ckpt, &Device::Cpu)?;
     Ok(())
 }
+
+#[test]
+fn rm_batch_accuracy_counts_a_reward_tie_as_half() -> Result<()> {
+    // One pair whose two sequences are the same tokens: the rewards tie exactly. With b
+    // chosen (p = 0) the tie is ½, not "correct" (the old `(r_a > r_b) == (p > ½)` gave 1).
+    let cfg = tiny_config(true);
+    let seq = vec![1, 7, 9, 11];
+    let pair = TokenPair {
+        a: seq.clone(),
+        b: seq,
+        p_a: 0.0,
+        weight: 1.0,
+        group: "tie".into(),
+    };
+    let mut run = config(Trainable::All, 1, 1e-3);
+    run.train.batch_size = 1;
+    let mut trainer = RewardTrainer::new(
+        &cfg,
+        tiny_weights(&cfg, DType::F32),
+        vec![pair],
+        Vec::new(),
+        run,
+    )?;
+    let (_, accuracy) = trainer.train_step()?;
+    assert_eq!(accuracy, 0.5);
+    Ok(())
+}
+
+/// Pairs of conversations holding 3, 3, 2, 2, 1 and 1 pairs (12 in all), and the first seed
+/// in 0..64 whose batches of 4 pairs number differently in epochs 0, 1 and 2.
+pub(super) fn uneven_epochs() -> (Vec<String>, u64) {
+    let keys: Vec<String> = [3, 3, 2, 2, 1, 1]
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &n)| std::iter::repeat_n(format!("c{c}"), n))
+        .collect();
+    let counts = |seed: u64| -> Vec<usize> {
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        (0..3)
+            .map(|e| super::reward_data::group_batches_by(&refs, 4, seed, e).len())
+            .collect()
+    };
+    let seed = (0..64)
+        .find(|&s| {
+            let c = counts(s);
+            c.iter().sum::<usize>() != 3 * c[0]
+        })
+        .expect("some seed packs the epochs differently");
+    (keys, seed)
+}
+
+#[test]
+fn rm_total_steps_cover_every_epochs_own_batches() -> Result<()> {
+    // Three epochs, one micro-batch a step: the run ends exactly where the third epoch
+    // does (epoch 3, cursor 0), not where three copies of epoch 0's batch count would.
+    let (keys, seed) = uneven_epochs();
+    let cfg = tiny_config(true);
+    let mut train = preference_pairs(keys.len(), 6);
+    for (p, k) in train.iter_mut().zip(&keys) {
+        p.group = k.clone();
+    }
+    let mut run = config(Trainable::All, 1, 1e-3);
+    run.train.max_steps = None;
+    run.train.epochs = 3;
+    run.train.batch_size = 4;
+    run.train.seed = seed;
+    let mut trainer = RewardTrainer::new(
+        &cfg,
+        tiny_weights(&cfg, DType::F32),
+        train,
+        Vec::new(),
+        run,
+    )?;
+    while !trainer.is_done() {
+        trainer.train_step()?;
+    }
+    let s = trainer.state();
+    assert_eq!((s.epoch, s.cursor), (3, 0), "{} steps", s.total_steps);
+    Ok(())
+}

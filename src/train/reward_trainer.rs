@@ -14,7 +14,7 @@ use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients, LrSchedule};
 use super::params::ParamStore;
 use super::resume;
-use super::reward::{batch_rewards, evaluate_pairs, RewardEval, RewardHead};
+use super::reward::{batch_rewards, evaluate_pairs, pair_correct, RewardEval, RewardHead};
 use super::reward_data::{EpochBatches, PairBatch, TokenPair};
 use super::reward_loss::{batch_loss, LossSettings};
 use super::sft::{NonFiniteError, SftConfig};
@@ -176,7 +176,7 @@ impl RewardTrainer {
         let fingerprint = pairs_fingerprint(&train);
         let total_steps = t
             .max_steps
-            .unwrap_or_else(|| (t.epochs * batches.per_epoch()).div_ceil(t.grad_accum.max(1)));
+            .unwrap_or_else(|| batches.in_epochs(t.epochs).div_ceil(t.grad_accum.max(1)));
         let state = match saved {
             Some(state) => {
                 ensure!(
@@ -316,9 +316,10 @@ impl RewardTrainer {
             loss += value;
             let (ra, rb) = (ra.to_vec1::<f32>()?, rb.to_vec1::<f32>()?);
             for (i, p) in batch.p_a.to_vec1::<f32>()?.into_iter().enumerate() {
-                if p != 0.5 {
+                let (r_a, r_b) = (f64::from(ra[i]), f64::from(rb[i]));
+                if let Some(score) = pair_correct(r_a, r_b, f64::from(p)) {
                     decided += 1;
-                    correct += f64::from(u8::from((ra[i] > rb[i]) == (p > 0.5)));
+                    correct += score;
                 }
             }
             grads.accumulate(&self.vars, self.model.backward(&part)?)?;

@@ -62,7 +62,8 @@ pub struct TrainDpoConfig {
     pub loss: DpoLoss,
     /// β (default 0.1).
     pub beta: f64,
-    /// Label smoothing ε (default 0).
+    /// Label smoothing ε: `cdpo`'s target `ε + (1 − 2ε)·p`, `robust`'s flip rate (default 0;
+    /// refused by sigmoid, ipo and hinge, which would ignore it).
     pub label_smoothing: f64,
     /// No progress bar.
     pub quiet: bool,

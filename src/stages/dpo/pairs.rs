@@ -14,7 +14,7 @@ use crate::jsonl;
 use crate::model_files::ChatTokenizer;
 use crate::pairs::content_key;
 use crate::stages::revise::RevisionRecord;
-use crate::train::dpo_data::{fit_example, DpoPair};
+use crate::train::dpo_data::{fit_pair, DpoPair};
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::reward_data::{read_source, DataSource, TextPair};
 use crate::train::TokenizedExample;
@@ -94,20 +94,20 @@ pub fn tokenize_dpo_pairs(
             counts.ties += 1;
             continue;
         }
-        let mut enc = |r: &str| -> Result<TokenizedExample> {
+        let enc = |r: &str| -> Result<TokenizedExample> {
             let (tokens, loss_mask) = tok
                 .encode_response(&pair.conversation, r)
                 .with_context(|| format!("{}: tokenizing", pair.origin))?;
-            let mut ex = TokenizedExample { tokens, loss_mask };
-            counts.truncated += usize::from(fit_example(&mut ex, max_len));
-            ensure!(
-                ex.num_targets() > 0,
-                "{}: a response has no tokens left to score (max_len {max_len})",
-                pair.origin
-            );
-            Ok(ex)
+            Ok(TokenizedExample { tokens, loss_mask })
         };
-        let (a, b) = (enc(&pair.response_a)?, enc(&pair.response_b)?);
+        let (mut a, mut b) = (enc(&pair.response_a)?, enc(&pair.response_b)?);
+        // One cut of the conversation for both responses: A and B see the same prompt.
+        counts.truncated += fit_pair(&mut a, &mut b, max_len);
+        ensure!(
+            a.num_targets() > 0 && b.num_targets() > 0,
+            "{}: a response has no tokens left to score (max_len {max_len})",
+            pair.origin
+        );
         if a.tokens == b.tokens {
             counts.identical += 1;
             continue;
