@@ -25,12 +25,14 @@ fn words(set: &[&str], i: usize, n: usize) -> String {
 }
 
 /// `n` conversations; the response with refusal words is preferred, in slot A or B. AI
-/// label rows (`p_a` soft, `ai`), or our human rows.
+/// label rows (`p_a` soft, `ai`; prompts "how do i …"), or our human rows (prompts "why …",
+/// so that no held-out conversation is also a training one).
 fn write_pairs(path: &Path, n: usize, seed: usize, ai: bool) {
     let mut text = String::new();
     for i in 0..n {
         let prompt = format!(
-            "how do i {} {}",
+            "{} {} {}",
+            if ai { "how do i" } else { "why" },
             COMPLY[(i + seed) % 4],
             TOPICS[(i + seed) % 6]
         );
@@ -131,6 +133,18 @@ fn train_dpo_on_labels_and_revisions_then_resume_exactly() {
     let m = metrics(&d.join("dpo/metrics.json"));
     assert_eq!(m["train_pairs"], 52);
     assert_eq!(m["reference_reused"], false);
+    // The held-out pairs are the --eval file's, all human.
+    let held = &m["held_out"];
+    assert_eq!(held["file"], "eval.jsonl");
+    assert_eq!(
+        held["sources"],
+        json!({"ai": 0, "human": 16, "revisions": 0})
+    );
+    assert_eq!(
+        held["train_sources"],
+        json!({"ai": 40, "human": 0, "revisions": 12})
+    );
+    assert_eq!(held["dropped_overlap"], 0);
     let before = m["eval_before"]["accuracy"].as_f64().unwrap();
     let after = m["eval_after"]["accuracy"].as_f64().unwrap();
     assert_eq!(before, 0.5, "the starting policy is the reference");

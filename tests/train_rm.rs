@@ -75,8 +75,11 @@ fn tiny_model(dir: &Path) {
     cai::train::save_model_dir(dir, &cfg, &weights, &extra).expect("model folder");
 }
 
-/// `n` pairs; the response containing "good" is the human's choice, in slot A or B.
+/// `n` pairs; the response containing "good" is the human's choice, in slot A or B. The
+/// prompts are "tell me …" for seed 0 and "hello me …" otherwise, so that a held-out file
+/// written with another seed shares no conversation with the training file.
 fn write_pairs(path: &Path, n: usize, seed: usize) {
+    let verb = if seed == 0 { "tell" } else { "hello" };
     let words = &WORDS[4..13];
     let mut text = String::new();
     for i in 0..n {
@@ -85,7 +88,7 @@ fn write_pairs(path: &Path, n: usize, seed: usize) {
         let bad = format!("{} {} {}", w(3), w(4), w(5));
         let a_wins = (i + seed).is_multiple_of(2);
         let (a, b) = if a_wins { (&good, &bad) } else { (&bad, &good) };
-        let row = json!({"prompt": format!("tell me {}", w(0)), "response_a": a,
+        let row = json!({"prompt": format!("{verb} me {}", w(0)), "response_a": a,
                          "response_b": b, "human": if a_wins { "a" } else { "b" }});
         text.push_str(&format!("{row}\n"));
     }
@@ -200,4 +203,80 @@ fn train_rm_then_score_on_a_tiny_model() {
         "x",
     ]));
     assert!(err.contains("not a reward model folder"), "{err}");
+}
+
+/// AI label rows (soft `p_a`) on the prompts "tell me …" of `write_pairs`, other words.
+fn write_ai_labels(path: &Path, n: usize) {
+    let words = &WORDS[4..13];
+    let mut text = String::new();
+    for i in 0..n {
+        let w = |k: usize| words[(i * 5 + k * 2) % words.len()];
+        let good = format!("good {} {}", w(1), w(2));
+        let bad = format!("{} {}", w(3), w(4));
+        let a_wins = i % 3 != 0;
+        let (a, b) = if a_wins { (&good, &bad) } else { (&bad, &good) };
+        let row = json!({"conversation": [{"role": "user", "content": format!("sun {}", w(0))}],
+                         "response_a": a, "response_b": b,
+                         "p_a": if a_wins { 0.8 } else { 0.2 }});
+        text.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn rm_held_out_split_names_its_sources_and_warm_up_and_eval_lines_are_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_model(&d.join("tiny"));
+    write_pairs(&d.join("human.jsonl"), 24, 0);
+    write_ai_labels(&d.join("labels.jsonl"), 24);
+    // No --eval: whole conversations are held out at random (seed 0), and the rm defaults'
+    // 10 warm-up steps are longer than the 2 steps run.
+    let out = cai(d)
+        .args([
+            "train",
+            "rm",
+            "--model",
+            "tiny",
+            "--data",
+            "human.jsonl",
+            "--data",
+            "labels.jsonl",
+            "--out",
+            "rm",
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--eval-split",
+            "0.3",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("rm/metrics.json")).unwrap()).unwrap();
+    let held = &m["held_out"];
+    let (ai, human) = (
+        held["sources"]["ai"].as_u64().unwrap(),
+        held["sources"]["human"].as_u64().unwrap(),
+    );
+    assert_eq!(ai + human, m["eval_pairs"].as_u64().unwrap());
+    assert_eq!(held["file"], Value::Null);
+    assert!(
+        stderr.contains(&format!("held out {} pairs at random", ai + human)),
+        "{stderr}"
+    );
+    // The warm-up is said once, as a warning; held-out losses are progress, not warnings.
+    assert!(
+        stderr.contains("cai: warning: train rm: the warm-up (10 steps) is longer than the run (2 steps): the learning rate rises to 2e-6"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cai: train rm: step 1: held-out pair loss"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("warning: step"), "{stderr}");
 }

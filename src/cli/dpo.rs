@@ -189,6 +189,18 @@ mod tests {
         assert!(resolve(&[]).is_err(), "no data");
         assert!(resolve(&["--data", "x", "--beta", "0"]).is_err());
         assert!(resolve(&["--data", "x", "--label-smoothing", "0.5"]).is_err());
+        // Ignored by sigmoid (the default), so refused there; cdpo and robust use it.
+        let err = format!(
+            "{:#}",
+            resolve(&["--data", "x", "--label-smoothing", "0.1"]).unwrap_err()
+        );
+        assert!(
+            err.contains("--label-smoothing 0.1") && err.contains("sigmoid"),
+            "{err}"
+        );
+        for loss in ["cdpo", "robust"] {
+            resolve(&["--data", "x", "--label-smoothing", "0.1", "--loss", loss])?;
+        }
         assert!(resolve(&["--data", "x", "--loss", "kto"]).is_err());
         std::fs::write(&yaml, "data: [{path: l.jsonl}]\nbta: 1\n")?;
         let err = format!("{:#}", resolve(&["--config", y]).unwrap_err());

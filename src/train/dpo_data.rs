@@ -63,7 +63,8 @@ pub fn fit_pair(a: &mut TokenizedExample, b: &mut TokenizedExample, max_len: usi
         .max(prompt_b)
         .min((max_len / 2).max(max_len.saturating_sub(longest)));
     let keep_response = max_len - keep_prompt;
-    usize::from(cut(a, keep_prompt, keep_response)) + usize::from(cut(b, keep_prompt, keep_response))
+    usize::from(cut(a, keep_prompt, keep_response))
+        + usize::from(cut(b, keep_prompt, keep_response))
 }
 
 /// Log-probabilities of the responses of `rows` (each summed over its masked tokens) and

@@ -162,7 +162,13 @@ mod tests {
         // The pairs of `metrics_match_hand_values` from sources of weight 1 and 3 (and 1 for
         // the tie, which sigmoid drops): (1·0.3132617 + 3·1.3132617)/4 = 4.2530468/4
         // = 1.0632617, where the unweighted mean is 0.8132617.
-        let m = dpo_metrics(&SIGMOID, 7, &hand_pairs(), &[1.0, 0.0, 0.5], &[1.0, 3.0, 1.0]);
+        let m = dpo_metrics(
+            &SIGMOID,
+            7,
+            &hand_pairs(),
+            &[1.0, 0.0, 0.5],
+            &[1.0, 3.0, 1.0],
+        );
         assert!((m.loss - 1.063_261_7).abs() < 1e-6, "{}", m.loss);
         assert_eq!(m.accuracy, 0.5, "accuracy counts pairs, unweighted");
     }

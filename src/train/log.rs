@@ -60,6 +60,42 @@ impl<F: FnMut(&TrainEvent)> TrainObserver for F {
     }
 }
 
+/// `x` in short scientific notation: 2e-6, 1.5e-5.
+fn short_e(x: f64) -> String {
+    let s = format!("{x:.3e}");
+    match s.split_once('e') {
+        Some((m, e)) if m.contains('.') => {
+            format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
+        }
+        _ => s,
+    }
+}
+
+/// The warning for a linear warm-up of `warmup_steps` to `lr` that is not shorter than the
+/// run's `total_steps` (the learning rate at step `s ≤ warmup` is `lr·s/warmup`, so such a
+/// run never trains at `lr` after its warm-up, or not at all); `None` when the run outlasts it.
+pub fn warmup_warning(warmup_steps: usize, total_steps: usize, lr: f64) -> Option<String> {
+    if warmup_steps == 0 || warmup_steps < total_steps {
+        return None;
+    }
+    let last = lr * total_steps as f64 / warmup_steps as f64;
+    Some(match warmup_steps > total_steps {
+        true => format!(
+            "the warm-up ({warmup_steps} steps) is longer than the run ({total_steps} steps): \
+             the learning rate rises to {} at the last step and never reaches --lr {}; set \
+             --warmup-steps below {total_steps}",
+            short_e(last),
+            short_e(lr)
+        ),
+        false => format!(
+            "the warm-up ({warmup_steps} steps) takes the whole run: the learning rate reaches \
+             --lr {} only at the last step and never decays; set --warmup-steps below \
+             {total_steps}",
+            short_e(lr)
+        ),
+    })
+}
+
 const HEADER: &str = "step,epoch,loss,eval_loss,lr,grad_norm,tokens_per_s";
 
 /// Appends one row per step to a CSV file.
@@ -125,6 +161,27 @@ impl CsvLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warmup_longer_than_the_run_is_reported() {
+        // The reward model's defaults (10 warm-up steps, lr 1e-5) with --max-steps 2: steps 1
+        // and 2 train at 1e-5·1/10 = 1e-6 and 1e-5·2/10 = 2e-6.
+        let w = warmup_warning(10, 2, 1e-5).expect("a warning");
+        assert!(w.contains("(10 steps)") && w.contains("(2 steps)"), "{w}");
+        assert!(
+            w.contains("rises to 2e-6") && w.contains("--lr 1e-5"),
+            "{w}"
+        );
+        assert!(!w.contains('\n'));
+        let w = warmup_warning(4, 4, 3e-4).expect("a warning");
+        assert!(
+            w.contains("takes the whole run") && w.contains("3e-4"),
+            "{w}"
+        );
+        assert_eq!(warmup_warning(10, 11, 1e-5), None);
+        assert_eq!(warmup_warning(0, 1, 1e-5), None);
+        assert_eq!(short_e(1.5e-5), "1.5e-5");
+    }
 
     fn stats(step: usize) -> StepStats {
         StepStats {

@@ -57,6 +57,18 @@ impl std::str::FromStr for DataSource {
     }
 }
 
+/// Which kind of data a pair came from, for the report of what was held out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PairSource {
+    /// A `cai label` row (the AI labeller's soft label).
+    Ai,
+    /// A human pair file (HH-RLHF, TRL, ours).
+    Human,
+    /// A `cai revise` record (final revision preferred to the initial answer).
+    Revisions,
+}
+
 /// A labelled pair in text form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextPair {
@@ -70,6 +82,8 @@ pub struct TextPair {
     pub weight: f64,
     /// `file:line` of the row, for messages.
     pub origin: String,
+    /// The kind of file it came from.
+    pub source: PairSource,
 }
 
 /// Whether the first row of `path` looks like a `cai label` row (has `p_a`).
@@ -101,6 +115,7 @@ pub fn read_source(src: &DataSource, hard: bool) -> Result<(Vec<TextPair>, usize
                     p_a: r.p_a,
                     weight: src.weight,
                     origin: format!("{}:{}", path.display(), line.number),
+                    source: PairSource::Ai,
                 };
                 (pair, Some(r.p_a))
             })
@@ -116,6 +131,7 @@ pub fn read_source(src: &DataSource, hard: bool) -> Result<(Vec<TextPair>, usize
                     p_a: p.human_p_a.unwrap_or(0.5),
                     weight: src.weight,
                     origin: format!("{}:{}", path.display(), p.source_line),
+                    source: PairSource::Human,
                 };
                 (pair, p.human_p_a)
             })

@@ -221,13 +221,8 @@ fn rm_total_steps_cover_every_epochs_own_batches() -> Result<()> {
     run.train.epochs = 3;
     run.train.batch_size = 4;
     run.train.seed = seed;
-    let mut trainer = RewardTrainer::new(
-        &cfg,
-        tiny_weights(&cfg, DType::F32),
-        train,
-        Vec::new(),
-        run,
-    )?;
+    let mut trainer =
+        RewardTrainer::new(&cfg, tiny_weights(&cfg, DType::F32), train, Vec::new(), run)?;
     while !trainer.is_done() {
         trainer.train_step()?;
     }

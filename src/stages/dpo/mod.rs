@@ -20,16 +20,19 @@ use crate::artifacts::{ACCURACY_PLOT, LOSS_PLOT, METRICS, REWARDS_PLOT};
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
 use crate::manifest::{now_unix, sha256_of, Manifest};
+use crate::model_files::checkpoint::OPTIMIZER_FILE;
 use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
 use crate::plot::{self, LineSeries};
 use crate::stages::dpo::pairs::{read_dpo_source, tokenize_dpo_pairs, DataCounts};
+use crate::stages::rm::split::{split_held_out, HeldOut};
 use crate::stages::sft::load_base;
 use crate::train::dpo_data::{pair_logps, pairs_fingerprint, DpoPair};
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::dpo_metrics::DpoEval;
 use crate::train::dpo_trainer::{DpoData, DpoTrainConfig, DpoTrainer, DpoTrainerState};
+use crate::train::log::warmup_warning;
 use crate::train::resume::resume_point;
 use crate::train::reward_data::DataSource;
 use crate::train::{model_from_weights, SftConfig, TrainEvent};
@@ -47,8 +50,9 @@ pub struct TrainDpoConfig {
     pub reference: Option<String>,
     /// Training sources with weights: `[{path: labels.jsonl, weight: 1.0}]`.
     pub data: Vec<DataSource>,
-    /// Held-out pairs; without it the last `eval_fraction` of the training conversations
-    /// are held out.
+    /// Held-out pairs (training pairs of the same conversations are dropped); without it,
+    /// whole training conversations holding about `eval_fraction` of the pairs are held out
+    /// at random by `train.seed`.
     pub eval: Option<PathBuf>,
     /// See `eval` (default 0.1).
     pub eval_fraction: f64,
@@ -131,27 +135,49 @@ fn f32_name() -> String {
     "f32".into()
 }
 
-/// sha256 of a model's weights file(s) without loading them (LoRA adapters included).
+/// Whether a file of a model folder decides the model's log-probabilities: every weight file
+/// (`*.safetensors` but the optimizer's, shards and LoRA adapters included; `*.gguf`), the
+/// shard index, the model and adapter configs, and the tokenizer files.
+fn is_identity_file(name: &str) -> bool {
+    (name.ends_with(".safetensors") && name != OPTIMIZER_FILE)
+        || name.ends_with(".gguf")
+        || name.ends_with(".safetensors.index.json")
+        || matches!(
+            name,
+            "config.json"
+                | "adapter_config.json"
+                | "tokenizer.json"
+                | "tokenizer_config.json"
+                | "tokenizer.model"
+                | "special_tokens_map.json"
+                | "chat_template.jinja"
+        )
+}
+
+/// sha256 over the names and contents of a model's files without loading them (see
+/// [`is_identity_file`]); `None` when no weight file was found, and then no cache is reused.
 fn model_sha(model: &str) -> Result<Option<String>> {
     Ok(match ModelSpec::resolve(model)? {
         ModelSpec::GgufFile(p) => Some(sha256_file(&p)?),
         ModelSpec::Folder(dir) => {
-            let mut parts = Vec::new();
-            for name in ["model.safetensors", "adapter.safetensors"] {
-                if dir.join(name).is_file() {
-                    parts.push(json!(sha256_file(&dir.join(name))?));
-                }
-            }
-            let gguf = std::fs::read_dir(&dir)
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
                 .with_context(|| format!("cannot list {}", dir.display()))?
                 .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|e| e == "gguf"));
-            if let Some(p) = gguf {
-                parts.push(json!(sha256_file(&p)?));
+                // `is_file` follows links: a Hugging Face cache snapshot links its blobs.
+                .filter(|e| e.path().is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_identity_file(n))
+                .collect();
+            names.sort();
+            let weights = names
+                .iter()
+                .any(|n| n.ends_with(".safetensors") || n.ends_with(".gguf"));
+            let mut parts = Vec::with_capacity(names.len());
+            for name in &names {
+                parts.push(json!([name, sha256_file(&dir.join(name))?]));
             }
             let refs: Vec<&Value> = parts.iter().collect();
-            (!parts.is_empty()).then(|| sha256_of(&refs))
+            weights.then(|| sha256_of(&refs))
         }
     })
 }
@@ -181,7 +207,9 @@ fn reference_logps(
     if let Ok(text) = std::fs::read_to_string(&path) {
         let stored: ReferenceFile =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if stored.reference_sha256 == sha
+        // A reference whose files could not be hashed is never taken for another.
+        if sha.is_some()
+            && stored.reference_sha256 == sha
             && stored.train_fingerprint == train_fp
             && stored.eval_fingerprint == eval_fp
             && stored.dtype == dtype_name
@@ -236,6 +264,9 @@ fn reference_logps(
 pub struct DpoSummary {
     pub train_pairs: usize,
     pub eval_pairs: usize,
+    /// Where the held-out pairs came from and what they hold (counted before identical
+    /// pairs are dropped).
+    pub held_out: HeldOut,
     pub dropped: DataCounts,
     /// Whether the reference log-probabilities came from `reference_logps.json`.
     pub reference_reused: bool,
@@ -259,16 +290,19 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
         counts.unlabelled += unlabelled;
         text_pairs.extend(pairs);
     }
-    let (train_text, eval_text) = match &cfg.eval {
+    let eval_file = match &cfg.eval {
         Some(path) => {
             let src = DataSource {
                 path: path.clone(),
                 weight: 1.0,
             };
-            (text_pairs, read_dpo_source(&src)?.0)
+            Some((path.as_path(), read_dpo_source(&src)?.0))
         }
-        None => crate::stages::rm::split_by_conversation(text_pairs, cfg.eval_fraction),
+        None => None,
     };
+    let split = split_held_out(text_pairs, eval_file, cfg.eval_fraction, cfg.train.seed);
+    eprintln!("cai: train dpo: {}", split.held_out.describe());
+    let (train_text, eval_text) = (split.train, split.eval);
     let max_len = cfg.train.max_len;
     let train = tokenize_dpo_pairs(&tok, &train_text, max_len, Some(cfg.loss), &mut counts)?;
     let eval = tokenize_dpo_pairs(&tok, &eval_text, max_len, None, &mut DataCounts::default())?;
@@ -328,6 +362,9 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
 
     let files = tok.folder_files()?;
     let state = trainer.state();
+    if let Some(w) = warmup_warning(cfg.train.warmup_steps, state.total_steps, cfg.train.lr) {
+        eprintln!("cai: warning: train dpo: {w}");
+    }
     let pb = crate::progress::bar(
         state.total_steps as u64,
         state.step as u64,
@@ -343,7 +380,7 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
             ));
         }
         TrainEvent::Eval { step, loss } => {
-            crate::progress::warn(&pb, &format!("step {step}: held-out DPO loss {loss:.4}"))
+            pb.suspend(|| eprintln!("cai: train dpo: step {step}: held-out DPO loss {loss:.4}"))
         }
         TrainEvent::Checkpoint { .. } => {}
     };
@@ -358,6 +395,7 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
     let summary = DpoSummary {
         train_pairs: train.len(),
         eval_pairs: eval.len(),
+        held_out: split.held_out,
         dropped: counts,
         reference_reused: reused,
         steps: state.step,
@@ -463,4 +501,92 @@ fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<(
         plot::write_svg(&out.join(name), &svg)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_files::config::LlamaConfig;
+    use crate::model_files::weights::{init_random, CONFIG_FILE, WEIGHTS_INDEX_FILE};
+    use crate::train::TokenizedExample;
+    use candle_core::{DType, Device};
+
+    /// A tiny llama in two shards with an index, random weights from `seed`.
+    fn sharded_model(dir: &Path, seed: u64) -> Result<()> {
+        let mut cfg = LlamaConfig::new(16, 8, 16, 2, 2, 1);
+        cfg.tie_word_embeddings = true;
+        let weights = init_random(&cfg, 0.5, seed, DType::F32, &Device::Cpu)?;
+        std::fs::create_dir_all(dir)?;
+        cfg.to_file(&dir.join(CONFIG_FILE))?;
+        let (mut shards, mut map) = ([Vec::new(), Vec::new()], serde_json::Map::new());
+        let files = [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ];
+        for (i, (name, t)) in weights.into_iter().enumerate() {
+            map.insert(name.clone(), json!(files[i % 2]));
+            shards[i % 2].push((name, t));
+        }
+        for (shard, file) in shards.into_iter().zip(files) {
+            let shard: std::collections::HashMap<_, _> = shard.into_iter().collect();
+            candle_core::safetensors::save(&shard, dir.join(file))?;
+        }
+        let index = json!({ "weight_map": map }).to_string();
+        std::fs::write(dir.join(WEIGHTS_INDEX_FILE), index)?;
+        Ok(())
+    }
+
+    fn pair(prompt: &[u32], a: &[u32], b: &[u32]) -> DpoPair {
+        let ex = |r: &[u32]| TokenizedExample {
+            tokens: prompt.iter().chain(r).copied().collect(),
+            loss_mask: (0..prompt.len() + r.len())
+                .map(|i| i >= prompt.len())
+                .collect(),
+        };
+        DpoPair {
+            a: ex(a),
+            b: ex(b),
+            p_a: 1.0,
+            weight: 1.0,
+            group: "g".into(),
+        }
+    }
+
+    #[test]
+    fn dpo_cache_rehashes_sharded_reference() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let (ref_a, ref_b) = (tmp.path().join("a"), tmp.path().join("b"));
+        sharded_model(&ref_a, 1)?;
+        sharded_model(&ref_b, 2)?;
+        let train = vec![
+            pair(&[1, 2], &[3, 4], &[5]),
+            pair(&[6], &[7, 8, 9], &[10, 11]),
+        ];
+        let eval = vec![pair(&[2], &[12], &[13, 14])];
+        let cfg = |reference: &Path| TrainDpoConfig {
+            reference: Some(reference.to_string_lossy().into_owned()),
+            out: tmp.path().join("out"),
+            quiet: true,
+            ..TrainDpoConfig::default()
+        };
+        let first = reference_logps(&cfg(&ref_a), &train, &eval)?;
+        assert!(!first.reused);
+        // The same reference again: the cache is used.
+        assert!(reference_logps(&cfg(&ref_a), &train, &eval)?.reused);
+        // Another sharded reference (other weights, no model.safetensors in either folder):
+        // recomputed, and its log-probabilities differ.
+        let second = reference_logps(&cfg(&ref_b), &train, &eval)?;
+        assert!(!second.reused);
+        assert_ne!(first.train, second.train);
+        // The config counts too: a changed norm ε in a's config.json is another reference.
+        let path = ref_a.join(CONFIG_FILE);
+        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        config["rms_norm_eps"] = json!(0.25);
+        std::fs::write(&path, config.to_string())?;
+        assert!(!reference_logps(&cfg(&ref_a), &train, &eval)?.reused);
+        assert!(reference_logps(&cfg(&ref_a), &train, &eval)?.reused);
+        // A folder with no weight file hashes to nothing, and nothing matches nothing.
+        assert_eq!(model_sha(tmp.path().join("out").to_str().unwrap())?, None);
+        Ok(())
+    }
 }

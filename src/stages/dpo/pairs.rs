@@ -16,7 +16,7 @@ use crate::pairs::content_key;
 use crate::stages::revise::RevisionRecord;
 use crate::train::dpo_data::{fit_pair, DpoPair};
 use crate::train::dpo_loss::DpoLoss;
-use crate::train::reward_data::{read_source, DataSource, TextPair};
+use crate::train::reward_data::{read_source, DataSource, PairSource, TextPair};
 use crate::train::TokenizedExample;
 
 /// What reading and tokenizing the pairs dropped, for the warnings and `metrics.json`.
@@ -62,6 +62,7 @@ fn read_revise_pairs(src: &DataSource) -> Result<(Vec<TextPair>, usize)> {
             p_a: 1.0,
             weight: src.weight,
             origin: format!("{}:{}", src.path.display(), line.number),
+            source: PairSource::Revisions,
         });
     }
     Ok((pairs, unrevised))

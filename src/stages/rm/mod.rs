@@ -3,6 +3,7 @@
 //! evaluation, metrics and plots. `cai score` lives in [`crate::stages::rm::score`].
 
 pub mod score;
+pub mod split;
 
 use crate::artifacts::{ACCURACY_PLOT, LOSS_PLOT, METRICS, REWARDS_PLOT};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
@@ -14,9 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
 use crate::plot::{self, HistogramSeries, LineSeries};
+use crate::stages::rm::split::{split_held_out, HeldOut};
+use crate::train::log::warmup_warning;
 use crate::train::resume::resume_point;
 use crate::train::reward::{RewardModelInfo, MARKER_FILE};
-use crate::train::reward_data::{read_source, tokenize_pairs, DataSource, TextPair};
+use crate::train::reward_data::{read_source, tokenize_pairs, DataSource};
 use crate::train::reward_trainer::{RewardTrainConfig, RewardTrainer, RewardTrainerState};
 use crate::train::{SftConfig, TrainEvent};
 
@@ -28,8 +31,9 @@ pub struct TrainRmConfig {
     pub model: String,
     /// Training sources with weights: `[{path: labels.jsonl, weight: 1.0}]`.
     pub data: Vec<DataSource>,
-    /// Held-out labelled pairs; without it the last `eval_fraction` of the training
-    /// conversations are held out.
+    /// Held-out labelled pairs (training pairs of the same conversations are dropped);
+    /// without it, whole training conversations holding about `eval_fraction` of the pairs
+    /// are held out at random by `train.seed`.
     pub eval: Option<PathBuf>,
     /// See `eval` (default 0.1).
     pub eval_fraction: f64,
@@ -84,42 +88,13 @@ impl TrainRmConfig {
     }
 }
 
-/// Splits off the last conversations (in order of last appearance) holding about `fraction`
-/// of the pairs; at least one conversation always stays for training.
-pub(crate) fn split_by_conversation(
-    pairs: Vec<TextPair>,
-    fraction: f64,
-) -> (Vec<TextPair>, Vec<TextPair>) {
-    let want = (pairs.len() as f64 * fraction).ceil() as usize;
-    let mut convs: Vec<(&[crate::chat::ChatMessage], usize)> = Vec::new();
-    for p in pairs.iter().rev() {
-        match convs
-            .iter_mut()
-            .find(|(c, _)| *c == p.conversation.as_slice())
-        {
-            Some((_, n)) => *n += 1,
-            None => convs.push((&p.conversation, 1)),
-        }
-    }
-    let mut held: Vec<Vec<crate::chat::ChatMessage>> = Vec::new();
-    let mut count = 0;
-    for (conv, n) in convs.iter().take(convs.len().saturating_sub(1)) {
-        if count >= want {
-            break;
-        }
-        held.push(conv.to_vec());
-        count += n;
-    }
-    pairs
-        .into_iter()
-        .partition(|p| !held.contains(&p.conversation))
-}
-
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct RmSummary {
     pub train_pairs: usize,
     pub eval_pairs: usize,
+    /// Where the held-out pairs came from and what they hold.
+    pub held_out: HeldOut,
     pub skipped_rows: usize,
     pub truncated_sequences: usize,
     pub steps: usize,
@@ -160,7 +135,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
         text_pairs.extend(pairs);
         skipped += s;
     }
-    let (train_text, eval_text) = match &cfg.eval {
+    let eval_file = match &cfg.eval {
         Some(path) => {
             let src = DataSource {
                 path: path.clone(),
@@ -168,10 +143,13 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
             };
             let (eval, s) = read_source(&src, false)?;
             skipped += s;
-            (text_pairs, eval)
+            Some((path.as_path(), eval))
         }
-        None => split_by_conversation(text_pairs, cfg.eval_fraction),
+        None => None,
     };
+    let split = split_held_out(text_pairs, eval_file, cfg.eval_fraction, cfg.train.seed);
+    eprintln!("cai: train rm: {}", split.held_out.describe());
+    let (train_text, eval_text) = (split.train, split.eval);
     let max_len = cfg.train.max_len;
     let (train, cut_a) = tokenize_pairs(&tok, &train_text, max_len)?;
     let (eval, cut_b) = tokenize_pairs(&tok, &eval_text, max_len)?;
@@ -220,6 +198,9 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
     let mut extra = tokenizer_files(&cfg.model)?;
     extra.push((MARKER_FILE, marker));
     let state = trainer.state();
+    if let Some(w) = warmup_warning(cfg.train.warmup_steps, state.total_steps, cfg.train.lr) {
+        eprintln!("cai: warning: train rm: {w}");
+    }
     let pb = crate::progress::bar(
         state.total_steps as u64,
         state.step as u64,
@@ -232,7 +213,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
             pb.set_message(format!("loss {:.4}", s.loss));
         }
         TrainEvent::Eval { step, loss } => {
-            crate::progress::warn(&pb, &format!("step {step}: held-out pair loss {loss:.4}"))
+            pb.suspend(|| eprintln!("cai: train rm: step {step}: held-out pair loss {loss:.4}"))
         }
         TrainEvent::Checkpoint { .. } => {}
     };
@@ -245,6 +226,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
     let summary = RmSummary {
         train_pairs: train.len(),
         eval_pairs: eval.len(),
+        held_out: split.held_out,
         skipped_rows: skipped,
         truncated_sequences: cut_a + cut_b,
         steps: state.step,
@@ -306,37 +288,4 @@ fn write_report(out: &Path, state: &RewardTrainerState, s: &RmSummary) -> Result
         plot::write_svg(&out.join(REWARDS_PLOT), &hist)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::chat::ChatMessage;
-
-    fn pair(conv: &str) -> TextPair {
-        TextPair {
-            conversation: vec![ChatMessage::user(conv)],
-            response_a: "a".into(),
-            response_b: "b".into(),
-            p_a: 1.0,
-            weight: 1.0,
-            origin: conv.into(),
-        }
-    }
-
-    #[test]
-    fn the_split_keeps_conversations_whole_and_one_for_training() {
-        // 8 pairs over conversations x (3), y (3), z (2), interleaved; 25 % = 2 pairs.
-        let names = ["x", "y", "z", "x", "y", "z", "x", "y"];
-        let (train, held) = split_by_conversation(names.map(pair).to_vec(), 0.25);
-        // The last conversation to appear is y (3 pairs): enough.
-        assert_eq!(held.len(), 3);
-        assert!(held.iter().all(|p| p.origin == "y"));
-        assert_eq!(train.len(), 5);
-        // Even a fraction of 1 leaves one conversation to train on.
-        let (train, held) = split_by_conversation(names.map(pair).to_vec(), 1.0);
-        // (by last appearance: y, x, then z, which stays).
-        assert_eq!((train.len(), held.len()), (2, 6));
-        assert!(train.iter().all(|p| p.origin == "z"));
-    }
 }

@@ -160,6 +160,10 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
     }
 
     let total = cfg.train.total_steps(train.len()) as u64;
+    let (warmup, lr) = (cfg.train.warmup_steps, cfg.train.lr);
+    if let Some(w) = crate::train::log::warmup_warning(warmup, total as usize, lr) {
+        eprintln!("cai: warning: train sft: {w}");
+    }
     let pb = progress::bar(total, 0, "train", cfg.quiet);
     let (mut tokens, mut seconds) = (0usize, 0f64);
     let t0 = Instant::now();
@@ -175,7 +179,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
             ));
         }
         TrainEvent::Eval { step, loss } => {
-            progress::warn(&pb, &format!("step {step}: held-out loss {loss:.4}"));
+            pb.suspend(|| eprintln!("cai: train sft: step {step}: held-out loss {loss:.4}"));
         }
         TrainEvent::Checkpoint { .. } => {}
     };
