@@ -35,11 +35,12 @@ pub struct DpoArgs {
     #[arg(long = "data", value_name = "FILE[:WEIGHT]", value_parser = parsed::<DataSource>)]
     pub data: Vec<DataSource>,
     /// Held-out pairs (normally human: HH-RLHF, TRL, ours) for implicit-reward accuracy,
-    /// margins and log-prob drift.
+    /// margins and log-prob drift; training pairs whose conversation is in it are dropped (and
+    /// counted).
     #[arg(long)]
     pub eval: Option<PathBuf>,
-    /// Without --eval: fraction of the training conversations held out (`--eval-fraction`
-    /// is the old spelling).
+    /// Without --eval: about this fraction of the training pairs is held out, as whole
+    /// conversations drawn at random by --seed (`--eval-fraction` is the old spelling).
     #[arg(long, alias = "eval-fraction", conflicts_with = "eval")]
     pub eval_split: Option<f64>,
     /// Output folder: reference_logps.json, checkpoint-N/, final/ (usable as --model),
@@ -132,12 +133,14 @@ pub fn run(args: DpoArgs) -> Result<()> {
     );
     if let (Some(a), Some(b)) = (&s.eval_before, &s.eval_after) {
         println!(
-            "held-out: {} pairs, implicit-reward accuracy {:.4} -> {:.4}, margin {:.4} \
-             -> {:.4}, log-prob accuracy {:.4} -> {:.4}, drift chosen {:.3}, rejected \
-             {:.3} nats",
+            "held-out: {} pairs ({}), implicit-reward accuracy {:.4} -> {:.4} on {} decided, \
+             margin {:.4} -> {:.4}, log-prob accuracy {:.4} -> {:.4}, drift chosen {:.3}, \
+             rejected {:.3} nats",
             b.pairs,
+            s.held_out.sources,
             a.accuracy,
             b.accuracy,
+            b.decided,
             a.margin,
             b.margin,
             a.logp_accuracy,

@@ -26,11 +26,14 @@ pub struct RmArgs {
     /// ours); `FILE:WEIGHT` weights its pairs in the loss. Repeat to mix sources.
     #[arg(long = "data", value_name = "FILE[:WEIGHT]", value_parser = parsed::<DataSource>)]
     pub data: Vec<DataSource>,
-    /// Held-out labelled pairs (HH-RLHF, TRL, ours) for accuracy, ECE and reward spread.
+    /// Held-out labelled pairs (HH-RLHF, TRL, ours) for accuracy, ECE and reward spread;
+    /// training pairs whose conversation is in it are dropped (and counted).
     #[arg(long)]
     pub eval: Option<PathBuf>,
-    /// Without --eval: fraction of the training conversations held out (`--eval-fraction`
-    /// is the old spelling).
+    /// Without --eval: about this fraction of the training pairs is held out, as whole
+    /// conversations drawn at random by --seed; a mix of AI labels and human pairs holds out
+    /// both, so its accuracy is partly agreement with the labeller (`--eval-fraction` is the
+    /// old spelling).
     #[arg(long, alias = "eval-fraction", conflicts_with = "eval")]
     pub eval_split: Option<f64>,
     /// Round labels to 0/1 (AI hard labels); exact ties are dropped.
@@ -117,10 +120,12 @@ pub fn run(args: RmArgs) -> Result<()> {
     );
     if let Some(e) = &s.eval {
         println!(
-            "held-out: {} pairs, accuracy {:.4}, ECE {}, loss {:.4}, reward chosen {:.3}±{:.3}, \
-             rejected {:.3}±{:.3}",
+            "held-out: {} pairs ({}), accuracy {:.4} on {} decided, ECE {}, loss {:.4}, reward \
+             chosen {:.3}±{:.3}, rejected {:.3}±{:.3}",
             e.pairs,
+            s.held_out.sources,
             e.accuracy,
+            e.decided,
             e.ece.map_or("-".into(), |x| format!("{x:.4}")),
             e.loss,
             e.chosen.mean,

@@ -13,7 +13,13 @@ use super::sft::SftArgs;
 pub enum TrainCommand {
     /// Supervised fine-tuning on critique → revision data (SL-CAI) or TRL SFT rows.
     Sft(SftArgs),
-    /// Reward model on AI and/or human preference labels, evaluated on held-out human labels.
+    /// Reward model on AI and/or human preference labels, evaluated on held-out pairs: the
+    /// --eval file's (normally human labels), or whole training conversations drawn at random
+    /// by --seed, whose sources (ai, human, revisions) are printed and kept in metrics.json.
+    ///
+    /// Held-out numbers: accuracy over the pairs with a decided label (p_a ≠ 0.5; a reward tie
+    /// counts ½), ECE of σ(r_a − r_b) against p_a and the mean soft cross-entropy over all
+    /// held-out pairs, ties (p_a = 0.5) included, unweighted, raw (uncalibrated) rewards.
     Rm(RmArgs),
     /// PPO of a policy (normally the SFT model) against the reward model or the feedback
     /// model's ratings, with a KL penalty to a reference; `--advantage grpo|rloo|reinforce` for
@@ -30,6 +36,12 @@ pub enum TrainCommand {
     /// preference and are dropped. Labels of exactly 0.5 (ties) are dropped by the losses that
     /// round the label (sigmoid, robust, hinge) and kept by cdpo and ipo, which pull a tie's
     /// margin to 0. Every drop is counted on stderr; no pair left is an error.
+    ///
+    /// Held-out pairs: the --eval file's (training pairs of its conversations are dropped and
+    /// counted), or whole training conversations drawn at random by --seed; their sources (ai,
+    /// human, revisions) are printed and kept in metrics.json. Accuracy, margin and drifts are
+    /// over the held-out pairs with a decided label (p_a ≠ 0.5); the held-out loss is over the
+    /// pairs the loss keeps (ties too for cdpo and ipo), weighted by source as in training.
     Dpo(DpoArgs),
 }
 
