@@ -17,12 +17,11 @@ mod qmatmul;
 
 use std::path::Path;
 
-use crate::model_files::{ChatTokenizer, TextTokenizer};
+use crate::model_files::{gguf_check, ChatTokenizer, TextTokenizer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file;
+use anyhow::{bail, Result};
 use candle_core::Device;
 
 pub use gguf_model::GgufModel;
@@ -79,10 +78,7 @@ impl LocalBackend {
     /// Opens a GGUF file; `name` is how the user named the model, `sha256` its weights' hash.
     pub fn open_gguf(path: &Path, name: &str, sha256: Option<String>) -> Result<Self> {
         let device = device()?;
-        let mut file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open model file {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
+        let (_, content) = gguf_check::open(path)?;
         let chat = ChatTokenizer::from_gguf(&content, path)?;
         let model = GgufModel::load(&content, path, &device, true)?;
         Ok(Self::new(model, chat, name, sha256))
