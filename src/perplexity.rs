@@ -166,7 +166,9 @@ mod tests {
         s.add(1.0);
         check_finite(&s, 0, Path::new("m.gguf")).unwrap();
         s.add(f64::NAN);
-        let e = check_finite(&s, 1, Path::new("m.gguf")).unwrap_err().to_string();
+        let e = check_finite(&s, 1, Path::new("m.gguf"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "m.gguf: the perplexity is NaN after chunk 2 (NaN or infinite log-likelihoods): \

@@ -156,9 +156,9 @@ impl ChatTemplate {
                 "{origin}: the chat template's output exceeds {cap} bytes (twice the \
                  messages' {text} bytes and {TEMPLATE_OWN_TEXT} of its own)"
             ),
-            Err(e) if e.kind() == ErrorKind::OutOfFuel => bail!(
-                "{origin}: the chat template did not finish within {TEMPLATE_FUEL} steps"
-            ),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                bail!("{origin}: the chat template did not finish within {TEMPLATE_FUEL} steps")
+            }
             Err(e) => bail!(
                 "{origin}: cannot render the chat template: {}",
                 one_line(&e.to_string())
@@ -235,7 +235,10 @@ mod tests {
                    {% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}";
         let t = ChatTemplate::new(Some(src.into()), "", "", "evil.gguf").unwrap();
         let start = std::time::Instant::now();
-        let e = t.render(&[ChatMessage::user("hi")]).unwrap_err().to_string();
+        let e = t
+            .render(&[ChatMessage::user("hi")])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "evil.gguf: the chat template did not finish within 2000000 steps"
@@ -248,7 +251,10 @@ mod tests {
         // 'x' * 100000000: 10^8 bytes, far past the cap of 2 * 2 + 2^20 bytes for "hi".
         let src = "{{ 'x' * 100000000 }}{{ messages[0].content }}";
         let t = ChatTemplate::new(Some(src.into()), "", "", "evil.gguf").unwrap();
-        let e = t.render(&[ChatMessage::user("hi")]).unwrap_err().to_string();
+        let e = t
+            .render(&[ChatMessage::user("hi")])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "evil.gguf: the chat template's output exceeds 1048580 bytes (twice the messages' \
@@ -267,8 +273,14 @@ mod tests {
     fn chat_template_errors_are_one_line_naming_the_file() {
         let src = "{{ raise_exception('no\nsystem role') }}";
         let t = ChatTemplate::new(Some(src.into()), "", "", "m.gguf").unwrap();
-        let e = t.render(&[ChatMessage::user("hi")]).unwrap_err().to_string();
-        assert!(e.starts_with("m.gguf: cannot render the chat template: "), "{e}");
+        let e = t
+            .render(&[ChatMessage::user("hi")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("m.gguf: cannot render the chat template: "),
+            "{e}"
+        );
         assert!(!e.contains('\n'), "{e}");
     }
 }

@@ -173,6 +173,9 @@ fn gguf_open_names_the_file_and_refuses_devices() {
     #[cfg(unix)]
     {
         let e = format!("{:#}", open(Path::new("/dev/zero")).unwrap_err());
-        assert!(e.contains("/dev/zero: a model file must be a regular file"), "{e}");
+        assert!(
+            e.contains("/dev/zero: a model file must be a regular file"),
+            "{e}"
+        );
     }
 }

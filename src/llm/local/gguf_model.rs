@@ -336,7 +336,10 @@ impl GgufModel {
         };
         let embed = embed_q.dequantize(device)?;
         let output = match tied {
-            false => Linear::new(need_shaped(tensor, "output.weight", &[vocab, hidden])?, dense)?,
+            false => Linear::new(
+                need_shaped(tensor, "output.weight", &[vocab, hidden])?,
+                dense,
+            )?,
             true => Linear::new(embed_q, dense)?,
         };
         let norm = need_shaped(tensor, "output_norm.weight", &[hidden])?.dequantize(device)?;
@@ -354,9 +357,12 @@ impl GgufModel {
             let w = |t: &mut TensorSource<'_>, name: &str, want: &[usize]| {
                 need_shaped(t, &format!("{p}.{name}.weight"), want)
             };
-            let vector = |t: &mut TensorSource<'_>, name: &str, n: usize| -> Result<Option<Tensor>> {
-                Ok(get(t, name, &[n])?.map(|q| q.dequantize(device)).transpose()?)
-            };
+            let vector =
+                |t: &mut TensorSource<'_>, name: &str, n: usize| -> Result<Option<Tensor>> {
+                    Ok(get(t, name, &[n])?
+                        .map(|q| q.dequantize(device))
+                        .transpose()?)
+                };
             let q_norm = vector(tensor, "attn_q_norm", shape.head_dim)?;
             let k_norm = vector(tensor, "attn_k_norm", shape.head_dim)?;
             let post_attn_norm = vector(tensor, "post_attention_norm", hidden)?;
@@ -391,7 +397,8 @@ impl GgufModel {
             }
             // The feed-forward width is the gate's rows (Phi-3: half of `ffn_up`'s), checked
             // against the metadata's `feed_forward_length` where the file has one.
-            let (gate_name, up_name) = (format!("{p}.ffn_gate.weight"), format!("{p}.ffn_up.weight"));
+            let (gate_name, up_name) =
+                (format!("{p}.ffn_gate.weight"), format!("{p}.ffn_up.weight"));
             let gate = tensor(&gate_name)?;
             let up = need(tensor, &up_name)?;
             let fused_ff = gate.is_none();
@@ -422,7 +429,11 @@ impl GgufModel {
                     dense,
                 )?,
                 // Phi-3: `ffn_up` holds the gate's rows, then the up rows.
-                None => Fused::stacked(shaped(up, &up_name, &[2 * ff, hidden])?, vec![ff, ff], dense)?,
+                None => Fused::stacked(
+                    shaped(up, &up_name, &[2 * ff, hidden])?,
+                    vec![ff, ff],
+                    dense,
+                )?,
             };
             layers.push(Layer {
                 attn_norm,
@@ -440,14 +451,11 @@ impl GgufModel {
             });
         }
         // Llama 3's rope scaling: per-frequency divisors.
-        let factors: Option<Vec<f32>> = match get_shaped(
-            tensor,
-            "rope_freqs.weight",
-            &[shape.head_dim / 2],
-        )? {
-            Some(q) => Some(q.dequantize(device)?.flatten_all()?.to_vec1()?),
-            None => None,
-        };
+        let factors: Option<Vec<f32>> =
+            match get_shaped(tensor, "rope_freqs.weight", &[shape.head_dim / 2])? {
+                Some(q) => Some(q.dequantize(device)?.flatten_all()?.to_vec1()?),
+                None => None,
+            };
         // Index 0 for global layers; index 1 only when the model has local ones (a table costs
         // context × head_dim floats, four times over).
         let kinds = match a.local_layers.contains(&true) {

@@ -64,6 +64,20 @@ fn prefix_reuse_from_env() -> bool {
     std::env::var("CAI_PREFIX_REUSE").map_or(true, |v| v.trim() != "0")
 }
 
+/// Fails unless every id the tokenizer can produce has a row in the embedding table (a
+/// larger table, padded as many models are, is fine): otherwise a text would fail later with
+/// an error blaming the text, or an option, instead of the model file.
+fn check_vocab(chat: &ChatTokenizer, model: &GgufModel, path: &Path) -> Result<()> {
+    let (tokens, rows) = (chat.tokenizer.vocab_size(), model.shape.vocab);
+    if tokens == 0 || tokens > rows {
+        bail!(
+            "{}: the tokenizer has {tokens} tokens but the embedding table {rows} rows",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// A GGUF model run in-process.
 pub struct LocalBackend {
     info: ModelInfo,
@@ -81,6 +95,7 @@ impl LocalBackend {
         let (_, content) = gguf_check::open(path)?;
         let chat = ChatTokenizer::from_gguf(&content, path)?;
         let model = GgufModel::load(&content, path, &device, true)?;
+        check_vocab(&chat, &model, path)?;
         Ok(Self::new(model, chat, name, sha256))
     }
 
@@ -90,6 +105,7 @@ impl LocalBackend {
         let device = device()?;
         let chat = ChatTokenizer::from_folder(dir)?;
         let model = GgufModel::load_hf_folder(dir, &device, true)?;
+        check_vocab(&chat, &model, dir)?;
         Ok(Self::new(model, chat, name, sha256))
     }
 

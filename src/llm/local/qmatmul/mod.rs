@@ -302,7 +302,9 @@ mod tests {
         // wrapped to 0 and "held" an empty buffer, then the repacked buffers overflowed).
         let n = 1usize << 32;
         assert!(block32::check_size("Q4_0", 0, (32, 18), n, n).is_err());
-        assert!(typed::<candle_core::quantized::k_quants::BlockQ4_0>(Cow::Borrowed(&[]), n, n).is_err());
+        assert!(
+            typed::<candle_core::quantized::k_quants::BlockQ4_0>(Cow::Borrowed(&[]), n, n).is_err()
+        );
         // The real size still passes: 2 rows of 64 values are 4 blocks of 18 bytes.
         assert!(block32::check_size("Q4_0", 72, (32, 18), 2, 64).is_ok());
     }
