@@ -578,7 +578,10 @@ fn fuzz_gguf_loader_never_panics() {
             Err(_) => {
                 let keep = std::env::temp_dir().join("cai-fuzz-panic.gguf");
                 std::fs::write(&keep, &b).unwrap();
-                panic!("run {runs}: the loader panicked (file kept at {})", keep.display())
+                panic!(
+                    "run {runs}: the loader panicked (file kept at {})",
+                    keep.display()
+                )
             }
             Ok(Err(e)) => {
                 let e = format!("{e:#}");
