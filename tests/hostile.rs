@@ -312,6 +312,8 @@ fn run_limited(cmd: &mut Command) -> (Option<i32>, Option<i32>, u64, bool) {
             Ok(())
         });
     }
+    // Reaped below with wait4, which also gives the peak memory.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("cai starts");
     let pid = child.id() as libc::pid_t;
     let start = Instant::now();

@@ -39,7 +39,7 @@ impl Header {
     }
     /// Pads to 32 bytes and appends `n` data bytes.
     fn data(&mut self, n: usize) -> &mut Self {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.extend(std::iter::repeat_n(0u8, n));

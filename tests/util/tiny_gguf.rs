@@ -205,12 +205,12 @@ impl Gguf {
             offset += (t.data.len() as u64).next_multiple_of(32);
         }
         for t in &self.tensors {
-            while b.len() % 32 != 0 {
+            while !b.len().is_multiple_of(32) {
                 b.push(0);
             }
             b.extend(&t.data);
         }
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b
