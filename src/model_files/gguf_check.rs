@@ -34,7 +34,7 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// parses it with candle. Returns the open file (for reading tensors) and the parsed header.
 /// Every error is one line naming the file.
 pub fn open(path: &Path) -> Result<(File, Content)> {
-    let fail = || format!("{}: not a valid GGUF file", path.display());
+    let fail = || format!("{}: not a readable GGUF file", path.display());
     let file =
         File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
     let meta = file
