@@ -110,9 +110,7 @@ fn gguf_path(model: &str) -> Result<PathBuf> {
 }
 
 fn load_model(path: &Path, dense: bool) -> Result<GgufModel> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
+    let (_, content) = crate::model_files::gguf_check::open(path)?;
     GgufModel::load(&content, path, &candle_core::Device::Cpu, dense)
 }
 

@@ -18,6 +18,10 @@ fn main() {
     }
     if let Err(err) = cai::cli::run(cli) {
         eprintln!("cai: {}", one_line(&err));
+        if debug {
+            // Errors cai raises itself (not only candle's) show where they came from.
+            eprintln!("{}", err.backtrace());
+        }
         std::process::exit(1);
     }
 }

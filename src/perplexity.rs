@@ -7,7 +7,7 @@
 //! token `j + 1` for `j` in `ctx/2 .. ctx - 1`. PPL is the exponential of the mean negative
 //! log-likelihood; its ± is llama.cpp's: the standard error of the mean NLL times PPL.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -99,9 +99,9 @@ pub fn run(cfg: &PerplexityConfig) -> Result<PerplexityReport> {
     }
     let text = std::fs::read_to_string(&cfg.file)
         .with_context(|| format!("cannot read text file {}", cfg.file.display()))?;
-    let backend = match ModelSpec::resolve(&cfg.model)? {
-        ModelSpec::GgufFile(p) => LocalBackend::open_gguf(&p, &cfg.model, None)?,
-        ModelSpec::Folder(d) => LocalBackend::open_folder(&d, &cfg.model, None)?,
+    let (backend, model_path) = match ModelSpec::resolve(&cfg.model)? {
+        ModelSpec::GgufFile(p) => (LocalBackend::open_gguf(&p, &cfg.model, None)?, p),
+        ModelSpec::Folder(d) => (LocalBackend::open_folder(&d, &cfg.model, None)?, d),
     };
     // As llama-perplexity: special-token literals in the text are text.
     let tokens = backend.tokenizer().encode_plain(&text)?;
@@ -126,6 +126,7 @@ pub fn run(cfg: &PerplexityConfig) -> Result<PerplexityReport> {
             chunk[0] = b;
         }
         backend.score_second_half(&chunk, &mut |nll| sums.add(nll))?;
+        check_finite(&sums, i, &model_path)?;
         per_chunk.push(sums.ppl());
         pb.set_message(format!("PPL {:.4}", sums.ppl()));
         pb.inc(1);
@@ -140,9 +141,43 @@ pub fn run(cfg: &PerplexityConfig) -> Result<PerplexityReport> {
     })
 }
 
+/// Fails when the running PPL is not a finite number: NaN or infinite log-likelihoods come
+/// from broken weights (a crafted or corrupt model file), never from the text.
+fn check_finite(sums: &NllSums, chunk: usize, model: &Path) -> Result<()> {
+    if !sums.ppl().is_finite() {
+        bail!(
+            "{}: the perplexity is {} after chunk {} (NaN or infinite log-likelihoods): the \
+             model's weights are broken",
+            model.display(),
+            sums.ppl(),
+            chunk + 1
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn perplexity_not_finite_is_an_error() {
+        let mut s = NllSums::default();
+        s.add(1.0);
+        check_finite(&s, 0, Path::new("m.gguf")).unwrap();
+        s.add(f64::NAN);
+        let e = check_finite(&s, 1, Path::new("m.gguf"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "m.gguf: the perplexity is NaN after chunk 2 (NaN or infinite log-likelihoods): \
+             the model's weights are broken"
+        );
+        let mut s = NllSums::default();
+        s.add(f64::INFINITY);
+        assert!(check_finite(&s, 0, Path::new("m.gguf")).is_err());
+    }
 
     #[test]
     fn sums_give_llamacpp_ppl_and_error() {

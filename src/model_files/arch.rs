@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::quantized::gguf_file::{self, Value};
 
 /// The architectures the local engine runs.
@@ -282,6 +282,13 @@ impl<'a> Metadata<'a> {
     }
 }
 
+/// The most `context × head_dim` a GGUF file may declare: the rotary tables for the whole
+/// context are built at load (`8 · context · head_dim` bytes per kind of layer; at this bound
+/// 1 GiB, reached by a context of 2^20 positions with heads of 128).
+pub const MAX_ROPE_VALUES: usize = 1 << 27;
+/// The largest head size a GGUF file may declare (real models use 64 to 256).
+pub const MAX_HEAD_DIM: usize = 1024;
+
 /// Shape hyper-parameters and architecture traits read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelShape {
@@ -291,6 +298,8 @@ pub struct ModelShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// The feed-forward width the metadata declares (`feed_forward_length`), if it does.
+    pub ff: Option<usize>,
     pub rms_eps: f64,
     pub context: usize,
     pub arch: ArchTraits,
@@ -316,10 +325,38 @@ impl ModelShape {
         let heads = md.need_usize("attention.head_count")?;
         let hidden = md.need_usize("embedding_length")?;
         let layers = md.need_usize("block_count")?;
+        let at = path.display();
+        ensure!(
+            heads > 0 && hidden > 0 && layers > 0,
+            "{at}: `{name}.attention.head_count`, `{name}.embedding_length` and \
+             `{name}.block_count` must be positive"
+        );
+        // Every block has several tensors: a count beyond them is a crafted file (and would
+        // size per-layer tables from it).
+        ensure!(
+            layers <= content.tensor_infos.len(),
+            "{at}: `{name}.block_count` is {layers} but the file holds only {} tensors",
+            content.tensor_infos.len()
+        );
         let head_dim = match md.usize("attention.key_length")? {
             Some(d) => d,
             None => md.usize("rope.dimension_count")?.unwrap_or(hidden / heads),
         };
+        let kv_heads = md.usize("attention.head_count_kv")?.unwrap_or(heads);
+        ensure!(
+            kv_heads > 0 && heads.is_multiple_of(kv_heads),
+            "{at}: {heads} attention heads are not a multiple of {kv_heads} key/value heads"
+        );
+        ensure!(
+            head_dim > 0 && head_dim.is_multiple_of(2) && head_dim <= MAX_HEAD_DIM,
+            "{at}: head size {head_dim} must be even and at most {MAX_HEAD_DIM}"
+        );
+        let context = md.usize("context_length")?.unwrap_or(2048);
+        ensure!(
+            context > 0 && context.saturating_mul(head_dim) <= MAX_ROPE_VALUES,
+            "{at}: `{name}.context_length` {context} times head size {head_dim} must be between \
+             1 and {MAX_ROPE_VALUES}"
+        );
         if let Some(rot) = md.usize("rope.dimension_count")? {
             if rot != head_dim {
                 bail!(
@@ -334,10 +371,11 @@ impl ModelShape {
             hidden,
             layers,
             heads,
-            kv_heads: md.usize("attention.head_count_kv")?.unwrap_or(heads),
+            kv_heads,
             head_dim,
+            ff: md.usize("feed_forward_length")?,
             rms_eps: md.f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f64,
-            context: md.usize("context_length")?.unwrap_or(2048),
+            context,
             arch: ArchTraits::from_gguf(arch, &md, layers, hidden, head_dim)?,
         })
     }

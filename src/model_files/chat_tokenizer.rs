@@ -29,10 +29,7 @@ impl ChatTokenizer {
     }
 
     pub fn from_gguf_file(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open model file {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
+        let (_, content) = super::gguf_check::open(path)?;
         Self::from_gguf(&content, path)
     }
 
@@ -53,6 +50,7 @@ impl ChatTokenizer {
             template_src,
             &token_text("tokenizer.ggml.bos_token_id"),
             &token_text("tokenizer.ggml.eos_token_id"),
+            &path.display().to_string(),
         )
         .with_context(|| format!("{}: bad chat template", path.display()))?;
         let arch = md
@@ -119,6 +117,7 @@ impl ChatTokenizer {
             tcfg["chat_template"].as_str().map(str::to_string),
             &token_str("bos_token"),
             &token_str("eos_token"),
+            &dir.join("tokenizer_config.json").display().to_string(),
         )
         .with_context(|| {
             format!(

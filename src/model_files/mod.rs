@@ -9,6 +9,7 @@ pub mod chat_template;
 pub mod chat_tokenizer;
 pub mod checkpoint;
 pub mod config;
+pub mod gguf_check;
 pub mod locate;
 pub mod lora;
 pub mod tokenizer;

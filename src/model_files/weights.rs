@@ -297,10 +297,7 @@ fn llama3_scaling(cfg: &LlamaConfig, divisors: &[f32]) -> Result<serde_json::Val
 /// rows back to Hugging Face order for the llama graph; Gemma's norm weights back to `w` from
 /// the stored `1 + w`).
 pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(LlamaConfig, Weights)> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let content = gguf_file::Content::read(&mut file)
-        .with_context(|| format!("reading GGUF header of {}", path.display()))?;
+    let (mut file, content) = super::gguf_check::open(path)?;
     let mut cfg =
         gguf_config(&content, path).with_context(|| format!("reading {}", path.display()))?;
     let family = cfg.family()?;

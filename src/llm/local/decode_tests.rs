@@ -2,7 +2,6 @@
 //! when the file is absent; `CAI_TEST_GGUF` names another llama GGUF file).
 
 use anyhow::Result;
-use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
 use super::gguf_model::{last_row, GgufModel};
@@ -11,8 +10,7 @@ fn model() -> Result<Option<GgufModel>> {
     let Some(path) = crate::test_support::test_gguf() else {
         return Ok(None);
     };
-    let mut file = std::fs::File::open(&path)?;
-    let content = gguf_file::Content::read(&mut file)?;
+    let (_, content) = crate::model_files::gguf_check::open(&path)?;
     Ok(Some(GgufModel::load(&content, &path, &Device::Cpu, true)?))
 }
 

@@ -262,6 +262,32 @@ fn need(tensor: &mut TensorSource<'_>, name: &str) -> Result<QTensor> {
     tensor(name)?.ok_or_else(|| anyhow!("missing tensor `{name}`"))
 }
 
+/// `q` (tensor `name`) if its shape is `want` (rows first), the shape the metadata implies:
+/// a tensor of any other shape would be read past its end or multiplied as garbage.
+fn shaped(q: QTensor, name: &str, want: &[usize]) -> Result<QTensor> {
+    if q.shape().dims() != want {
+        bail!(
+            "tensor `{name}` has shape {:?}, the model's metadata needs {want:?}",
+            q.shape().dims()
+        );
+    }
+    Ok(q)
+}
+
+/// [`need`] with the shape checked.
+fn need_shaped(tensor: &mut TensorSource<'_>, name: &str, want: &[usize]) -> Result<QTensor> {
+    shaped(need(tensor, name)?, name, want)
+}
+
+/// An optional tensor with the shape checked.
+fn get_shaped(
+    tensor: &mut TensorSource<'_>,
+    name: &str,
+    want: &[usize],
+) -> Result<Option<QTensor>> {
+    tensor(name)?.map(|q| shaped(q, name, want)).transpose()
+}
+
 impl GgufModel {
     /// Loads the weights of a GGUF file already opened as `content`.
     /// `dense` also keeps f32 copies of the weights for multi-row products (≈4 bytes per
@@ -299,14 +325,24 @@ impl GgufModel {
         device: &Device,
         dense: bool,
     ) -> Result<Self> {
+        let hidden = shape.hidden;
         let embed_q = need(tensor, "token_embd.weight")?;
+        let vocab = match embed_q.shape().dims() {
+            &[vocab, width] if vocab > 0 && width == hidden => vocab,
+            dims => bail!(
+                "tensor `token_embd.weight` has shape {dims:?}, the model's metadata needs \
+                 [vocabulary, {hidden}]"
+            ),
+        };
         let embed = embed_q.dequantize(device)?;
-        let vocab = embed.dim(0)?;
         let output = match tied {
-            false => Linear::new(need(tensor, "output.weight")?, dense)?,
+            false => Linear::new(
+                need_shaped(tensor, "output.weight", &[vocab, hidden])?,
+                dense,
+            )?,
             true => Linear::new(embed_q, dense)?,
         };
-        let norm = need(tensor, "output_norm.weight")?.dequantize(device)?;
+        let norm = need_shaped(tensor, "output_norm.weight", &[hidden])?.dequantize(device)?;
         let a = &shape.arch;
         let (q_rows, kv_rows) = (
             shape.heads * shape.head_dim,
@@ -315,31 +351,39 @@ impl GgufModel {
         let mut layers = Vec::with_capacity(shape.layers);
         for i in 0..shape.layers {
             let p = format!("blk.{i}");
-            let get = |t: &mut TensorSource<'_>, name: &str| t(&format!("{p}.{name}.weight"));
-            let w = |t: &mut TensorSource<'_>, name: &str| need(t, &format!("{p}.{name}.weight"));
-            let vector = |t: &mut TensorSource<'_>, name: &str| -> Result<Option<Tensor>> {
-                Ok(get(t, name)?.map(|q| q.dequantize(device)).transpose()?)
+            let get = |t: &mut TensorSource<'_>, name: &str, want: &[usize]| {
+                get_shaped(t, &format!("{p}.{name}.weight"), want)
             };
-            let q_norm = vector(tensor, "attn_q_norm")?;
-            let k_norm = vector(tensor, "attn_k_norm")?;
-            let post_attn_norm = vector(tensor, "post_attention_norm")?;
-            let post_ffn_norm = vector(tensor, "post_ffw_norm")?;
-            let attn_norm = w(tensor, "attn_norm")?.dequantize(device)?;
-            let ffn_norm = w(tensor, "ffn_norm")?.dequantize(device)?;
-            let mut qkv = match get(tensor, "attn_qkv")? {
+            let w = |t: &mut TensorSource<'_>, name: &str, want: &[usize]| {
+                need_shaped(t, &format!("{p}.{name}.weight"), want)
+            };
+            let vector =
+                |t: &mut TensorSource<'_>, name: &str, n: usize| -> Result<Option<Tensor>> {
+                    Ok(get(t, name, &[n])?
+                        .map(|q| q.dequantize(device))
+                        .transpose()?)
+                };
+            let q_norm = vector(tensor, "attn_q_norm", shape.head_dim)?;
+            let k_norm = vector(tensor, "attn_k_norm", shape.head_dim)?;
+            let post_attn_norm = vector(tensor, "post_attention_norm", hidden)?;
+            let post_ffn_norm = vector(tensor, "post_ffw_norm", hidden)?;
+            let attn_norm = w(tensor, "attn_norm", &[hidden])?.dequantize(device)?;
+            let ffn_norm = w(tensor, "ffn_norm", &[hidden])?.dequantize(device)?;
+            let qkv_rows = q_rows + 2 * kv_rows;
+            let mut qkv = match get(tensor, "attn_qkv", &[qkv_rows, hidden])? {
                 Some(fused) => Fused::stacked(fused, vec![q_rows, kv_rows, kv_rows], dense)?,
                 None => {
                     let parts = vec![
-                        w(tensor, "attn_q")?,
-                        w(tensor, "attn_k")?,
-                        w(tensor, "attn_v")?,
+                        w(tensor, "attn_q", &[q_rows, hidden])?,
+                        w(tensor, "attn_k", &[kv_rows, hidden])?,
+                        w(tensor, "attn_v", &[kv_rows, hidden])?,
                     ];
                     Fused::new(parts, dense)?
                 }
             };
             let mut biases = Vec::with_capacity(3);
             for (n, rows) in [("attn_q", q_rows), ("attn_k", kv_rows), ("attn_v", kv_rows)] {
-                biases.push((tensor(&format!("{p}.{n}.bias"))?, rows));
+                biases.push((get_shaped(tensor, &format!("{p}.{n}.bias"), &[rows])?, rows));
             }
             if biases.iter().any(|(b, _)| b.is_some()) {
                 let b = biases
@@ -351,35 +395,67 @@ impl GgufModel {
                     .collect::<Result<Vec<_>>>()?;
                 qkv.biases = Some(b);
             }
-            let gate_up = match get(tensor, "ffn_gate")? {
-                Some(gate) => Fused::new(vec![gate, w(tensor, "ffn_up")?], dense)?,
+            // The feed-forward width is the gate's rows (Phi-3: half of `ffn_up`'s), checked
+            // against the metadata's `feed_forward_length` where the file has one.
+            let (gate_name, up_name) =
+                (format!("{p}.ffn_gate.weight"), format!("{p}.ffn_up.weight"));
+            let gate = tensor(&gate_name)?;
+            let up = need(tensor, &up_name)?;
+            let fused_ff = gate.is_none();
+            let (ff_source, ff_tensor) = match &gate {
+                Some(g) => (&gate_name, g),
+                None => (&up_name, &up),
+            };
+            let (ff_rows, ff_width) = match ff_tensor.shape().dims() {
+                &[rows, width] => (rows, width),
+                _ => (0, 0),
+            };
+            let ff = if fused_ff { ff_rows / 2 } else { ff_rows };
+            if ff == 0 || ff_width != hidden || (fused_ff && ff_rows % 2 != 0) {
+                bail!(
+                    "tensor `{ff_source}` has shape [{ff_rows}, {ff_width}], the model's \
+                     metadata needs [feed-forward width, {hidden}]"
+                );
+            }
+            if let Some(want) = shape.ff.filter(|&want| want != ff) {
+                bail!("tensor `{ff_source}` has {ff} feed-forward rows, the metadata says {want}");
+            }
+            let gate_up = match gate {
+                Some(gate) => Fused::new(
+                    vec![
+                        shaped(gate, &gate_name, &[ff, hidden])?,
+                        shaped(up, &up_name, &[ff, hidden])?,
+                    ],
+                    dense,
+                )?,
                 // Phi-3: `ffn_up` holds the gate's rows, then the up rows.
-                None => {
-                    let up = w(tensor, "ffn_up")?;
-                    let rows = up.shape().dims2()?.0;
-                    Fused::stacked(up, vec![rows / 2, rows / 2], dense)?
-                }
+                None => Fused::stacked(
+                    shaped(up, &up_name, &[2 * ff, hidden])?,
+                    vec![ff, ff],
+                    dense,
+                )?,
             };
             layers.push(Layer {
                 attn_norm,
                 qkv,
                 q_norm,
                 k_norm,
-                o: Linear::new(w(tensor, "attn_output")?, dense)?,
+                o: Linear::new(w(tensor, "attn_output", &[hidden, q_rows])?, dense)?,
                 post_attn_norm,
                 ffn_norm,
                 gate_up,
-                down: Linear::new(w(tensor, "ffn_down")?, dense)?,
+                down: Linear::new(w(tensor, "ffn_down", &[hidden, ff])?, dense)?,
                 post_ffn_norm,
                 rope: usize::from(a.local_layers[i]),
                 window: a.window_of(i),
             });
         }
         // Llama 3's rope scaling: per-frequency divisors.
-        let factors: Option<Vec<f32>> = match tensor("rope_freqs.weight")? {
-            Some(q) => Some(q.dequantize(device)?.flatten_all()?.to_vec1()?),
-            None => None,
-        };
+        let factors: Option<Vec<f32>> =
+            match get_shaped(tensor, "rope_freqs.weight", &[shape.head_dim / 2])? {
+                Some(q) => Some(q.dequantize(device)?.flatten_all()?.to_vec1()?),
+                None => None,
+            };
         // Index 0 for global layers; index 1 only when the model has local ones (a table costs
         // context × head_dim floats, four times over).
         let kinds = match a.local_layers.contains(&true) {

@@ -50,6 +50,7 @@ impl GgufModel {
             heads: cfg.num_attention_heads,
             kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_size(),
+            ff: Some(cfg.intermediate_size),
             rms_eps: cfg.rms_norm_eps,
             context: cfg.max_position_embeddings,
             arch: cfg.traits()?,

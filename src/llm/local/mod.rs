@@ -17,12 +17,11 @@ mod qmatmul;
 
 use std::path::Path;
 
-use crate::model_files::{ChatTokenizer, TextTokenizer};
+use crate::model_files::{gguf_check, ChatTokenizer, TextTokenizer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file;
+use anyhow::{bail, Result};
 use candle_core::Device;
 
 pub use gguf_model::GgufModel;
@@ -65,6 +64,20 @@ fn prefix_reuse_from_env() -> bool {
     std::env::var("CAI_PREFIX_REUSE").map_or(true, |v| v.trim() != "0")
 }
 
+/// Fails unless every id the tokenizer can produce has a row in the embedding table (a
+/// larger table, padded as many models are, is fine): otherwise a text would fail later with
+/// an error blaming the text, or an option, instead of the model file.
+fn check_vocab(chat: &ChatTokenizer, model: &GgufModel, path: &Path) -> Result<()> {
+    let (tokens, rows) = (chat.tokenizer.vocab_size(), model.shape.vocab);
+    if tokens == 0 || tokens > rows {
+        bail!(
+            "{}: the tokenizer has {tokens} tokens but the embedding table {rows} rows",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// A GGUF model run in-process.
 pub struct LocalBackend {
     info: ModelInfo,
@@ -79,12 +92,10 @@ impl LocalBackend {
     /// Opens a GGUF file; `name` is how the user named the model, `sha256` its weights' hash.
     pub fn open_gguf(path: &Path, name: &str, sha256: Option<String>) -> Result<Self> {
         let device = device()?;
-        let mut file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open model file {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
+        let (_, content) = gguf_check::open(path)?;
         let chat = ChatTokenizer::from_gguf(&content, path)?;
         let model = GgufModel::load(&content, path, &device, true)?;
+        check_vocab(&chat, &model, path)?;
         Ok(Self::new(model, chat, name, sha256))
     }
 
@@ -94,6 +105,7 @@ impl LocalBackend {
         let device = device()?;
         let chat = ChatTokenizer::from_folder(dir)?;
         let model = GgufModel::load_hf_folder(dir, &device, true)?;
+        check_vocab(&chat, &model, dir)?;
         Ok(Self::new(model, chat, name, sha256))
     }
 

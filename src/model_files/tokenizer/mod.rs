@@ -21,6 +21,17 @@ use tokenizers::Tokenizer;
 
 use vocab::Vocab;
 
+/// More characters than any token covers, for a cheap bound before tokenizing: nearly every
+/// token of the supported vocabularies covers at most 16 characters.
+pub const MAX_CHARS_PER_TOKEN: usize = 64;
+
+/// Whether texts of `chars` characters in all surely take more than `max_tokens` tokens, so
+/// that a record far beyond any model's context is refused without tokenizing it (a 200 MB
+/// line took 4.5 GB to tokenize).
+pub fn surely_over_tokens(chars: usize, max_tokens: usize) -> bool {
+    chars > MAX_CHARS_PER_TOKEN.saturating_mul(max_tokens)
+}
+
 /// Which implementation turns text into ids.
 #[derive(Clone)]
 enum Engine {
@@ -133,6 +144,14 @@ impl TextTokenizer {
         }
     }
 
+    /// Number of token ids the tokenizer can produce (its vocabulary with added tokens).
+    pub fn vocab_size(&self) -> usize {
+        match &self.inner {
+            Engine::Gguf(vocab) => vocab.tokens.len(),
+            Engine::Hf(tok) => tok.get_vocab_size(true),
+        }
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         match &self.inner {
             Engine::Gguf(vocab) => vocab.id(token),
@@ -163,5 +182,20 @@ impl TextTokenizer {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn pairs_line_far_beyond_context_is_refused_by_characters() {
+        // 64 characters per token: 512 tokens allow 32 768 characters, not one more.
+        assert!(!surely_over_tokens(32_768, 512));
+        assert!(surely_over_tokens(32_769, 512));
+        // A 200 MB record against an 8192-token context.
+        assert!(surely_over_tokens(200_000_000, 8192));
+        assert!(!surely_over_tokens(usize::MAX, usize::MAX));
     }
 }

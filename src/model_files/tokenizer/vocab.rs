@@ -116,6 +116,9 @@ impl Vocab {
             .collect::<candle_core::Result<_>>()
             .with_context(|| format!("{}: bad `tokenizer.ggml.tokens`", at()))?;
         let n = tokens.len();
+        if n == 0 {
+            bail!("{}: `tokenizer.ggml.tokens` is empty", at());
+        }
         let mut types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()?
@@ -186,8 +189,19 @@ impl Vocab {
         };
         // An id past the vocabulary falls back to the default, itself dropped if out of range.
         let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
-        let bos = in_range(id_key("tokenizer.ggml.bos_token_id")).or(in_range(default_bos));
-        let eos = in_range(id_key("tokenizer.ggml.eos_token_id")).or(in_range(default_eos));
+        let declared = |key: &str| {
+            let id = id_key(key);
+            if let Some(i) = id.filter(|&i| (i as usize) >= n) {
+                eprintln!(
+                    "cai: warning: {}: `{key}` {i} is past the vocabulary of {n} tokens; using \
+                     the tokenizer type's default",
+                    at()
+                );
+            }
+            in_range(id)
+        };
+        let bos = declared("tokenizer.ggml.bos_token_id").or(in_range(default_bos));
+        let eos = declared("tokenizer.ggml.eos_token_id").or(in_range(default_eos));
         if let Some(b) = flag("tokenizer.ggml.add_bos_token") {
             add_bos = b;
         }

@@ -28,6 +28,7 @@ use crate::constitution::{ComparisonPrinciple, Loaded};
 use crate::hash::fnv1a;
 use crate::llm::openai::OpenaiConfig;
 use crate::llm::{open_backend_with, Backend, BackendKind, SamplingParams};
+use crate::model_files::tokenizer::surely_over_tokens;
 use crate::pairs::{read_pairs, PreferencePair};
 use crate::progress;
 use crate::prompts::{PromptSet, TemplateKind};
@@ -400,6 +401,14 @@ fn fit(
     p: &ComparisonPrinciple,
 ) -> Result<Fit> {
     let count = |conv: &[ChatMessage]| -> Result<usize> {
+        // Characters first: a record far beyond the limit is never rendered or tokenized.
+        let chars = |s: &str| s.chars().count();
+        let text = conv.iter().map(|m| chars(&m.content)).sum::<usize>()
+            + chars(&pair.response_a)
+            + chars(&pair.response_b);
+        if surely_over_tokens(text, cfg.max_prompt_tokens) {
+            return Ok(usize::MAX);
+        }
         match cfg.mode {
             LabelMode::Score => Ok(backend
                 .count_tokens(&prompts.score(conv, &pair.response_a, p)?)?

@@ -20,7 +20,12 @@ pub(super) fn check_size(
     n: usize,
     k: usize,
 ) -> Result<()> {
-    if !k.is_multiple_of(block_values) || bytes != n * k / block_values * block_bytes {
+    // Checked: a crafted file's dims may overflow (2^32 x 2^32 wrapped to 0 bytes, then the
+    // repacked buffers were sized from them).
+    let want = n
+        .checked_mul(k / block_values)
+        .and_then(|blocks| blocks.checked_mul(block_bytes));
+    if !k.is_multiple_of(block_values) || want != Some(bytes) {
         bail!("{what} tensor of {bytes} bytes does not hold {n}x{k} values");
     }
     Ok(())

@@ -144,7 +144,10 @@ where
     T::VecDotType: Send + Sync,
 {
     let size = std::mem::size_of::<T>();
-    if !k.is_multiple_of(T::BLCK_SIZE) || data.len() != n * k / T::BLCK_SIZE * size {
+    let want = n
+        .checked_mul(k / T::BLCK_SIZE)
+        .and_then(|blocks| blocks.checked_mul(size));
+    if !k.is_multiple_of(T::BLCK_SIZE) || want != Some(data.len()) {
         bail!(
             "quantized tensor of {} bytes does not hold {n}x{k} values",
             data.len()
@@ -292,6 +295,19 @@ mod tests {
     use super::*;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module, Tensor};
+
+    #[test]
+    fn qmatmul_overflowing_dims_are_an_error() {
+        // A token_embd of 2^32 x 2^32 Q4_0 values: 2^64 / 32 * 18 bytes overflows usize (it
+        // wrapped to 0 and "held" an empty buffer, then the repacked buffers overflowed).
+        let n = 1usize << 32;
+        assert!(block32::check_size("Q4_0", 0, (32, 18), n, n).is_err());
+        assert!(
+            typed::<candle_core::quantized::k_quants::BlockQ4_0>(Cow::Borrowed(&[]), n, n).is_err()
+        );
+        // The real size still passes: 2 rows of 64 values are 4 blocks of 18 bytes.
+        assert!(block32::check_size("Q4_0", 72, (32, 18), 2, 64).is_ok());
+    }
 
     fn rows(ours: &dyn RowsMatMul, x: &Tensor, m: usize, n: usize) -> Vec<f32> {
         let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
