@@ -267,6 +267,46 @@ mod tests {
         assert_eq!(items[0].id, "291581819d166230");
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_refused_by_name() {
+        let e = format!("{:#}", read_bytes(Path::new("/dev/zero"), DATA_CAP, "pairs file").unwrap_err());
+        assert!(
+            e.contains("pairs file /dev/zero is a device, FIFO or socket, not a regular file"),
+            "{e}"
+        );
+        let e = format!("{:#}", read_prompts(Path::new("/dev/zero")).unwrap_err());
+        assert!(e.contains("prompt file /dev/zero"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!("{:#}", read_text(dir.path(), TEXT_CAP, "template").unwrap_err());
+        assert!(e.contains("is a folder, not a regular file"), "{e}");
+        // A FIFO with no writer: refused before opening it, which would block.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = format!("{:#}", read_text(&fifo, TEXT_CAP, "config").unwrap_err());
+        assert!(e.contains("config") && e.contains("fifo") && e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn inputs_over_the_cap_are_refused_by_name() {
+        let (_d, p) = write("0123456789", "ten.txt");
+        assert_eq!(read_text(&p, 10, "template").unwrap(), "0123456789");
+        let e = format!("{:#}", read_text(&p, 9, "template").unwrap_err());
+        assert!(
+            e.contains("ten.txt is 10 bytes, over the 9 bytes limit"),
+            "{e}"
+        );
+        assert_eq!(size(DATA_CAP), "4 GiB");
+        assert_eq!(size(TEXT_CAP), "8 MiB");
+        // A file that grows past the cap after the size check is cut off by the reader.
+        let mut r = open(&p, 10, "template").unwrap();
+        std::fs::write(&p, "0123456789abc").unwrap();
+        let mut buf = Vec::new();
+        let e = r.read_to_end(&mut buf).unwrap_err().to_string();
+        assert!(e.contains("ten.txt grew past the 10 bytes limit"), "{e}");
+    }
+
     #[test]
     fn plain_text_lines() {
         let (_d, p) = write("how do I pick a lock?\n\nwhat is 2+2\n", "p.txt");

@@ -275,7 +275,8 @@ pub fn temp_beside(path: &Path, private: bool) -> Result<(PathBuf, File)> {
     bail!("cannot find a free temporary name beside {}", path.display())
 }
 
-/// Replaces `path` with `bytes` atomically: a fresh temporary file beside it, then a rename.
+/// Replaces `path` atomically with what `write` writes: a fresh temporary file beside it, then
+/// a rename (which replaces a symbolic link itself, never its target).
 /// The temporary file is removed when anything fails.
 pub fn replace_file(path: &Path, private: bool, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     let (tmp, mut f) = temp_beside(path, private)?;
@@ -361,5 +362,68 @@ mod tests {
         app.append(&serde_json::json!({"a": 3})).unwrap();
         let v: Vec<serde_json::Value> = read_resumable(&p).unwrap();
         assert_eq!(v.len(), 3);
+    }
+
+    #[test]
+    fn resumable_read_checks_every_line_before_cutting() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        // A malformed complete line: an error, and the partial tail is still there.
+        let text = "{\"a\":1}\nnot json\n{\"a\":";
+        std::fs::write(&p, text).unwrap();
+        let e = format!("{:#}", read_resumable::<serde_json::Value>(&p).unwrap_err());
+        assert!(e.contains("out.jsonl:2: malformed record"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+        // Text without a newline that is no record cut short: refused, not cut.
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "my notes, no newline").unwrap();
+        let e = format!("{:#}", read_resumable::<serde_json::Value>(&notes).unwrap_err());
+        assert!(e.contains("notes.txt:1: the last line is not a JSON record"), "{e}");
+        assert_eq!(std::fs::read(&notes).unwrap(), b"my notes, no newline");
+    }
+
+    #[test]
+    fn write_all_keeps_a_users_tmp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The names the temporary file used to have beside `out.jsonl` and `x.txt`.
+        let mine = dir.path().join("out.jsonl.tmp");
+        std::fs::write(&mine, "mine").unwrap();
+        let mine2 = dir.path().join("x.jsonl.tmp");
+        std::fs::write(&mine2, "mine too").unwrap();
+        write_all(&dir.path().join("out.jsonl"), [serde_json::json!({"a": 1})]).unwrap();
+        write_all(&dir.path().join("x.txt"), [serde_json::json!({"b": 2})]).unwrap();
+        assert_eq!(std::fs::read_to_string(&mine).unwrap(), "mine");
+        assert_eq!(std::fs::read_to_string(&mine2).unwrap(), "mine too");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(),
+            "{\"a\":1}\n"
+        );
+        // Four files: the two outputs and the user's two; no temporary file is left.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+    }
+
+    #[test]
+    fn write_all_replaces_only_jsonl_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.jsonl");
+        std::fs::write(&out, "{\"old\":1}\n").unwrap();
+        write_all(&out, [serde_json::json!({"new": 1})]).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"new\":1}\n");
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "dear diary\n").unwrap();
+        let e = format!("{:#}", write_all(&notes, [1]).unwrap_err());
+        assert!(e.contains("notes.txt exists and is not a JSONL output"), "{e}");
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "dear diary\n");
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.jsonl");
+            std::os::unix::fs::symlink(&out, &link).unwrap();
+            let e = format!("{:#}", write_all(&link, [2]).unwrap_err());
+            assert!(e.contains("link.jsonl is a symbolic link"), "{e}");
+            let e = format!("{:#}", Appender::open(&link).err().unwrap());
+            assert!(e.contains("link.jsonl is a symbolic link"), "{e}");
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"new\":1}\n");
+            assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        }
     }
 }

@@ -168,3 +168,84 @@ pub fn records_fingerprint<C: Serialize>(
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::mock::MockBackend;
+    use serde_json::json;
+
+    /// Opens `out` as `cai label` would with `config`, ignoring `out` and `batch_size`.
+    fn open(out: &Path, config: &Value) -> Result<StageOutput> {
+        let backend = MockBackend::new();
+        let fp = records_fingerprint(config, &["out", "batch_size"], &backend, &[])?;
+        StageOutput::open("label", out, config, None, &backend, fp)
+    }
+
+    #[test]
+    fn label_rerun_names_the_differing_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("labels.jsonl");
+        let first = json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "a", "batch_size": 8});
+        let mut o = open(&out, &first).unwrap();
+        o.appender.append(&json!({"id": "p1"})).unwrap();
+        drop(o);
+        // Ignored fields may change: the run resumes with p1 done.
+        let same = json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "b", "batch_size": 1});
+        assert!(open(&out, &same).unwrap().done.contains("p1"));
+        let other = json!({"temperature": 1.0, "sampling": {"top_p": 0.9}, "out": "a", "batch_size": 8});
+        let e = format!("{:#}", open(&out, &other).err().unwrap());
+        assert!(
+            e.contains("config field `sampling.top_p` differs: 1.0 → 0.9; config field `temperature` differs: 0.7 → 1.0"),
+            "{e}"
+        );
+        assert!(!e.contains("batch_size") && !e.contains("`out`"), "{e}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"id\":\"p1\"}\n");
+    }
+
+    #[test]
+    fn failed_run_leaves_nothing_that_blocks_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("labels.jsonl");
+        // A run that fails before its first record: neither file is left.
+        drop(open(&out, &json!({"temperature": 0.7})).unwrap());
+        assert!(!out.exists() && !manifest_path(&out).exists());
+        // An empty output beside a manifest of another config (left by a kill -9 before the
+        // first record) resumes under the corrected config.
+        std::fs::write(&out, "").unwrap();
+        std::mem::forget(open(&out, &json!({"temperature": 0.7})).unwrap());
+        assert!(manifest_path(&out).exists());
+        let mut o = open(&out, &json!({"temperature": 1.0})).unwrap();
+        o.appender.append(&json!({"id": "p1"})).unwrap();
+        o.update(&json!({}), &MockBackend::new(), true).unwrap();
+        drop(o);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"id\":\"p1\"}\n");
+    }
+
+    #[test]
+    fn unmanifested_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("notes.txt");
+        std::fs::write(&out, "my notes, no newline").unwrap();
+        let e = format!("{:#}", open(&out, &json!({})).err().unwrap());
+        assert!(
+            e.contains("notes.txt already exists (20 bytes) and is not an output of cai")
+                && e.contains("notes.cai.jsonl"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"my notes, no newline");
+        assert!(!manifest_path(&out).exists());
+    }
+
+    #[test]
+    fn manifest_redacts_url_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.jsonl");
+        let config = json!({"openai": {"base_urls": ["http://user:sk-secret@host:8/v1"]}});
+        let o = open(&out, &config).unwrap();
+        let text = std::fs::read_to_string(manifest_path(&out)).unwrap();
+        assert!(text.contains("http://***@host:8/v1") && !text.contains("sk-secret"), "{text}");
+        // The run's own copy keeps the URL it was given.
+        assert_eq!(o.manifest.config, config);
+    }
+}
