@@ -60,9 +60,9 @@ fn size(n: u64) -> String {
 pub fn open(path: &Path, cap: u64, what: &str) -> Result<impl Read> {
     // Checked before opening: opening a FIFO would block until a writer comes.
     let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot open {what} {}", path.display()))?;
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
     check_regular(path, &meta, cap, what)?;
-    let file = File::open(path).with_context(|| format!("cannot open {what} {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
     let meta = file
         .metadata()
         .with_context(|| format!("cannot read the size of {what} {}", path.display()))?;
