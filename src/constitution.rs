@@ -217,7 +217,11 @@ impl Loaded {
         }
         // The line of the first entry with each id, so a duplicate names both lines.
         let first_line = |list: &'static str, i: usize| {
-            locate(&self.source, &[Seg::Key(list), Seg::Index(i), Seg::Key("id")]).0
+            locate(
+                &self.source,
+                &[Seg::Key(list), Seg::Index(i), Seg::Key("id")],
+            )
+            .0
         };
         let mut seen = HashMap::new();
         for (i, p) in c.principles.iter().enumerate() {

@@ -37,7 +37,6 @@ impl PromptItem {
     }
 }
 
-
 /// Largest data file read (pairs, prompts, label and human-label files, stage outputs): 4 GiB.
 pub const DATA_CAP: u64 = 4 << 30;
 /// Largest settings file read (constitutions, prompt templates, YAML configs): 8 MiB.
@@ -62,7 +61,8 @@ pub fn open(path: &Path, cap: u64, what: &str) -> Result<impl Read> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
     check_regular(path, &meta, cap, what)?;
-    let file = File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let file =
+        File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
     let meta = file
         .metadata()
         .with_context(|| format!("cannot read the size of {what} {}", path.display()))?;
@@ -126,7 +126,9 @@ struct Capped {
 impl Read for Capped {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         // One byte past the cap tells a file of exactly `cap` bytes from a longer one.
-        let want = buf.len().min(usize::try_from(self.left + 1).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left + 1).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
             return Err(std::io::Error::other(format!(
@@ -270,7 +272,10 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn special_files_are_refused_by_name() {
-        let e = format!("{:#}", read_bytes(Path::new("/dev/zero"), DATA_CAP, "pairs file").unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_bytes(Path::new("/dev/zero"), DATA_CAP, "pairs file").unwrap_err()
+        );
         assert!(
             e.contains("pairs file /dev/zero is a device, FIFO or socket, not a regular file"),
             "{e}"
@@ -278,14 +283,20 @@ mod tests {
         let e = format!("{:#}", read_prompts(Path::new("/dev/zero")).unwrap_err());
         assert!(e.contains("prompt file /dev/zero"), "{e}");
         let dir = tempfile::tempdir().unwrap();
-        let e = format!("{:#}", read_text(dir.path(), TEXT_CAP, "template").unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_text(dir.path(), TEXT_CAP, "template").unwrap_err()
+        );
         assert!(e.contains("is a folder, not a regular file"), "{e}");
         // A FIFO with no writer: refused before opening it, which would block.
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let e = format!("{:#}", read_text(&fifo, TEXT_CAP, "config").unwrap_err());
-        assert!(e.contains("config") && e.contains("fifo") && e.contains("not a regular file"), "{e}");
+        assert!(
+            e.contains("config") && e.contains("fifo") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     #[test]

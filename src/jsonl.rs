@@ -272,13 +272,20 @@ pub fn temp_beside(path: &Path, private: bool) -> Result<(PathBuf, File)> {
             }
         }
     }
-    bail!("cannot find a free temporary name beside {}", path.display())
+    bail!(
+        "cannot find a free temporary name beside {}",
+        path.display()
+    )
 }
 
 /// Replaces `path` atomically with what `write` writes: a fresh temporary file beside it, then
 /// a rename (which replaces a symbolic link itself, never its target).
 /// The temporary file is removed when anything fails.
-pub fn replace_file(path: &Path, private: bool, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+pub fn replace_file(
+    path: &Path,
+    private: bool,
+    write: impl FnOnce(&mut File) -> Result<()>,
+) -> Result<()> {
     let (tmp, mut f) = temp_beside(path, private)?;
     let done = write(&mut f)
         .and_then(|()| f.flush().map_err(Into::into))
@@ -377,8 +384,14 @@ mod tests {
         // Text without a newline that is no record cut short: refused, not cut.
         let notes = dir.path().join("notes.txt");
         std::fs::write(&notes, "my notes, no newline").unwrap();
-        let e = format!("{:#}", read_resumable::<serde_json::Value>(&notes).unwrap_err());
-        assert!(e.contains("notes.txt:1: the last line is not a JSON record"), "{e}");
+        let e = format!(
+            "{:#}",
+            read_resumable::<serde_json::Value>(&notes).unwrap_err()
+        );
+        assert!(
+            e.contains("notes.txt:1: the last line is not a JSON record"),
+            "{e}"
+        );
         assert_eq!(std::fs::read(&notes).unwrap(), b"my notes, no newline");
     }
 
@@ -412,7 +425,10 @@ mod tests {
         let notes = dir.path().join("notes.txt");
         std::fs::write(&notes, "dear diary\n").unwrap();
         let e = format!("{:#}", write_all(&notes, [1]).unwrap_err());
-        assert!(e.contains("notes.txt exists and is not a JSONL output"), "{e}");
+        assert!(
+            e.contains("notes.txt exists and is not a JSONL output"),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(&notes).unwrap(), "dear diary\n");
         #[cfg(unix)]
         {

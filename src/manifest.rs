@@ -141,7 +141,13 @@ fn abbrev(h: Option<&str>) -> String {
 
 /// The config fields that differ between `old` and `new` (nested objects as `a.b`), except
 /// those in `ignore` at the top level.
-fn config_differences(prefix: &str, old: &Value, new: &Value, ignore: &[String], out: &mut Vec<String>) {
+fn config_differences(
+    prefix: &str,
+    old: &Value,
+    new: &Value,
+    ignore: &[String],
+    out: &mut Vec<String>,
+) {
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();

@@ -56,7 +56,10 @@ fn notes_without_newline_survive_byte_for_byte() {
         err.contains("--out notes.txt already exists (20 bytes) and is not an output of cai"),
         "{err}"
     );
-    assert!(err.contains("notes.cai.jsonl"), "suggests another path: {err}");
+    assert!(
+        err.contains("notes.cai.jsonl"),
+        "suggests another path: {err}"
+    );
     assert_eq!(std::fs::read(&notes).unwrap(), b"my notes, no newline");
     assert!(!dir.path().join("notes.txt.manifest.json").exists());
 }
@@ -67,7 +70,10 @@ fn nonempty_unmanifested_out_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mine = "{\"id\": \"mine\"}\n{\"id\": \"also mine\"}\n";
     std::fs::write(dir.path().join("out.jsonl"), mine).unwrap();
-    for mut cmd in [label(dir.path(), "out.jsonl"), sample(dir.path(), "out.jsonl")] {
+    for mut cmd in [
+        label(dir.path(), "out.jsonl"),
+        sample(dir.path(), "out.jsonl"),
+    ] {
         let err = fails(&mut cmd);
         assert!(err.contains("--out out.jsonl already exists"), "{err}");
     }
@@ -85,8 +91,11 @@ fn symlink_target_survives() {
     std::fs::write(&target, "{\"id\": \"x\"}\nkeep me").unwrap();
     std::os::unix::fs::symlink(&target, dir.path().join("link.jsonl")).unwrap();
     // A link to a file that does not exist yet is not followed either.
-    std::os::unix::fs::symlink(dir.path().join("new.txt"), dir.path().join("dangling.jsonl"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("new.txt"),
+        dir.path().join("dangling.jsonl"),
+    )
+    .unwrap();
     for out in ["link.jsonl", "dangling.jsonl"] {
         for mut cmd in [label(dir.path(), out), sample(dir.path(), out)] {
             let err = fails(&mut cmd);
@@ -118,7 +127,11 @@ fn dev_zero_inputs_are_refused_quickly() {
     // A template path of the constitution.
     let harmless = std::fs::read_to_string(root().join("constitutions/harmless.yaml")).unwrap();
     let c = dir.path().join("c.yaml");
-    std::fs::write(&c, format!("{harmless}\ntemplates:\n  feedback: /dev/zero\n")).unwrap();
+    std::fs::write(
+        &c,
+        format!("{harmless}\ntemplates:\n  feedback: /dev/zero\n"),
+    )
+    .unwrap();
     let err = fails(&mut label_with(dir.path(), "l.jsonl", "mock", &c));
     assert!(
         err.contains("template /dev/zero is a device, FIFO or socket, not a regular file"),
@@ -130,7 +143,11 @@ fn dev_zero_inputs_are_refused_quickly() {
     let err = fails(&mut cmd);
     assert!(err.contains("prompt file /dev/zero"), "{err}");
     // Reading 2 GB of zeros took tens of seconds and then ran out of memory.
-    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(!dir.path().join("l.jsonl").exists() && !dir.path().join("s.jsonl").exists());
 }
 
@@ -142,7 +159,10 @@ fn secret_url_is_redacted_in_stderr_and_manifest() {
     cmd.args(["--base-url", url]);
     let err = fails(&mut cmd);
     assert!(err.contains("http://***@127.0.0.1:9/v1"), "{err}");
-    assert!(!err.contains("sk-secret") && !err.contains("user:"), "{err}");
+    assert!(
+        !err.contains("sk-secret") && !err.contains("user:"),
+        "{err}"
+    );
     // The mock backend does not parse the URL, but the manifest records the config.
     let mut cmd = label(dir.path(), "b.jsonl");
     cmd.args(["--base-url", url]);
@@ -157,11 +177,22 @@ fn failed_run_then_corrected_rerun_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let run = |url: &str, seed: &str| {
         let mut cmd = label_with(dir.path(), "l.jsonl", "openai", &harmless());
-        for var in ["ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "all_proxy", "https_proxy"] {
+        for var in [
+            "ALL_PROXY",
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "all_proxy",
+            "https_proxy",
+        ] {
             cmd.env_remove(var);
         }
-        cmd.args(["--base-url", url, "--seed", seed])
-            .args(["--retries", "0", "--no-cache", "--timeout", "5"]);
+        cmd.args(["--base-url", url, "--seed", seed]).args([
+            "--retries",
+            "0",
+            "--no-cache",
+            "--timeout",
+            "5",
+        ]);
         cmd
     };
     // Every chat request fails: the run ends with an error before its first record.

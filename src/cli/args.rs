@@ -391,11 +391,23 @@ mod tests {
     #[test]
     fn nan_and_inf_flags_must_be_finite() {
         let cases: [(&[&str], &str); 6] = [
-            (&["sample", "--prompts", "p.txt", "--temperature", "nan"], "--temperature"),
-            (&["sample", "--prompts", "p.txt", "--top-p", "inf"], "--top-p"),
-            (&["label", "--pairs", "p.jsonl", "--temperature", "NaN"], "--temperature"),
+            (
+                &["sample", "--prompts", "p.txt", "--temperature", "nan"],
+                "--temperature",
+            ),
+            (
+                &["sample", "--prompts", "p.txt", "--top-p", "inf"],
+                "--top-p",
+            ),
+            (
+                &["label", "--pairs", "p.jsonl", "--temperature", "NaN"],
+                "--temperature",
+            ),
             (&["train", "dpo", "--beta", "infinity"], "--beta"),
-            (&["eval", "--tie-margin", "nan", "--policy-a", "a"], "--tie-margin"),
+            (
+                &["eval", "--tie-margin", "nan", "--policy-a", "a"],
+                "--tie-margin",
+            ),
             (&["revise", "--min-p", "inf"], "--min-p"),
         ];
         for (argv, flag) in cases {

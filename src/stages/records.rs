@@ -186,14 +186,17 @@ mod tests {
     fn label_rerun_names_the_differing_setting() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("labels.jsonl");
-        let first = json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "a", "batch_size": 8});
+        let first =
+            json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "a", "batch_size": 8});
         let mut o = open(&out, &first).unwrap();
         o.appender.append(&json!({"id": "p1"})).unwrap();
         drop(o);
         // Ignored fields may change: the run resumes with p1 done.
-        let same = json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "b", "batch_size": 1});
+        let same =
+            json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "b", "batch_size": 1});
         assert!(open(&out, &same).unwrap().done.contains("p1"));
-        let other = json!({"temperature": 1.0, "sampling": {"top_p": 0.9}, "out": "a", "batch_size": 8});
+        let other =
+            json!({"temperature": 1.0, "sampling": {"top_p": 0.9}, "out": "a", "batch_size": 8});
         let e = format!("{:#}", open(&out, &other).err().unwrap());
         assert!(
             e.contains("config field `sampling.top_p` differs: 1.0 → 0.9; config field `temperature` differs: 0.7 → 1.0"),
@@ -244,7 +247,10 @@ mod tests {
         let config = json!({"openai": {"base_urls": ["http://user:sk-secret@host:8/v1"]}});
         let o = open(&out, &config).unwrap();
         let text = std::fs::read_to_string(manifest_path(&out)).unwrap();
-        assert!(text.contains("http://***@host:8/v1") && !text.contains("sk-secret"), "{text}");
+        assert!(
+            text.contains("http://***@host:8/v1") && !text.contains("sk-secret"),
+            "{text}"
+        );
         // The run's own copy keeps the URL it was given.
         assert_eq!(o.manifest.config, config);
     }

@@ -167,7 +167,6 @@ mod tests {
             ("http://h:99999", "bad port"),
             ("http://h:x/v1", "bad port"),
             ("http://h/v1?x=1", "no query"),
-
             ("http://h//v1", "empty path segment"),
         ] {
             let e = BaseUrl::parse(url).unwrap_err();
@@ -185,7 +184,10 @@ mod tests {
         ] {
             let e = BaseUrl::parse(url).unwrap_err();
             assert!(e.contains(shown), "{url}: {e}");
-            assert!(!e.contains("sk-") && !e.contains("user") && !e.contains("pw"), "{e}");
+            assert!(
+                !e.contains("sk-") && !e.contains("user") && !e.contains("pw"),
+                "{e}"
+            );
         }
         let e = BaseUrl::parse("https://user:sk-1@h").unwrap_err();
         assert!(e.contains("credentials"), "{e}");
