@@ -1,15 +1,15 @@
 //! Config files: a stage's settings as YAML, every key optional (the config's `Default` fills
-//! the rest), unknown keys and type errors reported as `file:line:column`.
+//! the rest), unknown keys and type errors reported as `file:line:column`. A config is a
+//! regular file of at most [`crate::inputs::TEXT_CAP`] bytes.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::de::DeserializeOwned;
 
 /// Reads a config file.
 pub fn read_yaml<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = crate::inputs::read_text(path, crate::inputs::TEXT_CAP, "config")?;
     serde_yaml::from_str(&text).map_err(|e| {
         let loc = e
             .location()

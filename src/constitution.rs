@@ -4,7 +4,7 @@
 //! Parsed from YAML with unknown keys rejected; [`Constitution::validate`] finds every
 //! semantic problem and names its `file:line:column`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +14,7 @@ use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::inputs::TEXT_CAP;
 use crate::prompts::{check_template, TemplateKind};
 use crate::yaml_locate::{locate, Seg};
 
@@ -143,8 +144,7 @@ pub struct Loaded {
 impl Loaded {
     /// Reads and parses `path`; syntax errors and unknown keys name file:line:column.
     pub fn read(path: &Path) -> Result<Self> {
-        let source = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read constitution {}", path.display()))?;
+        let source = crate::inputs::read_text(path, TEXT_CAP, "constitution")?;
         let constitution: Constitution = serde_yaml::from_str(&source).map_err(|e| {
             let loc = e
                 .location()
@@ -215,13 +215,30 @@ impl Loaded {
                 "no critique/revision principles".into(),
             );
         }
-        let mut seen = HashSet::new();
+        // The line of the first entry with each id, so a duplicate names both lines.
+        let first_line = |list: &'static str, i: usize| {
+            locate(
+                &self.source,
+                &[Seg::Key(list), Seg::Index(i), Seg::Key("id")],
+            )
+            .0
+        };
+        let mut seen = HashMap::new();
         for (i, p) in c.principles.iter().enumerate() {
             let at = |f| [Seg::Key("principles"), Seg::Index(i), Seg::Key(f)];
             if p.id.trim().is_empty() {
                 push(&at("id"), format!("principle #{} has an empty id", i + 1));
-            } else if !seen.insert(p.id.as_str()) {
-                push(&at("id"), format!("duplicate principle id `{}`", p.id));
+            } else if let Some(&j) = seen.get(p.id.as_str()) {
+                push(
+                    &at("id"),
+                    format!(
+                        "duplicate principle id `{}` (first at line {})",
+                        p.id,
+                        first_line("principles", j)
+                    ),
+                );
+            } else {
+                seen.insert(p.id.as_str(), i);
             }
             for (field, text) in [("critique", &p.critique), ("revision", &p.revision)] {
                 if text.trim().is_empty() {
@@ -238,7 +255,7 @@ impl Loaded {
                 );
             }
         }
-        let mut seen_cmp = HashSet::new();
+        let mut seen_cmp = HashMap::new();
         for (i, p) in c.comparison_principles.iter().enumerate() {
             let at = |f| {
                 [
@@ -252,11 +269,17 @@ impl Loaded {
                     &at("id"),
                     format!("comparison principle #{} has an empty id", i + 1),
                 );
-            } else if !seen_cmp.insert(p.id.as_str()) {
+            } else if let Some(&j) = seen_cmp.get(p.id.as_str()) {
                 push(
                     &at("id"),
-                    format!("duplicate comparison principle id `{}`", p.id),
+                    format!(
+                        "duplicate comparison principle id `{}` (first at line {})",
+                        p.id,
+                        first_line("comparison_principles", j)
+                    ),
                 );
+            } else {
+                seen_cmp.insert(p.id.as_str(), i);
             }
             if p.question.trim().is_empty() {
                 push(
@@ -283,7 +306,7 @@ impl Loaded {
                     Seg::Key(f),
                 ]
             };
-            if !seen.contains(e.principle.as_str()) {
+            if !seen.contains_key(e.principle.as_str()) {
                 push(
                     &at("principle"),
                     format!(
@@ -316,7 +339,7 @@ impl Loaded {
                     Seg::Key(f),
                 ]
             };
-            if !seen_cmp.contains(e.principle.as_str()) {
+            if !seen_cmp.contains_key(e.principle.as_str()) {
                 push(
                     &at("principle"),
                     format!(
@@ -351,12 +374,8 @@ impl Loaded {
         }
         for (kind, rel) in self.template_entries() {
             let path = self.template_path(rel);
-            let problem = match std::fs::read_to_string(&path) {
-                Err(e) => Some(format!(
-                    "template `{}`: cannot read {}: {e}",
-                    kind.name(),
-                    path.display()
-                )),
+            let problem = match crate::inputs::read_text(&path, TEXT_CAP, "template") {
+                Err(e) => Some(format!("template `{}`: {e:#}", kind.name())),
                 Ok(src) => check_template(kind, &src)
                     .err()
                     .map(|e| format!("template `{}` ({}): {e:#}", kind.name(), path.display())),

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::llm::local::LocalBackend;
@@ -97,8 +97,7 @@ pub fn run(cfg: &PerplexityConfig) -> Result<PerplexityReport> {
     if cfg.ctx < 4 {
         bail!("--ctx must be at least 4 tokens (got {})", cfg.ctx);
     }
-    let text = std::fs::read_to_string(&cfg.file)
-        .with_context(|| format!("cannot read text file {}", cfg.file.display()))?;
+    let text = crate::inputs::read_text(&cfg.file, crate::inputs::DATA_CAP, "text file")?;
     let (backend, model_path) = match ModelSpec::resolve(&cfg.model)? {
         ModelSpec::GgufFile(p) => (LocalBackend::open_gguf(&p, &cfg.model, None)?, p),
         ModelSpec::Folder(d) => (LocalBackend::open_folder(&d, &cfg.model, None)?, d),

@@ -325,8 +325,7 @@ impl PromptSet {
                 .filter(|p| p.is_file());
             let template = match from_dir.or(from_constitution) {
                 Some(path) => {
-                    let src = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read template {}", path.display()))?;
+                    let src = crate::inputs::read_text(&path, crate::inputs::TEXT_CAP, "template")?;
                     Template::parse(kind, &src)
                         .with_context(|| format!("template {}", path.display()))?
                 }

@@ -189,6 +189,13 @@ fn resume_completes_exactly_once() {
         format!("{}\n{}", lines[..7].join("\n"), &lines[7][..20]),
     )
     .unwrap();
+    // A run cut short leaves its manifest beside the output (without one the file is not
+    // cai's and is refused: tests/out_safety.rs).
+    std::fs::copy(
+        dir.path().join("full.jsonl.manifest.json"),
+        dir.path().join("part.jsonl.manifest.json"),
+    )
+    .unwrap();
     assert_eq!(label(dir.path(), "part.jsonl", &[]), full);
 }
 

@@ -76,6 +76,12 @@ fn resume_after_interruption_completes_exactly_once() {
         &lines[5][..lines[5].len() / 2]
     );
     std::fs::write(dir.path().join("part.jsonl"), partial).unwrap();
+    // The run that was cut short left its manifest (without one the file is not cai's).
+    std::fs::copy(
+        dir.path().join("full.jsonl.manifest.json"),
+        dir.path().join("part.jsonl.manifest.json"),
+    )
+    .unwrap();
     let resumed = revise_mock(dir.path(), "part.jsonl", &[]);
     assert_eq!(resumed, full);
     // A finished file is left as it is.
@@ -102,7 +108,11 @@ fn resume_with_other_settings_is_refused() {
     .arg("--constitution")
     .arg(root().join("constitutions/harmless.yaml"));
     let err = fails(&mut cmd);
-    assert!(err.contains("different configuration"), "{err}");
+    // The refusal names the setting that differs (the default is 2 rounds).
+    assert!(
+        err.contains("config field `rounds` differs: 2 → 3"),
+        "{err}"
+    );
     assert_eq!(
         records(&std::fs::read_to_string(dir.path().join("r.jsonl")).unwrap()).len(),
         1

@@ -37,6 +37,37 @@ where
     s.parse().map_err(|e: T::Err| e.to_string())
 }
 
+/// A number flag's value, refused unless finite: `nan` and `inf` parse as `f64` but would
+/// slip past every range check (`nan < 0` is false) into a config.
+pub fn finite(s: &str) -> Result<f64, String> {
+    let x: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !x.is_finite() {
+        return Err("must be a finite number".into());
+    }
+    Ok(x)
+}
+
+/// `cmd` with every `f64` flag, in it and its subcommands, parsed by [`finite`]: one place
+/// for every number flag, present and future.
+pub fn finite_floats(cmd: clap::Command) -> clap::Command {
+    let f64_flags: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.get_value_parser().type_id() == std::any::TypeId::of::<f64>())
+        .map(|a| a.get_id().clone())
+        .collect();
+    let mut cmd = f64_flags
+        .into_iter()
+        .fold(cmd, |c, id| c.mut_arg(id, |a| a.value_parser(finite)));
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in subs {
+        cmd = cmd.mut_subcommand(name, finite_floats);
+    }
+    cmd
+}
+
 /// `LO,HI` with 0 <= LO <= HI <= 1.
 pub fn parse_range(s: &str) -> Result<(f64, f64), String> {
     let (a, b) = s.split_once(',').ok_or("expected LO,HI")?;
@@ -346,7 +377,7 @@ impl ServerArgs {
 /// `argv` (after the program name) parsed into the flag group `A`, for tests.
 #[cfg(test)]
 pub fn parse_flags<A: Args + clap::FromArgMatches>(argv: &[&str]) -> Result<A> {
-    let cmd = A::augment_args(clap::Command::new("cai"));
+    let cmd = finite_floats(A::augment_args(clap::Command::new("cai")));
     let matches = cmd.try_get_matches_from(std::iter::once("cai").chain(argv.iter().copied()))?;
     Ok(A::from_arg_matches(&matches)?)
 }
@@ -354,6 +385,47 @@ pub fn parse_flags<A: Args + clap::FromArgMatches>(argv: &[&str]) -> Result<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `f64` flag refuses `nan` and `inf` by name, before any range check could call
+    /// them "negative"; finite values parse as before.
+    #[test]
+    fn nan_and_inf_flags_must_be_finite() {
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &["sample", "--prompts", "p.txt", "--temperature", "nan"],
+                "--temperature",
+            ),
+            (
+                &["sample", "--prompts", "p.txt", "--top-p", "inf"],
+                "--top-p",
+            ),
+            (
+                &["label", "--pairs", "p.jsonl", "--temperature", "NaN"],
+                "--temperature",
+            ),
+            (&["train", "dpo", "--beta", "infinity"], "--beta"),
+            (
+                &["eval", "--tie-margin", "nan", "--policy-a", "a"],
+                "--tie-margin",
+            ),
+            (&["revise", "--min-p", "inf"], "--min-p"),
+        ];
+        for (argv, flag) in cases {
+            let e = crate::cli::command()
+                .try_get_matches_from(std::iter::once("cai").chain(argv.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("must be a finite number") && e.contains(flag),
+                "{argv:?}: {e}"
+            );
+        }
+        let m = crate::cli::command()
+            .try_get_matches_from(["cai", "sample", "--prompts", "p", "--temperature", "0.7"])
+            .unwrap();
+        let sub = m.subcommand_matches("sample").unwrap();
+        assert_eq!(sub.get_one::<f64>("temperature"), Some(&0.7));
+    }
 
     /// `argv` applied to `start`, with the stage's LoRA default `lora`.
     fn apply(argv: &[&str], start: Trainable, lora: &LoraConfig) -> Result<Trainable> {

@@ -22,7 +22,8 @@ pub struct LabelArgs {
     /// Pairs: our JSONL (prompt|conversation, response_a, response_b), HH-RLHF or TRL rows.
     #[arg(long)]
     pub pairs: Option<PathBuf>,
-    /// Output JSONL; an existing file is resumed.
+    /// Output JSONL; an earlier run's output (with its X.manifest.json) is resumed, any other
+    /// existing file or a symbolic link is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Seed of principle sampling and CoT sampling.

@@ -115,7 +115,7 @@ fn help_defaults() -> Vec<HelpDefaults> {
 /// The clap command with every flag's default in its help, and the flags whose default could
 /// not be told (see [`help_defaults::annotate`]).
 pub fn command_with_ambiguities() -> (clap::Command, Vec<String>) {
-    let mut cmd = Cli::command();
+    let mut cmd = args::finite_floats(Cli::command());
     let mut ambiguous = Vec::new();
     for (path, defaults, sources) in help_defaults() {
         let annotate = |sub: clap::Command| {

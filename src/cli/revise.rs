@@ -22,7 +22,8 @@ pub struct ReviseArgs {
     /// Red-team prompts: JSONL (`prompt`, `messages` or HH-RLHF rows) or text, one per line.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// Output JSONL; an existing file is resumed.
+    /// Output JSONL; an earlier run's output (with its X.manifest.json) is resumed, any other
+    /// existing file or a symbolic link is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Critique → revision rounds per prompt.

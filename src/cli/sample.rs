@@ -20,8 +20,8 @@ pub struct SampleArgs {
     /// Prompts: JSONL (`prompt`, `messages`, HH-RLHF rows) or text, one per line.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// Output JSONL (one record per prompt); the pairs go to X.pairs.jsonl. An existing file
-    /// is resumed.
+    /// Output JSONL (one record per prompt); the pairs go to X.pairs.jsonl. An earlier run's
+    /// output (with its X.manifest.json) is resumed, any other existing file is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]

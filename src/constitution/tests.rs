@@ -55,9 +55,19 @@ fn good_file_has_no_problems() {
 }
 
 #[test]
-fn duplicate_id_is_located() {
+fn duplicate_principle_id_names_both_lines() {
+    // GOOD's first principle `a` is on line 4; the second one, renamed `a`, on line 8.
     let p = problems(&GOOD.replace("  - id: b", "  - id: a"));
-    assert_eq!(p, vec!["8:5: duplicate principle id `a`"]);
+    assert_eq!(p, vec!["8:5: duplicate principle id `a` (first at line 4)"]);
+    // The comparison principle `c` is on line 12; a copy appended after it is on line 14.
+    let twice = GOOD.replace(
+        "    question: \"Which is less harmful?\"\n",
+        "    question: \"Which is less harmful?\"\n  - id: c\n    question: \"Again?\"\n",
+    );
+    assert_eq!(
+        problems(&twice),
+        vec!["14:5: duplicate comparison principle id `c` (first at line 12)"]
+    );
 }
 
 #[test]

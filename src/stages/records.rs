@@ -1,8 +1,9 @@
 //! What every record-writing stage (revise, label, sample) shares: the manifest next to the
-//! output, refusing to resume under another configuration, and the ids already written.
+//! output, refusing to resume under another configuration (naming what differs) or into a
+//! file cai did not write, and the ids already written.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -11,40 +12,46 @@ use serde_json::Value;
 use crate::constitution::Loaded;
 use crate::jsonl::{self, Appender};
 use crate::llm::Backend;
-use crate::manifest::{now_unix, ConstitutionRef, Manifest};
+use crate::manifest::{manifest_path, now_unix, ConstitutionRef, Manifest, Prior};
+
+/// What shapes a stage's records, hashed: the manifest keeps the hash, and the config fields
+/// left out of it (`ignore`) are not named when a refusal says what differs.
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    pub hash: String,
+    ignore: Vec<String>,
+}
 
 /// An output file opened for appending, with its manifest.
+///
+/// A run that ends without writing a record into an output it created (an error in its first
+/// batch) removes the file and its manifest again, so they never block a corrected re-run.
 pub struct StageOutput {
     pub manifest: Manifest,
     pub appender: Appender,
     /// `id` of every complete record already in the file.
     pub done: HashSet<String>,
-    path: std::path::PathBuf,
+    path: PathBuf,
+    /// This run created the output file (it was absent or empty).
+    created: bool,
+    finished: bool,
 }
 
 impl StageOutput {
-    /// Opens `out` (creating or resuming it) after checking the fingerprint.
+    /// Opens `out` (creating or resuming it) after checking that it is ours and that the
+    /// fingerprint matches; nothing in the file is changed before every line is checked.
     pub fn open<C: Serialize>(
         command: &str,
         out: &Path,
         config: &C,
         constitution: Option<&Loaded>,
         backend: &dyn Backend,
-        fingerprint: String,
+        fingerprint: Fingerprint,
     ) -> Result<Self> {
-        Manifest::check_resume(out, &fingerprint)?;
-        let records: Vec<Value> = jsonl::read_resumable(out)?;
-        let mut done = HashSet::new();
-        for (i, r) in records.iter().enumerate() {
-            let id = r["id"]
-                .as_str()
-                .with_context(|| format!("{}:{}: record without an `id`", out.display(), i + 1))?;
-            done.insert(id.to_string());
-        }
         let manifest = Manifest {
             cai_version: env!("CARGO_PKG_VERSION").into(),
             command: command.into(),
-            fingerprint,
+            fingerprint: fingerprint.hash.clone(),
             config: serde_json::to_value(config)?,
             constitution: constitution.map(|l| ConstitutionRef {
                 path: l.path.clone(),
@@ -57,12 +64,33 @@ impl StageOutput {
             finished_unix: None,
             stats: Value::Null,
         };
+        let mut done = HashSet::new();
+        let created = match crate::manifest::prior(out, "--out")? {
+            Prior::Fresh => true,
+            Prior::Ours(old) => {
+                let (records, complete) = jsonl::read_complete::<Value>(out)?;
+                // Only records can be mixed: an output with none resumes under any config.
+                if !records.is_empty() {
+                    old.check_resume(out, &manifest, &fingerprint.ignore)?;
+                }
+                for (i, r) in records.iter().enumerate() {
+                    let id = r["id"].as_str().with_context(|| {
+                        format!("{}:{}: record without an `id`", out.display(), i + 1)
+                    })?;
+                    done.insert(id.to_string());
+                }
+                jsonl::cut_partial(out, complete)?;
+                records.is_empty()
+            }
+        };
         manifest.write(out)?;
         Ok(Self {
             manifest,
             appender: Appender::open(out)?,
             done,
             path: out.to_path_buf(),
+            created,
+            finished: false,
         })
     }
 
@@ -89,8 +117,19 @@ impl StageOutput {
         }
         if finished {
             self.manifest.finished_unix = Some(now_unix());
+            self.finished = true;
         }
         self.manifest.write(&self.path)
+    }
+}
+
+impl Drop for StageOutput {
+    fn drop(&mut self) {
+        if self.created && !self.finished && self.appender.is_empty() {
+            // Best effort: what is left is an empty file, which a re-run accepts anyway.
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(manifest_path(&self.path));
+        }
     }
 }
 
@@ -102,7 +141,7 @@ pub fn records_fingerprint<C: Serialize>(
     ignore: &[&str],
     backend: &dyn Backend,
     extra: &[Value],
-) -> Result<String> {
+) -> Result<Fingerprint> {
     let mut shaping = serde_json::to_value(config)?;
     if let Some(o) = shaping.as_object_mut() {
         // Where and how fast a server is asked (`openai`) never changes the records.
@@ -120,5 +159,99 @@ pub fn records_fingerprint<C: Serialize>(
     let model = serde_json::json!({"backend": info.backend, "sha256": info.sha256, "name": name});
     let mut parts = vec![&shaping, &model];
     parts.extend(extra);
-    Ok(crate::manifest::sha256_of(&parts))
+    Ok(Fingerprint {
+        hash: crate::manifest::sha256_of(&parts),
+        ignore: ignore
+            .iter()
+            .chain(&["openai"])
+            .map(|s| s.to_string())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::mock::MockBackend;
+    use serde_json::json;
+
+    /// Opens `out` as `cai label` would with `config`, ignoring `out` and `batch_size`.
+    fn open(out: &Path, config: &Value) -> Result<StageOutput> {
+        let backend = MockBackend::new();
+        let fp = records_fingerprint(config, &["out", "batch_size"], &backend, &[])?;
+        StageOutput::open("label", out, config, None, &backend, fp)
+    }
+
+    #[test]
+    fn label_rerun_names_the_differing_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("labels.jsonl");
+        let first =
+            json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "a", "batch_size": 8});
+        let mut o = open(&out, &first).unwrap();
+        o.appender.append(&json!({"id": "p1"})).unwrap();
+        drop(o);
+        // Ignored fields may change: the run resumes with p1 done.
+        let same =
+            json!({"temperature": 0.7, "sampling": {"top_p": 1.0}, "out": "b", "batch_size": 1});
+        assert!(open(&out, &same).unwrap().done.contains("p1"));
+        let other =
+            json!({"temperature": 1.0, "sampling": {"top_p": 0.9}, "out": "a", "batch_size": 8});
+        let e = format!("{:#}", open(&out, &other).err().unwrap());
+        assert!(
+            e.contains("config field `sampling.top_p` differs: 1.0 → 0.9; config field `temperature` differs: 0.7 → 1.0"),
+            "{e}"
+        );
+        assert!(!e.contains("batch_size") && !e.contains("`out`"), "{e}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"id\":\"p1\"}\n");
+    }
+
+    #[test]
+    fn failed_run_leaves_nothing_that_blocks_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("labels.jsonl");
+        // A run that fails before its first record: neither file is left.
+        drop(open(&out, &json!({"temperature": 0.7})).unwrap());
+        assert!(!out.exists() && !manifest_path(&out).exists());
+        // An empty output beside a manifest of another config (left by a kill -9 before the
+        // first record) resumes under the corrected config.
+        std::fs::write(&out, "").unwrap();
+        std::mem::forget(open(&out, &json!({"temperature": 0.7})).unwrap());
+        assert!(manifest_path(&out).exists());
+        let mut o = open(&out, &json!({"temperature": 1.0})).unwrap();
+        o.appender.append(&json!({"id": "p1"})).unwrap();
+        o.update(&json!({}), &MockBackend::new(), true).unwrap();
+        drop(o);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"id\":\"p1\"}\n");
+    }
+
+    #[test]
+    fn unmanifested_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("notes.txt");
+        std::fs::write(&out, "my notes, no newline").unwrap();
+        let e = format!("{:#}", open(&out, &json!({})).err().unwrap());
+        assert!(
+            e.contains("notes.txt already exists (20 bytes) and is not an output of cai")
+                && e.contains("notes.cai.jsonl"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"my notes, no newline");
+        assert!(!manifest_path(&out).exists());
+    }
+
+    #[test]
+    fn manifest_redacts_url_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.jsonl");
+        let config = json!({"openai": {"base_urls": ["http://user:sk-secret@host:8/v1"]}});
+        let o = open(&out, &config).unwrap();
+        let text = std::fs::read_to_string(manifest_path(&out)).unwrap();
+        assert!(
+            text.contains("http://***@host:8/v1") && !text.contains("sk-secret"),
+            "{text}"
+        );
+        // The run's own copy keeps the URL it was given.
+        assert_eq!(o.manifest.config, config);
+    }
 }

@@ -576,7 +576,7 @@ fn run_fingerprint(
     loaded: &Loaded,
     templates: &PromptSet,
     backend: &dyn Backend,
-) -> Result<String> {
+) -> Result<crate::stages::records::Fingerprint> {
     let ignore = [
         "out",
         "batch_size",

@@ -88,8 +88,7 @@ pub struct TextPair {
 
 /// Whether the first row of `path` looks like a `cai label` row (has `p_a`).
 fn is_ai_label_file(path: &Path) -> Result<bool> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::inputs::read_text(path, crate::inputs::DATA_CAP, "data file")?;
     let Some(first) = text.lines().find(|l| !l.trim().is_empty()) else {
         bail!("{}: no rows", path.display());
     };

@@ -28,7 +28,7 @@ pub struct BaseUrl {
 impl BaseUrl {
     /// Parses a `--base-url`; the error names the URL and what is wrong with it.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("--base-url {url:?}: {why}");
+        let bad = |why: &str| format!("--base-url {:?}: {why}", redact_url(url));
         let (scheme, rest) = if let Some(r) = url.strip_prefix("https://") {
             (Scheme::Https, r)
         } else if let Some(r) = url.strip_prefix("http://") {
@@ -80,6 +80,19 @@ impl BaseUrl {
     /// The full URL of `path` (which starts with `/`, e.g. `/v1/models` or `/tokenize`).
     pub fn endpoint(&self, path: &str) -> String {
         format!("{self}{path}")
+    }
+}
+
+/// `url` with its user-info (`user:password@` before the host) replaced by `***@`, so a
+/// credential typed into a URL never reaches a message, log or manifest. Text without a
+/// user-info comes back unchanged.
+pub fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..start], &url[start + at + 1..]),
+        None => url.to_string(),
     }
 }
 
@@ -154,11 +167,32 @@ mod tests {
             ("http://h:99999", "bad port"),
             ("http://h:x/v1", "bad port"),
             ("http://h/v1?x=1", "no query"),
-            ("https://user:sk-1@h", "credentials"),
             ("http://h//v1", "empty path segment"),
         ] {
             let e = BaseUrl::parse(url).unwrap_err();
             assert!(e.contains(why) && e.contains(url), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn base_url_credentials_are_redacted_in_errors() {
+        for (url, shown) in [
+            ("https://user:sk-1@h", "https://***@h"),
+            ("http://user:sk-secret@host/v1", "http://***@host/v1"),
+            ("user:sk-secret@host:80", "***@host:80"),
+            ("http://a@b:pw@host/x@y", "http://***@host/x@y"),
+        ] {
+            let e = BaseUrl::parse(url).unwrap_err();
+            assert!(e.contains(shown), "{url}: {e}");
+            assert!(
+                !e.contains("sk-") && !e.contains("user") && !e.contains("pw"),
+                "{e}"
+            );
+        }
+        let e = BaseUrl::parse("https://user:sk-1@h").unwrap_err();
+        assert!(e.contains("credentials"), "{e}");
+        // No user-info: unchanged, an `@` in the path included.
+        assert_eq!(redact_url("http://h:8/a@b"), "http://h:8/a@b");
+        assert_eq!(redact_url("no url"), "no url");
     }
 }

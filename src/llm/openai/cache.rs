@@ -6,8 +6,10 @@
 //! server gave for that exact seed; servers that ignore seeds make a cached answer one valid
 //! sample among many, which is what a re-run would have drawn anyway. Delete the folder (or
 //! pass `--no-cache`) to draw fresh samples. Entries are written to a temporary file and
-//! renamed, so a crash never leaves a half-written entry.
+//! renamed, so a crash never leaves a half-written entry. Answers from a private endpoint are
+//! the user's: folders the cache creates are 0700 and entries 0600 (on unix).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,7 +33,7 @@ pub struct RequestCache {
 
 impl RequestCache {
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
+        private_dir(dir)
             .with_context(|| format!("cannot create request cache {}", dir.display()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -71,12 +73,10 @@ impl RequestCache {
     pub fn put(&self, key: &str, answer: &Value) -> Result<()> {
         let file = self.file(key);
         let dir = file.parent().expect("cache entries live in a subfolder");
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = file.with_extension(format!("tmp{:?}", std::thread::current().id()));
-        std::fs::write(&tmp, answer.to_string())
-            .with_context(|| format!("cannot write cache entry {}", tmp.display()))?;
-        std::fs::rename(&tmp, &file)
-            .with_context(|| format!("cannot rename cache entry to {}", file.display()))
+        private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let text = answer.to_string();
+        crate::jsonl::replace_file(&file, true, |f| Ok(f.write_all(text.as_bytes())?))
+            .context("cannot write a request cache entry")
     }
 
     pub fn to_json(&self) -> Value {
@@ -86,6 +86,18 @@ impl RequestCache {
             "misses": self.misses.load(Ordering::Relaxed),
         })
     }
+}
+
+/// Creates `dir` and its missing parents, the ones created with mode 0700 on unix.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
 }
 
 #[cfg(test)]
@@ -110,5 +122,24 @@ mod tests {
         assert_eq!(c.get(&k), Some(json!({"a": 1})));
         assert_eq!(c.to_json()["hits"], 1);
         assert_eq!(c.to_json()["misses"], 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn request_cache_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let c = RequestCache::open(&root).unwrap();
+        let k = RequestCache::key("m", "/v1/chat/completions", &json!({"seed": 1}));
+        c.put(&k, &json!({"a": 1})).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // 0700 folders and 0600 files whatever the umask (which only removes bits, and the
+        // usual 022 would have left the folders 0755 and the files 0644).
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join(&k[..2])), 0o700);
+        assert_eq!(mode(&root.join(&k[..2]).join(format!("{k}.json"))), 0o600);
+        // Nothing but the entry is left in its folder (no temporary file).
+        assert_eq!(std::fs::read_dir(root.join(&k[..2])).unwrap().count(), 1);
     }
 }

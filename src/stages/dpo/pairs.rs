@@ -34,8 +34,7 @@ pub struct DataCounts {
 
 /// Whether the first row of `path` is a `cai revise` record.
 fn is_revise_file(path: &Path) -> Result<bool> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::inputs::read_text(path, crate::inputs::DATA_CAP, "data file")?;
     let Some(first) = text.lines().find(|l| !l.trim().is_empty()) else {
         anyhow::bail!("{}: no rows", path.display());
     };

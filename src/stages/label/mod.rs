@@ -451,7 +451,7 @@ fn label_fingerprint(
     loaded: &Loaded,
     templates: &PromptSet,
     backend: &dyn Backend,
-) -> Result<String> {
+) -> Result<crate::stages::records::Fingerprint> {
     let ignore = [
         "out",
         "batch_size",
