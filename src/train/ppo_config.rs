@@ -238,21 +238,23 @@ pub struct PpoStepStats {
     pub kl: f64,
     /// KL coefficient used this step.
     pub beta: f64,
-    /// Mean per-token entropy of the policy.
+    /// Mean per-token entropy of the policy at rollout time, over all response tokens.
     pub entropy: f64,
-    /// Fraction of tokens where the policy ratio was clipped.
+    /// Fraction of the updates' response tokens where the policy ratio was clipped.
     pub clip_frac: f64,
     /// Mean ½(log π − log π_old)² over the updates: how far an update moved the policy.
     pub approx_kl: f64,
+    /// The clipped surrogate aggregated by `loss_aggregation` (k3 KL term excluded), mean
+    /// over the step's updates.
     pub policy_loss: f64,
     pub value_loss: f64,
     /// Fraction of tokens where the value was clipped.
     pub value_clip_frac: f64,
     /// Explained variance of the rollout-time values for the returns.
     pub explained_variance: Option<f64>,
-    /// Mean response length in tokens.
+    /// Mean response length in tokens, over all sampled responses.
     pub response_len: f64,
-    /// Fraction of responses that ended with a stop token.
+    /// Fraction of the sampled responses that ended with a stop token.
     pub ended: f64,
     /// Mean language-modelling loss on SFT data (PPO-ptx), when enabled.
     pub ptx_loss: Option<f64>,
