@@ -20,7 +20,8 @@ use crate::train::{LoraConfig, Precision};
 pub enum RewardSource {
     /// The reward model (`--reward-model`).
     Rm,
-    /// The feedback model's expected 1–10 rating under a sampled principle (`labeler:`).
+    /// The feedback model's expected 1–10 rating under a principle drawn per prompt
+    /// (`labeler:`).
     Labeler,
 }
 
@@ -45,8 +46,10 @@ pub struct PpoArgs {
     pub reward_model: Option<PathBuf>,
     /// Reward source: `rm` (the reward model; default) or `labeler` (the feedback model's
     /// expected 1–10 rating of each response under a comparison principle drawn from
-    /// --constitution, as `cai label --mode score` asks). Weighted mixes: `reward:
-    /// {reward_model: 1, labeler: 0.2}` in the --config YAML.
+    /// --constitution once per prompt, so a group shares one rubric, as `cai label --mode
+    /// score` asks; a response whose feedback prompt overflows the context is unscored and
+    /// left out). Weighted mixes: `reward: {reward_model: 1, labeler: 0.2}` in the --config
+    /// YAML.
     #[arg(long, value_enum)]
     pub reward: Option<RewardSource>,
     /// Constitution of the feedback reward.
@@ -100,7 +103,8 @@ pub struct PpoArgs {
     /// How an update's per-token policy loss (and k3 KL term) is reduced: the mean over all
     /// its response tokens (DAPO; long responses weigh more), the mean of each response's
     /// token mean (GRPO), or the token sum over responses × --max-tokens (Dr. GRPO, with
-    /// `ppo.scale_rewards: false`). The logged `policy_loss` is this number.
+    /// `ppo.scale_rewards: false`). `policy_loss` in train_log.csv is the clipped surrogate
+    /// so aggregated.
     #[arg(long, value_parser = choice::<LossAggregation>())]
     pub loss_aggregation: Option<LossAggregation>,
     /// Peak learning rate.

@@ -441,7 +441,6 @@ fn reward_sources(
         "reward_model": rm,
         "reference": reference_sha.unwrap_or(reference),
         "labeler": labeler,
-        "max_prompt_tokens": cfg.max_prompt_tokens,
     }))
 }
 
