@@ -177,7 +177,7 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     }
     let log = curve(&full.join("train_log.csv"));
     assert_eq!(log.len(), 5, "{log:?}");
-    assert!(log[0].starts_with("step,score,reward,kl,beta"));
+    assert!(log[0].starts_with("step,score,reward,unscored,kl,beta"));
     let samples = std::fs::read_to_string(full.join("samples.jsonl")).unwrap();
     // Steps 2 and 4, four responses each.
     assert_eq!(samples.lines().count(), 8);
@@ -191,15 +191,36 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
     std::fs::remove_dir_all(cut.join("final")).unwrap();
     let err = fails(&mut ppo(d, "cut", &[]));
     assert!(err.contains("--resume"), "{err}");
+    // A resume rewarded by another source is refused, naming what differs.
+    let constitution = root().join("constitutions/harmless.yaml");
+    let err = fails(&mut ppo(
+        d,
+        "cut",
+        &[
+            "--resume",
+            "--reward",
+            "labeler",
+            "--labeler-backend",
+            "mock",
+            "--constitution",
+            constitution.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains("the reward differs") && err.contains("reward.labeler: 0.0 -> 1.0"),
+        "{err}"
+    );
     ok(&mut ppo(d, "cut", &["--resume"]));
     assert_eq!(curve(&cut.join("train_log.csv")), log);
     let weights = |p: &Path| std::fs::read(p.join("final/model.safetensors")).unwrap();
     assert!(weights(&full) == weights(&cut), "resumed weights differ");
 
     // GRPO rewarded by the feedback model (mock backend): two responses per prompt, each
-    // rated 1–10; no value head. A bad group size is a clear error.
-    let constitution = root().join("constitutions/harmless.yaml");
+    // rated 1–10 under its prompt's principle; no value head; the loss aggregation named in
+    // the manifest. A bad group size is a clear error.
     let grpo_args = [
+        "--loss-aggregation",
+        "seq-mean",
         "--advantage",
         "grpo",
         "--group-size",
@@ -223,6 +244,13 @@ fn best_of_n_ppo_with_exact_resume_and_eval() {
         "a 1–10 rating: {}",
         grpo_log[1]
     );
+    let unscored: usize = grpo_log[1].split(',').nth(3).unwrap().parse().unwrap();
+    assert_eq!(unscored, 0, "{}", grpo_log[1]);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(grpo.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["stats"]["loss_aggregation"], "seq-mean");
+    assert_eq!(manifest["config"]["ppo"]["loss_aggregation"], "seq-mean");
     let err = fails(&mut ppo(
         d,
         "x",

@@ -12,6 +12,7 @@ use crate::config_file::read_or_default;
 use crate::llm::BackendKind;
 use crate::stages::ppo::{self, PpoRunConfig, RewardWeights};
 use crate::train::advantage::AdvantageEstimator;
+use crate::train::ppo_math::LossAggregation;
 use crate::train::{LoraConfig, Precision};
 
 /// `--reward`: one source alone; mixes are set in the config's `reward:`.
@@ -19,7 +20,8 @@ use crate::train::{LoraConfig, Precision};
 pub enum RewardSource {
     /// The reward model (`--reward-model`).
     Rm,
-    /// The feedback model's expected 1–10 rating under a sampled principle (`labeler:`).
+    /// The feedback model's expected 1–10 rating under a principle drawn per prompt
+    /// (`labeler:`).
     Labeler,
 }
 
@@ -44,8 +46,10 @@ pub struct PpoArgs {
     pub reward_model: Option<PathBuf>,
     /// Reward source: `rm` (the reward model; default) or `labeler` (the feedback model's
     /// expected 1–10 rating of each response under a comparison principle drawn from
-    /// --constitution, as `cai label --mode score` asks). Weighted mixes: `reward:
-    /// {reward_model: 1, labeler: 0.2}` in the --config YAML.
+    /// --constitution once per prompt, so a group shares one rubric, as `cai label --mode
+    /// score` asks; a response whose feedback prompt overflows the context is unscored and
+    /// left out). Weighted mixes: `reward: {reward_model: 1, labeler: 0.2}` in the --config
+    /// YAML.
     #[arg(long, value_enum)]
     pub reward: Option<RewardSource>,
     /// Constitution of the feedback reward.
@@ -89,12 +93,20 @@ pub struct PpoArgs {
     pub dtype: Option<Precision>,
     /// Advantage estimator. The critic-free ones sample --group-size
     /// responses per prompt and train no value head; `ppo.kl_in_loss: true` moves their KL
-    /// from the score to a k3 loss term, `ppo.scale_rewards: false` is Dr. GRPO.
+    /// from the score to a k3 loss term, `ppo.scale_rewards: false` with
+    /// `--loss-aggregation seq-sum-norm` is Dr. GRPO.
     #[arg(long, value_parser = choice::<AdvantageEstimator>())]
     pub advantage: Option<AdvantageEstimator>,
     /// Responses per prompt (G) for grpo, rloo and reinforce; --rollouts must be a multiple.
     #[arg(long)]
     pub group_size: Option<usize>,
+    /// How an update's per-token policy loss (and k3 KL term) is reduced: the mean over all
+    /// its response tokens (DAPO; long responses weigh more), the mean of each response's
+    /// token mean (GRPO), or the token sum over responses × --max-tokens (Dr. GRPO, with
+    /// `ppo.scale_rewards: false`). `policy_loss` in train_log.csv is the clipped surrogate
+    /// so aggregated.
+    #[arg(long, value_parser = choice::<LossAggregation>())]
+    pub loss_aggregation: Option<LossAggregation>,
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
@@ -163,6 +175,7 @@ impl PpoArgs {
         set(&mut p.dtype, a.dtype);
         set(&mut p.advantage, a.advantage);
         set(&mut p.group_size, a.group_size);
+        set(&mut p.loss_aggregation, a.loss_aggregation);
         set(&mut p.lr, a.lr);
         set(&mut p.kl_coef, a.kl_coef);
         p.kl_target = a.kl_target.or(p.kl_target);

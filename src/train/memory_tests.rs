@@ -83,12 +83,12 @@ fn sliced_log_probs_and_entropies_at_a_temperature() -> Result<()> {
 struct FractionOfFives;
 
 impl Scorer for FractionOfFives {
-    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>> {
+    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<Option<f64>>> {
         Ok(rollouts
             .iter()
             .map(|r| {
                 let hits = r.response_ids.iter().filter(|&&t| t == 5).count();
-                hits as f64 / r.response_ids.len() as f64
+                Some(hits as f64 / r.response_ids.len() as f64)
             })
             .collect())
     }
@@ -109,6 +109,7 @@ fn checkpointed_ppo_equals_plain_ppo() -> Result<()> {
                 .collect(),
             stop_ids: vec![2],
             ptx: dataset(4, 5),
+            reward_sources: serde_json::Value::Null,
         }
     };
     let run_cfg = PpoConfig {

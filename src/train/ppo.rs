@@ -23,14 +23,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::advantage::{group_advantages, k3_kl_loss, AdvantageEstimator};
+use super::advantage::{group_advantages, k3_per_token, sequence_returns, AdvantageEstimator};
 use super::data::{split_by_tokens, Batch, TokenizedExample};
 use super::model::{CausalLm, Llama};
 use super::optim::{AdamW, Gradients};
 use super::params::ParamStore;
 use super::ppo_config::{PpoConfig, PpoStepStats};
 use super::ppo_math::{
-    explained_variance, gae, kl_per_token, policy_loss, token_rewards, value_loss, whiten_ragged,
+    clipped_surrogate, explained_variance, gae, kl_per_token, token_rewards, token_weights,
+    value_loss, whiten_ragged,
 };
 use super::ppo_rollout::{generate, split_rows, token_outputs, Rollout, RolloutSampling};
 use super::resume;
@@ -45,7 +46,10 @@ pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
 
 /// Scores finished responses (the reward model, or a synthetic reward in tests).
 pub trait Scorer {
-    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>>;
+    /// One score per rollout, in order; `None` for a response that could not be scored (its
+    /// feedback prompt overflowed the feedback model's context): it gets no advantage and is
+    /// left out of the loss.
+    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<Option<f64>>>;
 }
 
 /// Where a PPO run stands; saved as every trainer's state ([`resume::write_state`]).
@@ -59,6 +63,10 @@ pub struct PpoState {
     pub beta: f64,
     /// FNV-1a hash of the tokenized prompts, checked on resume.
     pub prompts_fingerprint: String,
+    /// What the rewards and the KL come from ([`PpoData::reward_sources`]), checked on
+    /// resume; null in checkpoints written before it was recorded (not checked then).
+    #[serde(default)]
+    pub reward_sources: serde_json::Value,
     pub history: Vec<PpoStepStats>,
     pub config: PpoConfig,
 }
@@ -67,7 +75,8 @@ pub struct PpoState {
 pub struct PpoStep {
     pub stats: PpoStepStats,
     pub rollouts: Vec<Rollout>,
-    pub scores: Vec<f64>,
+    /// The scorer's scores (`None`: unscored, not trained on).
+    pub scores: Vec<Option<f64>>,
 }
 
 /// The PPO trainer (see the module docs).
@@ -95,6 +104,10 @@ pub struct PpoData {
     pub stop_ids: Vec<u32>,
     /// SFT examples for PPO-ptx (may be empty when `ptx_coef` is 0).
     pub ptx: Vec<TokenizedExample>,
+    /// What the rewards and the KL come from, as the caller identifies them (reward-model
+    /// and reference hashes, reward weights, feedback model): saved in the checkpoint, and a
+    /// resumed run whose sources differ is refused, naming each difference.
+    pub reward_sources: serde_json::Value,
 }
 
 impl PpoTrainer {
@@ -123,6 +136,7 @@ impl PpoTrainer {
             cursor: 0,
             beta: cfg.kl_coef,
             prompts_fingerprint: prompts_fingerprint(&data.prompts),
+            reward_sources: data.reward_sources.clone(),
             history: Vec::new(),
             config: cfg.clone(),
         };
@@ -141,8 +155,10 @@ impl PpoTrainer {
             dir.display()
         );
         resume::check_settings(dir, &state.config, &cfg)?;
+        check_reward_sources(dir, &state.reward_sources, &data.reward_sources)?;
         let state = PpoState {
             config: cfg.clone(),
+            reward_sources: data.reward_sources.clone(),
             ..state
         };
         let params = ParamStore::restore(dir, cfg.trainable.clone(), &device)?;
@@ -290,7 +306,9 @@ impl PpoTrainer {
             .collect()
     }
 
-    /// One PPO step: rollouts, scores, advantages, `ppo_epochs` passes of updates.
+    /// One PPO step: rollouts, scores, advantages, `ppo_epochs` passes of updates. Responses
+    /// the scorer could not score get no advantage and no update; a step none of whose
+    /// responses was scored is an error.
     pub fn step(&mut self, scorer: &mut dyn Scorer) -> Result<PpoStep> {
         let started = Instant::now();
         let step = self.state.step + 1;
@@ -304,17 +322,29 @@ impl PpoTrainer {
             scores.len(),
             rollouts.len()
         );
-        if let Some((i, s)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
-            return Err(self.non_finite(step, "reward-model score", *s))
+        if let Some((i, s)) = scores
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.filter(|s| !s.is_finite()).map(|s| (i, s)))
+        {
+            return Err(self.non_finite(step, "reward-model score", s))
                 .with_context(|| format!("response {i} of step {step}"));
         }
+        // The responses trained on: those with a score.
+        let scored: Vec<usize> = (0..rollouts.len())
+            .filter(|&i| scores[i].is_some())
+            .collect();
+        ensure!(
+            !scored.is_empty(),
+            "step {step}: none of the {} responses could be scored (every feedback prompt              overflowed the feedback model's context): shorten max_prompt_tokens or              max_new_tokens, or use a feedback model with a longer context",
+            rollouts.len()
+        );
         let old = self.rollout_time_outputs(&rollouts)?;
         let lens: Vec<usize> = rollouts.iter().map(|r| r.response_ids.len()).collect();
 
         let beta = self.state.beta;
         let mut kls = Vec::with_capacity(rollouts.len());
         let mut rewards = Vec::with_capacity(rollouts.len());
-        let mut totals = Vec::with_capacity(rollouts.len());
         // With the KL as a loss term the reward is the score alone.
         let reward_beta = if self.cfg.kl_in_loss { 0.0 } else { beta };
         for (i, r) in rollouts.iter().enumerate() {
@@ -323,29 +353,49 @@ impl PpoTrainer {
                 (false, Some(p)) => p,
                 _ => 0.0,
             };
-            let rw = token_rewards(scores[i] - penalty, &kl, reward_beta);
-            totals.push(rw.iter().sum::<f64>());
             kls.push(kl.iter().sum::<f64>());
-            rewards.push(rw);
+            rewards.push(scores[i].map(|s| token_rewards(s - penalty, &kl, reward_beta)));
         }
-        if self.cfg.whiten_rewards {
-            rewards = whiten_ragged(&rewards, true);
-        }
+        let totals: Vec<f64> = rewards
+            .iter()
+            .flatten()
+            .map(|rw| rw.iter().sum::<f64>())
+            .collect();
         let flat = |rows: &[Vec<f64>]| rows.iter().flatten().copied().collect::<Vec<f64>>();
         let (advantages, returns, explained) = match self.cfg.advantage {
             AdvantageEstimator::Gae => {
-                let (mut advantages, mut returns) = (Vec::new(), Vec::new());
-                for (rw, v) in rewards.iter().zip(&old.values) {
-                    let (a, r) = gae(rw, v, self.cfg.gamma, self.cfg.lambda);
-                    advantages.push(a);
-                    returns.push(r);
+                // Unscored rows (none in practice: the reward model scores every response)
+                // keep empty advantages and returns; they are not trained on.
+                let mut kept: Vec<Vec<f64>> = rewards.iter().flatten().cloned().collect();
+                if self.cfg.whiten_rewards {
+                    kept = whiten_ragged(&kept, true);
                 }
-                let explained = explained_variance(&flat(&old.values), &flat(&returns));
-                (whiten_ragged(&advantages, false), returns, explained)
+                let (mut advantages, mut returns) = (
+                    vec![Vec::new(); rollouts.len()],
+                    vec![Vec::new(); rollouts.len()],
+                );
+                let mut values = Vec::new();
+                for (&i, rw) in scored.iter().zip(&kept) {
+                    let (a, r) = gae(rw, &old.values[i], self.cfg.gamma, self.cfg.lambda);
+                    advantages[i] = a;
+                    returns[i] = r;
+                    values.push(old.values[i].clone());
+                }
+                let explained = explained_variance(&flat(&values), &flat(&returns));
+                let whitened = whiten_ragged(&gather_rows(&advantages, &scored), false);
+                for (&i, a) in scored.iter().zip(whitened) {
+                    advantages[i] = a;
+                }
+                (advantages, returns, explained)
             }
             estimator => {
-                let sums: Vec<f64> = rewards.iter().map(|r| r.iter().sum()).collect();
-                let seq = group_advantages(&sums, self.group(), estimator, self.cfg.scale_rewards);
+                let seq_returns = sequence_returns(&rewards, self.cfg.whiten_rewards);
+                let seq = group_advantages(
+                    &seq_returns,
+                    self.group(),
+                    estimator,
+                    self.cfg.scale_rewards,
+                );
                 let per_token = seq.iter().zip(&lens).map(|(&a, &n)| vec![a; n]).collect();
                 (per_token, Vec::new(), None)
             }
@@ -353,7 +403,7 @@ impl PpoTrainer {
 
         let mut acc = UpdateTotals::default();
         for epoch in 0..self.cfg.ppo_epochs {
-            let mut order: Vec<usize> = (0..rollouts.len()).collect();
+            let mut order = scored.clone();
             order.shuffle(&mut self.rng(step, 100 + epoch as u64));
             for (mb_index, mb) in order.chunks(self.cfg.minibatch).enumerate() {
                 let part = Minibatch {
@@ -373,10 +423,12 @@ impl PpoTrainer {
             self.state.beta = ctrl.update(beta, mean(&kls), rollouts.len());
         }
         let n = rollouts.len() as f64;
+        let present: Vec<f64> = scores.iter().flatten().copied().collect();
         let stats = PpoStepStats {
             step,
-            score: mean(&scores),
+            score: mean(&present),
             reward: mean(&totals),
+            unscored: rollouts.len() - scored.len(),
             kl: mean(&kls),
             beta,
             entropy: mean(&flat(&old.entropy)),
@@ -435,9 +487,10 @@ impl PpoTrainer {
     }
 
     /// One optimizer update on a minibatch (plus an SFT batch for PPO-ptx). The minibatch
-    /// runs in parts of at most `max_batch_tokens` padded tokens: every loss term is a mean
-    /// over the minibatch's response tokens, so a part's mean weighted by its share of them
-    /// adds up to the whole one, and the parts' gradients to the whole update.
+    /// runs in parts of at most `max_batch_tokens` padded tokens. The policy loss (and the
+    /// k3 KL term) is `Σ w_t·ℓ_t` with the `loss_aggregation` weights of the whole minibatch
+    /// ([`token_weights`]), the value loss a token mean over it, so the parts' losses and
+    /// gradients add up to the whole update.
     fn update(
         &mut self,
         step: usize,
@@ -455,10 +508,12 @@ impl PpoTrainer {
             .iter()
             .map(|r| (1, r.prompt_ids.len() + r.response_ids.len()))
             .collect();
+        let lens: Vec<usize> = mb.rollouts.iter().map(|r| r.response_ids.len()).collect();
+        let weights = token_weights(&lens, self.cfg.loss_aggregation, self.cfg.max_new_tokens);
         // Response tokens before each rollout: a part's slice of the per-token inputs.
         let mut offsets = vec![0];
-        for r in &mb.rollouts {
-            offsets.push(offsets.last().copied().unwrap_or(0) + r.response_ids.len());
+        for n in &lens {
+            offsets.push(offsets.last().copied().unwrap_or(0) + n);
         }
         let total = offsets[mb.rollouts.len()].max(1) as f64;
         let mut stats = UpdateStats::default();
@@ -474,19 +529,19 @@ impl PpoTrainer {
                 t,
                 false,
             )?;
-            let logp_old = vec(&mb.logp_old[tokens.clone()])?;
-            let mask = Tensor::ones(tokens.len(), DType::F32, &self.device)?;
-            let (pl, clip_frac) = policy_loss(
+            let w = vec(&weights[tokens.clone()])?;
+            let (per_token, was_clipped) = clipped_surrogate(
                 &new.logp,
-                &logp_old,
+                &vec(&mb.logp_old[tokens.clone()])?,
                 &vec(&mb.advantages[tokens.clone()])?,
-                &mask,
                 self.cfg.clip,
             )?;
-            stats.policy_loss += scalar(&pl)? * share;
-            stats.clip_frac += clip_frac * share;
+            let pl = (per_token * &w)?.sum_all()?;
+            stats.policy_loss += scalar(&pl)?;
+            stats.clip_frac += scalar(&was_clipped.mean_all()?)? * share;
             let mut loss = pl;
             if let Some(values) = &new.values {
+                let mask = Tensor::ones(tokens.len(), DType::F32, &self.device)?;
                 let (vl, frac) = value_loss(
                     values,
                     &vec(&mb.values_old[tokens.clone()])?,
@@ -496,14 +551,12 @@ impl PpoTrainer {
                 )?;
                 stats.value_loss += scalar(&vl)? * share;
                 stats.value_clip_frac += frac * share;
-                loss = (loss + (vl * self.cfg.vf_coef)?)?;
+                loss = (loss + (vl * (self.cfg.vf_coef * share))?)?;
             }
             if self.cfg.kl_in_loss {
-                let logp_ref = vec(&mb.logp_ref[tokens])?;
-                let kl = k3_kl_loss(&new.logp, &logp_ref, &mask, self.state.beta)?;
-                loss = (loss + kl)?;
+                let k3 = k3_per_token(&new.logp, &vec(&mb.logp_ref[tokens])?)?;
+                loss = (loss + ((k3 * &w)?.sum_all()? * self.state.beta)?)?;
             }
-            let loss = (loss * share)?;
             let value = scalar(&loss)?;
             if !value.is_finite() {
                 return Err(self.non_finite(step, "PPO loss", value));
@@ -646,6 +699,34 @@ impl UpdateTotals {
     fn mean(&self, total: f64) -> f64 {
         total / self.n.max(1) as f64
     }
+}
+
+/// The rows `pick`, in order.
+fn gather_rows(rows: &[Vec<f64>], pick: &[usize]) -> Vec<Vec<f64>> {
+    pick.iter().map(|&i| rows[i].clone()).collect()
+}
+
+/// Refuses to resume the run saved in `checkpoint`, whose rewards came from `saved`, with
+/// rewards from `now`, naming each difference (a checkpoint without a record, written before
+/// one was kept, is not checked).
+fn check_reward_sources(
+    checkpoint: &Path,
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+) -> Result<()> {
+    if saved.is_null() {
+        return Ok(());
+    }
+    let changed = resume::changed_settings(saved, now);
+    ensure!(
+        changed.is_empty(),
+        "--resume: the reward differs from that of the run in {}: {}; resume with the run's \
+         reward model, reference, reward weights and feedback model, or start a new run in \
+         another --out",
+        checkpoint.display(),
+        changed.join(", ")
+    );
+    Ok(())
 }
 
 /// The rows `pick` concatenated; nothing when there are no rows (no value head, no returns).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::advantage::AdvantageEstimator;
 use super::optim::{AdamWParams, LrSchedule, ScheduleKind};
 use super::params::Trainable;
-use super::ppo_math::{AdaptiveKl, KlEstimator};
+use super::ppo_math::{AdaptiveKl, KlEstimator, LossAggregation};
 use super::precision::Precision;
 
 /// Settings of a PPO run (defaults follow Ziegler et al. 2019 and TRL where they apply,
@@ -36,11 +36,17 @@ pub struct PpoConfig {
     /// `rollouts` must be a multiple of it. GAE samples one response per prompt.
     pub group_size: usize,
     /// GRPO: divide the centred scores by the group's standard deviation (default true;
-    /// false is Dr. GRPO).
+    /// false, with `loss_aggregation: seq-sum-norm`, is Dr. GRPO).
     pub scale_rewards: bool,
-    /// Critic-free estimators: the KL to the reference as a loss term `β · mean k3` (GRPO's
-    /// form) instead of `−β·Σ KL` in the score (default false).
+    /// Critic-free estimators: the KL to the reference as a loss term `β · k3` per token,
+    /// aggregated as the policy loss (GRPO's form), instead of `−β·Σ KL` in the score
+    /// (default false).
     pub kl_in_loss: bool,
+    /// How an update's per-token policy loss (and k3 KL term) becomes one number:
+    /// `token-mean` (default: mean over the update's response tokens, DAPO), `seq-mean` (mean
+    /// of each response's token mean, GRPO) or `seq-sum-norm` (token sum over responses ×
+    /// `max_new_tokens`, Dr. GRPO). The value loss is always a token mean.
+    pub loss_aggregation: LossAggregation,
     /// Passes over a step's rollouts (default 2).
     pub ppo_epochs: usize,
     /// Peak learning rate (default 1e-5; LoRA usually wants ~1e-4).
@@ -70,7 +76,9 @@ pub struct PpoConfig {
     pub kl_target: Option<f64>,
     /// Horizon of the adaptive controller, in responses (default 10000).
     pub kl_horizon: f64,
-    /// Whiten the per-token rewards across a step (level kept) (default false).
+    /// Whiten the rewards across a step with their mean kept (default false): GAE whitens
+    /// the per-token rewards; the critic-free estimators whiten each response's return (its
+    /// score minus β·Σ KL), so that no term grows with the response's length.
     pub whiten_rewards: bool,
     /// Subtracted from the score of a response that hit `max_new_tokens` without a stop
     /// token; unset disables it (default 1.0).
@@ -103,6 +111,7 @@ impl Default for PpoConfig {
             group_size: 4,
             scale_rewards: true,
             kl_in_loss: false,
+            loss_aggregation: LossAggregation::TokenMean,
             ppo_epochs: 2,
             lr: 1e-5,
             warmup_steps: 0,
@@ -216,29 +225,36 @@ impl PpoConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PpoStepStats {
     pub step: usize,
-    /// Mean reward-model score of the responses (before the no-EOS penalty).
+    /// Mean score of the scored responses (reward model and/or feedback model, before the
+    /// no-EOS penalty).
     pub score: f64,
-    /// Mean total reward per response (score − penalty − β·KL).
+    /// Mean total reward per scored response (score − penalty − β·KL, before whitening).
     pub reward: f64,
-    /// Mean KL to the reference per response (sum over its tokens, nats).
+    /// Responses without a score (their feedback prompt overflowed the feedback model's
+    /// context): no advantage, left out of the loss and of `score` and `reward`.
+    #[serde(default)]
+    pub unscored: usize,
+    /// Mean KL to the reference per sampled response (sum over its tokens, nats).
     pub kl: f64,
     /// KL coefficient used this step.
     pub beta: f64,
-    /// Mean per-token entropy of the policy.
+    /// Mean per-token entropy of the policy at rollout time, over all response tokens.
     pub entropy: f64,
-    /// Fraction of tokens where the policy ratio was clipped.
+    /// Fraction of the updates' response tokens where the policy ratio was clipped.
     pub clip_frac: f64,
     /// Mean ½(log π − log π_old)² over the updates: how far an update moved the policy.
     pub approx_kl: f64,
+    /// The clipped surrogate aggregated by `loss_aggregation` (k3 KL term excluded), mean
+    /// over the step's updates.
     pub policy_loss: f64,
     pub value_loss: f64,
     /// Fraction of tokens where the value was clipped.
     pub value_clip_frac: f64,
     /// Explained variance of the rollout-time values for the returns.
     pub explained_variance: Option<f64>,
-    /// Mean response length in tokens.
+    /// Mean response length in tokens, over all sampled responses.
     pub response_len: f64,
-    /// Fraction of responses that ended with a stop token.
+    /// Fraction of the sampled responses that ended with a stop token.
     pub ended: f64,
     /// Mean language-modelling loss on SFT data (PPO-ptx), when enabled.
     pub ptx_loss: Option<f64>,

@@ -129,9 +129,88 @@ pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     (xs * mask)?.sum_all()? / n.max(1.0)
 }
 
-/// The clipped surrogate objective as a loss (to minimize):
-/// `mean(max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)))` with `ρ = exp(logp − logp_old)`, over masked
-/// tokens. Returns the loss and the fraction of tokens where the clipped term was chosen.
+/// How the per-token policy loss of an update is reduced to one number (TRL's GRPO
+/// `loss_type`). Each is a weighted sum `Σ w_t·ℓ_t` over the update's response tokens, with
+/// the weights of [`token_weights`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossAggregation {
+    /// Mean over every response token of the update (DAPO, Yu et al. 2025; TRL `bnpo`/`dapo`
+    /// with one update per batch): a long response weighs more.
+    #[default]
+    TokenMean,
+    /// Mean over the responses of each response's token mean (GRPO, Shao et al. 2024
+    /// eq. 3; TRL `grpo`): every response weighs the same, its tokens less when it is long.
+    SeqMean,
+    /// Sum over the tokens divided by responses × `max_new_tokens`, a constant (Dr. GRPO,
+    /// Liu et al. 2025; TRL `dr_grpo`): no length bias in either direction.
+    SeqSumNorm,
+}
+
+impl crate::choice::Choice for LossAggregation {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "token-mean",
+            Self::TokenMean,
+            "mean over all response tokens of the update (DAPO)",
+        ),
+        (
+            "seq-mean",
+            Self::SeqMean,
+            "mean over responses of each response's token mean (GRPO)",
+        ),
+        (
+            "seq-sum-norm",
+            Self::SeqSumNorm,
+            "token sum over responses × max_new_tokens (Dr. GRPO)",
+        ),
+    ];
+}
+
+/// The weight of each response token of an update whose responses have `lens` tokens (flat,
+/// in order), so that `Σ w_t·ℓ_t` is the `aggregation` of the per-token losses `ℓ_t`:
+/// `1/Σn` (token-mean), `1/(B·n_i)` (seq-mean), `1/(B·max_new_tokens)` (seq-sum-norm), with
+/// B responses of n_i tokens. A sum of weights over any part of the update is that part's
+/// share, so parts run apart add up to the whole update.
+pub fn token_weights(
+    lens: &[usize],
+    aggregation: LossAggregation,
+    max_new_tokens: usize,
+) -> Vec<f64> {
+    let b = lens.len().max(1) as f64;
+    let total = lens.iter().sum::<usize>().max(1) as f64;
+    lens.iter()
+        .flat_map(|&n| {
+            let w = match aggregation {
+                LossAggregation::TokenMean => 1.0 / total,
+                LossAggregation::SeqMean => 1.0 / (b * n.max(1) as f64),
+                LossAggregation::SeqSumNorm => 1.0 / (b * max_new_tokens.max(1) as f64),
+            };
+            std::iter::repeat_n(w, n)
+        })
+        .collect()
+}
+
+/// The clipped surrogate objective per token, as a loss (to minimize):
+/// `max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))` with `ρ = exp(logp − logp_old)`, and 1 where the
+/// clipped term was chosen (0 elsewhere), in `logp`'s dtype.
+pub fn clipped_surrogate(
+    logp: &Tensor,
+    logp_old: &Tensor,
+    advantages: &Tensor,
+    clip: f64,
+) -> Result<(Tensor, Tensor)> {
+    let ratio = (logp - logp_old)?.exp()?;
+    let unclipped = (advantages.neg()? * &ratio)?;
+    let clipped = (advantages.neg()? * ratio.clamp(1.0 - clip, 1.0 + clip)?)?;
+    let chosen = unclipped.maximum(&clipped)?;
+    let was_clipped = clipped.gt(&unclipped)?.to_dtype(logp.dtype())?;
+    Ok((chosen, was_clipped))
+}
+
+/// The clipped surrogate objective as a loss, its token mean over masked tokens
+/// ([`clipped_surrogate`]). Returns the loss and the fraction of tokens where the clipped
+/// term was chosen.
 pub fn policy_loss(
     logp: &Tensor,
     logp_old: &Tensor,
@@ -139,12 +218,9 @@ pub fn policy_loss(
     mask: &Tensor,
     clip: f64,
 ) -> Result<(Tensor, f64)> {
-    let ratio = (logp - logp_old)?.exp()?;
-    let unclipped = (advantages.neg()? * &ratio)?;
-    let clipped = (advantages.neg()? * ratio.clamp(1.0 - clip, 1.0 + clip)?)?;
-    let chosen = unclipped.maximum(&clipped)?;
+    let (chosen, was_clipped) = clipped_surrogate(logp, logp_old, advantages, clip)?;
     let loss = masked_mean(&chosen, mask)?;
-    let clip_frac = masked_mean(&clipped.gt(&unclipped)?.to_dtype(mask.dtype())?, mask)?
+    let clip_frac = masked_mean(&was_clipped.to_dtype(mask.dtype())?, mask)?
         .to_dtype(DType::F64)?
         .to_scalar::<f64>()?;
     Ok((loss, clip_frac))
@@ -302,6 +378,38 @@ mod tests {
         assert!((loss.to_scalar::<f32>()? as f64 - want).abs() < 1e-5);
         assert!((frac - 1.0 / 3.0).abs() < 1e-6);
         Ok(())
+    }
+
+    #[test]
+    fn grpo_loss_aggregation_matches_trl_normalizers() {
+        // Two responses of 1 and 3 tokens with per-token losses [4 | 1, 0, 2], max_new_tokens 4.
+        // token-mean (DAPO): (4 + 1 + 0 + 2)/4 = 1.75.
+        // seq-mean (GRPO): (4/1 + (1 + 0 + 2)/3)/2 = (4 + 1)/2 = 2.5.
+        // seq-sum-norm (Dr. GRPO): (4 + 1 + 0 + 2)/(2·4) = 0.875.
+        let losses = [4.0, 1.0, 0.0, 2.0];
+        let lens = [1, 3];
+        let agg = |a| -> f64 {
+            let w = token_weights(&lens, a, 4);
+            assert_eq!(w.len(), 4);
+            w.iter().zip(&losses).map(|(w, l)| w * l).sum()
+        };
+        close(agg(LossAggregation::TokenMean), 1.75);
+        close(agg(LossAggregation::SeqMean), 2.5);
+        close(agg(LossAggregation::SeqSumNorm), 0.875);
+        // The weights themselves: 1/4 each; 1/2 then 1/6 × 3; 1/8 each.
+        let w = token_weights(&lens, LossAggregation::SeqMean, 4);
+        close(w[0], 0.5);
+        close(w[3], 1.0 / 6.0);
+        // Token-mean and seq-mean weights sum to 1; seq-sum-norm's to Σn/(B·max) = 4/8.
+        let sum = |a| token_weights(&lens, a, 4).iter().sum::<f64>();
+        close(sum(LossAggregation::TokenMean), 1.0);
+        close(sum(LossAggregation::SeqMean), 1.0);
+        close(sum(LossAggregation::SeqSumNorm), 0.5);
+        // The flag's names are the YAML's.
+        use crate::choice::Choice;
+        for (name, value, _) in LossAggregation::CHOICES {
+            assert_eq!(serde_yaml::to_string(value).unwrap().trim(), *name);
+        }
     }
 
     #[test]

@@ -20,13 +20,32 @@ const STOP: u32 = 2;
 struct FractionOfWanted;
 
 impl Scorer for FractionOfWanted {
-    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>> {
+    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<Option<f64>>> {
+        Ok(rollouts.iter().map(|r| Some(fraction_wanted(r))).collect())
+    }
+}
+
+fn fraction_wanted(r: &Rollout) -> f64 {
+    let hits = r.response_ids.iter().filter(|&&t| t == WANTED).count();
+    hits as f64 / r.response_ids.len() as f64
+}
+
+/// Reward = mean token id of the response over the vocabulary size: a score that differs
+/// between the responses of a group from the first step on.
+fn mean_token(r: &Rollout) -> f64 {
+    let sum: u32 = r.response_ids.iter().sum();
+    sum as f64 / (r.response_ids.len() * VOCAB) as f64
+}
+
+/// [`mean_token`], but the responses to the prompts listed have no score (as when the
+/// feedback prompt overflows the feedback model's context).
+struct UnscoredPrompts(Vec<usize>);
+
+impl Scorer for UnscoredPrompts {
+    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<Option<f64>>> {
         Ok(rollouts
             .iter()
-            .map(|r| {
-                let hits = r.response_ids.iter().filter(|&&t| t == WANTED).count();
-                hits as f64 / r.response_ids.len() as f64
-            })
+            .map(|r| (!self.0.contains(&r.prompt)).then(|| mean_token(r)))
             .collect())
     }
 }
@@ -40,6 +59,7 @@ fn data() -> PpoData {
         prompts,
         stop_ids: vec![STOP],
         ptx: Vec::new(),
+        reward_sources: serde_json::json!({"reward_model": {"sha256": "aa"}, "weights": [1.0]}),
     }
 }
 
@@ -285,5 +305,134 @@ fn token_budget_parts_give_the_whole_minibatch_update() -> Result<()> {
     let (a, b) = (whole.policy_weights(), parts.policy_weights());
     assert!(max_weight_difference(&a, &b)? < 1e-4);
     assert!(max_weight_difference(&a, &weights)? > 1e-3);
+    Ok(())
+}
+
+/// A resumed run whose reward sources differ from the checkpoint's is refused, naming what
+/// differs; the same sources resume, and a checkpoint written before the sources were
+/// recorded (null) is not checked.
+#[test]
+fn ppo_resume_refuses_a_changed_reward() -> Result<()> {
+    let cfg = tiny_config(false);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let run_cfg = config(2, Trainable::TopLayers(1), 1e-2);
+    let dir = tempfile::tempdir()?;
+    let ckpt = dir.path().join("checkpoint-1");
+    let mut first = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg.clone())?;
+    first.step(&mut FractionOfWanted)?;
+    first.save_checkpoint(&ckpt, &[])?;
+    let changed = || {
+        let mut d = data();
+        d.reward_sources = serde_json::json!({"reward_model": {"sha256": "bb"}, "weights": [1.0]});
+        d
+    };
+    let err = PpoTrainer::resume(&ckpt, &weights, changed(), run_cfg.clone())
+        .err()
+        .expect("a changed reward model must be refused")
+        .to_string();
+    assert!(
+        err.contains("the reward differs") && err.contains("reward_model.sha256: \"aa\" -> \"bb\""),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let same = PpoTrainer::resume(&ckpt, &weights, data(), run_cfg.clone())?;
+    assert_eq!(same.state().step, 1);
+    // A checkpoint without the record resumes with any sources and records them.
+    let state_file = ckpt.join(crate::model_files::checkpoint::TRAINER_STATE_FILE);
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file)?)?;
+    state.as_object_mut().unwrap().remove("reward_sources");
+    std::fs::write(&state_file, state.to_string())?;
+    let old = PpoTrainer::resume(&ckpt, &weights, changed(), run_cfg)?;
+    assert_eq!(old.state().reward_sources["reward_model"]["sha256"], "bb");
+    Ok(())
+}
+
+/// GRPO with some prompts' responses unscored: they are counted, left out of the score, and
+/// the step still trains on the others; a step with no score at all is a clear error.
+#[test]
+fn overflowed_rollouts_are_dropped_and_counted() -> Result<()> {
+    use super::advantage::AdvantageEstimator;
+    let cfg = tiny_config(false);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let mut run_cfg = config(1, Trainable::All, 1e-2);
+    run_cfg.advantage = AdvantageEstimator::Grpo;
+    run_cfg.group_size = 4;
+    let mut trainer = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg.clone())?;
+    // The step's two prompts, from a run that scores everything: the first one's four
+    // responses go unscored.
+    let mut probe = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg.clone())?;
+    let all = probe.step(&mut UnscoredPrompts(Vec::new()))?;
+    let first_prompt = all.rollouts[0].prompt;
+    let step = trainer.step(&mut UnscoredPrompts(vec![first_prompt]))?;
+    assert_eq!(step.stats.unscored, 4);
+    assert_eq!(step.scores.iter().filter(|s| s.is_none()).count(), 4);
+    // The score is the mean over the four scored responses (those of the second prompt).
+    let kept: Vec<f64> = all.rollouts[4..].iter().map(mean_token).collect();
+    assert!((step.stats.score - mean(&kept)).abs() < 1e-12);
+    assert_eq!(all.stats.unscored, 0);
+    assert!(max_weight_difference(&trainer.policy_weights(), &weights)? > 0.0);
+    // Nothing scored: no update, a one-line error naming the cause.
+    let mut none = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg)?;
+    let err = none
+        .step(&mut UnscoredPrompts((0..12).collect()))
+        .err()
+        .expect("a step without scores must fail")
+        .to_string();
+    assert!(
+        err.contains("none of the 8 responses could be scored"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// GRPO steps with seq-mean and seq-sum-norm aggregation (k3 KL in the loss) run in parts of
+/// at most 24 padded tokens give the statistics and weights of whole minibatches, and the
+/// aggregations give different policy losses on the same first step's rollouts.
+#[test]
+fn loss_aggregation_parts_give_the_whole_minibatch_update() -> Result<()> {
+    use super::advantage::AdvantageEstimator;
+    use super::ppo_math::LossAggregation;
+    let cfg = tiny_config(false);
+    let weights = tiny_weights(&cfg, DType::F32);
+    let run = |aggregation, budget| -> Result<PpoTrainer> {
+        let mut run_cfg = config(2, Trainable::All, 1e-2);
+        run_cfg.advantage = AdvantageEstimator::Grpo;
+        run_cfg.group_size = 4;
+        run_cfg.kl_in_loss = true;
+        run_cfg.loss_aggregation = aggregation;
+        run_cfg.max_batch_tokens = budget;
+        let mut t = PpoTrainer::new(&cfg, weights.clone(), &weights, data(), run_cfg)?;
+        while !t.is_done() {
+            t.step(&mut UnscoredPrompts(Vec::new()))?;
+        }
+        Ok(t)
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+    let mut first_losses = Vec::new();
+    for aggregation in [
+        LossAggregation::TokenMean,
+        LossAggregation::SeqMean,
+        LossAggregation::SeqSumNorm,
+    ] {
+        let (whole, parts) = (run(aggregation, None)?, run(aggregation, Some(24))?);
+        for (a, b) in whole.state().history.iter().zip(&parts.state().history) {
+            assert_eq!((a.score, a.response_len), (b.score, b.response_len));
+            for (x, y) in [
+                (a.policy_loss, b.policy_loss),
+                (a.approx_kl, b.approx_kl),
+                (a.clip_frac, b.clip_frac),
+            ] {
+                assert!(close(x, y), "{aggregation:?} step {}: {x} vs {y}", a.step);
+            }
+        }
+        let (a, b) = (whole.policy_weights(), parts.policy_weights());
+        assert!(max_weight_difference(&a, &b)? < 1e-4, "{aggregation:?}");
+        first_losses.push(whole.state().history[0].policy_loss);
+    }
+    assert!(
+        first_losses[0] != first_losses[1] && first_losses[1] != first_losses[2],
+        "{first_losses:?}"
+    );
     Ok(())
 }

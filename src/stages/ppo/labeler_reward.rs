@@ -3,8 +3,12 @@
 //! with `cai label --mode score`'s prompt and exact option probabilities, and its expected
 //! rating `Σ s·P(s)` is the reward — no reward model in between.
 //!
-//! The principle of a response is drawn from a generator seeded by the run seed and the
-//! response's conversation and text, so a resumed run draws the same principles.
+//! The principle is drawn once per prompt, from a generator seeded by the run seed and the
+//! prompt's conversation: every response to a prompt (a GRPO group, and the same prompt in
+//! later steps) is rated under the same rubric, so group-relative advantages compare
+//! responses, not rubrics, and a resumed run draws the same principles. A response whose
+//! feedback prompt overflows the feedback model's context has no rating (`None`): the
+//! trainer gives it no advantage and counts it.
 
 use std::path::PathBuf;
 
@@ -19,10 +23,6 @@ use crate::hash::fnv1a;
 use crate::llm::{open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow};
 use crate::prompts::PromptSet;
 use crate::stages::label::{score_options, soft, FeedbackPrompts};
-
-/// The rating given to a response whose prompt overflows the feedback model's context: the
-/// middle of the 1–10 scale, so it neither rewards nor punishes.
-pub const NEUTRAL_RATING: f64 = 5.5;
 
 /// Settings of the feedback model as a reward. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,10 +62,11 @@ pub struct LabelerRater {
     seed: u64,
 }
 
-/// Ratings of one call and how many prompts overflowed the context.
+/// Ratings of one call (`None` where the prompt overflowed the context) and how many
+/// prompts overflowed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratings {
-    pub ratings: Vec<f64>,
+    pub ratings: Vec<Option<f64>>,
     pub overflowed: usize,
 }
 
@@ -91,37 +92,48 @@ impl LabelerRater {
         })
     }
 
-    fn principle(
-        &self,
-        conversation: &[ChatMessage],
-        response: &str,
-    ) -> Result<ComparisonPrinciple> {
-        let text: String = conversation.iter().map(|m| m.content.as_str()).collect();
-        let key = fnv1a(&[
-            &self.seed.to_le_bytes(),
-            text.as_bytes(),
-            response.as_bytes(),
-        ]);
+    /// The feedback model as the backend reports it (name, weights' sha256, context).
+    pub fn model_info(&self) -> &crate::llm::ModelInfo {
+        self.backend.info()
+    }
+
+    /// The principle every response to `conversation` is rated under, drawn from the run
+    /// seed and the conversation (roles and contents, each length-prefixed).
+    fn principle(&self, conversation: &[ChatMessage]) -> Result<ComparisonPrinciple> {
+        let mut bytes = Vec::new();
+        for m in conversation {
+            for part in [format!("{:?}", m.role), m.content.clone()] {
+                bytes.extend((part.len() as u64).to_le_bytes());
+                bytes.extend(part.as_bytes());
+            }
+        }
+        let key = fnv1a(&[&self.seed.to_le_bytes(), &bytes]);
         let mut rng = ChaCha8Rng::seed_from_u64(key);
         let drawn = self.loaded.constitution.sample_comparisons(&mut rng, 1)?;
         Ok(drawn[0].clone())
     }
 
-    /// Expected 1–10 ratings of `(conversation, response)` items, in order.
-    pub fn rate(&self, items: &[(&[ChatMessage], &str)]) -> Result<Ratings> {
+    /// The feedback requests of `(conversation, response)` items, in order.
+    fn requests(&self, items: &[(&[ChatMessage], &str)]) -> Result<Vec<ChoiceRequest>> {
         let prompts =
             FeedbackPrompts::new(&self.loaded.constitution, &self.templates, self.few_shot);
         let options = score_options();
-        let requests = items
+        items
             .iter()
             .map(|(conversation, response)| {
-                let p = self.principle(conversation, response)?;
+                let p = self.principle(conversation)?;
                 Ok(ChoiceRequest {
                     prompt: prompts.score(conversation, response, &p)?,
                     options: options.clone(),
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    }
+
+    /// Expected 1–10 ratings of `(conversation, response)` items, in order; `None` for an
+    /// item whose prompt overflows the feedback model's context.
+    pub fn rate(&self, items: &[(&[ChatMessage], &str)]) -> Result<Ratings> {
+        let requests = self.requests(items)?;
         let mut out = Ratings {
             ratings: Vec::with_capacity(items.len()),
             overflowed: 0,
@@ -130,10 +142,12 @@ impl LabelerRater {
             match answer {
                 Ok(c) => out
                     .ratings
-                    .push(soft::expected_score(&soft::score_distribution(&c.logprobs))),
+                    .push(Some(soft::expected_score(&soft::score_distribution(
+                        &c.logprobs,
+                    )))),
                 Err(e) if e.downcast_ref::<ContextOverflow>().is_some() => {
                     out.overflowed += 1;
-                    out.ratings.push(NEUTRAL_RATING);
+                    out.ratings.push(None);
                 }
                 Err(e) => return Err(e.context("the feedback model failed to rate a response")),
             }
@@ -166,7 +180,12 @@ mod tests {
         let a = rater.rate(&items)?;
         assert_eq!(a.ratings.len(), 2);
         assert_eq!(a.overflowed, 0);
-        assert!(a.ratings.iter().all(|r| (1.0..=10.0).contains(r)), "{a:?}");
+        assert!(
+            a.ratings
+                .iter()
+                .all(|r| r.is_some_and(|r| (1.0..=10.0).contains(&r))),
+            "{a:?}"
+        );
         assert_ne!(a.ratings[0], a.ratings[1]);
         // Same seed, same principles, same ratings; the mock's answers depend on the prompt.
         assert_eq!(LabelerRater::open(&cfg, 3)?.rate(&items)?, a);
@@ -185,5 +204,66 @@ mod tests {
         ];
         assert!((soft::expected_score(&soft::score_distribution(&lp)) - 5.5).abs() < 1e-12);
         Ok(())
+    }
+
+    /// The question of the principle a feedback prompt rates under.
+    fn principle_in(prompt: &str, rater: &LabelerRater) -> String {
+        let found: Vec<&str> = rater
+            .loaded
+            .constitution
+            .comparison_principles
+            .iter()
+            .map(|p| p.question.as_str())
+            .filter(|q| prompt.contains(q))
+            .collect();
+        assert_eq!(found.len(), 1, "{prompt}");
+        found[0].to_string()
+    }
+
+    /// Eight responses to one prompt (a GRPO group) are rated under one principle; other
+    /// prompts draw theirs independently; an overflowing response has no rating.
+    #[test]
+    fn labeler_reward_draws_one_principle_per_prompt() -> Result<()> {
+        let cfg = LabelerRewardConfig {
+            constitution: root().join("constitutions/harmless.yaml"),
+            backend: BackendKind::Mock,
+            ..LabelerRewardConfig::default()
+        };
+        let rater = LabelerRater::open(&cfg, 3)?;
+        let responses: Vec<String> = (0..8).map(|i| format!("answer number {i}")).collect();
+        let principles_of = |conv: &[ChatMessage]| -> Result<Vec<String>> {
+            let items: Vec<(&[ChatMessage], &str)> =
+                responses.iter().map(|r| (conv, r.as_str())).collect();
+            Ok(rater
+                .requests(&items)?
+                .iter()
+                .map(|r| principle_in(&prompt_text(&r.prompt), &rater))
+                .collect())
+        };
+        let mut drawn = std::collections::BTreeSet::new();
+        for i in 0..8 {
+            let conv = vec![ChatMessage::user(format!("question {i}"))];
+            let within = principles_of(&conv)?;
+            assert!(within.iter().all(|p| *p == within[0]), "{within:?}");
+            drawn.insert(within[0].clone());
+        }
+        assert!(
+            drawn.len() > 1,
+            "eight prompts drew one principle: {drawn:?}"
+        );
+        // A response past the mock's 4096-word context: no rating, counted.
+        let conv = vec![ChatMessage::user("How do I pick a lock?")];
+        let long = "word ".repeat(5000);
+        let rated = rater.rate(&[(&conv, "No."), (&conv, long.as_str())])?;
+        assert_eq!(rated.overflowed, 1);
+        assert!(
+            rated.ratings[0].is_some() && rated.ratings[1].is_none(),
+            "{rated:?}"
+        );
+        Ok(())
+    }
+
+    fn prompt_text(p: &crate::llm::Prompt) -> String {
+        p.messages.iter().map(|m| m.content.as_str()).collect()
     }
 }

@@ -19,6 +19,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::choice::Choice;
 use crate::inputs::{read_prompts, PromptItem};
 use crate::jsonl;
 use crate::llm::{ModelInfo, Prompt};
@@ -29,14 +30,15 @@ use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
-use crate::stages::ppo::labeler_reward::{LabelerRater, LabelerRewardConfig, NEUTRAL_RATING};
+use crate::stages::ppo::labeler_reward::{LabelerRater, LabelerRewardConfig};
 use crate::stages::rm::score::TextRewardModel;
 use crate::stages::sft::data::{read_pairs, tokenize, RoundChoice};
 use crate::stages::sft::load_base;
+use crate::train::advantage::AdvantageEstimator;
 use crate::train::data::prepare_examples;
 use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
 use crate::train::ppo_config::{PpoConfig, PpoStepStats};
-use crate::train::ppo_math::repeated_phrases;
+use crate::train::ppo_math::{repeated_phrases, LossAggregation};
 use crate::train::ppo_rollout::Rollout;
 use crate::train::resume::resume_point;
 
@@ -161,24 +163,29 @@ pub struct PpoRunSummary {
     pub seconds_per_step: f64,
     pub repeated_phrases: Vec<(String, usize)>,
     pub final_dir: PathBuf,
+    /// How the policy loss was aggregated over an update's tokens (`ppo.loss_aggregation`).
+    pub loss_aggregation: LossAggregation,
+    /// Responses left unscored over the run (feedback prompt over the context).
+    pub unscored: usize,
 }
 
 /// The reward sources as a PPO scorer: responses are decoded and scored as text, so the
 /// reward model and the feedback model may use other tokenizers than the policy. The score
-/// is `w_rm · reward + w_labeler · expected rating`. The texts of the last call are kept for
-/// the samples file and the run summary.
+/// is `w_rm · reward + w_labeler · expected rating`; a response the feedback model could not
+/// rate (its prompt overflowed the context) has no score, and the trainer leaves it out. The
+/// texts of the last call are kept for the samples file and the run summary.
 struct MixScorer<'a> {
     rm: Option<(TextRewardModel, f64)>,
     labeler: Option<(LabelerRater, f64)>,
     policy_tok: &'a ChatTokenizer,
     prompts: &'a [PromptItem],
     texts: Vec<String>,
-    /// Responses whose feedback prompt overflowed the context (rated neutral).
+    /// Responses whose feedback prompt overflowed the context (unscored).
     overflowed: usize,
 }
 
 impl Scorer for MixScorer<'_> {
-    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<f64>> {
+    fn score(&mut self, rollouts: &[Rollout]) -> Result<Vec<Option<f64>>> {
         self.texts = rollouts
             .iter()
             .map(|r| response_text(self.policy_tok, r))
@@ -188,17 +195,17 @@ impl Scorer for MixScorer<'_> {
             .zip(&self.texts)
             .map(|(r, t)| (self.prompts[r.prompt].conversation.as_slice(), t.as_str()))
             .collect();
-        let mut total = vec![0.0; items.len()];
+        let mut total = vec![Some(0.0); items.len()];
         if let Some((rm, w)) = &self.rm {
             for (t, s) in total.iter_mut().zip(rm.score(&items, 8)?) {
-                *t += w * s;
+                *t = t.map(|t| t + w * s);
             }
         }
         if let Some((rater, w)) = &self.labeler {
             let rated = rater.rate(&items)?;
             self.overflowed += rated.overflowed;
             for (t, s) in total.iter_mut().zip(rated.ratings) {
-                *t += w * s;
+                *t = t.zip(s).map(|(t, s)| t + w * s);
             }
         }
         Ok(total)
@@ -257,14 +264,16 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
         }
         None => Vec::new(),
     };
+    let reference_name = cfg.reference.as_deref().unwrap_or(&cfg.policy);
+    let (ref_config, reference, ref_sha) = load_base(reference_name)
+        .with_context(|| format!("loading the reference model {reference_name}"))?;
     let data = PpoData {
         prompts: token_ids,
         stop_ids: policy_tok.tokenizer.stop_ids.clone(),
         ptx,
+        reward_sources: reward_sources(cfg, reference_name, ref_sha.as_deref(), &labeler)?,
     };
-    let reference_name = cfg.reference.as_deref().unwrap_or(&cfg.policy);
-    let (ref_config, reference, ref_sha) = load_base(reference_name)
-        .with_context(|| format!("loading the reference model {reference_name}"))?;
+    eprintln!("cai: train ppo: {}", method_line(&cfg.ppo));
     let mut trainer = match resume_point(&cfg.out, cfg.resume)? {
         Some(dir) => {
             eprintln!("cai: train ppo: resuming from {}", dir.display());
@@ -365,9 +374,10 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
     pb.finish_and_clear();
     if scorer.overflowed > 0 {
         eprintln!(
-            "cai: train ppo: {} response(s) overflowed the feedback model's context and were \
-             rated {NEUTRAL_RATING}",
-            scorer.overflowed
+            "cai: train ppo: {} response(s) overflowed the feedback model's context: no score, \
+             no advantage, left out of the loss (column `unscored` of {})",
+            scorer.overflowed,
+            cfg.out.join(TRAIN_LOG).display()
         );
     }
     let final_dir = cfg.out.join(FINAL_DIR);
@@ -388,9 +398,88 @@ pub fn run(cfg: &PpoRunConfig) -> Result<PpoRunSummary> {
         seconds_per_step,
         repeated_phrases: repeated,
         final_dir,
+        loss_aggregation: cfg.ppo.loss_aggregation,
+        unscored: history.iter().map(|s| s.unscored).sum(),
     };
     write_manifest(cfg, &summary, started, ref_sha, &policy_tok)?;
     Ok(summary)
+}
+
+/// What the rewards and the KL of the run come from, recorded in its checkpoints so that a
+/// resume with another reward model, reference, reward weights or feedback model is refused:
+/// the contents' sha256 (a moved folder with the same files is the same source), the
+/// reward weights, and the settings that change a score.
+fn reward_sources(
+    cfg: &PpoRunConfig,
+    reference: &str,
+    reference_sha: Option<&str>,
+    labeler: &Option<(LabelerRater, f64)>,
+) -> Result<serde_json::Value> {
+    let rm = match (cfg.reward.reward_model > 0.0, &cfg.reward_model) {
+        (true, Some(dir)) => json!({
+            "sha256": folder_sha256(dir)?,
+            "rm_max_len": cfg.rm_max_len,
+        }),
+        _ => serde_json::Value::Null,
+    };
+    let labeler = match labeler {
+        Some((rater, _)) => {
+            let info = rater.model_info();
+            let l = &cfg.labeler;
+            json!({
+                "backend": info.backend,
+                "model": info.sha256.clone().unwrap_or_else(|| info.name.clone()),
+                "constitution_sha256": sha256_file(&l.constitution)?,
+                "templates_sha256": l.templates.as_deref().map(folder_sha256).transpose()?,
+                "few_shot": l.few_shot,
+            })
+        }
+        None => serde_json::Value::Null,
+    };
+    Ok(json!({
+        "reward": {"reward_model": cfg.reward.reward_model, "labeler": cfg.reward.labeler},
+        "reward_model": rm,
+        "reference": reference_sha.unwrap_or(reference),
+        "labeler": labeler,
+    }))
+}
+
+/// sha256 over the names and sha256s of the regular files directly in `dir`, in name order.
+fn folder_sha256(dir: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    files.retain(|p| p.is_file());
+    files.sort();
+    let mut parts = Vec::new();
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        parts.push(json!([name, sha256_file(f)?]));
+    }
+    Ok(sha256_of(&parts.iter().collect::<Vec<_>>()))
+}
+
+/// The method in words, for the run's log: estimator, group, KL placement and how the
+/// policy loss is aggregated.
+fn method_line(p: &PpoConfig) -> String {
+    let kl = match p.kl_in_loss {
+        true => "β·k3 KL in the loss",
+        false => "β·KL in the reward",
+    };
+    let agg = p.loss_aggregation.name();
+    match p.advantage {
+        AdvantageEstimator::Gae => format!(
+            "advantage gae (value head), {kl}; policy loss aggregated as {agg}, value loss \
+             as token-mean"
+        ),
+        a => format!(
+            "advantage {} with {} responses per prompt, {kl}; policy loss aggregated as {agg}",
+            a.name(),
+            p.group_size
+        ),
+    }
 }
 
 /// Tokenizes the prompts with the generation prompt open; drops those over the limit.
@@ -451,8 +540,8 @@ fn guard_problem(g: &Guards, history: &[PpoStepStats]) -> Option<String> {
     None
 }
 
-const LOG_HEADER: &str = "step,score,reward,kl,beta,entropy,clip_frac,approx_kl,policy_loss,\
-value_loss,value_clip_frac,explained_variance,response_len,ended,ptx_loss,lr,seconds";
+const LOG_HEADER: &str = "step,score,reward,unscored,kl,beta,entropy,clip_frac,approx_kl,\
+policy_loss,value_loss,value_clip_frac,explained_variance,response_len,ended,ptx_loss,lr,seconds";
 
 /// Rewrites `train_log.csv` from the run's history (a resumed run's history is complete).
 fn write_log(out: &Path, history: &[PpoStepStats]) -> Result<()> {
@@ -460,10 +549,11 @@ fn write_log(out: &Path, history: &[PpoStepStats]) -> Result<()> {
     let mut text = format!("{LOG_HEADER}\n");
     for s in history {
         text.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.2},{:.3},{},{:.3e},{:.3}\n",
+            "{},{:.6},{:.6},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.2},{:.3},{},{:.3e},{:.3}\n",
             s.step,
             s.score,
             s.reward,
+            s.unscored,
             s.kl,
             s.beta,
             s.entropy,
