@@ -29,15 +29,6 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 /// Planted in the environment (and one entry's URL): must never be printed or written.
 const SECRET: &str = "sk-hostile-SECRET-7f3a9c";
 
-/// Entries whose fix is on another engineer's branch: they fail here until it is merged, and
-/// the integrator empties this list.
-const PENDING_ON_OTHER_BRANCH: &[&str] = &[
-    "out_is_a_notes_file",
-    "out_is_a_symlink",
-    "pairs_is_dev_zero",
-    "secret_in_base_url",
-];
-
 /// What a stage is run with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stage {
@@ -225,7 +216,7 @@ fn corpus() -> Vec<Entry> {
         expect: Expect::Warn("pairs.jsonl:1".into()),
         peak: Some(400 << 20),
     });
-    // Another engineer's items: nothing a user owns is damaged, bounded reads, no secrets.
+    // Items 1, 7 and 8: nothing a user owns is damaged, bounded reads, no secrets.
     let notes = b"my notes, not cai's\n".to_vec();
     out.push(Entry {
         name: "out_is_a_notes_file",
@@ -257,6 +248,25 @@ fn corpus() -> Vec<Entry> {
         expect: Expect::Fail("/dev/zero".into()),
         peak: None,
     });
+    let constitution = std::fs::read_to_string(root().join("constitutions/harmless.yaml"))
+        .expect("constitutions/harmless.yaml");
+    for (name, stage, template) in [
+        ("feedback_template_is_dev_zero", Label, "feedback"),
+        ("critique_template_is_dev_zero", Revise, "critique"),
+    ] {
+        let yaml = format!("{constitution}templates:\n  {template}: /dev/zero\n");
+        out.push(Entry {
+            name,
+            stages: vec![stage],
+            files: vec![("constitution.yaml".into(), yaml.into_bytes())],
+            args: vec![
+                ("--constitution", "@inputs/constitution.yaml".into()),
+                ("--backend", "mock".into()),
+            ],
+            expect: Expect::Fail("/dev/zero".into()),
+            peak: None,
+        });
+    }
     out.push(Entry {
         name: "secret_in_base_url",
         stages: vec![Label],
@@ -471,12 +481,9 @@ fn check(entry: &Entry, stage: Stage) -> Vec<String> {
     bad
 }
 
-fn run_corpus(pending: bool) -> Vec<String> {
+fn run_corpus() -> Vec<String> {
     let mut bad = Vec::new();
     for entry in corpus() {
-        if PENDING_ON_OTHER_BRANCH.contains(&entry.name) != pending {
-            continue;
-        }
         for &stage in &entry.stages {
             bad.extend(check(&entry, stage));
         }
@@ -485,17 +492,8 @@ fn run_corpus(pending: bool) -> Vec<String> {
 }
 
 #[test]
-fn hostile_model_files_and_templates_fail_cleanly() {
-    let bad = run_corpus(false);
-    assert!(bad.is_empty(), "{}", bad.join("\n"));
-}
-
-/// The entries whose fixes live on another branch; run with `--ignored` after merging (and
-/// empty [`PENDING_ON_OTHER_BRANCH`]).
-#[test]
-#[ignore = "pending on another engineer's branch"]
-fn hostile_pending_entries_fail_cleanly() {
-    let bad = run_corpus(true);
+fn hostile_files_and_inputs_fail_cleanly() {
+    let bad = run_corpus();
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
