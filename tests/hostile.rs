@@ -216,6 +216,20 @@ fn corpus() -> Vec<Entry> {
         expect: Expect::Warn("pairs.jsonl:1".into()),
         peak: Some(400 << 20),
     });
+    out.push(Entry {
+        name: "prompts_record_of_16_mb",
+        stages: vec![Revise],
+        files: vec![
+            ("model.gguf".into(), Gguf::tiny().bytes()),
+            (
+                "prompts.jsonl".into(),
+                format!("{{\"prompt\": \"{huge}\"}}\n").into_bytes(),
+            ),
+        ],
+        args: vec![],
+        expect: Expect::Warn("prompts.jsonl:1".into()),
+        peak: Some(400 << 20),
+    });
     // Items 1, 7 and 8: nothing a user owns is damaged, bounded reads, no secrets.
     let notes = b"my notes, not cai's\n".to_vec();
     out.push(Entry {

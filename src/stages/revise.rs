@@ -23,6 +23,7 @@ use crate::llm::{
     open_backend_with, Backend, BackendKind, ContextOverflow, GenerateRequest, Prompt,
     SamplingParams,
 };
+use crate::model_files::tokenizer::surely_over_tokens;
 use crate::prompts::{PromptSet, TemplateKind, Vars};
 use crate::stages::records::StageOutput;
 use crate::{jsonl, progress};
@@ -410,7 +411,17 @@ fn fit_prompt(
     prompts: &RevisePrompts,
     item: &PromptItem,
 ) -> Result<Option<(PromptItem, bool)>> {
-    let count = |conv: &[ChatMessage]| backend.count_tokens(&prompts.initial(conv)?);
+    let count = |conv: &[ChatMessage]| -> Result<usize> {
+        // Characters first: a prompt far beyond the limit is never rendered or tokenized.
+        let chars = conv
+            .iter()
+            .map(|m| m.content.chars().count())
+            .sum::<usize>();
+        if surely_over_tokens(chars, cfg.max_prompt_tokens) {
+            return Ok(usize::MAX);
+        }
+        backend.count_tokens(&prompts.initial(conv)?)
+    };
     let n = count(&item.conversation)?;
     if n <= cfg.max_prompt_tokens {
         return Ok(Some((item.clone(), false)));
