@@ -457,3 +457,44 @@ fn options_are_scored_from_the_shortest_shared_prefix() {
     assert!((got[0] - a).abs() < 1e-6, "A: {} vs {a}", got[0]);
     assert!((got[1] - bb).abs() < 1e-6, "B: {} vs {bb}", got[1]);
 }
+
+/// Issue 29 items 8 and 16 on the command line: the summary on stderr counts ties and puts the
+/// raw and calibrated slot (A) rates side by side. The golden run (mock, seed 3, two
+/// principles) has two labels of exactly 0.5 (records 1 and 4 of the golden file).
+#[test]
+fn label_summary_reports_ties_and_raw_and_calibrated_slot_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = cai(dir.path());
+    cmd.args(["label", "--backend", "mock", "--seed", "3", "--quiet"])
+        .args(["--principles", "2", "--out", "l.jsonl"])
+        .arg("--constitution")
+        .arg(root().join("constitutions/harmless.yaml"))
+        .arg("--pairs")
+        .arg(root().join("data/sample-pairs.jsonl"));
+    let out = cmd.output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let recs = records(&std::fs::read_to_string(dir.path().join("l.jsonl")).unwrap());
+    let ties = recs.iter().filter(|r| r["p_a"].as_f64() == Some(0.5)).count();
+    assert_eq!(ties, 2);
+    assert!(err.contains("2 ties (p_a exactly 0.5)"), "{err}");
+    // The rates, recomputed from the rows: slot (A) in order 1 iff p > .5, in order 2 iff
+    // p < .5 (a tie half).
+    let slot = |p: f64, a_if_above: bool| match (p > 0.5, p < 0.5) {
+        (false, false) => 0.5,
+        (above, _) => f64::from(u8::from(above == a_if_above)),
+    };
+    let rate = |first: &str, second: &str| {
+        let sum: f64 = recs
+            .iter()
+            .map(|r| slot(r[first].as_f64().unwrap(), true) + slot(r[second].as_f64().unwrap(), false))
+            .sum();
+        100.0 * sum / (2 * recs.len()) as f64
+    };
+    let want = format!(
+        "slot (A) chosen in {:.1} % raw, {:.1} % calibrated of 24 per-order answers",
+        rate("p_a_first_raw", "p_a_second_raw"),
+        rate("p_a_first", "p_a_second")
+    );
+    assert!(err.contains(&want), "{want}\n{err}");
+}

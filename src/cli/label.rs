@@ -67,7 +67,8 @@ pub struct LabelArgs {
     /// Longest accepted question in tokens.
     #[arg(long)]
     pub max_prompt_tokens: Option<usize>,
-    /// Drop the oldest turns of long conversations instead of skipping them.
+    /// Drop the oldest turns of long conversations instead of skipping them (the row keeps
+    /// the original conversation and says `truncated: true`).
     #[arg(long)]
     pub truncate_long: bool,
     /// Pairs sent to the backend together.

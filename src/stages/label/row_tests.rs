@@ -326,3 +326,64 @@ fn truncated_pairs_keep_their_original_conversation() {
     assert_eq!(stats.truncated, 0);
     assert!(rows[0].get("truncated").is_none());
 }
+
+/// Issue 29 item 17: every field a label row can carry (top level and per principle) is
+/// documented in the README's `cai label` section, `position_flip` as what it is: the orders
+/// prefer different responses, the same slot won both times (not "the preferred position
+/// flipped").
+#[test]
+fn every_label_row_field_is_documented_in_the_readme() {
+    use super::{LabelRecord, PrincipleLabel};
+    let per = PrincipleLabel {
+        principle: "p".into(),
+        p_a_first: 0.6,
+        p_a_second: Some(0.4),
+        p_a_first_raw: Some(0.7),
+        p_a_second_raw: Some(0.3),
+        prior_a: Some(0.5),
+        samples: vec![0.6],
+        rationales: vec!["r".into()],
+        scores: Some((5.0, 6.0)),
+    };
+    let row = LabelRecord {
+        id: "x".into(),
+        conversation: Vec::new(),
+        response_a: "a".into(),
+        response_b: "b".into(),
+        principles: vec!["p".into()],
+        p_a_first: 0.6,
+        p_a_second: Some(0.4),
+        p_a_first_raw: Some(0.7),
+        p_a_second_raw: Some(0.3),
+        p_a: 0.5,
+        position_flip: true,
+        truncated: true,
+        votes: Some((1, 1)),
+        scores: Some((5.0, 6.0)),
+        per_principle: vec![per],
+        mode: LabelMode::Cot,
+        model: "m".into(),
+        prompt_tokens: 1,
+        generated_tokens: 1,
+        flags: vec!["identical".into()],
+    };
+    let v = serde_json::to_value(&row).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("\n## cai label\n").expect("a label section");
+    let end = start + 1 + readme[start + 1..].find("\n## ").unwrap();
+    let section = &readme[start..end];
+    let keys = v.as_object().unwrap().keys().chain(
+        v["per_principle"][0]
+            .as_object()
+            .unwrap()
+            .keys(),
+    );
+    for key in keys {
+        assert!(
+            section.contains(&format!("`{key}`")),
+            "label row field `{key}` is not documented in the README's label section"
+        );
+    }
+    assert!(!section.contains("preferred position flipped"));
+    assert!(section.contains("the same slot won both times"));
+}
