@@ -475,7 +475,10 @@ fn label_summary_reports_ties_and_raw_and_calibrated_slot_rates() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let recs = records(&std::fs::read_to_string(dir.path().join("l.jsonl")).unwrap());
-    let ties = recs.iter().filter(|r| r["p_a"].as_f64() == Some(0.5)).count();
+    let ties = recs
+        .iter()
+        .filter(|r| r["p_a"].as_f64() == Some(0.5))
+        .count();
     assert_eq!(ties, 2);
     assert!(err.contains("2 ties (p_a exactly 0.5)"), "{err}");
     // The rates, recomputed from the rows: slot (A) in order 1 iff p > .5, in order 2 iff
@@ -487,7 +490,9 @@ fn label_summary_reports_ties_and_raw_and_calibrated_slot_rates() {
     let rate = |first: &str, second: &str| {
         let sum: f64 = recs
             .iter()
-            .map(|r| slot(r[first].as_f64().unwrap(), true) + slot(r[second].as_f64().unwrap(), false))
+            .map(|r| {
+                slot(r[first].as_f64().unwrap(), true) + slot(r[second].as_f64().unwrap(), false)
+            })
             .sum();
         100.0 * sum / (2 * recs.len()) as f64
     };

@@ -452,7 +452,10 @@ mod tests {
     fn options_share_the_shortest_start() {
         // Prompt [1, 2, 3]; option A merges into the last token ([1, 2, 9]), B does not
         // ([1, 2, 3, 4]): both are scored from position 2.
-        assert_eq!(shared_start(&[1, 2, 3], &[vec![1, 2, 9], vec![1, 2, 3, 4]]), 2);
+        assert_eq!(
+            shared_start(&[1, 2, 3], &[vec![1, 2, 9], vec![1, 2, 3, 4]]),
+            2
+        );
         // An option that adds nothing still leaves one token to score.
         assert_eq!(shared_start(&[1, 2, 3], &[vec![1, 2, 3]]), 2);
     }

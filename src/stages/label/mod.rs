@@ -9,10 +9,10 @@
 mod answers;
 #[cfg(test)]
 mod identity_tests;
-#[cfg(test)]
-mod row_tests;
 mod modes;
 mod prompt;
+#[cfg(test)]
+mod row_tests;
 pub mod soft;
 
 use std::collections::HashMap;
@@ -513,7 +513,11 @@ fn check_finite(
             ("per_principle.prior_a", l.prior_a),
             ("per_principle.scores", l.scores.map(|s| s.0 + s.1)),
         ]);
-        values.extend(l.samples.iter().map(|&s| ("per_principle.samples", Some(s))));
+        values.extend(
+            l.samples
+                .iter()
+                .map(|&s| ("per_principle.samples", Some(s))),
+        );
     }
     let Some((field, v)) = values
         .into_iter()
@@ -523,9 +527,10 @@ fn check_finite(
     };
     let model = match cfg.backend {
         BackendKind::Local => match crate::model_files::ModelSpec::resolve(&cfg.model) {
-            Ok(crate::model_files::ModelSpec::GgufFile(p) | crate::model_files::ModelSpec::Folder(p)) => {
-                p.display().to_string()
-            }
+            Ok(
+                crate::model_files::ModelSpec::GgufFile(p)
+                | crate::model_files::ModelSpec::Folder(p),
+            ) => p.display().to_string(),
             Err(_) => backend.info().name.clone(),
         },
         _ => backend.info().name.clone(),

@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::{run_with, LabelConfig, LabelMode, LabelStats};
 use crate::llm::mock::MockBackend;
 use crate::llm::{
-    Backend, BackendKind, Choice, ChoiceRequest, ContextOverflow, GenerateRequest, Generation, ModelInfo, Prompt,
+    Backend, BackendKind, Choice, ChoiceRequest, ContextOverflow, GenerateRequest, Generation,
+    ModelInfo, Prompt,
 };
 
 /// The responses of the scripted pairs.
@@ -83,7 +84,11 @@ impl Backend for Scripted {
         requests
             .iter()
             .map(|r| {
-                let p = if self.nan { f64::NAN } else { p_slot_a(&r.prompt) };
+                let p = if self.nan {
+                    f64::NAN
+                } else {
+                    p_slot_a(&r.prompt)
+                };
                 Ok(Choice {
                     logprobs: vec![p.ln(), (1.0 - p).ln()],
                     prompt_tokens: 10,
@@ -287,7 +292,10 @@ fn principles_beyond_the_constitution_are_an_error() {
     );
     assert!(!cfg.out.exists(), "nothing written");
     // The bound itself is accepted.
-    let cfg = LabelConfig { principles: n, ..cfg };
+    let cfg = LabelConfig {
+        principles: n,
+        ..cfg
+    };
     let (_, rows) = run(&cfg, scripted());
     assert_eq!(rows[0]["principles"].as_array().unwrap().len(), n);
 }
@@ -372,12 +380,11 @@ fn every_label_row_field_is_documented_in_the_readme() {
     let start = readme.find("\n## cai label\n").expect("a label section");
     let end = start + 1 + readme[start + 1..].find("\n## ").unwrap();
     let section = &readme[start..end];
-    let keys = v.as_object().unwrap().keys().chain(
-        v["per_principle"][0]
-            .as_object()
-            .unwrap()
-            .keys(),
-    );
+    let keys = v
+        .as_object()
+        .unwrap()
+        .keys()
+        .chain(v["per_principle"][0].as_object().unwrap().keys());
     for key in keys {
         assert!(
             section.contains(&format!("`{key}`")),
