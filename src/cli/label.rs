@@ -125,12 +125,10 @@ pub fn help_defaults() -> (LabelConfig, Vec<(&'static str, Source)>) {
 fn slot_rates(cfg: &LabelConfig, s: &label::LabelStats) -> Option<String> {
     let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1} %", 100.0 * x));
     let written = cfg.adjustment();
-    if s.slot_a_rate_raw.is_none() {
-        return None;
-    }
+    let raw = s.slot_a_rate_raw?;
     let mut line = format!(
         "slot (A) chosen in {} raw, {} {written} of {} per-order answers",
-        pct(s.slot_a_rate_raw),
+        pct(Some(raw)),
         pct(s.slot_a_rate),
         s.slot_answers
     );
