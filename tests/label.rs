@@ -382,3 +382,131 @@ fn sample_then_label_with_mock() {
     let recs = records(&label(d, "l.jsonl", &["--pairs", "s.pairs.jsonl"]));
     assert_eq!(recs.len(), 6);
 }
+
+/// A tiny random model whose BPE tokenizer knows single characters and one merge, "(" + "A"
+/// = "(A": after a prefill ending in "(", option "A" merges into the prompt's last token and
+/// option "B" does not.
+fn merging_model(dir: &Path) -> std::path::PathBuf {
+    use cai::model_files::config::TokenIds;
+    use cai::model_files::weights::init_random;
+    use cai::train::{save_model_dir, LlamaConfig};
+    use candle_core::{DType, Device};
+    use serde_json::json;
+    let specials = ["<|im_start|>", "<|im_end|>", "[UNK]"];
+    let mut vocab = serde_json::Map::new();
+    let pieces = specials
+        .iter()
+        .map(|s| s.to_string())
+        .chain((' '..='~').map(String::from))
+        .chain(["\n".to_string(), "(A".to_string()]);
+    for (id, p) in pieces.enumerate() {
+        vocab.insert(p, json!(id));
+    }
+    let added: Vec<Value> = specials[..2]
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            json!({"id": id, "content": s, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let n_vocab = vocab.len();
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "vocab": vocab, "merges": ["( A"], "unk_token": "[UNK]",
+                  "dropout": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false}
+    });
+    let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                  {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let tcfg = json!({"chat_template": chatml, "bos_token": "", "eos_token": "<|im_end|>"});
+    let mut cfg = LlamaConfig::new(n_vocab, 32, 64, 2, 4, 2);
+    cfg.eos_token_id = Some(TokenIds::One(1));
+    let weights = init_random(&cfg, 0.5, 7, DType::F32, &Device::Cpu).unwrap();
+    let base = dir.join("merging");
+    let files = [
+        ("tokenizer.json", tokenizer.to_string().into_bytes()),
+        ("tokenizer_config.json", tcfg.to_string().into_bytes()),
+    ];
+    save_model_dir(&base, &cfg, &weights, &files).unwrap();
+    base
+}
+
+/// Issue 29 item 6: every option of a request is scored from the same position. On a
+/// tokenizer that merges "(A" but not "(B", both options after the prefill "… is (" include
+/// the "(" term: A = log P("(A" | "… is "), B = log P("(" | "… is ") + log P("B" | "… is (").
+/// The two expected numbers are read from one-option requests after "… is " (whose options
+/// "(A" and "(B" start right after the prompt, nothing to share).
+#[test]
+fn options_are_scored_from_the_shortest_shared_prefix() {
+    use cai::chat::ChatMessage;
+    use cai::llm::local::LocalBackend;
+    use cai::llm::{Backend, ChoiceRequest, Prompt};
+    let dir = tempfile::tempdir().unwrap();
+    let b = LocalBackend::open_folder(&merging_model(dir.path()), "merging", None).unwrap();
+    let ask = |prefill: &str, options: &[&str]| {
+        let req = ChoiceRequest {
+            prompt: Prompt {
+                messages: vec![ChatMessage::user("Which is better?")],
+                prefill: prefill.into(),
+            },
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        b.choose(&[req]).remove(0).unwrap().logprobs
+    };
+    let t = b.tokenizer();
+    assert_eq!(t.encode("is (A").unwrap().len(), 4, "\"(A\" merges");
+    assert_eq!(t.encode("is (B").unwrap().len(), 5, "\"(B\" does not");
+    let a = ask("The better response is ", &["(A"])[0];
+    let bb = ask("The better response is ", &["(B"])[0];
+    let got = ask("The better response is (", &["A", "B"]);
+    assert!((got[0] - a).abs() < 1e-6, "A: {} vs {a}", got[0]);
+    assert!((got[1] - bb).abs() < 1e-6, "B: {} vs {bb}", got[1]);
+}
+
+/// Issue 29 items 8 and 16 on the command line: the summary on stderr counts ties and puts the
+/// raw and calibrated slot (A) rates side by side. The golden run (mock, seed 3, two
+/// principles) has two labels of exactly 0.5 (records 1 and 4 of the golden file).
+#[test]
+fn label_summary_reports_ties_and_raw_and_calibrated_slot_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = cai(dir.path());
+    cmd.args(["label", "--backend", "mock", "--seed", "3", "--quiet"])
+        .args(["--principles", "2", "--out", "l.jsonl"])
+        .arg("--constitution")
+        .arg(root().join("constitutions/harmless.yaml"))
+        .arg("--pairs")
+        .arg(root().join("data/sample-pairs.jsonl"));
+    let out = cmd.output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let recs = records(&std::fs::read_to_string(dir.path().join("l.jsonl")).unwrap());
+    let ties = recs
+        .iter()
+        .filter(|r| r["p_a"].as_f64() == Some(0.5))
+        .count();
+    assert_eq!(ties, 2);
+    assert!(err.contains("2 ties (p_a exactly 0.5)"), "{err}");
+    // The rates, recomputed from the rows: slot (A) in order 1 iff p > .5, in order 2 iff
+    // p < .5 (a tie half).
+    let slot = |p: f64, a_if_above: bool| match (p > 0.5, p < 0.5) {
+        (false, false) => 0.5,
+        (above, _) => f64::from(u8::from(above == a_if_above)),
+    };
+    let rate = |first: &str, second: &str| {
+        let sum: f64 = recs
+            .iter()
+            .map(|r| {
+                slot(r[first].as_f64().unwrap(), true) + slot(r[second].as_f64().unwrap(), false)
+            })
+            .sum();
+        100.0 * sum / (2 * recs.len()) as f64
+    };
+    let want = format!(
+        "slot (A) chosen in {:.1} % raw, {:.1} % calibrated of 24 per-order answers",
+        rate("p_a_first_raw", "p_a_second_raw"),
+        rate("p_a_first", "p_a_second")
+    );
+    assert!(err.contains(&want), "{want}\n{err}");
+}

@@ -132,6 +132,34 @@ fn an_option_merging_into_the_prefill_counts_the_merged_token() {
 }
 
 #[test]
+fn options_are_scored_from_the_shortest_shared_prefix() {
+    // "(" + "A" merges into one token " (A" of the fake tokenizer; "(" + " B" does not
+    // (" (", " B"). Both options are scored from where the prompt's " (" starts: A as its
+    // one merged token, B as " (" then " B", so both include the "(" term.
+    let server = FakeServer::start_flavor(&[], Flavor::Vllm);
+    let b = backend(&server, OptionScoring::Echo);
+    let req = ChoiceRequest {
+        prompt: prompt("The answer is ("),
+        options: vec!["A".into(), " B".into()],
+    };
+    let n = vllm_tokens(&req.prompt).len();
+    let with = |o: &str| {
+        vllm_tokens(&Prompt {
+            prefill: format!("The answer is ({o}"),
+            ..req.prompt.clone()
+        })
+    };
+    let (a, bb) = (with("A"), with(" B"));
+    assert_eq!((a.len(), bb.len()), (n, n + 1), "A merges, B does not");
+    let want = [
+        fake_server::token_logprob(&a, n - 1),
+        fake_server::token_logprob(&bb, n - 1) + fake_server::token_logprob(&bb, n),
+    ];
+    let c = b.choose(std::slice::from_ref(&req)).remove(0).unwrap();
+    assert_eq!(c.logprobs, want);
+}
+
+#[test]
 fn listed_one_token_options_stay_on_the_chat_answer() {
     let server = FakeServer::start_flavor(&[], Flavor::Vllm);
     let b = backend(&server, OptionScoring::Auto);

@@ -40,7 +40,8 @@ pub struct LabelArgs {
     /// How the feedback model is asked (`cot` is chain-of-thought with self-consistency).
     #[arg(long, value_parser = choice::<LabelMode>())]
     pub mode: Option<LabelMode>,
-    /// Comparison principles sampled per pair and averaged (ensemble).
+    /// Comparison principles sampled per pair and averaged (ensemble); at most the number of
+    /// comparison principles in the constitution.
     #[arg(long)]
     pub principles: Option<usize>,
     /// Ask only with response_a in slot (A) (default: both orders, averaged).
@@ -67,7 +68,8 @@ pub struct LabelArgs {
     /// Longest accepted question in tokens.
     #[arg(long)]
     pub max_prompt_tokens: Option<usize>,
-    /// Drop the oldest turns of long conversations instead of skipping them.
+    /// Drop the oldest turns of long conversations instead of skipping them (the row keeps
+    /// the original conversation and says `truncated: true`).
     #[arg(long)]
     pub truncate_long: bool,
     /// Pairs sent to the backend together.
@@ -120,18 +122,45 @@ pub fn help_defaults() -> (LabelConfig, Vec<(&'static str, Source)>) {
     (LabelConfig::default(), Vec::new())
 }
 
+/// Raw and written slot (A) rates and order agreement of this run's labels, side by side.
+fn slot_rates(cfg: &LabelConfig, s: &label::LabelStats) -> Option<String> {
+    let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1} %", 100.0 * x));
+    let written = cfg.adjustment();
+    let raw = s.slot_a_rate_raw?;
+    let mut line = format!(
+        "slot (A) chosen in {} raw, {} {written} of {} per-order answers",
+        pct(Some(raw)),
+        pct(s.slot_a_rate),
+        s.slot_answers
+    );
+    if s.order_consistency_raw.is_some() {
+        line.push_str(&format!(
+            "; both orders prefer the same response in {} raw, {} {written}",
+            pct(s.order_consistency_raw),
+            pct(s.order_consistency)
+        ));
+    }
+    Some(line)
+}
+
 /// Runs `cai label`.
 pub fn run(args: LabelArgs) -> Result<()> {
     let cfg = args.resolve()?;
     let s = label::run(&cfg)?;
     eprintln!(
-        "cai: label: {} written, {} already done, {} skipped (too long), {} identical -> {}",
+        "cai: label: {} written, {} already done, {} skipped (too long), {} truncated, {} \
+         identical, {} ties (p_a exactly 0.5) -> {}",
         s.written,
         s.resumed,
         s.skipped_long,
+        s.truncated,
         s.identical,
+        s.ties,
         cfg.out.display()
     );
+    if let Some(line) = slot_rates(&cfg, &s) {
+        eprintln!("cai: label: {line}");
+    }
     if s.written > 0 {
         eprintln!(
             "cai: label: {:.3} pairs/s",

@@ -105,7 +105,8 @@ pub struct EvalReport {
     pub tie_margin: f64,
     /// Mean soft label P(A better) of the labeler.
     pub labeler_mean_p_a: f64,
-    /// Pairs whose preferred slot flipped with the order (position inconsistency).
+    /// Pairs whose two orders preferred different responses (the same slot won both times:
+    /// position inconsistency; the labels' `position_flip`).
     pub position_flips: usize,
     /// A wins by reward (r_a > r_b), when a reward model was given.
     pub reward_win_rate: Option<WinRate>,
@@ -297,7 +298,7 @@ fn render_report(
          | A wins, AI labeler (both orders, P(A) > 0.5 + δ; ties ½) | {} |\n\
          | ties, AI labeler (\\|P(A) − 0.5\\| ≤ δ = {}) | {} of {} ({:.0} %) |\n\
          | mean P(A better), AI labeler | {:.3} |\n\
-         | pairs whose preferred slot flipped with the order | {} of {} |\n\
+         | pairs whose two orders preferred different responses (same slot both times) | {} of {} |\n\
          | identical answers | {} |\n",
         r.policy_a,
         r.policy_b,

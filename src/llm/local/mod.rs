@@ -348,26 +348,38 @@ impl LocalBackend {
         }
     }
 
+    /// Log-probabilities of every option as the continuation of the prompt, all scored from
+    /// the same position: the shortest prefix the prompt shares with any of the options'
+    /// joint tokenizations. Where BPE merges one option into the prompt's last token ("(" +
+    /// "A" = "(A") but not another ("(", "B"), each scored from its own prefix would leave out
+    /// the "(" term for A that B includes; from the shared position both include it.
     fn choose_one(&self, req: &ChoiceRequest) -> Result<Choice> {
         let text = self.prompt_text(&req.prompt)?;
         let ids = self.chat.tokenizer.encode(&text)?;
-        let mut logprobs = Vec::with_capacity(req.options.len());
+        let mut joints = Vec::with_capacity(req.options.len());
         for option in &req.options {
             if option.is_empty() {
                 bail!("empty option string");
             }
-            // Tokenize prompt and option together: BPE may merge across the boundary, in
-            // which case the continuation is scored from the last shared token on.
+            // Tokenize prompt and option together: BPE may merge across the boundary.
             let joint = self.chat.tokenizer.encode(&format!("{text}{option}"))?;
-            let shared = common_prefix(&ids, &joint).min(joint.len() - 1);
-            if shared == 0 {
-                bail!("option {option:?} rewrites the whole prompt when tokenized");
-            }
             self.check_fits(joint.len(), 0)?;
-            let (mut cache, logits) = self.state_after(&joint[..shared])?;
+            joints.push(joint);
+        }
+        let shared = shared_start(&ids, &joints);
+        if shared == 0 {
+            bail!(
+                "options {:?} rewrite the whole prompt when tokenized",
+                req.options
+            );
+        }
+        let (cache, logits) = self.state_after(&ids[..shared])?;
+        let mut logprobs = Vec::with_capacity(joints.len());
+        for joint in &joints {
             let cont = &joint[shared..];
             let mut lp = log_softmax(&logits)[cont[0] as usize];
             if cont.len() > 1 {
+                let mut cache = cache.clone();
                 let rows = self
                     .model
                     .forward(&cont[..cont.len() - 1], &mut cache, true)?;
@@ -382,6 +394,17 @@ impl LocalBackend {
             prompt_tokens: ids.len(),
         })
     }
+}
+
+/// Where the options' tokens start: the shortest prefix the prompt's tokens share with any
+/// option's joint tokenization (prompt and option encoded together), and at least one token
+/// before the end of every joint sequence, so each option has a token to score.
+fn shared_start(prompt: &[u32], joints: &[Vec<u32>]) -> usize {
+    joints
+        .iter()
+        .map(|j| common_prefix(prompt, j).min(j.len().saturating_sub(1)))
+        .min()
+        .unwrap_or(0)
 }
 
 impl Backend for LocalBackend {
@@ -435,6 +458,18 @@ mod tests {
         let stops = vec!["\nHuman:".to_string(), "END".to_string()];
         assert_eq!(find_stop("abc END x\nHuman: y", &stops), Some(4));
         assert_eq!(find_stop("abc", &stops), None);
+    }
+
+    #[test]
+    fn options_share_the_shortest_start() {
+        // Prompt [1, 2, 3]; option A merges into the last token ([1, 2, 9]), B does not
+        // ([1, 2, 3, 4]): both are scored from position 2.
+        assert_eq!(
+            shared_start(&[1, 2, 3], &[vec![1, 2, 9], vec![1, 2, 3, 4]]),
+            2
+        );
+        // An option that adds nothing still leaves one token to score.
+        assert_eq!(shared_start(&[1, 2, 3], &[vec![1, 2, 3]]), 2);
     }
 
     #[test]

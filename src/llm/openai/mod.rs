@@ -442,7 +442,7 @@ impl OpenaiBackend {
         let prompt = self
             .token_ids(how, &req.prompt)
             .with_context(|| format!("tokenizing the prompt on {server}"))?;
-        let mut logprobs = Vec::with_capacity(req.options.len());
+        let mut options = Vec::with_capacity(req.options.len());
         for option in &req.options {
             let full = Prompt {
                 prefill: format!("{}{option}", req.prompt.prefill),
@@ -451,7 +451,19 @@ impl OpenaiBackend {
             let tokens = self
                 .token_ids(how, &full)
                 .with_context(|| format!("tokenizing option `{option}` on {server}"))?;
-            let start = wire::common_prefix(&prompt, &tokens).max(1);
+            options.push((option, tokens));
+        }
+        // Every option is scored from the same position, the shortest prefix the prompt
+        // shares with any option: where "(" + "A" merges into one token but "(" + "B" does
+        // not, B's score includes the "(" term too, as A's does.
+        let start = options
+            .iter()
+            .map(|(_, tokens)| wire::common_prefix(&prompt, tokens))
+            .min()
+            .unwrap_or(0)
+            .max(1);
+        let mut logprobs = Vec::with_capacity(options.len());
+        for (option, tokens) in options {
             if start >= tokens.len() {
                 bail!("{server}: option `{option}` adds no token to the prompt");
             }

@@ -11,6 +11,8 @@ mod answers;
 mod identity_tests;
 mod modes;
 mod prompt;
+#[cfg(test)]
+mod row_tests;
 pub mod soft;
 
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use serde_json::json;
 use crate::chat::{ChatMessage, Role};
 use crate::constitution::{ComparisonPrinciple, Loaded};
 use crate::hash::fnv1a;
+use crate::label_metrics::{position_stats, OrderedAnswers};
 use crate::llm::openai::OpenaiConfig;
 use crate::llm::{open_backend_with, Backend, BackendKind, SamplingParams};
 use crate::model_files::tokenizer::surely_over_tokens;
@@ -161,21 +164,42 @@ impl LabelConfig {
         }
     }
 
+    /// What turns the raw per-order probabilities into the written ones: "calibrated",
+    /// "clamped", both, or "unadjusted".
+    pub fn adjustment(&self) -> &'static str {
+        let calibrated = self.calibrate && self.mode == LabelMode::Direct;
+        match (calibrated, self.clamp_range().is_some()) {
+            (true, true) => "calibrated + clamped",
+            (true, false) => "calibrated",
+            (false, true) => "clamped",
+            (false, false) => "unadjusted",
+        }
+    }
+
     /// Whether each question is asked in both slot orders (modes with slots only).
     fn asks_both_orders(&self) -> bool {
         self.both_orders && matches!(self.mode, LabelMode::Direct | LabelMode::Cot)
     }
 }
 
-/// The labels of one principle.
+/// The labels of one principle (every field is documented in the README's label section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrincipleLabel {
     pub principle: String,
-    /// P(response_a better) with response_a in slot (A).
+    /// P(response_a better) with response_a in slot (A); calibrated (direct mode) and clamped
+    /// (CoT, or `--clamp`) when those are on.
     pub p_a_first: f64,
-    /// P(response_a better) with response_a in slot (B), mapped back; absent with one order.
+    /// P(response_a better) with response_a in slot (B), mapped back; calibrated and clamped
+    /// like `p_a_first`; absent with one order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_a_second: Option<f64>,
+    /// `p_a_first` before calibration and clamping (CoT: the mean of the unclamped samples);
+    /// absent in the modes without slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_a_first_raw: Option<f64>,
+    /// `p_a_second` before calibration and clamping, mapped back to response_a.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_a_second_raw: Option<f64>,
     /// Content-free P(slot A) used for calibration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior_a: Option<f64>,
@@ -196,6 +220,8 @@ impl PrincipleLabel {
             principle: principle.id.clone(),
             p_a_first,
             p_a_second: None,
+            p_a_first_raw: None,
+            p_a_second_raw: None,
             prior_a: None,
             samples: Vec::new(),
             rationales: Vec::new(),
@@ -204,21 +230,38 @@ impl PrincipleLabel {
     }
 }
 
-/// The output record of one pair.
+/// The output record of one pair (every field is documented in the README's label section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelRecord {
     pub id: String,
+    /// The pair's conversation as read, also where `--truncate-long` asked with a shorter one.
     pub conversation: Vec<ChatMessage>,
     pub response_a: String,
     pub response_b: String,
     pub principles: Vec<String>,
-    /// Mean over principles of the first-order probability.
+    /// Mean over principles of the first-order probability (calibrated / clamped).
     pub p_a_first: f64,
+    /// Mean over principles of the second-order probability, mapped back to response_a.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_a_second: Option<f64>,
-    /// The soft label: P(response_a is better).
+    /// Mean over principles of `PrincipleLabel::p_a_first_raw`: slot (A) was chosen in the
+    /// first order iff it is above 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_a_first_raw: Option<f64>,
+    /// Mean over principles of `PrincipleLabel::p_a_second_raw`: slot (A) was chosen in the
+    /// second order iff it is below 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_a_second_raw: Option<f64>,
+    /// The soft label: P(response_a is better); a tie is exactly 0.5.
     pub p_a: f64,
+    /// The two orders prefer different responses (`p_a_first` and `p_a_second` on different
+    /// sides of 0.5, a tie against a strict preference included): the same slot won both
+    /// times, so the slot decided, not the content.
     pub position_flip: bool,
+    /// The question was asked with the oldest turns dropped (`--truncate-long`);
+    /// `conversation` is still the original one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     /// CoT: (votes for a, votes for b) over all samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub votes: Option<(usize, usize)>,
@@ -234,8 +277,9 @@ pub struct LabelRecord {
     pub flags: Vec<String>,
 }
 
-/// Counters of a run.
+/// Counters of a run (the labels written by this run; resumed ones are not read back).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LabelStats {
     pub pairs: usize,
     pub resumed: usize,
@@ -243,14 +287,77 @@ pub struct LabelStats {
     pub skipped_long: usize,
     pub truncated: usize,
     pub identical: usize,
+    /// Labels written with `p_a` exactly 0.5 (identical responses included).
+    pub ties: usize,
+    /// Per-order answers behind the slot rates (two per pair asked in both orders).
+    pub slot_answers: usize,
+    /// Share of per-order answers that chose slot (A), from the raw probabilities (before
+    /// calibration and clamping; a tie counts half).
+    pub slot_a_rate_raw: Option<f64>,
+    /// The same from the written (calibrated / clamped) `p_a_first` and `p_a_second`.
+    pub slot_a_rate: Option<f64>,
+    /// Share of pairs asked in both orders whose raw answers preferred the same response.
+    pub order_consistency_raw: Option<f64>,
+    /// The same from the written probabilities (1 − the share of `position_flip`).
+    pub order_consistency: Option<f64>,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub seconds: f64,
 }
 
+impl LabelStats {
+    /// Counts a written label: ties, and its per-order answers into the slot rates (with
+    /// `compare`'s definitions: `label_metrics::position_stats`, summed row by row).
+    fn count(&mut self, r: &LabelRecord, orders: &mut Orders) {
+        self.written += 1;
+        self.ties += (r.p_a == 0.5) as usize;
+        if r.p_a_first_raw.is_none() {
+            return;
+        }
+        let raw = position_stats(&[OrderedAnswers {
+            p_a_first: r.p_a_first_raw,
+            p_a_second: r.p_a_second_raw,
+            ..Default::default()
+        }]);
+        let written = position_stats(&[OrderedAnswers {
+            p_a_first: Some(r.p_a_first),
+            p_a_second: r.p_a_second,
+            ..Default::default()
+        }]);
+        let sum = |rate: Option<f64>, n: usize| rate.unwrap_or(0.0) * n as f64;
+        orders.answers += raw.n_answers;
+        orders.slot_a_raw += sum(raw.slot_a_rate, raw.n_answers);
+        orders.slot_a += sum(written.slot_a_rate, written.n_answers);
+        orders.pairs += raw.n_pairs;
+        orders.consistent_raw += sum(raw.consistency, raw.n_pairs);
+        orders.consistent += sum(written.consistency, written.n_pairs);
+        let share = |x: f64, n: usize| (n > 0).then(|| x / n as f64);
+        self.slot_answers = orders.answers;
+        self.slot_a_rate_raw = share(orders.slot_a_raw, orders.answers);
+        self.slot_a_rate = share(orders.slot_a, orders.answers);
+        self.order_consistency_raw = share(orders.consistent_raw, orders.pairs);
+        self.order_consistency = share(orders.consistent, orders.pairs);
+    }
+}
+
+/// Running sums behind the slot rates of [`LabelStats`].
+#[derive(Default)]
+struct Orders {
+    answers: usize,
+    slot_a_raw: f64,
+    slot_a: f64,
+    pairs: usize,
+    consistent_raw: f64,
+    consistent: f64,
+}
+
 /// One pair in flight.
 struct Job {
+    /// The pair as asked (its conversation shortened where `truncated`).
     pair: PreferencePair,
+    /// The conversation as read, which the record keeps.
+    conversation: Vec<ChatMessage>,
+    truncated: bool,
     principles: Vec<ComparisonPrinciple>,
     flags: Vec<String>,
 }
@@ -280,6 +387,15 @@ pub fn run_with(
     {
         bail!("principles, batch_size and samples must be at least 1");
     }
+    let available = loaded.constitution.comparison_principles.len();
+    if cfg.principles > available {
+        bail!(
+            "--principles {}: {} has {available} comparison principles, so at most {available} \
+             are drawn per pair",
+            cfg.principles,
+            cfg.constitution.display()
+        );
+    }
     let templates = PromptSet::load(&loaded.template_overrides(), cfg.templates.as_deref())?;
     let mut pairs = read_pairs(&cfg.pairs)?;
     if let Some(n) = cfg.limit {
@@ -300,6 +416,7 @@ pub fn run_with(
     let prompts = FeedbackPrompts::new(&loaded.constitution, &templates, cfg.few_shot);
     let pb = progress::bar(pairs.len() as u64, stats.resumed as u64, "label", cfg.quiet);
     let start = Instant::now();
+    let mut orders = Orders::default();
     for chunk in todo.chunks(cfg.batch_size) {
         let mut jobs = Vec::new();
         for pair in chunk {
@@ -312,17 +429,16 @@ pub fn run_with(
                 .cloned()
                 .collect();
             match fit(cfg, backend.as_ref(), &prompts, pair, &principles[0])? {
-                Fit::Fits(pair, truncated) => {
+                Fit::Fits(asked, truncated) => {
                     stats.truncated += truncated as usize;
                     let mut flags = Vec::new();
-                    if truncated {
-                        flags.push("truncated".to_string());
-                    }
                     if pair.response_a.trim().is_empty() || pair.response_b.trim().is_empty() {
                         flags.push("empty-response".into());
                     }
                     jobs.push(Job {
-                        pair,
+                        pair: asked,
+                        conversation: pair.conversation.clone(),
+                        truncated,
                         principles,
                         flags,
                     });
@@ -346,8 +462,9 @@ pub fn run_with(
         for (job, rec) in jobs.iter().zip(records) {
             match rec {
                 Some(r) => {
+                    check_finite(cfg, backend.as_ref(), job, &r)?;
                     output.appender.append(&r)?;
-                    stats.written += 1;
+                    stats.count(&r, &mut orders);
                 }
                 None => {
                     stats.skipped_long += 1;
@@ -373,6 +490,59 @@ pub fn run_with(
     pb.finish_and_clear();
     output.update(&stats, backend.as_ref(), true)?;
     Ok(stats)
+}
+
+/// A label that is not a number (a broken model's NaN log-probabilities) is an error naming
+/// the pair and the model, never a `null` in the file.
+fn check_finite(
+    cfg: &LabelConfig,
+    backend: &dyn Backend,
+    job: &Job,
+    r: &LabelRecord,
+) -> Result<()> {
+    let mut values = vec![
+        ("p_a", Some(r.p_a)),
+        ("p_a_first", Some(r.p_a_first)),
+        ("p_a_second", r.p_a_second),
+        ("p_a_first_raw", r.p_a_first_raw),
+        ("p_a_second_raw", r.p_a_second_raw),
+    ];
+    for l in &r.per_principle {
+        values.extend([
+            ("per_principle.p_a_first", Some(l.p_a_first)),
+            ("per_principle.p_a_second", l.p_a_second),
+            ("per_principle.prior_a", l.prior_a),
+            ("per_principle.scores", l.scores.map(|s| s.0 + s.1)),
+        ]);
+        values.extend(
+            l.samples
+                .iter()
+                .map(|&s| ("per_principle.samples", Some(s))),
+        );
+    }
+    let Some((field, v)) = values
+        .into_iter()
+        .find_map(|(f, v)| v.filter(|v| !v.is_finite()).map(|v| (f, v)))
+    else {
+        return Ok(());
+    };
+    let model = match cfg.backend {
+        BackendKind::Local => match crate::model_files::ModelSpec::resolve(&cfg.model) {
+            Ok(
+                crate::model_files::ModelSpec::GgufFile(p)
+                | crate::model_files::ModelSpec::Folder(p),
+            ) => p.display().to_string(),
+            Err(_) => backend.info().name.clone(),
+        },
+        _ => backend.info().name.clone(),
+    };
+    bail!(
+        "{}:{}: the label of pair `{}` is not a number ({field} = {v}): the feedback model {model} \
+         gave non-finite option log-probabilities",
+        cfg.pairs.display(),
+        job.pair.source_line,
+        r.id
+    )
 }
 
 /// Repeated pairs get `-1`, `-2`… so every record has its own id.

@@ -168,6 +168,8 @@ fn label_direct(
                     .map(|&p| soft::clamp(soft::from_swapped(cal(p)), cfg.clamp_range()));
                 labels.push(PrincipleLabel {
                     p_a_second: second,
+                    p_a_first_raw: Some(per_order[0]),
+                    p_a_second_raw: per_order.get(1).map(|&p| soft::from_swapped(p)),
                     prior_a: prior,
                     ..PrincipleLabel::new(p, first)
                 });
@@ -236,6 +238,7 @@ fn label_cot(
             let mut all_samples = Vec::new();
             for (pi, p) in job.principles.iter().enumerate() {
                 let mut per_order = Vec::new();
+                let mut per_order_raw = Vec::new();
                 let mut rationales = Vec::new();
                 let mut samples = Vec::new();
                 for (order, &swapped) in orders(cfg).iter().enumerate() {
@@ -243,6 +246,7 @@ fn label_cot(
                         return Ok(None);
                     };
                     let mut ps = Vec::with_capacity(g.completions.len());
+                    let mut raw = Vec::with_capacity(g.completions.len());
                     for (s, c) in g.completions.iter().enumerate() {
                         let ask = Ask::new(j, pi, order, Part::Answer).sample(s);
                         let Some(answer) = answers.take(ask)? else {
@@ -251,18 +255,20 @@ fn label_cot(
                         used += answer.prompt_tokens;
                         generated += c.tokens;
                         let p = slot_a(&answer);
-                        ps.push(soft::clamp(
-                            if swapped { soft::from_swapped(p) } else { p },
-                            cfg.clamp_range(),
-                        ));
+                        let p = if swapped { soft::from_swapped(p) } else { p };
+                        raw.push(p);
+                        ps.push(soft::clamp(p, cfg.clamp_range()));
                         rationales.push(c.text.trim().to_string());
                     }
                     per_order.push(soft::mean(&ps));
+                    per_order_raw.push(soft::mean(&raw));
                     samples.extend(ps);
                 }
                 all_samples.extend(samples.iter().copied());
                 labels.push(PrincipleLabel {
                     p_a_second: per_order.get(1).copied(),
+                    p_a_first_raw: Some(per_order_raw[0]),
+                    p_a_second_raw: per_order_raw.get(1).copied(),
                     samples,
                     rationales,
                     ..PrincipleLabel::new(p, per_order[0])
@@ -421,6 +427,13 @@ fn record(
     let seconds: Vec<f64> = labels.iter().filter_map(|l| l.p_a_second).collect();
     let p_a_first = soft::mean(&firsts);
     let p_a_second = (!seconds.is_empty()).then(|| soft::mean(&seconds));
+    // The raw means exist where every principle has them (the modes with slots).
+    let mean_of = |f: fn(&PrincipleLabel) -> Option<f64>| {
+        let xs: Option<Vec<f64>> = labels.iter().map(f).collect();
+        xs.filter(|xs| !xs.is_empty()).map(|xs| soft::mean(&xs))
+    };
+    let p_a_first_raw = mean_of(|l| l.p_a_first_raw);
+    let p_a_second_raw = mean_of(|l| l.p_a_second_raw);
     let p_a = match p_a_second {
         Some(s) => soft::mean(&[p_a_first, s]),
         None => p_a_first,
@@ -432,14 +445,17 @@ fn record(
     });
     LabelRecord {
         id: job.pair.id.clone(),
-        conversation: job.pair.conversation.clone(),
+        conversation: job.conversation.clone(),
         response_a: job.pair.response_a.clone(),
         response_b: job.pair.response_b.clone(),
         principles: labels.iter().map(|l| l.principle.clone()).collect(),
         p_a_first,
         p_a_second,
+        p_a_first_raw,
+        p_a_second_raw,
         p_a,
         position_flip: p_a_second.is_some_and(|s| soft::position_flip(p_a_first, s)),
+        truncated: job.truncated,
         votes,
         scores,
         per_principle: labels,

@@ -51,8 +51,9 @@ pub fn votes(ps: &[f64]) -> (usize, usize) {
     )
 }
 
-/// Whether the preferred response differs between the two orders (a tie counts as a flip only
-/// against a strict preference).
+/// Whether the preferred response differs between the two orders, i.e. the same slot won
+/// both times (a tie counts as a flip only against a strict preference): the record's
+/// `position_flip`.
 pub fn position_flip(p_a_first: f64, p_a_second: f64) -> bool {
     let side = |p: f64| (p > 0.5) as i8 - (p < 0.5) as i8;
     side(p_a_first) != side(p_a_second)
