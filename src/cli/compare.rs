@@ -26,7 +26,8 @@ pub struct CompareArgs {
     /// Folder for report.md, metrics.json and SVG plots (`--report` is the old spelling).
     #[arg(long, alias = "report")]
     pub out: Option<PathBuf>,
-    /// Bootstrap resamples (0 skips intervals and tests).
+    /// Bootstrap resamples for the interval of a paired agreement difference (0 skips it);
+    /// agreement intervals are Wilson and paired tests exact sign tests, which need none.
     #[arg(long)]
     pub bootstrap: Option<usize>,
     /// Seed of the bootstrap.
