@@ -50,13 +50,22 @@ pub fn chance_verdict(n: usize, ci: (f64, f64)) -> ChanceVerdict {
 
 /// Two-sided exact sign test: the probability, with `better + worse` discordant pairs each
 /// going either way with probability ½, of a split at least as uneven as the one seen
-/// (`2 · P(X ≤ min)`, capped at 1; 1 without discordant pairs). Sums in log space, so any n
-/// works.
+/// (`2 · P(X ≤ min)`, capped at 1; 1 without discordant pairs). Up to 120 discordant pairs the
+/// binomial coefficients are summed exactly in integers; beyond, in log space, so any n works.
 pub fn sign_test_p(better: usize, worse: usize) -> f64 {
     let m = better + worse;
     let k = better.min(worse);
     if m == 0 {
         return 1.0;
+    }
+    if m <= 120 {
+        // C(m, i) and their sum stay below 2^120.
+        let (mut c, mut sum) = (1u128, 1u128);
+        for i in 1..=k {
+            c = c * (m - i + 1) as u128 / i as u128;
+            sum += c;
+        }
+        return (2.0 * sum as f64 / 2f64.powi(m as i32)).min(1.0);
     }
     // ln C(m, i) - m ln 2, built up term by term.
     let ln_half_m = -(m as f64) * std::f64::consts::LN_2;
@@ -154,7 +163,12 @@ mod tests {
         assert_eq!((sign_test_p(1, 0), sign_test_p(0, 0)), (1.0, 1.0));
         // 30:20 -> 0.202639 (sum of C(50, i), i ≤ 20, times 2 / 2^50, summed exactly).
         assert!(close(sign_test_p(30, 20), 0.202_638_751));
-        // Large n stays finite: 600:400 is far in the tail but not zero.
+        // An even split of an odd count is exactly 1 (P(X ≤ 13) = 1/2 for m = 27).
+        assert_eq!(sign_test_p(14, 13), 1.0);
+        // Past the exact branch (m = 121 > 120) the log-space sum matches Python's exact
+        // 2·sum(comb(121, i) for i ≤ 51) / 2^121 = 0.1013676535; large n stays finite: 600:400
+        // is far in the tail but not zero.
+        assert!((sign_test_p(70, 51) - 0.101_367_653_5).abs() < 1e-9);
         let p = sign_test_p(600, 400);
         assert!(p > 0.0 && p < 1e-9, "{p}");
     }
