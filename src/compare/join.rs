@@ -277,6 +277,15 @@ mod tests {
         let f = write_rows(&[ai_row("q", "a", "b", 0.5), ai_row("q", "a", "c", 1.5)]);
         let err = format!("{:#}", read_ai_labels(f.path()).unwrap_err());
         assert!(err.contains(":2: p_a = 1.5 is not a probability"), "{err}");
+        // The raw per-order values are checked the same way.
+        let mut raw = ai_row("q", "a", "b", 0.5);
+        raw["p_a_second_raw"] = serde_json::json!(1.25);
+        let f = write_rows(&[raw]);
+        let err = format!("{:#}", read_ai_labels(f.path()).unwrap_err());
+        assert!(
+            err.contains(":1: p_a_second_raw = 1.25 is not a probability"),
+            "{err}"
+        );
         // NaN is not valid JSON, so it fails at parse time, also with file:line.
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(
