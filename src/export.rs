@@ -5,7 +5,9 @@
 //! - Preference (from `cai label` rows with `conversation`, `response_a`, `response_b`, `p_a`):
 //!   `prompt`/`chosen`/`rejected`, chosen = the response the AI feedback prefers, with the soft
 //!   label kept as `p_chosen` (RLAIF's distilled soft labels, Lee et al. 2023 §2.1) for trainers
-//!   that use it.
+//!   that use it. A tie (`p_a` = 0.5 exactly) prefers neither response, so it is skipped and
+//!   counted unless `keep_ties` asks for it (written with `p_chosen` 0.5, response A as
+//!   "chosen" only by position).
 //!
 //! `conversational` style keeps role-tagged messages (TRL's conversational formats; OpenRLHF
 //! with `--apply_chat_template`); `standard` writes plain text, the conversation as an
@@ -82,6 +84,19 @@ pub struct ExportConfig {
     /// Which set to write; required.
     pub kind: Option<ExportKind>,
     pub style: Style,
+    /// Preference sets: write ties (p_a = 0.5) too, with `p_chosen` 0.5 (default: skip them).
+    pub keep_ties: bool,
+}
+
+/// What `cai export` wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExportSummary {
+    /// Rows written.
+    pub written: usize,
+    /// Preference rows left out because they are ties (p_a = 0.5).
+    pub ties_skipped: usize,
+    /// Ties written with p_chosen 0.5 (`keep_ties`).
+    pub ties_kept: usize,
 }
 
 /// The fields of a `cai revise` record that export reads.
@@ -103,37 +118,55 @@ struct LabelRow {
     p_a: f64,
 }
 
-/// Writes the export; returns the number of rows written.
-pub fn run(cfg: &ExportConfig) -> Result<usize> {
+/// Writes the export; says how many rows it wrote and how many ties it skipped or kept.
+pub fn run(cfg: &ExportConfig) -> Result<ExportSummary> {
     let Some(kind) = cfg.kind else {
         bail!("export: no kind given (messages, prompt-completion or preference)");
     };
+    let mut summary = ExportSummary::default();
     let rows = match kind {
         ExportKind::Messages | ExportKind::PromptCompletion => {
             read::<SftRow>(&cfg.input, "a `cai revise` record (conversation, final)")?
                 .into_iter()
-                .map(|r| sft_row(r, kind, cfg.style))
+                .map(|(_, r)| sft_row(r, kind, cfg.style))
                 .collect::<Vec<_>>()
         }
-        ExportKind::Preference => read::<LabelRow>(
-            &cfg.input,
-            "a `cai label` row (conversation, response_a, response_b, p_a)",
-        )?
-        .into_iter()
-        .map(|r| preference_row(r, cfg.style))
-        .collect::<Result<Vec<_>>>()?,
+        ExportKind::Preference => {
+            let mut rows = Vec::new();
+            let labels = read::<LabelRow>(
+                &cfg.input,
+                "a `cai label` row (conversation, response_a, response_b, p_a)",
+            )?;
+            for (line, r) in labels {
+                if r.p_a == 0.5 {
+                    if !cfg.keep_ties {
+                        summary.ties_skipped += 1;
+                        continue;
+                    }
+                    summary.ties_kept += 1;
+                }
+                rows.push(
+                    preference_row(r, cfg.style)
+                        .with_context(|| format!("{}:{line}", cfg.input.display()))?,
+                );
+            }
+            rows
+        }
     };
     jsonl::write_all(&cfg.out, &rows).with_context(|| format!("writing {}", cfg.out.display()))?;
-    Ok(rows.len())
+    summary.written = rows.len();
+    Ok(summary)
 }
 
-fn read<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
+/// The rows of `path` with their line numbers.
+fn read<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<(usize, T)>> {
     let lines: Vec<jsonl::Line<Value>> = jsonl::read(path)?;
     lines
         .into_iter()
         .map(|l| {
-            serde_json::from_value(l.value)
-                .with_context(|| format!("{}:{}: not {what}", path.display(), l.number))
+            let row = serde_json::from_value(l.value)
+                .with_context(|| format!("{}:{}: not {what}", path.display(), l.number))?;
+            Ok((l.number, row))
         })
         .collect()
 }
@@ -168,7 +201,8 @@ fn preference_row(r: LabelRow, style: Style) -> Result<Value> {
             r.p_a
         );
     }
-    // Ties (p_a = 0.5) keep A as chosen; p_chosen = 0.5 lets a trainer weight them out.
+    // A tie written on request (`keep_ties`) keeps A as "chosen" by position only; its
+    // p_chosen of 0.5 tells a trainer that uses soft labels it prefers neither.
     let (chosen, rejected, p) = if r.p_a >= 0.5 {
         (r.response_a, r.response_b, r.p_a)
     } else {
@@ -236,6 +270,74 @@ mod tests {
             (Some(" A"), Some(" B"))
         );
         assert!(preference_row(label(1.5), Style::Standard).is_err());
+    }
+
+    #[test]
+    fn export_skips_ties_unless_keep_ties() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("labels.jsonl");
+        // CoT with --samples 2: votes [2, 2] give exactly 0.5 on rows 2 and 4.
+        let rows: Vec<Value> = [0.9, 0.5, 0.2, 0.5]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                json!({"id": format!("r{i}"), "conversation": [{"role": "user", "content": "Hi"}],
+                    "response_a": format!("A{i}"), "response_b": format!("B{i}"), "p_a": p})
+            })
+            .collect();
+        jsonl::write_all(&input, &rows).unwrap();
+        let out = dir.path().join("prefs.jsonl");
+        let mut cfg = ExportConfig {
+            input,
+            out: out.clone(),
+            kind: Some(ExportKind::Preference),
+            ..Default::default()
+        };
+        let written = |path: &Path| -> Vec<Value> {
+            jsonl::read::<Value>(path)
+                .unwrap()
+                .into_iter()
+                .map(|l| l.value)
+                .collect()
+        };
+        let s = run(&cfg).unwrap();
+        assert_eq!(
+            s,
+            ExportSummary {
+                written: 2,
+                ties_skipped: 2,
+                ties_kept: 0
+            }
+        );
+        let ids: Vec<Value> = written(&out).iter().map(|r| r["id"].clone()).collect();
+        assert_eq!(ids, [json!("r0"), json!("r2")]);
+        cfg.keep_ties = true;
+        let s = run(&cfg).unwrap();
+        assert_eq!((s.written, s.ties_skipped, s.ties_kept), (4, 0, 2));
+        let tie = &written(&out)[1];
+        assert_eq!(
+            (tie["id"].as_str(), tie["p_chosen"].as_f64()),
+            (Some("r1"), Some(0.5))
+        );
+        assert_eq!(tie["chosen"][0]["content"], "A1");
+    }
+
+    #[test]
+    fn bad_probability_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("labels.jsonl");
+        let row =
+            |p: f64| json!({"conversation": [], "response_a": "a", "response_b": "b", "p_a": p});
+        jsonl::write_all(&input, &[row(0.7), row(1.5)]).unwrap();
+        let err = run(&ExportConfig {
+            input,
+            out: dir.path().join("out.jsonl"),
+            kind: Some(ExportKind::Preference),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("labels.jsonl:2: record ?: p_a = 1.5"), "{err}");
     }
 
     #[test]

@@ -181,12 +181,17 @@ pub fn calibration(p: &[f64], y: &[f64], bins: usize) -> Calibration {
 /// A judge's answers for one pair in both presentation orders, when it was asked both ways.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OrderedAnswers {
-    /// P(response_a better) with response_a shown in slot (A).
+    /// P(response_a better) with response_a shown in slot (A), as the label file keeps it (after
+    /// calibration or CoT clamping, where those are on).
     pub p_a_first: Option<f64>,
     /// P(response_a better) with response_a shown in slot (B), mapped back to response_a.
     pub p_a_second: Option<f64>,
     /// The label file's own record of whether the preferred response changed with the order.
     pub position_flip: Option<bool>,
+    /// `p_a_first` before calibration / clamping; `None` where the file does not keep it.
+    pub p_a_first_raw: Option<f64>,
+    /// `p_a_second` before calibration / clamping, mapped back to response_a.
+    pub p_a_second_raw: Option<f64>,
 }
 
 /// How much the judge's answer depends on where a response is shown.
@@ -202,26 +207,47 @@ pub struct PositionStats {
     pub slot_a_rate: Option<f64>,
 }
 
-/// Position consistency and slot bias over `rows`.
+/// Position consistency and slot bias over `rows`, on the per-order probabilities the label
+/// file keeps (calibrated or clamped where the labeler did so): the bias left after correction.
 ///
 /// A row with both orders is consistent iff `choice(p_a_first) == choice(p_a_second)` (so a tie in
 /// exactly one order is a flip); a row with only one order falls back to `position_flip`.
 pub fn position_stats(rows: &[OrderedAnswers]) -> PositionStats {
+    slot_stats(
+        rows.iter()
+            .map(|r| (r.p_a_first, r.p_a_second, r.position_flip)),
+    )
+}
+
+/// Position consistency and slot bias on the raw per-order probabilities (before calibration or
+/// clamping): the judge's own bias. Rows without raw values are left out; the file's
+/// `position_flip` describes the corrected values, so it is never used here.
+pub fn raw_position_stats(rows: &[OrderedAnswers]) -> PositionStats {
+    slot_stats(
+        rows.iter()
+            .map(|r| (r.p_a_first_raw, r.p_a_second_raw, None)),
+    )
+}
+
+/// Consistency and slot-(A) rate of `(first, second, recorded flip)` per row.
+fn slot_stats(
+    rows: impl Iterator<Item = (Option<f64>, Option<f64>, Option<bool>)>,
+) -> PositionStats {
     let mut consistent = Vec::new();
     let mut slot_a = Vec::new();
-    for r in rows {
-        let flip = match (r.p_a_first, r.p_a_second) {
+    for (first, second, recorded_flip) in rows {
+        let flip = match (first, second) {
             (Some(first), Some(second)) => Some(choice(first) != choice(second)),
-            _ => r.position_flip,
+            _ => recorded_flip,
         };
         if let Some(flip) = flip {
             consistent.push(if flip { 0.0 } else { 1.0 });
         }
         // First order: slot (A) holds response_a. Second order: slot (A) holds response_b.
-        if let Some(p) = r.p_a_first {
+        if let Some(p) = first {
             slot_a.push(slot_a_score(choice(p), Choice::A));
         }
-        if let Some(p) = r.p_a_second {
+        if let Some(p) = second {
             slot_a.push(slot_a_score(choice(p), Choice::B));
         }
     }
@@ -390,18 +416,21 @@ mod tests {
                 p_a_first: Some(0.8),
                 p_a_second: Some(0.7),
                 position_flip: Some(false),
+                ..Default::default()
             },
             // Slot A both times (0.8 first; 0.3 second = response_b, in slot A): a flip.
             OrderedAnswers {
                 p_a_first: Some(0.8),
                 p_a_second: Some(0.3),
                 position_flip: None,
+                ..Default::default()
             },
             // One order only: flip status from the file, one answer: slot B.
             OrderedAnswers {
                 p_a_first: Some(0.2),
                 p_a_second: None,
                 position_flip: Some(false),
+                ..Default::default()
             },
             // Nothing known.
             OrderedAnswers::default(),
@@ -417,9 +446,52 @@ mod tests {
             p_a_first: Some(0.5),
             p_a_second: Some(0.1),
             position_flip: None,
+            ..Default::default()
         }];
         assert!(close(position_stats(&tie).slot_a_rate.unwrap(), 0.75));
         assert_eq!(position_stats(&[]).consistency, None);
+    }
+
+    #[test]
+    fn compare_reports_raw_and_calibrated_position_bias() {
+        let rows = [
+            // Calibrated: response_a both times (consistent; slot A then slot B). Raw: slot (A)
+            // both times (0.9 first; 0.2 second = response_b, shown in slot A): a flip.
+            OrderedAnswers {
+                p_a_first: Some(0.7),
+                p_a_second: Some(0.6),
+                position_flip: Some(false),
+                p_a_first_raw: Some(0.9),
+                p_a_second_raw: Some(0.2),
+            },
+            // Calibrated: response_b both times (slot B, then slot A). Raw: slot (A) both times.
+            OrderedAnswers {
+                p_a_first: Some(0.3),
+                p_a_second: Some(0.4),
+                position_flip: Some(false),
+                p_a_first_raw: Some(0.8),
+                p_a_second_raw: Some(0.1),
+            },
+            // One order, no raw values: counts for the calibrated figures only, and its recorded
+            // flip describes the calibrated values, so the raw figures must not use it.
+            OrderedAnswers {
+                p_a_first: Some(0.6),
+                position_flip: Some(true),
+                ..Default::default()
+            },
+        ];
+        // Calibrated: consistent, consistent, flipped -> 2/3; slots A, B, B, A, A -> 3/5.
+        let c = position_stats(&rows);
+        assert_eq!((c.n_pairs, c.n_answers), (3, 5));
+        assert!(close(c.consistency.unwrap(), 2.0 / 3.0));
+        assert!(close(c.slot_a_rate.unwrap(), 0.6));
+        // Raw: both rows flipped -> 0/2; all four answers slot A -> 1.0.
+        let r = raw_position_stats(&rows);
+        assert_eq!((r.n_pairs, r.n_answers), (2, 4));
+        assert_eq!((r.consistency, r.slot_a_rate), (Some(0.0), Some(1.0)));
+        // A file without raw values has no raw figures, never the calibrated ones.
+        let r = raw_position_stats(&rows[2..]);
+        assert_eq!((r.n_pairs, r.n_answers, r.slot_a_rate), (0, 0, None));
     }
 
     #[test]

@@ -282,12 +282,24 @@ pub struct AiLabel {
     /// P(response_a better) with response_a shown in slot (B), mapped back to response_a.
     #[serde(default)]
     pub p_a_second: Option<f64>,
-    /// Final soft label P(response_a better).
+    /// `p_a_first` before calibration / CoT clamping: slot (A) was chosen iff it is above 0.5.
+    /// `None` in older files and in modes without presentation orders.
+    #[serde(default)]
+    pub p_a_first_raw: Option<f64>,
+    /// `p_a_second` before calibration / CoT clamping, mapped back to response_a like
+    /// `p_a_second`: slot (A) (holding response_b) was chosen iff it is below 0.5.
+    #[serde(default)]
+    pub p_a_second_raw: Option<f64>,
+    /// Final soft label P(response_a better); exactly 0.5 is a tie.
     pub p_a: f64,
     #[serde(default)]
     pub position_flip: Option<bool>,
     #[serde(default)]
     pub flags: Option<Vec<String>>,
+    /// The pair was shortened by `--truncate-long` to be judged; the row keeps the original
+    /// conversation (so it still joins to its human pair).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// Reads an AI label file; a probability outside [0, 1] is an error naming `file:line`.
@@ -299,6 +311,8 @@ pub fn read_ai_labels(path: &Path) -> Result<Vec<Line<AiLabel>>> {
             ("p_a", Some(r.p_a)),
             ("p_a_first", r.p_a_first),
             ("p_a_second", r.p_a_second),
+            ("p_a_first_raw", r.p_a_first_raw),
+            ("p_a_second_raw", r.p_a_second_raw),
         ] {
             if let Some(p) = p.filter(|p| !(0.0..=1.0).contains(p)) {
                 bail!(

@@ -11,8 +11,24 @@ use crate::artifacts::REPORT;
 use crate::compare::{self, CompareConfig};
 use crate::config_file::read_or_default;
 
+/// What each printed number is computed on (shown after `cai compare --help`).
+const NUMBERS: &str = "\
+What the numbers are:
+  agreement   pairs the human chose (a human 0.5 is not scored); the AI's final p_a (calibrated
+              where the labeler calibrates); an AI tie (p_a = 0.5 exactly) counts half. Chance
+              50 %. Wilson 95 % interval. Below 10 scored pairs: \"too few pairs to tell\";
+              otherwise above, indistinguishable from, or below chance (inverted labels).
+  kappa       the same pairs, AI ties left out; chance 0.
+  log-loss, Brier, ECE
+              every pair with a human label (soft ones as given); chance 0.693 and 0.250; ECE
+              has no fixed chance level and says nothing on a file of ties.
+  position    pairs asked in both orders; calibrated = the per-order probabilities as the label
+              rows keep them, raw = before calibration or the CoT clamp (n/a without them).
+  L2 vs L1    pairs scored in both; exact sign test; bootstrap interval from 10 pairs on.";
+
 /// The flags of `cai compare`.
 #[derive(Debug, Args)]
+#[command(after_long_help = NUMBERS)]
 pub struct CompareArgs {
     /// YAML file with any CompareConfig fields; flags override it.
     #[arg(long)]
@@ -26,7 +42,8 @@ pub struct CompareArgs {
     /// Folder for report.md, metrics.json and SVG plots (`--report` is the old spelling).
     #[arg(long, alias = "report")]
     pub out: Option<PathBuf>,
-    /// Bootstrap resamples (0 skips intervals and tests).
+    /// Bootstrap resamples for the interval of a paired agreement difference (0 skips it);
+    /// agreement intervals are Wilson and paired tests exact sign tests, which need none.
     #[arg(long)]
     pub bootstrap: Option<usize>,
     /// Seed of the bootstrap.
@@ -78,4 +95,16 @@ pub fn run(args: CompareArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_states_the_small_n_rule_in_force() {
+        let n = crate::compare::significance::MIN_PAIRS;
+        assert!(NUMBERS.contains(&format!("Below {n} scored pairs")));
+        assert!(NUMBERS.contains(&format!("bootstrap interval from {n} pairs on")));
+    }
 }

@@ -28,6 +28,10 @@ pub struct ExportArgs {
     /// Role-tagged messages (conversational) or plain text (standard).
     #[arg(long, value_parser = choice::<Style>())]
     pub style: Option<Style>,
+    /// Preference sets: also write ties (p_a = 0.5 exactly) with p_chosen 0.5 and response A as
+    /// "chosen" by position only; by default they are skipped and counted.
+    #[arg(long)]
+    pub keep_ties: bool,
 }
 
 impl ExportArgs {
@@ -38,6 +42,7 @@ impl ExportArgs {
         set(&mut c.out, self.out);
         c.kind = self.kind.or(c.kind);
         set(&mut c.style, self.style);
+        c.keep_ties |= self.keep_ties;
         ensure!(
             !c.input.as_os_str().is_empty() && !c.out.as_os_str().is_empty(),
             "cai export needs --input FILE and --out FILE (or `input:` and `out:`)"
@@ -56,7 +61,16 @@ pub fn help_defaults() -> (ExportConfig, Vec<(&'static str, Source)>) {
 /// Runs `cai export`.
 pub fn run(args: ExportArgs) -> Result<()> {
     let cfg = args.resolve()?;
-    let n = export::run(&cfg)?;
-    eprintln!("cai: export: {n} rows -> {}", cfg.out.display());
+    let s = export::run(&cfg)?;
+    let ties = match (s.ties_skipped, s.ties_kept) {
+        (0, 0) => String::new(),
+        (0, kept) => format!(" ({kept} ties kept with p_chosen 0.5)"),
+        (skipped, _) => format!(" ({skipped} ties, p_a = 0.5, skipped; --keep-ties writes them)"),
+    };
+    eprintln!(
+        "cai: export: {} rows -> {}{ties}",
+        s.written,
+        cfg.out.display()
+    );
     Ok(())
 }

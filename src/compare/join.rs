@@ -76,6 +76,8 @@ pub struct JoinedRow {
     pub flags: Vec<String>,
     /// Non-system messages in the conversation.
     pub turns: usize,
+    /// The pair was shortened by `--truncate-long` before it was judged.
+    pub truncated: bool,
 }
 
 /// How the rows of one AI file matched the human file.
@@ -92,6 +94,12 @@ pub struct JoinStats {
     pub unmatched_human: usize,
     /// AI rows dropped because an earlier row had the same content key.
     pub duplicate_ai: usize,
+    /// Matched rows the labeler shortened with `--truncate-long` (judged on fewer turns than
+    /// the human saw).
+    pub truncated: usize,
+    /// Unmatched rows marked truncated: files from before label rows kept the original
+    /// conversation carry the shortened one, which matches no human pair.
+    pub unmatched_truncated: usize,
 }
 
 /// Matches AI rows to human pairs; unmatched and duplicate rows are counted, not errors.
@@ -109,8 +117,14 @@ pub fn join(human: &HumanIndex, ai: &[Line<AiLabel>]) -> (Vec<JoinedRow>, JoinSt
             stats.duplicate_ai += 1;
             continue;
         }
+        // Older files mark truncation only with the flag.
+        let truncated = r.truncated
+            || r.flags
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == "truncated"));
         let Some(&i) = human.by_key.get(&key) else {
             stats.unmatched_ai += 1;
+            stats.unmatched_truncated += usize::from(truncated);
             continue;
         };
         let pair = &human.pairs[i];
@@ -119,6 +133,7 @@ pub fn join(human: &HumanIndex, ai: &[Line<AiLabel>]) -> (Vec<JoinedRow>, JoinSt
         stats.matched += 1;
         stats.swapped += usize::from(swapped);
         stats.human_unlabeled += usize::from(pair.human_p_a.is_none());
+        stats.truncated += usize::from(truncated);
         rows.push(JoinedRow {
             key,
             ai_line: line.number,
@@ -129,6 +144,8 @@ pub fn join(human: &HumanIndex, ai: &[Line<AiLabel>]) -> (Vec<JoinedRow>, JoinSt
                 p_a_first: r.p_a_first,
                 p_a_second: r.p_a_second,
                 position_flip: r.position_flip,
+                p_a_first_raw: r.p_a_first_raw,
+                p_a_second_raw: r.p_a_second_raw,
             },
             principles: r.principles.clone().unwrap_or_default(),
             flags: r.flags.clone().unwrap_or_default(),
@@ -137,6 +154,7 @@ pub fn join(human: &HumanIndex, ai: &[Line<AiLabel>]) -> (Vec<JoinedRow>, JoinSt
                 .iter()
                 .filter(|m| m.role != Role::System)
                 .count(),
+            truncated,
         });
     }
     stats.unmatched_human = human.unique() - stats.matched;
@@ -210,6 +228,8 @@ mod tests {
                 unmatched_ai: 1,
                 unmatched_human: 1,
                 duplicate_ai: 1,
+                truncated: 0,
+                unmatched_truncated: 0,
             }
         );
         assert_eq!(rows[0].p_a, 0.8);
@@ -228,10 +248,44 @@ mod tests {
     }
 
     #[test]
+    fn compare_counts_truncated_pairs() {
+        let human = HumanIndex::new(vec![
+            pair("q1", "x", "y", Some(1.0)),
+            pair("q2", "u", "v", Some(0.0)),
+            pair("q3", "s", "t", Some(1.0)),
+        ]);
+        let mut shortened = ai_row("q1", "x", "y", 0.8);
+        shortened["truncated"] = serde_json::json!(true);
+        let mut flagged = ai_row("q2", "u", "v", 0.3);
+        flagged["flags"] = serde_json::json!(["truncated"]);
+        // An older file: the flag, and the shortened conversation, which matches nothing.
+        let mut old = ai_row("q3 (last turn only)", "s", "t", 0.6);
+        old["flags"] = serde_json::json!(["truncated"]);
+        let f = write_rows(&[shortened, flagged, ai_row("q3", "s", "t", 0.6), old]);
+        let ai = read_ai_labels(f.path()).unwrap();
+        let (rows, stats) = join(&human, &ai);
+        // Rows 1 and 2 joined and are truncated (field, flag); row 3 joined untruncated;
+        // row 4 is unmatched and truncated.
+        assert_eq!((stats.matched, stats.truncated), (3, 2));
+        assert_eq!((stats.unmatched_ai, stats.unmatched_truncated), (1, 1));
+        let marks: Vec<bool> = rows.iter().map(|r| r.truncated).collect();
+        assert_eq!(marks, [true, true, false]);
+    }
+
+    #[test]
     fn bad_probability_names_file_and_line() {
         let f = write_rows(&[ai_row("q", "a", "b", 0.5), ai_row("q", "a", "c", 1.5)]);
         let err = format!("{:#}", read_ai_labels(f.path()).unwrap_err());
         assert!(err.contains(":2: p_a = 1.5 is not a probability"), "{err}");
+        // The raw per-order values are checked the same way.
+        let mut raw = ai_row("q", "a", "b", 0.5);
+        raw["p_a_second_raw"] = serde_json::json!(1.25);
+        let f = write_rows(&[raw]);
+        let err = format!("{:#}", read_ai_labels(f.path()).unwrap_err());
+        assert!(
+            err.contains(":1: p_a_second_raw = 1.25 is not a probability"),
+            "{err}"
+        );
         // NaN is not valid JSON, so it fails at parse time, also with file:line.
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(

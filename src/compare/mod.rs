@@ -1,13 +1,15 @@
 //! `cai compare`: how well AI preference labels agree with human labels.
 //!
 //! [`run`] reads a human-labelled pair file (any format [`crate::pairs::read_pairs`] accepts) and
-//! one or more AI label files written by `cai label`, joins them by content, computes agreement,
-//! kappa, calibration and position-bias metrics per AI file, runs a paired bootstrap test of each
-//! further file against the first, and optionally writes a report folder.
+//! one or more AI label files written by `cai label`, joins them by content, computes agreement
+//! (with a Wilson interval and a verdict against chance), kappa, calibration and position-bias
+//! metrics (raw and calibrated) per AI file, tests each further file against the first with an
+//! exact paired sign test, and optionally writes a report folder.
 
 pub mod bootstrap;
 pub mod join;
 pub mod report;
+pub mod significance;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::label_metrics::{self, Calibration, GroupAgreement, Kappa, PositionStats};
 use crate::pairs::read_pairs;
-use bootstrap::PairedTest;
 use join::{HumanIndex, JoinStats, JoinedRow};
+use significance::{ChanceVerdict, PairedTest, MIN_PAIRS};
 
 /// Bins of the P(A) histogram in the report.
 pub const HISTOGRAM_BINS: usize = 20;
@@ -33,7 +35,8 @@ pub struct CompareConfig {
     pub ai: Vec<PathBuf>,
     /// Folder for report.md, metrics.json and the plots; `None` writes nothing.
     pub report: Option<PathBuf>,
-    /// Bootstrap resamples for intervals and paired tests (default 2000; 0 skips them).
+    /// Bootstrap resamples for the interval of a paired agreement difference (default 2000; 0
+    /// skips it). Agreement intervals (Wilson) and paired tests (exact sign test) need none.
     pub bootstrap: usize,
     /// Seed of the bootstrap resampling (default 0).
     pub seed: u64,
@@ -78,18 +81,31 @@ pub struct FileReport {
     pub n_scored: usize,
     /// Mean agreement score; an AI tie counts half.
     pub agreement: Option<f64>,
-    /// Bootstrap 95% interval of `agreement`.
+    /// Wilson 95% interval of `agreement` (ties as half a success).
     pub agreement_ci: Option<(f64, f64)>,
-    /// Share of scored rows where the AI tied (p_a = 0.5).
+    /// `agreement` against 50 %: from the interval, or too few scored pairs to tell.
+    pub chance: Option<ChanceVerdict>,
+    /// Matched rows where the AI tied (p_a = 0.5 exactly).
+    pub ties: usize,
+    /// Share of scored rows where the AI tied.
     pub tie_rate: Option<f64>,
+    /// Matched rows whose human label is a tie (0.5): not scored for agreement or kappa.
+    pub human_ties: usize,
+    /// Every labelled row is an AI tie: log-loss and Brier sit at their chance values and the
+    /// ECE compares one bin of 0.5s with the base rate, which says nothing about calibration.
+    pub all_ties: bool,
     pub kappa: Kappa,
     /// Matched rows with any human label, soft ones included (log-loss, Brier, calibration).
     pub n_labelled: usize,
     pub log_loss: Option<f64>,
     pub brier: Option<f64>,
     pub calibration: Calibration,
-    /// Over all matched rows (no human label needed).
+    /// On the per-order probabilities as the label file keeps them (calibrated or clamped
+    /// where the labeler did so), over all matched rows (no human label needed).
     pub position: PositionStats,
+    /// On the raw per-order probabilities (before calibration or clamping); empty (n = 0) for
+    /// files without them.
+    pub position_raw: PositionStats,
     /// Agreement per principle, highest first; a row counts for each of its principles.
     pub principles: Vec<GroupAgreement>,
     /// Agreement per conversation length (non-system turns): 1, 2-3, 4-5, 6+.
@@ -103,14 +119,14 @@ pub struct FileReport {
     pub p_a: Vec<f64>,
 }
 
-/// Paired bootstrap test of a further AI file against the first one.
+/// Paired test of a further AI file against the first one.
 #[derive(Debug, Clone, Serialize)]
 pub struct PairedComparison {
     /// Label of the baseline ("L1").
     pub baseline: String,
     /// Label of the compared file ("L2", ...).
     pub candidate: String,
-    /// `None` when no pair was scored in both files (or bootstrap = 0).
+    /// `None` when no pair was scored in both files.
     pub test: Option<PairedTest>,
 }
 
@@ -123,6 +139,8 @@ pub struct CompareReport {
     pub bootstrap: usize,
     pub seed: u64,
     pub bins: usize,
+    /// Below this many scored pairs no verdict is given ([`MIN_PAIRS`]).
+    pub min_pairs: usize,
     /// Data problems worth a look (duplicates, unmatched rows); not errors.
     pub warnings: Vec<String>,
 }
@@ -181,6 +199,7 @@ pub fn run(cfg: &CompareConfig) -> Result<CompareReport> {
         );
         let file = file_report(format!("L{}", i + 1), path, &joined, stats, cfg);
         warnings.extend(chance_warning(&file));
+        warnings.extend(tie_warning(&file));
         files.push(file);
     }
     let paired = (1..files.len())
@@ -197,6 +216,7 @@ pub fn run(cfg: &CompareConfig) -> Result<CompareReport> {
         bootstrap: cfg.bootstrap,
         seed: cfg.seed,
         bins: cfg.bins,
+        min_pairs: MIN_PAIRS,
         warnings,
     };
     if let Some(dir) = &cfg.report {
@@ -205,19 +225,47 @@ pub fn run(cfg: &CompareConfig) -> Result<CompareReport> {
     Ok(report)
 }
 
-/// A warning, in words, when a labeler's agreement interval contains 50 %: its labels cannot be
-/// told from coin flips on these pairs.
+/// A warning, in words, unless a labeler's agreement is clearly above chance: too few pairs to
+/// tell, an interval that contains 50 % (coin flips), or one below 50 % (inverted labels).
 fn chance_warning(f: &FileReport) -> Option<String> {
     let (agreement, (low, high)) = (f.agreement?, f.agreement_ci?);
-    (low <= 0.5 && 0.5 <= high).then(|| {
+    let head = format!(
+        "{} ({}): agreement {:.1} % [{:.1}, {:.1}] on {} pairs",
+        f.label,
+        f.path.display(),
+        100.0 * agreement,
+        100.0 * low,
+        100.0 * high,
+        f.n_scored
+    );
+    match f.chance? {
+        ChanceVerdict::AboveChance => None,
+        ChanceVerdict::TooFewPairs => Some(format!(
+            "{head}: too few pairs to tell (fewer than {MIN_PAIRS} scored) whether these labels \
+             beat chance"
+        )),
+        ChanceVerdict::Chance => Some(format!(
+            "{head} is indistinguishable from chance: a reward model trained on these labels \
+             learns noise"
+        )),
+        ChanceVerdict::BelowChance => Some(format!(
+            "{head} is below chance: the labels are inverted more often than not (check which \
+             response is a and which is b); a reward model trained on them learns the opposite \
+             preference"
+        )),
+    }
+}
+
+/// A warning when a file holds exact ties, saying how each metric treats them.
+fn tie_warning(f: &FileReport) -> Option<String> {
+    (f.ties > 0).then(|| {
         format!(
-            "{} ({}): agreement {:.1} % [{:.1}, {:.1}] is indistinguishable from chance: a reward \
-             model trained on these labels learns noise",
+            "{} ({}): {} of {} matched labels are exact ties (p_a = 0.5): agreement counts each \
+             as half, kappa leaves them out, and `cai export` skips them unless --keep-ties",
             f.label,
             f.path.display(),
-            100.0 * agreement,
-            100.0 * low,
-            100.0 * high
+            f.ties,
+            f.join.matched
         )
     })
 }
@@ -237,8 +285,15 @@ fn join_warnings(path: &Path, s: &JoinStats) -> Vec<String> {
         ));
     }
     if s.unmatched_ai > 0 {
+        let truncated = match s.unmatched_truncated {
+            0 => String::new(),
+            k => format!(
+                " ({k} of them shortened by --truncate-long and written with the shortened \
+                 conversation; label rows now keep the original, so relabel to compare them)"
+            ),
+        };
         out.push(format!(
-            "{name}: {} of {} rows match no human pair",
+            "{name}: {} of {} rows match no human pair{truncated}",
             s.unmatched_ai, s.ai_rows
         ));
     }
@@ -270,6 +325,7 @@ fn file_report(
         .iter()
         .map(|&p| f64::from(u8::from(p == 0.5)))
         .collect();
+    let agreement_ci = significance::agreement_interval(scores.iter().sum(), scores.len());
     let (p_a, human_p_a): (Vec<f64>, Vec<f64>) = rows
         .iter()
         .filter_map(|r| Some((r.p_a, r.human_p_a?)))
@@ -290,14 +346,19 @@ fn file_report(
         join,
         n_scored: scores.len(),
         agreement: label_metrics::mean(&scores),
-        agreement_ci: bootstrap::bootstrap_mean_ci(&scores, cfg.bootstrap, cfg.seed),
+        agreement_ci,
+        chance: agreement_ci.map(|ci| significance::chance_verdict(scores.len(), ci)),
+        ties: rows.iter().filter(|r| r.p_a == 0.5).count(),
         tie_rate: label_metrics::mean(&ties),
+        human_ties: rows.iter().filter(|r| r.human_p_a == Some(0.5)).count(),
+        all_ties: !p_a.is_empty() && p_a.iter().all(|&p| p == 0.5),
         kappa: label_metrics::cohen_kappa(&ai_hard, &human_hard),
         n_labelled: p_a.len(),
         log_loss: label_metrics::log_loss(&p_a, &human_p_a),
         brier: label_metrics::brier(&p_a, &human_p_a),
         calibration: label_metrics::calibration(&p_a, &human_p_a, cfg.bins),
         position: label_metrics::position_stats(&orders),
+        position_raw: label_metrics::raw_position_stats(&orders),
         principles: label_metrics::agreement_by_group(&by_principle),
         by_length: label_metrics::agreement_by_length(&turns, &scores),
         flags,
@@ -306,7 +367,8 @@ fn file_report(
     }
 }
 
-/// Paired bootstrap on the pairs scored in both files, in baseline key order.
+/// Exact sign test (and, from [`MIN_PAIRS`] pairs, a bootstrap interval of the difference) on
+/// the pairs scored in both files, in key order.
 fn paired_test(
     baseline: &HashMap<String, f64>,
     candidate: &HashMap<String, f64>,
@@ -319,7 +381,7 @@ fn paired_test(
     keys.sort();
     let first: Vec<f64> = keys.iter().map(|k| baseline[*k]).collect();
     let second: Vec<f64> = keys.iter().map(|k| candidate[*k]).collect();
-    bootstrap::paired_bootstrap(&first, &second, cfg.bootstrap, cfg.seed)
+    significance::paired_test(&first, &second, cfg.bootstrap, cfg.seed)
 }
 
 #[cfg(test)]
@@ -410,16 +472,19 @@ mod tests {
         let r = run(&cfg).unwrap();
         let f = &r.files[0];
         assert_eq!((f.join.matched, f.join.swapped, f.n_scored), (6, 3, 6));
-        // 58.3 % on 6 pairs: the interval holds 50 %, and the report says so in words.
+        // 58.3 % on 6 pairs: Wilson 95 % of 3.5 / 6 (a tie is half a success) is
+        // [0.241078, 0.860533] (centre (p + z²/12) / (1 + z²/6), z = 1.959964); with fewer than
+        // 10 scored pairs the report says there are too few to tell, in words.
         let (low, high) = f.agreement_ci.unwrap();
-        assert!(low < 0.5 && high > 0.5);
+        assert!((low - 0.241_078).abs() < 1e-6 && (high - 0.860_533).abs() < 1e-6);
+        assert_eq!(f.chance, Some(ChanceVerdict::TooFewPairs));
         let chance: Vec<&String> = r
             .warnings
             .iter()
-            .filter(|w| w.contains("indistinguishable from chance"))
+            .filter(|w| w.contains("too few pairs to tell"))
             .collect();
         assert_eq!(chance.len(), 2, "{:?}", r.warnings);
-        assert!(chance[0].starts_with("L1 (") && chance[0].contains("58.3 %"));
+        assert!(chance[0].starts_with("L1 (") && chance[0].contains("58.3 % [24.1, 86.1] on 6"));
         // Agreement: scores 1, 1, 0, 0.5, 1, 0 -> 3.5 / 6.
         assert!((f.agreement.unwrap() - 3.5 / 6.0).abs() < 1e-12);
         assert!((f.tie_rate.unwrap() - 1.0 / 6.0).abs() < 1e-12);
@@ -444,9 +509,13 @@ mod tests {
         let lengths: Vec<Option<f64>> = f.by_length.iter().map(|g| g.agreement).collect();
         assert_eq!(lengths, [Some(1.0), Some(0.25), Some(1.0), Some(0.0)]);
         assert_eq!(f.flags.get("tie"), Some(&1));
-        // The same file twice: no difference, p = 1.
+        // The same file twice: no difference, no discordant pair, p = 1, and no verdict.
         let t = r.paired[0].test.as_ref().unwrap();
         assert_eq!((t.n, t.diff, t.p_value), (6, 0.0, 1.0));
+        assert_eq!(
+            (t.better, t.worse, t.ci, t.too_few_pairs),
+            (0, 0, None, true)
+        );
 
         for name in ["reliability.svg", "principles.svg", "p_a_hist.svg"] {
             let svg = std::fs::read_to_string(report_dir.join(name)).unwrap();
@@ -458,7 +527,7 @@ mod tests {
         let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
         assert!(
             md.contains("![Reliability diagram](reliability.svg)")
-                && md.contains("| agreement [95% CI] | 58.3%"),
+                && md.contains("| agreement [Wilson 95%] (chance 50%) | 58.3%"),
             "{md}"
         );
         let json: serde_json::Value = serde_json::from_str(
@@ -475,6 +544,231 @@ mod tests {
             table.contains("58.3%") && table.contains("L2 vs L1: +0.0 points"),
             "{table}"
         );
+    }
+
+    /// `n` pairs q{i} / a{i} / b{i} in our JSONL; the human chose a on even i, b on odd i
+    /// unless `all_a`.
+    fn human_file(dir: &Path, n: usize, all_a: bool) -> PathBuf {
+        let path = dir.join("human.jsonl");
+        let text: String = (0..n)
+            .map(|i| {
+                let h = if all_a || i % 2 == 0 { "a" } else { "b" };
+                let row = json!({"prompt": format!("q{i}"), "response_a": format!("a{i}"),
+                    "response_b": format!("b{i}"), "human": h});
+                format!("{row}\n")
+            })
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// An AI row for pair `i` of [`human_file`] with `p_a` and any further fields.
+    fn ai(i: usize, p_a: f64, extra: serde_json::Value) -> serde_json::Value {
+        let mut row = json!({"conversation": [{"role": "user", "content": format!("q{i}")}],
+            "response_a": format!("a{i}"), "response_b": format!("b{i}"), "p_a": p_a});
+        for (k, v) in extra.as_object().unwrap() {
+            row[k] = v.clone();
+        }
+        row
+    }
+
+    fn ai_file(dir: &Path, name: &str, rows: &[serde_json::Value]) -> PathBuf {
+        let path = dir.join(name);
+        crate::jsonl::write_all(&path, rows).unwrap();
+        path
+    }
+
+    #[test]
+    fn compare_warns_below_chance_without_bootstrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let human = human_file(dir.path(), 12, true);
+        // L1 picks b on 11 of 12 pairs the human gave to a: agreement 1/12 = 8.3 %, Wilson 95 %
+        // [0.014865, 0.353880] (upper (p + z²/24 + z·sqrt(p(1-p)/12 + z²/576)) / (1 + z²/12)),
+        // below one half. L2 is right on 6 of 12: [0.253782, 0.746218] holds one half.
+        let inverted: Vec<_> = (0..12)
+            .map(|i| ai(i, if i == 0 { 0.8 } else { 0.2 }, json!({})))
+            .collect();
+        let coin: Vec<_> = (0..12)
+            .map(|i| ai(i, if i < 6 { 0.7 } else { 0.3 }, json!({})))
+            .collect();
+        let cfg = CompareConfig {
+            human,
+            ai: vec![
+                ai_file(dir.path(), "inv.jsonl", &inverted),
+                ai_file(dir.path(), "coin.jsonl", &coin),
+            ],
+            bootstrap: 0,
+            ..Default::default()
+        };
+        let r = run(&cfg).unwrap();
+        let (lo, hi) = r.files[0].agreement_ci.unwrap();
+        assert!((lo - 0.014_865).abs() < 1e-6 && (hi - 0.353_880).abs() < 1e-6);
+        assert_eq!(r.files[0].chance, Some(ChanceVerdict::BelowChance));
+        assert_eq!(r.files[1].chance, Some(ChanceVerdict::Chance));
+        let w = r.warnings.join("\n");
+        assert!(
+            w.contains("L1 (")
+                && w.contains("agreement 8.3 % [1.5, 35.4] on 12 pairs is below chance"),
+            "{w}"
+        );
+        assert!(
+            w.contains("agreement 50.0 % [25.4, 74.6] on 12 pairs is indistinguishable"),
+            "{w}"
+        );
+        // L2 right on 6 where L1 was wrong on 5 of them (pairs 1-5) and right on pair 0; wrong
+        // on 6-11 like L1: better on 5, worse on 0; exact sign test 2 / 2^5 = 0.0625. No
+        // bootstrap: no interval.
+        let t = r.paired[0].test.as_ref().unwrap();
+        assert_eq!(
+            (t.better, t.worse, t.ci, t.too_few_pairs),
+            (5, 0, None, false)
+        );
+        assert!((t.p_value - 0.0625).abs() < 1e-12);
+        let table = report::render_table(&r);
+        assert!(table.contains("below chance (inverted?)"), "{table}");
+    }
+
+    #[test]
+    fn compare_on_four_pairs_is_not_sure_of_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let human = human_file(dir.path(), 4, true);
+        let wrong: Vec<_> = (0..4).map(|i| ai(i, 0.1, json!({}))).collect();
+        let half: Vec<_> = (0..4)
+            .map(|i| ai(i, if i < 2 { 0.9 } else { 0.1 }, json!({})))
+            .collect();
+        let report_dir = dir.path().join("report");
+        let cfg = CompareConfig {
+            human,
+            ai: vec![
+                ai_file(dir.path(), "wrong.jsonl", &wrong),
+                ai_file(dir.path(), "half.jsonl", &half),
+            ],
+            report: Some(report_dir.clone()),
+            ..Default::default()
+        };
+        let r = run(&cfg).unwrap();
+        // 0 of 4: Wilson [0, 2·(z²/8) / (1 + z²/4)] = [0, 0.489891], not a bootstrap's [0, 0].
+        let (lo, hi) = r.files[0].agreement_ci.unwrap();
+        assert!(lo == 0.0 && (hi - 0.489_891).abs() < 1e-6, "{lo} {hi}");
+        assert_eq!(r.files[0].chance, Some(ChanceVerdict::TooFewPairs));
+        // +50 points, 2:0 discordant, exact p = 0.5, no bootstrap interval, no verdict.
+        let t = r.paired[0].test.as_ref().unwrap();
+        assert_eq!(
+            (t.better, t.worse, t.ci, t.too_few_pairs),
+            (2, 0, None, true)
+        );
+        assert!((t.diff - 0.5).abs() < 1e-12 && (t.p_value - 0.5).abs() < 1e-12);
+        let table = report::render_table(&r);
+        assert!(
+            table.contains("L2 vs L1: +50.0 points on 4 pairs (better on 2, worse on 0; exact sign test p = 0.500) — too few pairs to tell (fewer than 10)"),
+            "{table}"
+        );
+        assert!(!table.contains("— significant") && !table.contains("p < 0.001"));
+        assert!(
+            table.contains("0.0% [0.0, 49.0]") && table.contains("too few pairs to tell (n < 10)")
+        );
+        assert!(r.warnings.iter().any(|w| w.starts_with("L1 (")
+            && w.contains("agreement 0.0 % [0.0, 49.0] on 4 pairs: too few pairs to tell")));
+        let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+        for needle in [
+            "| log-loss (chance 0.693) |",
+            "| Brier score (chance 0.250) |",
+            "| Cohen's kappa (no ties; chance 0) |",
+            "Below 10 scored pairs there is no verdict",
+        ] {
+            assert!(md.contains(needle), "{needle} missing:\n{md}");
+        }
+    }
+
+    #[test]
+    fn compare_counts_ties_and_all_ties_ece_is_not_perfect() {
+        let dir = tempfile::tempdir().unwrap();
+        // Human a, b, a, b: base rate 0.5; the AI says 0.5 on all four (CoT votes [2, 2]).
+        let human = human_file(dir.path(), 4, false);
+        let ties: Vec<_> = (0..4).map(|i| ai(i, 0.5, json!({}))).collect();
+        let cfg = CompareConfig {
+            human,
+            ai: vec![ai_file(dir.path(), "ties.jsonl", &ties)],
+            ..Default::default()
+        };
+        let r = run(&cfg).unwrap();
+        let f = &r.files[0];
+        // Every tie counts half: agreement 2 / 4; kappa has no row left.
+        assert_eq!((f.ties, f.tie_rate, f.agreement), (4, Some(1.0), Some(0.5)));
+        assert_eq!((f.kappa.n, f.kappa.ties_excluded), (0, 4));
+        // One bin: mean prediction 0.5, human share of A 0.5 -> ECE 0, which must not read as
+        // perfect calibration. Log-loss ln 2 and Brier 0.25: exactly chance.
+        assert!(f.all_ties && f.calibration.ece == Some(0.0));
+        assert!((f.log_loss.unwrap() - std::f64::consts::LN_2).abs() < 1e-12);
+        assert_eq!(f.brier, Some(0.25));
+        let table = report::render_table(&r);
+        assert!(
+            table.contains("0.000 (all ties: measures nothing)"),
+            "{table}"
+        );
+        assert!(table.contains("4 (100.0% of scored)"), "{table}");
+        assert!(
+            r.warnings.iter().any(|w| w.contains(
+                "4 of 4 matched labels are exact ties (p_a = 0.5): agreement counts each as half"
+            )),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn compare_reports_raw_and_calibrated_position_bias_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let human = human_file(dir.path(), 2, true);
+        // Calibrated: response_a in both orders on both pairs (consistent; slots A, B, A, B).
+        // Raw: slot (A) in all four answers (0.9 first; 0.3 second = response_b in slot A).
+        let raw = json!({"p_a_first": 0.7, "p_a_second": 0.6, "p_a_first_raw": 0.9,
+            "p_a_second_raw": 0.3});
+        let with_raw = [ai(0, 0.65, raw.clone()), ai(1, 0.65, raw)];
+        // The same without raw values, one row shortened by --truncate-long.
+        let old = [
+            ai(
+                0,
+                0.65,
+                json!({"p_a_first": 0.7, "p_a_second": 0.6, "truncated": true}),
+            ),
+            ai(1, 0.65, json!({"p_a_first": 0.7, "p_a_second": 0.6})),
+        ];
+        let cfg = CompareConfig {
+            human,
+            ai: vec![
+                ai_file(dir.path(), "raw.jsonl", &with_raw),
+                ai_file(dir.path(), "old.jsonl", &old),
+            ],
+            ..Default::default()
+        };
+        let r = run(&cfg).unwrap();
+        let (l1, l2) = (&r.files[0], &r.files[1]);
+        assert_eq!(
+            (l1.position.consistency, l1.position.slot_a_rate),
+            (Some(1.0), Some(0.5))
+        );
+        assert_eq!(
+            (l1.position_raw.consistency, l1.position_raw.slot_a_rate),
+            (Some(0.0), Some(1.0))
+        );
+        assert_eq!((l2.position_raw.n_pairs, l2.position_raw.n_answers), (0, 0));
+        assert_eq!((l1.join.truncated, l2.join.truncated), (0, 1));
+        let table = report::render_table(&r);
+        let line = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing:\n{table}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(line("order consistency, calibrated").ends_with("100.0% (n=2) 100.0% (n=2)"));
+        assert!(line("order consistency, raw").ends_with("raw 0.0% (n=2) n/a"));
+        assert!(line("chose slot (A), calibrated").ends_with("50.0% (n=4) 50.0% (n=4)"));
+        assert!(line("chose slot (A), raw").ends_with("raw 100.0% (n=4) n/a"));
+        assert!(line("  truncated (--truncate-long)").ends_with("0 1"));
     }
 
     #[test]

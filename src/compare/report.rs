@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::bootstrap::PairedTest;
+use super::significance::{ChanceVerdict, PairedTest};
 use super::{CompareReport, FileReport, HISTOGRAM_BINS};
 use crate::artifacts::{METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT, REPORT};
 use crate::label_metrics::LENGTH_BUCKETS;
@@ -28,7 +28,8 @@ struct Row {
     cells: Vec<String>,
 }
 
-/// The metric rows shared by the terminal table and report.md.
+/// The metric rows shared by the terminal table and report.md. Each name says what chance is
+/// for its metric.
 fn metric_rows(report: &CompareReport) -> Vec<Row> {
     let files = &report.files;
     let row = |name: &str, cell: &dyn Fn(&FileReport) -> String| Row {
@@ -45,34 +46,50 @@ fn metric_rows(report: &CompareReport) -> Vec<Row> {
             f.join.unmatched_human.to_string()
         }),
         row("  AI duplicates", &|f| f.join.duplicate_ai.to_string()),
-        row("scored (human chose)", &|f| f.n_scored.to_string()),
-        row("agreement [95% CI]", &|f| match f.agreement_ci {
-            Some((lo, hi)) => format!(
-                "{} [{:.1}, {:.1}]",
-                pct(f.agreement),
-                100.0 * lo,
-                100.0 * hi
-            ),
-            None => pct(f.agreement),
+        row("  truncated (--truncate-long)", &|f| {
+            f.join.truncated.to_string()
         }),
-        row("AI tie rate (half credit)", &|f| pct(f.tie_rate)),
-        row("Cohen's kappa (no ties)", &|f| {
+        row("scored (human chose)", &|f| f.n_scored.to_string()),
+        row("  human ties (not scored)", &|f| f.human_ties.to_string()),
+        row("AI ties (p_a = 0.5, ½ in agreement)", &|f| {
+            format!("{} ({} of scored)", f.ties, pct(f.tie_rate))
+        }),
+        row(
+            "agreement [Wilson 95%] (chance 50%)",
+            &|f| match f.agreement_ci {
+                Some((lo, hi)) => format!(
+                    "{} [{:.1}, {:.1}]",
+                    pct(f.agreement),
+                    100.0 * lo,
+                    100.0 * hi
+                ),
+                None => pct(f.agreement),
+            },
+        ),
+        row("  vs chance", &|f| verdict(f.chance, report.min_pairs)),
+        row("Cohen's kappa (no ties; chance 0)", &|f| {
             format!("{} (n={})", num(f.kappa.value), f.kappa.n)
         }),
-        row("log-loss", &|f| num(f.log_loss)),
-        row("Brier score", &|f| num(f.brier)),
+        row("log-loss (chance 0.693)", &|f| num(f.log_loss)),
+        row("Brier score (chance 0.250)", &|f| num(f.brier)),
         row(&format!("ECE ({} bins)", report.bins), &|f| {
-            num(f.calibration.ece)
+            if f.all_ties {
+                format!("{} (all ties: measures nothing)", num(f.calibration.ece))
+            } else {
+                num(f.calibration.ece)
+            }
         }),
-        row("position consistency", &|f| {
-            format!("{} (n={})", pct(f.position.consistency), f.position.n_pairs)
+        row("order consistency, calibrated (chance 50%)", &|f| {
+            share(f.position.consistency, f.position.n_pairs)
         }),
-        row("chose slot (A)", &|f| {
-            format!(
-                "{} (n={})",
-                pct(f.position.slot_a_rate),
-                f.position.n_answers
-            )
+        row("order consistency, raw", &|f| {
+            share(f.position_raw.consistency, f.position_raw.n_pairs)
+        }),
+        row("chose slot (A), calibrated (no bias 50%)", &|f| {
+            share(f.position.slot_a_rate, f.position.n_answers)
+        }),
+        row("chose slot (A), raw", &|f| {
+            share(f.position_raw.slot_a_rate, f.position_raw.n_answers)
         }),
     ];
     for (k, bucket) in LENGTH_BUCKETS.iter().enumerate() {
@@ -119,6 +136,27 @@ fn group_cell(group: Option<(Option<f64>, usize)>) -> String {
     }
 }
 
+/// A share over `n` items, "n/a" when there are none (a file without per-order answers, or
+/// without raw ones: never the other kind in their place).
+fn share(x: Option<f64>, n: usize) -> String {
+    if n == 0 {
+        "n/a".to_string()
+    } else {
+        format!("{} (n={n})", pct(x))
+    }
+}
+
+/// The chance verdict in words.
+fn verdict(v: Option<ChanceVerdict>, min_pairs: usize) -> String {
+    match v {
+        None => "–".to_string(),
+        Some(ChanceVerdict::TooFewPairs) => format!("too few pairs to tell (n < {min_pairs})"),
+        Some(ChanceVerdict::BelowChance) => "below chance (inverted?)".to_string(),
+        Some(ChanceVerdict::Chance) => "indistinguishable".to_string(),
+        Some(ChanceVerdict::AboveChance) => "above chance".to_string(),
+    }
+}
+
 fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "–".to_string(), |x| format!("{:.1}%", 100.0 * x))
 }
@@ -137,8 +175,14 @@ fn signed_points(x: f64) -> String {
     }
 }
 
-/// "L2 vs L1: +3.1 points [−1.2, +7.4], p = 0.16 — not significant at 0.05".
-fn paired_line(candidate: &str, baseline: &str, test: Option<&PairedTest>) -> String {
+/// "L2 vs L1: +3.1 points [−1.2, +7.4] on 200 pairs (better on 30, worse on 20; exact sign
+/// test p = 0.203) — not significant at 0.05", or "— too few pairs to tell" below the minimum.
+fn paired_line(
+    candidate: &str,
+    baseline: &str,
+    test: Option<&PairedTest>,
+    min_pairs: usize,
+) -> String {
     let Some(t) = test else {
         return format!("{candidate} vs {baseline}: no pairs scored in both files");
     };
@@ -147,17 +191,23 @@ fn paired_line(candidate: &str, baseline: &str, test: Option<&PairedTest>) -> St
     } else {
         format!("p = {:.3}", t.p_value)
     };
-    let verdict = if t.p_value < ALPHA {
-        "significant"
+    let ci = t.ci.map_or_else(String::new, |(lo, hi)| {
+        format!(" [{}, {}]", signed_points(lo), signed_points(hi))
+    });
+    let verdict = if t.too_few_pairs {
+        format!("too few pairs to tell (fewer than {min_pairs})")
+    } else if t.p_value < ALPHA {
+        format!("significant at {ALPHA}")
     } else {
-        "not significant"
+        format!("not significant at {ALPHA}")
     };
     format!(
-        "{candidate} vs {baseline}: {} points [{}, {}], {p} — {verdict} at {ALPHA} (n={})",
+        "{candidate} vs {baseline}: {} points{ci} on {} pairs (better on {}, worse on {}; \
+         exact sign test {p}) — {verdict}",
         signed_points(t.diff),
-        signed_points(t.ci_low),
-        signed_points(t.ci_high),
-        t.n
+        t.n,
+        t.better,
+        t.worse
     )
 }
 
@@ -213,9 +263,15 @@ pub fn render_table(report: &CompareReport) -> String {
         let _ = writeln!(
             out,
             "\n{}",
-            paired_line(&p.candidate, &p.baseline, p.test.as_ref())
+            paired_line(&p.candidate, &p.baseline, p.test.as_ref(), report.min_pairs)
         );
     }
+    let _ = writeln!(
+        out,
+        "\nagreement and kappa: pairs the human chose; log-loss, Brier, ECE: every pair with a \
+         human label; position: pairs asked in both orders, calibrated = as the label file \
+         keeps them, raw = before calibration or clamping."
+    );
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -244,14 +300,11 @@ fn markdown(report: &CompareReport) -> String {
     let mut md = String::from("# AI preference labels vs human labels\n\n");
     let _ = writeln!(
         md,
-        "Human labels: `{}` ({} rows, {} distinct pairs, {} labelled). \
-         Bootstrap: {} resamples, seed {}.\n",
+        "Human labels: `{}` ({} rows, {} distinct pairs, {} labelled).\n",
         h.path.display(),
         h.rows,
         h.unique,
         h.labelled,
-        report.bootstrap,
-        report.seed
     );
     for f in &report.files {
         let _ = writeln!(md, "- **{}**: `{}`", f.label, f.path.display());
@@ -266,17 +319,14 @@ fn markdown(report: &CompareReport) -> String {
         let cells: Vec<String> = r.cells.iter().map(|c| cell(c)).collect();
         let _ = writeln!(md, "| {} | {} |", cell(r.name.trim()), cells.join(" | "));
     }
-    md.push_str(
-        "\nAgreement counts an AI tie (p_a = 0.5) as half; kappa leaves ties out. \
-         Log-loss, Brier and ECE use soft human labels where given.\n",
-    );
+    md.push_str(&reading_notes(report));
     if !report.paired.is_empty() {
-        md.push_str("\n## Paired bootstrap tests\n\n");
+        md.push_str("\n## Paired tests\n\n");
         for p in &report.paired {
             let _ = writeln!(
                 md,
                 "- {}",
-                paired_line(&p.candidate, &p.baseline, p.test.as_ref())
+                paired_line(&p.candidate, &p.baseline, p.test.as_ref(), report.min_pairs)
             );
         }
     }
@@ -291,6 +341,38 @@ fn markdown(report: &CompareReport) -> String {
         }
     }
     md
+}
+
+/// What each number of the table is computed on, and what chance is for it.
+fn reading_notes(report: &CompareReport) -> String {
+    let n = report.min_pairs;
+    format!(
+        "\n## What the numbers are\n\n\
+         - **Agreement**: over the matched pairs where the human chose a response (a human \
+         label of 0.5 is not scored), the share where the AI's final label `p_a` picks the same \
+         one. An AI tie (`p_a` = 0.5 exactly) counts half. Chance is 50 %. The interval is the \
+         Wilson score 95 % interval (valid at small n; a tie is half a success). Below {n} \
+         scored pairs there is no verdict: too few pairs to tell; otherwise the interval is \
+         above, holds, or is below 50 % (below: the labels look inverted).\n\
+         - **Cohen's kappa**: the same pairs' hard choices with AI ties left out; chance is 0.\n\
+         - **Log-loss, Brier, ECE**: every matched pair with a human label, soft human labels \
+         as given, the AI's `p_a` as is (ties as 0.5). A judge that always says 0.5 scores \
+         log-loss ln 2 = 0.693 and Brier 0.250. ECE has no fixed chance level: a constant \
+         0.5 scores |share of A − 0.5|, near 0 on balanced pairs, so read it with log-loss; on \
+         a file of ties it measures nothing.\n\
+         - **Position**: every matched pair asked in both orders (no human label needed). \
+         *Calibrated* uses the per-order probabilities as the label file keeps them (after the \
+         content-free calibration or the CoT clamp, where on): the bias left over. *Raw* uses \
+         the probabilities before them: the judge's own bias; n/a for files that do not keep \
+         them. Order consistency is the share of pairs whose preferred response is the same in \
+         both orders (50 % for a judge that answers at random, 0 % for one that always picks \
+         one slot); chose slot (A) is the share of per-order answers picking the response shown \
+         first (50 % without bias; a tie counts half).\n\
+         - **Paired tests**: the pairs scored in both files; an exact two-sided sign test over \
+         the pairs where the two agreement scores differ; the interval of the difference is a \
+         paired percentile bootstrap ({} resamples, seed {}), given from {n} pairs on.\n",
+        report.bootstrap, report.seed
+    )
 }
 
 fn reliability_svg(report: &CompareReport) -> String {
@@ -373,27 +455,61 @@ mod tests {
 
     #[test]
     fn paired_line_wording() {
+        // 30:20 discordant pairs: exact two-sided sign test p = 0.202639.
         let t = PairedTest {
             n: 200,
             diff: 0.031,
-            ci_low: -0.012,
-            ci_high: 0.074,
-            p_value: 0.16,
+            better: 30,
+            worse: 20,
+            p_value: 0.202_639,
+            ci: Some((-0.012, 0.074)),
+            too_few_pairs: false,
         };
         assert_eq!(
-            paired_line("L2", "L1", Some(&t)),
-            "L2 vs L1: +3.1 points [−1.2, +7.4], p = 0.160 — not significant at 0.05 (n=200)"
+            paired_line("L2", "L1", Some(&t), 10),
+            "L2 vs L1: +3.1 points [−1.2, +7.4] on 200 pairs (better on 30, worse on 20; exact \
+             sign test p = 0.203) — not significant at 0.05"
         );
         let t = PairedTest {
-            n: 9,
+            n: 40,
             diff: -0.2,
-            ci_low: -0.3,
-            ci_high: -0.1,
-            p_value: 0.0004,
+            better: 0,
+            worse: 12,
+            p_value: 0.000_488,
+            ci: None,
+            too_few_pairs: false,
         };
-        assert!(paired_line("L3", "L1", Some(&t))
-            .contains("−20.0 points [−30.0, −10.0], p < 0.001 — significant"));
-        assert!(paired_line("L2", "L1", None).contains("no pairs scored in both"));
+        assert!(paired_line("L3", "L1", Some(&t), 10).contains(
+            "−20.0 points on 40 pairs (better on 0, worse on 12; exact sign test p < 0.001) — \
+             significant"
+        ));
+        assert!(paired_line("L2", "L1", None, 10).contains("no pairs scored in both"));
+    }
+
+    #[test]
+    fn compare_on_four_pairs_says_too_few_pairs_to_tell() {
+        // The issue's case: baseline wrong on all 4, candidate right on 2: +50 points, 2:0
+        // discordant, exact sign test p = 2 · (1/2)² = 0.5, and no verdict below 10 pairs.
+        let t = PairedTest {
+            n: 4,
+            diff: 0.5,
+            better: 2,
+            worse: 0,
+            p_value: 0.5,
+            ci: None,
+            too_few_pairs: true,
+        };
+        assert_eq!(
+            paired_line("L2", "L1", Some(&t), 10),
+            "L2 vs L1: +50.0 points on 4 pairs (better on 2, worse on 0; exact sign test \
+             p = 0.500) — too few pairs to tell (fewer than 10)"
+        );
+        assert_eq!(
+            verdict(Some(ChanceVerdict::TooFewPairs), 10),
+            "too few pairs to tell (n < 10)"
+        );
+        assert_eq!(share(None, 0), "n/a");
+        assert_eq!(share(Some(0.25), 4), "25.0% (n=4)");
     }
 
     #[test]
