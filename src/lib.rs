@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod prompts;
+pub mod redact;
 pub mod sampling;
 pub mod stages;
 #[doc(hidden)]

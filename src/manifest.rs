@@ -17,8 +17,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::jsonl::Existing;
-use crate::llm::openai::redact_url;
 use crate::llm::ModelInfo;
+use crate::redact::redact_json;
 
 /// What a stage writes next to its output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,19 +246,9 @@ impl Manifest {
     pub fn write(&self, out: &Path) -> Result<()> {
         let path = manifest_path(out);
         let mut shown = self.clone();
-        redact(&mut shown.config);
-        redact(&mut shown.stats);
+        redact_json(&mut shown.config);
+        redact_json(&mut shown.stats);
         let text = serde_json::to_string_pretty(&shown)?;
         crate::jsonl::replace_file(&path, false, |f| Ok(f.write_all(text.as_bytes())?))
-    }
-}
-
-/// Replaces the user-info of every URL among `v`'s strings by `***`.
-fn redact(v: &mut Value) {
-    match v {
-        Value::String(s) if s.contains("://") => *s = redact_url(s),
-        Value::Array(a) => a.iter_mut().for_each(redact),
-        Value::Object(o) => o.values_mut().for_each(redact),
-        _ => {}
     }
 }

@@ -322,7 +322,9 @@ impl PromptSet {
                 .map(|(_, p)| p.clone());
             let from_dir = dir
                 .map(|d| d.join(format!("{}.txt", kind.name())))
-                .filter(|p| p.is_file());
+                // Whatever stands at that name is used (and a FIFO or device refused by the
+                // reader), never silently passed over.
+                .filter(|p| p.exists());
             let template = match from_dir.or(from_constitution) {
                 Some(path) => {
                     let src = crate::inputs::read_text(&path, crate::inputs::TEXT_CAP, "template")?;

@@ -284,6 +284,7 @@ fn write_resolved(cfg: &PipelineConfig, run: &RunDir, plans: &[StagePlan]) -> Re
     for p in plans {
         doc[p.stage.name()] = p.config_json()?;
     }
+    crate::redact::redact_json(&mut doc);
     let path = run.resolved_config();
     let text = format!(
         "# Resolved by cai pipeline (the section configs as the stages ran them).\n{}",

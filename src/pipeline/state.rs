@@ -197,13 +197,15 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_str(&text).ok()
 }
 
-/// Writes a state file atomically (temp file + rename).
+/// Writes a state file atomically (temp file + rename), URL credentials redacted.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
+    let mut value = serde_json::to_value(value)?;
+    crate::redact::redact_json(&mut value);
+    std::fs::write(&tmp, serde_json::to_string_pretty(&value)? + "\n")
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -102,3 +102,13 @@ fn builtin_templates_parse() {
         let _ = Template::builtin(k);
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_special_file_in_the_templates_dir_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("critique.txt")).unwrap();
+    let e = format!("{:#}", PromptSet::load(&[], Some(dir.path())).unwrap_err());
+    assert!(e.contains("critique.txt") || e.contains("/dev/zero"), "{e}");
+    assert!(e.contains("not a regular file"), "{e}");
+}

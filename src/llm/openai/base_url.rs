@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::redact::redact_url;
+
 /// `http` or `https`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -80,19 +82,6 @@ impl BaseUrl {
     /// The full URL of `path` (which starts with `/`, e.g. `/v1/models` or `/tokenize`).
     pub fn endpoint(&self, path: &str) -> String {
         format!("{self}{path}")
-    }
-}
-
-/// `url` with its user-info (`user:password@` before the host) replaced by `***@`, so a
-/// credential typed into a URL never reaches a message, log or manifest. Text without a
-/// user-info comes back unchanged.
-pub fn redact_url(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[start..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{}***@{}", &url[..start], &url[start + at + 1..]),
-        None => url.to_string(),
     }
 }
 

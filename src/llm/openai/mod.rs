@@ -33,7 +33,6 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-pub use base_url::redact_url;
 pub use cache::default_dir as default_cache_dir;
 pub use client::RetryPolicy;
 
