@@ -1,6 +1,8 @@
 //! `cai label` end to end through the binary: mock backend against a golden file, CoT fields,
 //! identical responses, resume, bad input, and the real default model.
 
+#[path = "util/tiny.rs"]
+mod tiny;
 mod util;
 
 use std::path::Path;
@@ -387,14 +389,9 @@ fn sample_then_label_with_mock() {
 /// = "(A": after a prefill ending in "(", option "A" merges into the prompt's last token and
 /// option "B" does not.
 fn merging_model(dir: &Path) -> std::path::PathBuf {
-    use cai::model_files::config::TokenIds;
-    use cai::model_files::weights::init_random;
-    use cai::train::{save_model_dir, LlamaConfig};
-    use candle_core::{DType, Device};
     use serde_json::json;
-    let specials = ["<|im_start|>", "<|im_end|>", "[UNK]"];
     let mut vocab = serde_json::Map::new();
-    let pieces = specials
+    let pieces = tiny::SPECIALS
         .iter()
         .map(|s| s.to_string())
         .chain((' '..='~').map(String::from))
@@ -402,35 +399,12 @@ fn merging_model(dir: &Path) -> std::path::PathBuf {
     for (id, p) in pieces.enumerate() {
         vocab.insert(p, json!(id));
     }
-    let added: Vec<Value> = specials[..2]
-        .iter()
-        .enumerate()
-        .map(|(id, s)| {
-            json!({"id": id, "content": s, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
     let n_vocab = vocab.len();
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
-        "model": {"type": "BPE", "vocab": vocab, "merges": ["( A"], "unk_token": "[UNK]",
-                  "dropout": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false}
-    });
-    let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
-                  {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    let tcfg = json!({"chat_template": chatml, "bos_token": "", "eos_token": "<|im_end|>"});
-    let mut cfg = LlamaConfig::new(n_vocab, 32, 64, 2, 4, 2);
-    cfg.eos_token_id = Some(TokenIds::One(1));
-    let weights = init_random(&cfg, 0.5, 7, DType::F32, &Device::Cpu).unwrap();
-    let base = dir.join("merging");
-    let files = [
-        ("tokenizer.json", tokenizer.to_string().into_bytes()),
-        ("tokenizer_config.json", tcfg.to_string().into_bytes()),
-    ];
-    save_model_dir(&base, &cfg, &weights, &files).unwrap();
-    base
+    let model = json!({"type": "BPE", "vocab": vocab, "merges": ["( A"], "unk_token": "[UNK]",
+                       "dropout": null, "continuing_subword_prefix": null,
+                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false});
+    let tokenizer = tiny::tokenizer_with(serde_json::Value::Null, model);
+    tiny::write_model(dir, "merging", n_vocab, &tokenizer, 0.5, 7)
 }
 
 /// Issue 29 item 6: every option of a request is scored from the same position. On a

@@ -19,15 +19,7 @@ use util::{cai, ok, root};
 /// Runs `cai label` against `url` in `mode`; returns the label file and the backend counters.
 fn label(dir: &Path, url: &str, mode: &str, out: &str) -> (String, Value) {
     let mut cmd = cai(dir);
-    for var in [
-        "ALL_PROXY",
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "all_proxy",
-        "https_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
+    util::without_proxies(&mut cmd);
     cmd.args(["label", "--backend", "openai", "--base-url", url])
         .args(["--mode", mode, "--samples", "2", "--few-shot", "1"])
         .args([

@@ -222,15 +222,7 @@ fn score_mode_labels_through_the_cli_with_exact_option_scores() {
     let server = FakeServer::start_flavor(&[], Flavor::Vllm);
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = cai(dir.path());
-    for var in [
-        "ALL_PROXY",
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "all_proxy",
-        "http_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
+    util::without_proxies(&mut cmd);
     cmd.args(["label", "--backend", "openai", "--base-url", &server.url])
         .args(["--mode", "score", "--limit", "2", "--few-shot", "0"])
         .args(["--no-cache", "--quiet", "--out", "score.jsonl"])

@@ -177,15 +177,7 @@ fn failed_run_then_corrected_rerun_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let run = |url: &str, seed: &str| {
         let mut cmd = label_with(dir.path(), "l.jsonl", "openai", &harmless());
-        for var in [
-            "ALL_PROXY",
-            "HTTPS_PROXY",
-            "HTTP_PROXY",
-            "all_proxy",
-            "https_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
+        util::without_proxies(&mut cmd);
         cmd.args(["--base-url", url, "--seed", seed]).args([
             "--retries",
             "0",

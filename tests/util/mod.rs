@@ -16,6 +16,21 @@ pub fn cai(dir: &Path) -> Command {
     c
 }
 
+/// Clears the proxy variables, so a test's requests go straight to its loopback server.
+pub fn without_proxies(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Runs and asserts success, returning stdout.
 pub fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("cai runs");
