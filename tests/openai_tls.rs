@@ -23,17 +23,8 @@ const KEY: &str = "sk-test-0123456789-secret";
 /// A `cai` command with no proxy or CA settings inherited from the environment.
 fn clean(dir: &Path) -> Command {
     let mut cmd = cai(dir);
-    for var in [
-        "SSL_CERT_FILE",
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
+    util::without_proxies(&mut cmd);
+    for var in ["SSL_CERT_FILE", "NO_PROXY", "no_proxy"] {
         cmd.env_remove(var);
     }
     cmd.env("CAI_TEST_KEY", KEY);
