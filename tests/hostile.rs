@@ -443,9 +443,22 @@ fn check(entry: &Entry, stage: Stage) -> Vec<String> {
     for (flag, value) in &args {
         cmd.arg(flag).arg(value);
     }
+    let started = Instant::now();
     let (code, signal, peak, timed_out) = run_limited(&mut cmd);
+    let seconds = started.elapsed().as_secs_f64();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let what = format!("{} / {sub}", entry.name);
+    util::figure(&format!(
+        "hostile {what}: exit {code:?} signal {signal:?}, {seconds:.2} s, peak {:.0} MiB: {}",
+        peak as f64 / (1 << 20) as f64,
+        stderr
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(150)
+            .collect::<String>()
+    ));
     let mut bad = Vec::new();
     if timed_out {
         bad.push(format!("{what}: still running after {TIME_LIMIT:?}"));
