@@ -35,10 +35,8 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// Every error is one line naming the file.
 pub fn open(path: &Path) -> Result<(File, Content)> {
     let fail = || format!("{}: not a readable GGUF file", path.display());
-    let file =
-        File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
-    let meta = file
-        .metadata()
+    // Checked before opening: opening a FIFO would wait for a writer.
+    let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read model file {}", path.display()))?;
     if !meta.is_file() {
         bail!(
@@ -46,6 +44,8 @@ pub fn open(path: &Path) -> Result<(File, Content)> {
             path.display()
         );
     }
+    let file =
+        File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
     let mut reader = BufReader::new(file);
     check_header(&mut reader, meta.len()).with_context(fail)?;
     reader.seek(SeekFrom::Start(0)).with_context(fail)?;

@@ -177,5 +177,11 @@ fn gguf_open_names_the_file_and_refuses_devices() {
             e.contains("/dev/zero: a model file must be a regular file"),
             "{e}"
         );
+        // A FIFO is refused before it is opened (opening one waits for a writer).
+        let fifo = dir.path().join("fifo.gguf");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = format!("{:#}", open(&fifo).unwrap_err());
+        assert!(e.contains("a model file must be a regular file"), "{e}");
     }
 }
