@@ -67,7 +67,7 @@ impl Default for EvalConfig {
             seed: 0,
             reward_model: None,
             // The slot prior divided out: on the dev pairs it lifted position consistency
-            // from 0 % to 15 % (see README, cai label).
+            // from 0 % to 15 % (see docs/label.md).
             labeler: LabelConfig {
                 calibrate: true,
                 ..LabelConfig::default()
