@@ -123,20 +123,39 @@ fn help(cache: &mut HashMap<Vec<String>, String>, sub: &[String]) -> String {
         .clone()
 }
 
-/// A fresh folder holding the repository's data/ (what a clone has), and nothing else.
-fn fresh_folder_with_data() -> tempfile::TempDir {
+/// A fresh folder holding copies of the repository's `dirs` (data/, constitutions/), as a
+/// clone has them, and nothing else.
+fn fresh_folder_with(dirs: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    for e in std::fs::read_dir(root().join("data")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.path().join("data").join(p.file_name().unwrap())).unwrap();
+    for d in dirs {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+        for e in std::fs::read_dir(root().join(d)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.path().join(d).join(p.file_name().unwrap())).unwrap();
+        }
     }
     dir
 }
 
-/// Cheap lines actually run: mock-backend stages and constitution checks.
-fn runs_cheaply(sub: &[String], line: &str) -> bool {
-    line.contains("--backend mock") || sub.first().is_some_and(|s| s == "constitution")
+fn fresh_folder_with_data() -> tempfile::TempDir {
+    fresh_folder_with(&["data"])
+}
+
+/// Cheap lines are run, not just checked: mock-backend stages, constitution checks, and
+/// compare/export of files an earlier line of the same page wrote.
+fn runs_cheaply(sub: &[String], words: &[String], dir: &Path) -> bool {
+    let inputs_exist = || {
+        words.windows(2).all(|w| {
+            !matches!(w[0].as_str(), "--human" | "--ai" | "--input") || dir.join(&w[1]).is_file()
+        })
+    };
+    match sub[0].as_str() {
+        "constitution" => true,
+        "compare" | "export" => inputs_exist(),
+        _ => words
+            .windows(2)
+            .any(|w| w[0] == "--backend" && w[1] == "mock"),
+    }
 }
 
 #[test]
@@ -145,10 +164,14 @@ fn every_documented_command_exists_and_cheap_ones_run() {
     let mut checked = 0;
     let mut ran = 0;
     for (file, text) in doc_files() {
+        // One clone-like folder per page: its cheap lines run in order, as a reader would.
+        let dir = fresh_folder_with(&["data", "constitutions"]);
         for d in commands(&file, &text) {
             let w = words(&d.line);
             if w[0] == "bash" {
-                let script = w.get(1).unwrap_or_else(|| panic!("{}: bash without a script", d.at));
+                let script = w
+                    .get(1)
+                    .unwrap_or_else(|| panic!("{}: bash without a script", d.at));
                 assert!(
                     root().join(script).is_file(),
                     "{}: `{}` names a script that is not in the repository",
@@ -159,7 +182,12 @@ fn every_documented_command_exists_and_cheap_ones_run() {
                 continue;
             }
             let (sub, flags) = parse(&w);
-            assert!(!sub.is_empty(), "{}: `{}` names no subcommand", d.at, d.line);
+            assert!(
+                !sub.is_empty(),
+                "{}: `{}` names no subcommand",
+                d.at,
+                d.line
+            );
             let h = help(&mut cache, &sub);
             for flag in &flags {
                 let present = h.match_indices(flag.as_str()).any(|(i, _)| {
@@ -174,9 +202,15 @@ fn every_documented_command_exists_and_cheap_ones_run() {
                     d.line
                 );
             }
-            if runs_cheaply(&sub, &d.line) {
-                let dir = fresh_folder_with_data();
-                ok(cai(dir.path()).args(&w[1..]));
+            if runs_cheaply(&sub, &w, dir.path()) {
+                let out = cai(dir.path()).args(&w[1..]).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}: `{}` failed: {}",
+                    d.at,
+                    d.line,
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 ran += 1;
             }
             checked += 1;
@@ -184,7 +218,9 @@ fn every_documented_command_exists_and_cheap_ones_run() {
     }
     // README.md and docs/ hold some 40 command lines; a parser that found none would pass.
     assert!(checked >= 30, "only {checked} documented commands found");
-    assert!(ran >= 2, "only {ran} documented commands run on the mock backend");
+    // README.md 1 (label on mock), docs/label.md 3 (label, compare, export), docs/revise.md 2
+    // (revise, export), docs/sample.md 1, docs/constitutions.md 2 (check, show).
+    assert!(ran >= 9, "only {ran} documented commands ran");
 }
 
 #[test]
@@ -223,7 +259,9 @@ fn readme_is_short_and_its_links_exist() {
     let n = readme.lines().count();
     assert!(n <= 250, "README.md has {n} lines (at most 250)");
     // The first lines are the two commands a newcomer runs.
-    assert!(readme.starts_with("# cai\n\n    bash scripts/quickstart.sh\n    bash scripts/test.sh\n"));
+    assert!(
+        readme.starts_with("# cai\n\n    bash scripts/quickstart.sh\n    bash scripts/test.sh\n")
+    );
     for (file, text) in doc_files() {
         let base = root().join(&file);
         let base = base.parent().unwrap();
@@ -244,7 +282,10 @@ fn readme_is_short_and_its_links_exist() {
 
 /// The manifest of `out` (`X.manifest.json` beside it).
 fn manifest(out: &Path) -> Value {
-    let name = format!("{}.manifest.json", out.file_name().unwrap().to_str().unwrap());
+    let name = format!(
+        "{}.manifest.json",
+        out.file_name().unwrap().to_str().unwrap()
+    );
     let text = std::fs::read_to_string(out.with_file_name(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -263,7 +304,10 @@ fn label_and_revise_run_in_a_fresh_folder_with_their_defaults() {
     ok(cai(dir.path()).args(["label", "--backend", "mock", "--quiet"]));
     let labels = dir.path().join("runs/labels.jsonl");
     // data/sample-pairs.jsonl has 12 pairs: one label row each.
-    assert_eq!(std::fs::read_to_string(&labels).unwrap().lines().count(), 12);
+    assert_eq!(
+        std::fs::read_to_string(&labels).unwrap().lines().count(),
+        12
+    );
     let shipped = std::fs::read(root().join("constitutions/harmless.yaml")).unwrap();
     let m = manifest(&labels);
     assert_eq!(m["constitution"]["name"], "harmless");
@@ -272,7 +316,10 @@ fn label_and_revise_run_in_a_fresh_folder_with_their_defaults() {
     ok(cai(dir.path()).args(["revise", "--backend", "mock", "--quiet"]));
     let revisions = dir.path().join("runs/revisions.jsonl");
     // data/sample-prompts.jsonl has 12 prompts: one record each.
-    assert_eq!(std::fs::read_to_string(&revisions).unwrap().lines().count(), 12);
+    assert_eq!(
+        std::fs::read_to_string(&revisions).unwrap().lines().count(),
+        12
+    );
 
     // A built-in by name, from the same folder.
     ok(cai(dir.path()).args([
