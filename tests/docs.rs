@@ -351,3 +351,23 @@ fn an_existing_constitution_file_wins_over_the_builtin() {
     assert_eq!(m["constitution"]["name"], "helpful-honest");
     assert_eq!(m["constitution"]["sha256"], sha256_hex(&own).as_str());
 }
+
+#[test]
+fn pipeline_runs_from_a_fresh_folder_with_the_default_constitution() {
+    // No constitutions/ folder: the pipeline's default (constitutions/harmless.yaml) is hashed
+    // and copied into the run folder from the built-in, byte for byte.
+    let dir = fresh_folder_with_data();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "run_dir: runs/p\nbackend: mock\nrevise:\n  prompts: data/sample-prompts.jsonl\n",
+    )
+    .unwrap();
+    ok(cai(dir.path()).args(["pipeline", "--config", "p.yaml"]));
+    let copy = std::fs::read(dir.path().join("runs/p/constitution.yaml")).unwrap();
+    assert_eq!(
+        copy,
+        std::fs::read(root().join("constitutions/harmless.yaml")).unwrap()
+    );
+    let revisions = dir.path().join("runs/p/revise");
+    assert!(revisions.is_dir(), "{}", revisions.display());
+}
