@@ -20,3 +20,4 @@ if [[ ${1:-} == *.yaml ]]; then
     shift
 fi
 "$cai" pipeline --config "$config" "$@"
+echo "quickstart: the cai binary is $cai; \`cargo install --path .\` puts cai on your PATH" >&2

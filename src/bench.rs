@@ -51,7 +51,8 @@ impl Default for BenchConfig {
             gen_tokens: 64,
             repeats: 2,
             batches: vec![8, 32],
-            pairs: PathBuf::from("../shared/data/hh-harmless-dev.jsonl"),
+            // Shipped in the repository, so `cai bench` runs in a fresh clone.
+            pairs: PathBuf::from("data/sample-pairs.jsonl"),
             label_pairs: 8,
             train_steps: 2,
             compare_quantized: false,
@@ -310,8 +311,8 @@ fn peer_dir(cfg: &BenchConfig) -> Option<PathBuf> {
     dir.join("llama-bench").is_file().then_some(dir)
 }
 
-const PEER_MISSING: &str = "llama.cpp peer not installed: build it with \
-    `bash /work/shared/tools/peer-llamacpp.sh` (prints its bin folder) and pass `--peer-bin DIR` \
+const PEER_MISSING: &str = "llama.cpp peer not installed: build llama.cpp (`cmake -B build && \
+    cmake --build build`, see docs/performance.md) and pass `--peer-bin DIR` (its build/bin) \
     unless it is ~/.cache/cai-peer/llama.cpp/build/bin";
 
 fn run_peer(cmd: &mut Command) -> Result<String> {
@@ -497,6 +498,19 @@ pub fn render(report: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_defaults_need_only_a_clone() {
+        // `cai bench` with its defaults failed in a fresh clone ("cannot open
+        // ../shared/data/hh-harmless-dev.jsonl"): the default pairs ship in data/ and hold at
+        // least `label_pairs` pairs (data/sample-pairs.jsonl: 12 lines, 8 labelled).
+        let cfg = BenchConfig::default();
+        assert!(!cfg.pairs.starts_with(".."), "{}", cfg.pairs.display());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(&cfg.pairs);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().count() >= cfg.label_pairs);
+        assert!(!PEER_MISSING.contains("shared"));
+    }
 
     #[test]
     fn peer_figures_attach_to_matching_tests() {

@@ -123,6 +123,28 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Stri
     })
 }
 
+/// The shipped constitutions, built into the binary (as the prompt templates are) so an
+/// installed cai finds them from any folder: `--constitution harmless` names one.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("harmless", include_str!("../constitutions/harmless.yaml")),
+    (
+        "helpful-honest",
+        include_str!("../constitutions/helpful-honest.yaml"),
+    ),
+];
+
+/// The built-in constitution `path` names: a bare name (`harmless`) or the shipped path
+/// (`constitutions/harmless.yaml`, the default of revise and label). Callers use it only when
+/// no such file exists.
+pub fn builtin(path: &Path) -> Option<&'static str> {
+    let s = path.to_str()?;
+    let name = s
+        .strip_prefix("constitutions/")
+        .and_then(|r| r.strip_suffix(".yaml"))
+        .unwrap_or(s);
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
 /// One problem found by validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -142,9 +164,25 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Reads and parses `path`; syntax errors and unknown keys name file:line:column.
+    /// Reads and parses `path`; syntax errors and unknown keys name file:line:column. A path
+    /// that names no file but a built-in ([`builtin`]) loads the built-in, so the default works
+    /// from any folder; an existing file always wins.
     pub fn read(path: &Path) -> Result<Self> {
-        let source = crate::inputs::read_text(path, TEXT_CAP, "constitution")?;
+        let source = match builtin(path) {
+            Some(text) if !path.exists() => text.to_string(),
+            _ => crate::inputs::read_text(path, TEXT_CAP, "constitution").map_err(|e| {
+                let names: Vec<_> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                if path.exists() {
+                    e
+                } else {
+                    e.context(format!(
+                        "no constitution {} (built-in ones: {})",
+                        path.display(),
+                        names.join(", ")
+                    ))
+                }
+            })?,
+        };
         let constitution: Constitution = serde_yaml::from_str(&source).map_err(|e| {
             let loc = e
                 .location()

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 /// over the last 64 generated tokens (llama.cpp's long-standing default). On the first 40
 /// red-team dev prompts with the quickstart's revise settings it took the share of texts that
 /// loop (a 3-word phrase 3 or more times, `scripts/loop-share.sh`) from 25.8 % to 0 %, where
-/// 1.05 left 3.3 % and frequency penalty 0.5 alone 0.8 % (see the README).
+/// 1.05 left 3.3 % and frequency penalty 0.5 alone 0.8 % (see docs/models.md, Sampling).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {

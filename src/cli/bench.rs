@@ -44,7 +44,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quantized_only: bool,
     /// Folder with llama.cpp's llama-bench and llama-batched-bench (by default
-    /// ~/.cache/cai-peer/llama.cpp/build/bin, where ../shared/tools/peer-llamacpp.sh builds).
+    /// ~/.cache/cai-peer/llama.cpp/build/bin; docs/performance.md says how to build it).
     #[arg(long)]
     pub peer_bin: Option<PathBuf>,
     /// Write the figures as JSON here.

@@ -16,7 +16,8 @@ pub struct LabelArgs {
     /// YAML file with any LabelConfig fields; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Constitution YAML (comparison principles, few-shot comparisons).
+    /// Constitution YAML (comparison principles, few-shot comparisons), or a built-in name:
+    /// harmless, helpful-honest (an existing file of that path wins).
     #[arg(long)]
     pub constitution: Option<PathBuf>,
     /// Pairs: our JSONL (prompt|conversation, response_a, response_b), HH-RLHF or TRL rows.

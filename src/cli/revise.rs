@@ -16,7 +16,7 @@ pub struct ReviseArgs {
     /// YAML file with any ReviseConfig fields; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Constitution YAML.
+    /// Constitution YAML, or a built-in name: harmless, helpful-honest (an existing file wins).
     #[arg(long)]
     pub constitution: Option<PathBuf>,
     /// Red-team prompts: JSONL (`prompt`, `messages` or HH-RLHF rows) or text, one per line.

@@ -173,3 +173,29 @@ fn shipped_constitutions_are_valid() {
         }
     }
 }
+
+#[test]
+fn builtin_constitutions_load_from_any_folder() {
+    // A bare name or the shipped default path, when no such file exists, loads the copy built
+    // into the binary; its hash is the shipped file's (the same bytes).
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("constitutions/harmless.yaml");
+    let want = Loaded::read_valid(&shipped).unwrap();
+    let by_name = Loaded::read_valid(Path::new("harmless")).unwrap();
+    assert_eq!(by_name.sha256, want.sha256);
+    assert_eq!(by_name.constitution, want.constitution);
+    let hh = Loaded::read_valid(Path::new("helpful-honest")).unwrap();
+    assert_eq!(hh.constitution.name, "helpful-honest");
+    assert_eq!(
+        builtin(Path::new("constitutions/helpful-honest.yaml")),
+        Some(BUILTIN[1].1)
+    );
+    // Only those spellings: another folder or an unknown name is a path, and a missing one
+    // fails naming it and the built-ins.
+    assert_eq!(builtin(Path::new("/elsewhere/harmless")), None);
+    assert_eq!(builtin(Path::new("other/harmless.yaml")), None);
+    let e = format!("{:#}", Loaded::read(Path::new("harmles")).err().unwrap());
+    assert!(
+        e.contains("no constitution harmles (built-in ones: harmless, helpful-honest)"),
+        "{e}"
+    );
+}

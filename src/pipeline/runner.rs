@@ -292,7 +292,12 @@ fn write_resolved(cfg: &PipelineConfig, run: &RunDir, plans: &[StagePlan]) -> Re
     );
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     if cfg.has(Stage::Revise) || cfg.has(Stage::Label) {
-        std::fs::copy(&cfg.constitution, run.constitution()).with_context(|| {
+        let c = &cfg.constitution;
+        match crate::constitution::builtin(c).filter(|_| !c.exists()) {
+            Some(text) => std::fs::write(run.constitution(), text),
+            None => std::fs::copy(c, run.constitution()).map(drop),
+        }
+        .with_context(|| {
             format!(
                 "cannot copy the constitution {} into the run folder",
                 cfg.constitution.display()

@@ -28,7 +28,8 @@ pub struct EvalConfig {
     pub policy_a: String,
     /// The baseline (slot B), e.g. `runs/sft/final`.
     pub policy_b: String,
-    /// Held-out prompts.
+    /// Held-out prompts: ones no earlier stage trained on (the default,
+    /// data/heldout-prompts.jsonl, is disjoint from data/sample-prompts.jsonl).
     pub prompts: PathBuf,
     /// First N prompts only.
     pub limit: Option<usize>,
@@ -54,7 +55,7 @@ impl Default for EvalConfig {
         Self {
             policy_a: "runs/ppo/final".into(),
             policy_b: "runs/sft/final".into(),
-            prompts: PathBuf::from("data/sample-prompts.jsonl"),
+            prompts: PathBuf::from("data/heldout-prompts.jsonl"),
             limit: None,
             out: PathBuf::from("runs/eval"),
             sampling: SamplingParams {
@@ -66,7 +67,7 @@ impl Default for EvalConfig {
             seed: 0,
             reward_model: None,
             // The slot prior divided out: on the dev pairs it lifted position consistency
-            // from 0 % to 15 % (see README, cai label).
+            // from 0 % to 15 % (see docs/label.md).
             labeler: LabelConfig {
                 calibrate: true,
                 ..LabelConfig::default()
@@ -352,6 +353,22 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_prompts_default_to_heldout_prompts() {
+        // `eval --prompts` said "held-out prompts" but defaulted to the sample prompts that
+        // revise and sample use; the default is now the shipped held-out file, and no prompt
+        // of it is among the sample prompts.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = EvalConfig::default();
+        assert_eq!(cfg.prompts, Path::new("data/heldout-prompts.jsonl"));
+        let held = std::fs::read_to_string(root.join(&cfg.prompts)).unwrap();
+        let sample = std::fs::read_to_string(root.join("data/sample-prompts.jsonl")).unwrap();
+        assert_eq!(held.lines().count(), 6);
+        for line in held.lines() {
+            assert!(!sample.lines().any(|s| s == line), "{line}");
+        }
+    }
 
     #[test]
     fn win_rates_count_ties_as_half() {

@@ -83,6 +83,12 @@ impl StageOutput {
                 records.is_empty()
             }
         };
+        // A default `--out` (runs/labels.jsonl) in a fresh folder: create its parent folders,
+        // as the trainers and compare do, before the manifest is written beside it.
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create folder {} for --out", dir.display()))?;
+        }
         manifest.write(out)?;
         Ok(Self {
             manifest,
@@ -222,6 +228,20 @@ mod tests {
         o.appender.append(&json!({"id": "p1"})).unwrap();
         o.update(&json!({}), &MockBackend::new(), true).unwrap();
         drop(o);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"id\":\"p1\"}\n");
+    }
+
+    #[test]
+    fn default_out_creates_parent_folders() {
+        // `cai label` with its default --out runs/labels.jsonl in a fresh folder failed with
+        // "cannot create runs/.labels.jsonl.manifest.json…tmp: No such file or directory".
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("runs/deep/labels.jsonl");
+        let mut o = open(&out, &json!({})).unwrap();
+        o.appender.append(&json!({"id": "p1"})).unwrap();
+        o.update(&json!({}), &MockBackend::new(), true).unwrap();
+        drop(o);
+        assert!(manifest_path(&out).exists());
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"id\":\"p1\"}\n");
     }
 

@@ -10,7 +10,7 @@
 //! attention and sliced log-probabilities, in the compute dtype: one hidden state per block
 //! kept for backward, one block's recomputed activations, and the fixed-size f32 slices of
 //! scores and logits. The constants were fitted to the peaks measured on SmolLM2-135M in f32
-//! (README, training section).
+//! (docs/training-memory.md).
 
 use super::params::Trainable;
 use crate::model_files::config::LlamaConfig;

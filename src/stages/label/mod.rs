@@ -182,7 +182,7 @@ impl LabelConfig {
     }
 }
 
-/// The labels of one principle (every field is documented in the README's label section).
+/// The labels of one principle (every field is documented in docs/label.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrincipleLabel {
     pub principle: String,
@@ -230,7 +230,7 @@ impl PrincipleLabel {
     }
 }
 
-/// The output record of one pair (every field is documented in the README's label section).
+/// The output record of one pair (every field is documented in docs/label.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelRecord {
     pub id: String,
