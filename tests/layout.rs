@@ -154,7 +154,14 @@ fn raw_string_end(s: &[char], i: usize) -> Option<usize> {
     }
     j += 1;
     while j < s.len() {
-        if s[j] == '"' && s[j + 1..].iter().take(hashes).filter(|&&c| c == '#').count() == hashes {
+        if s[j] == '"'
+            && s[j + 1..]
+                .iter()
+                .take(hashes)
+                .filter(|&&c| c == '#')
+                .count()
+                == hashes
+        {
             return Some(j + 1 + hashes);
         }
         j += 1;
@@ -423,7 +430,11 @@ fn cycles(edges: &Edges) -> BTreeSet<BTreeSet<String>> {
 /// (`a -> b -> c`), shortest first found.
 /// A module for which `stop` holds is listed but not gone through (a chain is reported up to
 /// its first violation, not every file beyond it).
-fn reached(edges: &Edges, from: &Module, stop: impl Fn(&Module) -> bool) -> BTreeMap<Module, String> {
+fn reached(
+    edges: &Edges,
+    from: &Module,
+    stop: impl Fn(&Module) -> bool,
+) -> BTreeMap<Module, String> {
     let mut chain = BTreeMap::from([(from.clone(), from.join("::"))]);
     let mut queue = VecDeque::from([from.clone()]);
     while let Some(v) = queue.pop_front() {
@@ -473,12 +484,16 @@ fn layer_of(m: &Module) -> Option<(usize, &str)> {
 fn against_layers(edges: &Edges) -> Vec<String> {
     let mut bad = Vec::new();
     for m in edges.keys() {
-        let Some((la, ga)) = layer_of(m) else { continue };
+        let Some((la, ga)) = layer_of(m) else {
+            continue;
+        };
         let wrong = |d: &Module| {
             layer_of(d).is_some_and(|(lb, gb)| lb < la || (lb == la && ga != gb && gb != "*"))
         };
         for (d, chain) in reached(edges, m, wrong) {
-            let Some((lb, gb)) = layer_of(&d) else { continue };
+            let Some((lb, gb)) = layer_of(&d) else {
+                continue;
+            };
             if lb < la {
                 bad.push(format!("{chain} (up: {gb} is above {ga})"));
             } else if lb == la && ga != gb && gb != "*" {
@@ -568,7 +583,10 @@ fn imports_go_down_the_layers() {
 #[test]
 fn no_stage_imports_another() {
     let bad = stage_to_stage(&imports(&sources()), STAGE_IMPORTS_ALLOWED);
-    assert!(bad.is_empty(), "a stage reaches another (move the shared part down): {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "a stage reaches another (move the shared part down): {bad:#?}"
+    );
 }
 
 #[test]
@@ -577,7 +595,9 @@ fn the_stage_allowlist_names_only_real_imports() {
     let split = |s: &str| s.split("::").map(str::to_string).collect::<Module>();
     for (from, to, _) in STAGE_IMPORTS_ALLOWED {
         assert!(
-            edges.get(&split(from)).is_some_and(|d| d.contains(&split(to))),
+            edges
+                .get(&split(from))
+                .is_some_and(|d| d.contains(&split(to))),
             "{from} -> {to} is allowed but no longer imported: take it out of the list"
         );
     }
@@ -590,7 +610,10 @@ fn every_top_level_module_is_placed_once() {
     assert_eq!(unique.len(), named.len(), "a group named twice in LAYERS");
     let all = sources();
     for n in named.iter().filter(|n| **n != "*") {
-        assert!(all.contains_key(&vec![n.to_string()]), "LAYERS names {n}, which is gone");
+        assert!(
+            all.contains_key(&vec![n.to_string()]),
+            "LAYERS names {n}, which is gone"
+        );
     }
 }
 
@@ -642,7 +665,10 @@ fn the_checker_finds_a_cycle_through_a_nested_group() {
         ("x", ""),
     ]);
     assert_eq!(deps_of(&all, "a"), set(&["x", "b", "b::c"]));
-    assert_eq!(cycles(&imports(&all)), BTreeSet::from([set(&["a", "b::c"])]));
+    assert_eq!(
+        cycles(&imports(&all)),
+        BTreeSet::from([set(&["a", "b::c"])])
+    );
 }
 
 #[test]
@@ -650,16 +676,28 @@ fn the_checker_finds_a_parent_child_cycle() {
     // `llm/mod.rs` re-exports from its child by the child's bare name, and the child imports
     // its parent through `super::`.
     let all = tree(&[
-        ("llm", "pub mod spec;\npub use spec::open_backend;\npub trait Backend {}\n"),
-        ("llm::spec", "use super::Backend;\npub fn open_backend() {}\n"),
+        (
+            "llm",
+            "pub mod spec;\npub use spec::open_backend;\npub trait Backend {}\n",
+        ),
+        (
+            "llm::spec",
+            "use super::Backend;\npub fn open_backend() {}\n",
+        ),
     ]);
-    assert_eq!(cycles(&imports(&all)), BTreeSet::from([set(&["llm", "llm::spec"])]));
+    assert_eq!(
+        cycles(&imports(&all)),
+        BTreeSet::from([set(&["llm", "llm::spec"])])
+    );
     // The same through `self::`, a `pub(crate) use` and a path in code.
     let all = tree(&[
         ("llm", "pub(crate) use self::spec::X;\n"),
         ("llm::spec", "fn f() -> crate::llm::Y { todo!() }\n"),
     ]);
-    assert_eq!(cycles(&imports(&all)), BTreeSet::from([set(&["llm", "llm::spec"])]));
+    assert_eq!(
+        cycles(&imports(&all)),
+        BTreeSet::from([set(&["llm", "llm::spec"])])
+    );
 }
 
 #[test]
@@ -671,7 +709,10 @@ fn the_checker_finds_a_cycle_through_three_files_and_bound_names() {
         ("b::c", "fn g() { crate::a::h() }\n"),
     ]);
     assert_eq!(deps_of(&all, "a"), set(&["b", "b::c"]));
-    assert_eq!(cycles(&imports(&all)), BTreeSet::from([set(&["a", "b::c"])]));
+    assert_eq!(
+        cycles(&imports(&all)),
+        BTreeSet::from([set(&["a", "b::c"])])
+    );
 }
 
 #[test]
@@ -750,7 +791,10 @@ fn the_checker_finds_a_stage_importing_another() {
     let all = tree(&[
         ("stages::dpo", "mod pairs;\nuse pairs::read;\n"),
         ("stages::dpo::pairs", "use super::super::records::R;\n"),
-        ("stages::records", "use crate::stages::rm::split::held_out;\n"),
+        (
+            "stages::records",
+            "use crate::stages::rm::split::held_out;\n",
+        ),
         ("stages::rm", "pub mod split;\n"),
         ("stages::rm::split", ""),
         ("stages::eval", "use crate::stages::{label::run, sample};\n"),
@@ -773,8 +817,27 @@ fn the_checker_finds_a_stage_importing_another() {
 fn the_checker_finds_clap_and_written_defaults() {
     let all = tree(&[
         ("train", "use clap::Parser;\n"),
-        ("cli::sft", "/// Learning rate [default: 1e-4]\npub lr: f64,\n"),
+        (
+            "cli::sft",
+            "/// Learning rate [default: 1e-4]\npub lr: f64,\n",
+        ),
     ]);
     assert_eq!(clap_users(&all), ["train"]);
     assert_eq!(written_defaults(&all).len(), 1);
+}
+
+#[test]
+fn dump_scc_edges() {
+    let e = imports(&sources());
+    for c in cycles(&e) {
+        for m in &c {
+            let mm: Module = m.split("::").map(str::to_string).collect();
+            for d in &e[&mm] {
+                if c.contains(&d.join("::")) {
+                    println!("{m} -> {}", d.join("::"));
+                }
+            }
+        }
+        println!();
+    }
 }

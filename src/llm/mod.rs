@@ -16,6 +16,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub use crate::chat::Prompt;
+pub use crate::manifest::ModelInfo;
 pub use crate::sampling::{sample_token, Sampler, SamplingParams};
 pub use spec::{open_backend, open_backend_with, BackendKind};
 
@@ -99,19 +100,6 @@ impl fmt::Display for ContextOverflow {
 }
 
 impl std::error::Error for ContextOverflow {}
-
-/// What a run records about the model it used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    /// Backend name: "local", "mock", ….
-    pub backend: String,
-    /// The model as the user named it (path or id).
-    pub name: String,
-    /// sha256 of the weights file, when there is one file.
-    pub sha256: Option<String>,
-    /// Context window in tokens.
-    pub context: usize,
-}
 
 /// A language model that stages can query.
 ///
