@@ -215,10 +215,12 @@ fn without_tests(t: Vec<String>) -> Vec<String> {
     out
 }
 
-/// One path a file writes: in a `use` (with the name it binds there) or in code.
+/// One path a file writes: in a `use` (with the name it binds there) or in code, and the
+/// inline modules (`mod avx2 { … }`) it is written in, which `self::`/`super::` start from.
 struct Written {
     path: Vec<String>,
     binds: Option<String>,
+    inline: Vec<String>,
 }
 
 /// Every path of a `use` tree starting at token `i` (just after `use`), `{…}` groups at any
@@ -241,7 +243,11 @@ fn use_tree(t: &[String], mut i: usize, prefix: &[String], out: &mut Vec<Written
                 return i + 1;
             }
             Some("*") => {
-                out.push(Written { path, binds: None });
+                out.push(Written {
+                    path,
+                    binds: None,
+                    inline: Vec::new(),
+                });
                 return i + 1;
             }
             Some(x) if x.chars().all(is_ident) => {
@@ -262,7 +268,11 @@ fn use_tree(t: &[String], mut i: usize, prefix: &[String], out: &mut Vec<Written
                         name = path.last().cloned();
                     }
                 }
-                out.push(Written { path, binds: name });
+                out.push(Written {
+                    path,
+                    binds: name,
+                    inline: Vec::new(),
+                });
                 return i;
             }
             _ => return i,
@@ -276,10 +286,30 @@ fn use_tree(t: &[String], mut i: usize, prefix: &[String], out: &mut Vec<Written
 fn written_paths(source: &str) -> Vec<Written> {
     let t = without_tests(tokens(source));
     let mut out = Vec::new();
-    let mut i = 0;
+    let (mut i, mut depth) = (0, 0);
+    // The inline modules around token `i`, each with the brace depth of its body.
+    let mut inline: Vec<(String, usize)> = Vec::new();
+    let names = |inline: &[(String, usize)]| inline.iter().map(|(n, _)| n.clone()).collect();
     while i < t.len() {
+        match t[i].as_str() {
+            "{" => depth += 1,
+            "}" => {
+                if inline.last().is_some_and(|(_, d)| *d == depth) {
+                    inline.pop();
+                }
+                depth -= 1;
+            }
+            "mod" if t.get(i + 2).is_some_and(|x| x == "{") => {
+                inline.push((t[i + 1].clone(), depth + 1));
+            }
+            _ => {}
+        }
         if t[i] == "use" {
+            let first = out.len();
             i = use_tree(&t, i + 1, &[], &mut out);
+            for w in &mut out[first..] {
+                w.inline = names(&inline);
+            }
             continue;
         }
         let starts = t[i].chars().all(is_ident)
@@ -297,7 +327,11 @@ fn written_paths(source: &str) -> Vec<Written> {
             path.push(t[i + 1].clone());
             i += 2;
         }
-        out.push(Written { path, binds: None });
+        out.push(Written {
+            path,
+            binds: None,
+            inline: names(&inline),
+        });
     }
     out
 }
@@ -345,7 +379,7 @@ fn imports(all: &BTreeMap<Module, String>) -> Edges {
             let mut bound = BTreeMap::new();
             loop {
                 let before = bound.clone();
-                for w in &written {
+                for w in written.iter().filter(|w| w.inline.is_empty()) {
                     let Some(name) = &w.binds else { continue };
                     if let Some(full) = absolute(m, &w.path, &bound, all) {
                         if all.contains_key(&full) {
@@ -359,7 +393,10 @@ fn imports(all: &BTreeMap<Module, String>) -> Edges {
             }
             let deps = written
                 .iter()
-                .filter_map(|w| module_of(&absolute(m, &w.path, &bound, all)?, all))
+                .filter_map(|w| {
+                    let at = [m.as_slice(), &w.inline].concat();
+                    module_of(&absolute(&at, &w.path, &bound, all)?, all)
+                })
                 .filter(|d| d != m && !d.is_empty())
                 .collect();
             (m.clone(), deps)
@@ -730,8 +767,14 @@ fn the_checker_leaves_out_comments_literals_and_test_items() {
         ("b", ""),
         ("c", ""),
         ("d", ""),
+        // `super::` in an inline module is the file's own module, not its parent.
+        (
+            "d::e",
+            "mod avx2 { use super::exp; fn g() { self::h() } }\nfn exp() {}\n",
+        ),
     ]);
     assert_eq!(deps_of(&all, "a"), set(&["d"]));
+    assert_eq!(deps_of(&all, "d::e"), set(&[]));
 }
 
 #[test]
