@@ -494,14 +494,16 @@ fn reached(
 /// list"): a module belongs to the group its first segment names, and the groups of one layer
 /// are siblings, which never reach each other (`llm` and `train`; the measuring
 /// subcommands). `*` is every top-level module not named: the shared data and utilities at the
-/// bottom (chat, pairs, prompts, manifest, jsonl, constitution, sampling, hash, …), which import
-/// only each other.
+/// bottom (chat, pairs, prompts, manifest, revisions, jsonl, constitution, sampling, hash, …),
+/// which import only each other. The measuring subcommands sit above the stages, as they use
+/// them (`cai bench` times the label stage, `cai pipeline` runs `compare`) and no stage uses
+/// them; `test_support` (the tests' model lookup) beside `cli`, which nothing below imports.
 const LAYERS: &[&[&str]] = &[
     &["main"],
     &["cli", "test_support"],
     &["pipeline"],
-    &["stages"],
     &["compare", "bench", "perplexity", "export"],
+    &["stages"],
     &["llm", "train"],
     &["model_files"],
     &["*"],
@@ -541,24 +543,51 @@ fn against_layers(edges: &Edges) -> Vec<String> {
     bad
 }
 
-/// The modules under `src/stages/` that are no stage: what the stages share, importing none.
-const STAGES_SHARED: &[&str] = &["records", "split"];
+/// The modules under `src/stages/` that are no stage: what the stages share, reaching none.
+const STAGES_SHARED: &[&str] = &["records"];
 
 /// Direct imports of one stage by another that stay, each with why (they are taken out of the
-/// graph before the rule looks, so what the target reaches is not excused for the importer);
-/// `the_stage_allowlist_names_only_real_imports` makes it shrink as they go.
-const STAGE_IMPORTS_ALLOWED: &[(&str, &str, &str)] = &[];
+/// graph before the rule looks, so what the imported file reaches is not excused for the
+/// importer); `the_stage_allowlist_names_only_real_imports` makes the list shrink as they go.
+const STAGE_IMPORTS_ALLOWED: &[(&str, &str, &str)] = &[
+    (
+        "stages::eval",
+        "stages::sample",
+        "eval composes two stages, as the pipeline does: it answers the eval prompts with \
+         each policy (the sample stage's run) ...",
+    ),
+    (
+        "stages::eval",
+        "stages::label",
+        "... then labels those answers with the feedback model (the label stage's run)",
+    ),
+    (
+        "stages::ppo::labeler_reward",
+        "stages::label",
+        "direct RLAIF (Lee et al. 2023 §2.3): the reward is the label stage's feedback, its \
+         prompts and option scores; moving label's prompt and scoring core under both is a \
+         larger move than this change",
+    ),
+    (
+        "stages::ppo::labeler_reward",
+        "stages::label::soft",
+        "the same feedback's soft scores (label's `soft` module)",
+    ),
+];
 
-/// The stage a module belongs to (`stages::dpo::pairs` is in `dpo`).
+/// The stage a module belongs to (`stages::dpo::pairs` is in `dpo`); a shared module of
+/// `STAGES_SHARED` is its own.
 fn stage_of(m: &Module) -> Option<&str> {
-    (m.first()? == "stages")
-        .then(|| m.get(1).map(String::as_str))
-        .flatten()
-        .filter(|s| !STAGES_SHARED.contains(s))
+    (m.first()? == "stages").then(|| m.get(1).map(String::as_str)).flatten()
 }
 
-/// Each chain from one stage to another, directly or through other files, outside the
-/// allowlist.
+/// Whether `m` is (in) a stage, not a shared module.
+fn is_stage(m: &Module) -> bool {
+    stage_of(m).is_some_and(|s| !STAGES_SHARED.contains(&s))
+}
+
+/// Each chain from a stage or shared stage module to another stage, directly or through other
+/// files, outside the allowlist.
 fn stage_to_stage(edges: &Edges, allowed: &[(&str, &str, &str)]) -> Vec<String> {
     let mut graph = edges.clone();
     for (from, to, _) in allowed {
@@ -570,9 +599,9 @@ fn stage_to_stage(edges: &Edges, allowed: &[(&str, &str, &str)]) -> Vec<String> 
     let mut bad = Vec::new();
     for m in graph.keys() {
         let Some(a) = stage_of(m) else { continue };
-        let other = |d: &Module| stage_of(d).is_some_and(|b| b != a);
+        let other = |d: &Module| is_stage(d) && stage_of(d) != Some(a);
         for (d, chain) in reached(&graph, m, other) {
-            if stage_of(&d).is_some_and(|b| b != a) {
+            if other(&d) {
                 bad.push(chain);
             }
         }
@@ -852,6 +881,7 @@ fn the_checker_finds_a_stage_importing_another() {
             "stages::dpo -> stages::dpo::pairs -> stages::records -> stages::rm::split",
             "stages::dpo::pairs -> stages::records -> stages::rm::split",
             "stages::eval -> stages::sample",
+            "stages::records -> stages::rm::split",
         ]
     );
 }
@@ -869,18 +899,3 @@ fn the_checker_finds_clap_and_written_defaults() {
     assert_eq!(written_defaults(&all).len(), 1);
 }
 
-#[test]
-fn dump_scc_edges() {
-    let e = imports(&sources());
-    for c in cycles(&e) {
-        for m in &c {
-            let mm: Module = m.split("::").map(str::to_string).collect();
-            for d in &e[&mm] {
-                if c.contains(&d.join("::")) {
-                    println!("{m} -> {}", d.join("::"));
-                }
-            }
-        }
-        println!();
-    }
-}
