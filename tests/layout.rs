@@ -578,7 +578,9 @@ const STAGE_IMPORTS_ALLOWED: &[(&str, &str, &str)] = &[
 /// The stage a module belongs to (`stages::dpo::pairs` is in `dpo`); a shared module of
 /// `STAGES_SHARED` is its own.
 fn stage_of(m: &Module) -> Option<&str> {
-    (m.first()? == "stages").then(|| m.get(1).map(String::as_str)).flatten()
+    (m.first()? == "stages")
+        .then(|| m.get(1).map(String::as_str))
+        .flatten()
 }
 
 /// Whether `m` is (in) a stage, not a shared module.
@@ -898,4 +900,3 @@ fn the_checker_finds_clap_and_written_defaults() {
     assert_eq!(clap_users(&all), ["train"]);
     assert_eq!(written_defaults(&all).len(), 1);
 }
-
