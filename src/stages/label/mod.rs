@@ -11,10 +11,8 @@ mod config;
 #[cfg(test)]
 mod identity_tests;
 mod modes;
-mod prompt;
 #[cfg(test)]
 mod row_tests;
-pub mod soft;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -32,10 +30,12 @@ use crate::model_files::tokenizer::surely_over_tokens;
 use crate::pairs::{read_pairs, PreferencePair};
 use crate::progress;
 use crate::prompts::{PromptSet, TemplateKind};
+pub use crate::stages::feedback::prompt::{
+    escape, score_options, transcript, FeedbackPrompts, ANSWER_CUE, OPTIONS,
+};
 use crate::stages::records::StageOutput;
 use config::{Job, Orders};
 pub use config::{LabelConfig, LabelMode, LabelRecord, LabelStats, PrincipleLabel};
-pub use prompt::{escape, score_options, transcript, FeedbackPrompts, ANSWER_CUE, OPTIONS};
 
 /// Runs `cai label`; returns the counters.
 pub fn run(cfg: &LabelConfig) -> Result<LabelStats> {

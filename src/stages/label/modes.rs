@@ -6,12 +6,12 @@ use anyhow::Result;
 
 use super::answers::{self, Answers, Ask, Part};
 use super::config::{Job, LabelConfig, LabelMode, LabelRecord, LabelStats, PrincipleLabel};
-use super::prompt::{score_options, FeedbackPrompts, OPTIONS};
-use super::soft;
 use crate::chat::{ChatMessage, Role};
 use crate::constitution::ComparisonPrinciple;
 use crate::hash::fnv1a;
 use crate::llm::{Backend, Choice, ChoiceRequest, GenerateRequest, Prompt};
+use crate::stages::feedback::prompt::{score_options, FeedbackPrompts, OPTIONS};
+use crate::stages::feedback::soft;
 
 /// Labels one batch in the configured mode; `None` for a pair whose prompts overflow the
 /// context. One entry per job, in job order.
