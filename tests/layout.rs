@@ -1,12 +1,16 @@
 //! The source layout's import rules, checked on the files themselves: no two files import
 //! each other, even through others and parent ⇄ child; imports go down the README's layer
 //! order (`LAYERS`), also through other files, and the siblings of a layer (`llm` and `train`;
-//! the measuring subcommands) never reach each other; no stage reaches another stage; clap is
-//! used only under `src/cli/`, whose flags take their defaults from the configs' `Default`
-//! impls rather than from help texts. Every path form is read (`use` trees with nested groups,
-//! `pub use`, `self::`, `super::`, a child module's name, a name a `use` bound to a module,
-//! paths in code), outside comments, literals and `#[cfg(test)]` items; each rule has a test
-//! that plants a violation in a fake source tree and sees the checker report it.
+//! the measuring subcommands) never reach each other, so the shared data and records at the
+//! bottom reach neither the engine nor a stage; no stage reaches another stage (what stages
+//! share lives in `STAGES_SHARED` modules, which reach none; `STAGE_IMPORTS_ALLOWED` lists the
+//! imports that stay, with why, and must name real ones); clap is used only under `src/cli/`,
+//! whose flags take their defaults from the configs' `Default` impls rather than from help
+//! texts. Every path form is read (`use` trees with nested groups, `pub use`, `pub(crate)
+//! use`, `self::`, `super::`, a child module's name, a name a `use` bound to a module, paths
+//! in code and macro arguments), outside comments, literals and `#[cfg(test)]` items; each
+//! rule has a test that plants a violation in a fake source tree and sees the checker report
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
@@ -824,8 +828,10 @@ fn the_checker_leaves_out_comments_literals_and_test_items() {
              const C: char = '\"'; fn f<'a>(x: &'a str) {}\n\
              #[cfg(test)]\nfn helper() { crate::b::x(); }\n\
              #[cfg(test)]\nmod tests { use crate::c; }\n\
-             use crate::d::Y;\n",
+             use crate::d::Y;\n\
+             fn m() { println!(\"{}\", crate::f::g()); }\n",
         ),
+        ("f", ""),
         ("b", ""),
         ("c", ""),
         ("d", ""),
@@ -835,7 +841,7 @@ fn the_checker_leaves_out_comments_literals_and_test_items() {
             "mod avx2 { use super::exp; fn g() { self::h() } }\nfn exp() {}\n",
         ),
     ]);
-    assert_eq!(deps_of(&all, "a"), set(&["d"]));
+    assert_eq!(deps_of(&all, "a"), set(&["d", "f"]));
     assert_eq!(deps_of(&all, "d::e"), set(&[]));
 }
 
