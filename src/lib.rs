@@ -26,6 +26,7 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod redact;
+pub mod revisions;
 pub mod sampling;
 pub mod stages;
 #[doc(hidden)]

@@ -17,8 +17,21 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::jsonl::Existing;
-use crate::llm::ModelInfo;
 use crate::redact::redact_json;
+
+/// What a run records about the model it used (plain data, here at the bottom so that the
+/// records do not import the engine; `llm` re-exports it for the backends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Backend name: "local", "mock", ….
+    pub backend: String,
+    /// The model as the user named it (path or id).
+    pub name: String,
+    /// sha256 of the weights file, when there is one file.
+    pub sha256: Option<String>,
+    /// Context window in tokens.
+    pub context: usize,
+}
 
 /// What a stage writes next to its output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

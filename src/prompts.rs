@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::chat::Prompt;
 use crate::chat::{ChatMessage, Role};
-use crate::llm::Prompt;
 
 /// What a template is for; fixes its placeholders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

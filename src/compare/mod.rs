@@ -17,13 +17,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::label_metrics::{self, Calibration, GroupAgreement, Kappa, PositionStats};
+use crate::label_metrics;
 use crate::pairs::read_pairs;
 use join::{HumanIndex, JoinStats, JoinedRow};
 use significance::{ChanceVerdict, PairedTest, MIN_PAIRS};
 
-/// Bins of the P(A) histogram in the report.
-pub const HISTOGRAM_BINS: usize = 20;
+pub use report::{CompareReport, FileReport, HumanSummary, PairedComparison, HISTOGRAM_BINS};
 
 /// Settings of a comparison (also readable from a config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -55,94 +54,6 @@ impl Default for CompareConfig {
             bins: 10,
         }
     }
-}
-
-/// The human label file as read.
-#[derive(Debug, Clone, Serialize)]
-pub struct HumanSummary {
-    pub path: PathBuf,
-    pub rows: usize,
-    /// Distinct pairs by content key.
-    pub unique: usize,
-    /// Distinct pairs carrying a human label.
-    pub labelled: usize,
-    /// Rows with the same content as an earlier row (the first is kept).
-    pub duplicates: usize,
-}
-
-/// Every metric of one AI label file against the human labels.
-#[derive(Debug, Clone, Serialize)]
-pub struct FileReport {
-    /// Short name used in tables: "L1", "L2", ...
-    pub label: String,
-    pub path: PathBuf,
-    pub join: JoinStats,
-    /// Matched rows where the human made a hard choice (agreement, kappa, groups).
-    pub n_scored: usize,
-    /// Mean agreement score; an AI tie counts half.
-    pub agreement: Option<f64>,
-    /// Wilson 95% interval of `agreement` (ties as half a success).
-    pub agreement_ci: Option<(f64, f64)>,
-    /// `agreement` against 50 %: from the interval, or too few scored pairs to tell.
-    pub chance: Option<ChanceVerdict>,
-    /// Matched rows where the AI tied (p_a = 0.5 exactly).
-    pub ties: usize,
-    /// Share of scored rows where the AI tied.
-    pub tie_rate: Option<f64>,
-    /// Matched rows whose human label is a tie (0.5): not scored for agreement or kappa.
-    pub human_ties: usize,
-    /// Every labelled row is an AI tie: log-loss and Brier sit at their chance values and the
-    /// ECE compares one bin of 0.5s with the base rate, which says nothing about calibration.
-    pub all_ties: bool,
-    pub kappa: Kappa,
-    /// Matched rows with any human label, soft ones included (log-loss, Brier, calibration).
-    pub n_labelled: usize,
-    pub log_loss: Option<f64>,
-    pub brier: Option<f64>,
-    pub calibration: Calibration,
-    /// On the per-order probabilities as the label file keeps them (calibrated or clamped
-    /// where the labeler did so), over all matched rows (no human label needed).
-    pub position: PositionStats,
-    /// On the raw per-order probabilities (before calibration or clamping); empty (n = 0) for
-    /// files without them.
-    pub position_raw: PositionStats,
-    /// Agreement per principle, highest first; a row counts for each of its principles.
-    pub principles: Vec<GroupAgreement>,
-    /// Agreement per conversation length (non-system turns): 1, 2-3, 4-5, 6+.
-    pub by_length: Vec<GroupAgreement>,
-    /// Counts of each flag over matched rows.
-    pub flags: BTreeMap<String, usize>,
-    /// Counts of p_a (human orientation) in [`HISTOGRAM_BINS`] bins over [0, 1].
-    pub p_a_histogram: Vec<usize>,
-    /// p_a of every labelled matched row, in the human pair's orientation.
-    #[serde(skip)]
-    pub p_a: Vec<f64>,
-}
-
-/// Paired test of a further AI file against the first one.
-#[derive(Debug, Clone, Serialize)]
-pub struct PairedComparison {
-    /// Label of the baseline ("L1").
-    pub baseline: String,
-    /// Label of the compared file ("L2", ...).
-    pub candidate: String,
-    /// `None` when no pair was scored in both files.
-    pub test: Option<PairedTest>,
-}
-
-/// The result of [`run`]: everything the table, report and metrics.json show.
-#[derive(Debug, Clone, Serialize)]
-pub struct CompareReport {
-    pub human: HumanSummary,
-    pub files: Vec<FileReport>,
-    pub paired: Vec<PairedComparison>,
-    pub bootstrap: usize,
-    pub seed: u64,
-    pub bins: usize,
-    /// Below this many scored pairs no verdict is given ([`MIN_PAIRS`]).
-    pub min_pairs: usize,
-    /// Data problems worth a look (duplicates, unmatched rows); not errors.
-    pub warnings: Vec<String>,
 }
 
 /// Joins every AI file to the human labels, computes the metrics and writes the report folder

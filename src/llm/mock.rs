@@ -6,12 +6,14 @@
 
 use anyhow::Result;
 
-use super::{
+use super::backend::{
     Backend, Choice, ChoiceRequest, Completion, ContextOverflow, FinishReason, GenerateRequest,
-    Generation, ModelInfo, Prompt,
+    Generation,
 };
+use crate::chat::Prompt;
 use crate::chat::Role;
 use crate::hash::fnv1a;
+use crate::manifest::ModelInfo;
 
 /// Context window of the mock, in whitespace-separated words.
 pub const MOCK_CONTEXT: usize = 4096;

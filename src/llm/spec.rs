@@ -4,10 +4,10 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::backend::Backend;
 use super::local::LocalBackend;
 use super::mock::MockBackend;
 use super::openai::{OpenaiBackend, OpenaiConfig};
-use super::Backend;
 use crate::model_files::locate::{sha256_file, ModelSpec};
 
 /// Where model calls go.

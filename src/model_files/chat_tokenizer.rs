@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
 
+use super::chat_template::ChatTemplate;
 use super::locate::ModelSpec;
-use super::{ChatTemplate, TextTokenizer};
+use super::tokenizer::TextTokenizer;
 use crate::chat::Prompt;
 use crate::chat::{ChatMessage, Role};
 

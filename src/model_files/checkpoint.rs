@@ -193,3 +193,35 @@ pub fn max_weight_difference(a: &Weights, b: &Weights) -> Result<f64> {
     ensure!(a.len() == b.len(), "weight sets differ in size");
     Ok(worst)
 }
+
+/// A base model's weights in f32 with the sha256 of their file: a GGUF file, a folder with one,
+/// or a Hugging Face / cai model folder (what every trainer loads as its start or reference).
+/// The weights sit on the compute device (`crate::device`), where training runs.
+pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> {
+    let device = crate::device::compute_device()?;
+    match super::locate::ModelSpec::resolve(model)? {
+        super::locate::ModelSpec::GgufFile(p) => {
+            let (cfg, w) = weights::load_gguf(&p, DType::F32, &device)
+                .with_context(|| format!("cannot load {}", p.display()))?;
+            Ok((cfg, w, Some(super::locate::sha256_file(&p)?)))
+        }
+        super::locate::ModelSpec::Folder(dir) => {
+            let gguf = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "gguf"));
+            if let Some(p) = gguf {
+                let (cfg, w) = weights::load_gguf(&p, DType::F32, &device)?;
+                return Ok((cfg, w, Some(super::locate::sha256_file(&p)?)));
+            }
+            let (cfg, w) = load_model_dir(&dir, DType::F32, &device)
+                .with_context(|| format!("cannot load {}", dir.display()))?;
+            Ok((
+                cfg,
+                w,
+                super::locate::sha256_file(&dir.join("model.safetensors")).ok(),
+            ))
+        }
+    }
+}

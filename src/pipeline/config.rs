@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::Stage;
+use super::stage::Stage;
 use crate::llm::BackendKind;
 use crate::stages::dpo::TrainDpoConfig;
 use crate::stages::eval::EvalConfig;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::config::{policy_stage, PipelineConfig};
-use super::{RunDir, Stage};
+use super::stage::{RunDir, Stage};
 use crate::artifacts::{EVAL_RESULT, FINAL_DIR, METRICS, REPORT, TRAIN_LOG};
 use crate::compare::CompareConfig;
 use crate::llm::BackendKind;

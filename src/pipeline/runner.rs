@@ -8,9 +8,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::config::PipelineConfig;
 use super::plan::{plan, Job, StagePlan};
+use super::report;
+use super::stage::{RunDir, Stage};
 use super::state::{self, Attempt, Done, StageStatus};
-use super::{report, PipelineConfig, RunDir, Stage};
 use crate::manifest::now_unix;
 use crate::model_files::checkpoint::latest_checkpoint;
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::plan::{Input, StagePlan};
-use super::Stage;
+use super::stage::Stage;
 use crate::model_files::locate::{sha256_file, ModelSpec};
 
 /// A file or folder and its sha256.

@@ -17,8 +17,8 @@ use crate::jsonl;
 use crate::label_metrics::wilson_interval;
 use crate::llm::SamplingParams;
 use crate::stages::label::{LabelConfig, LabelRecord};
-use crate::stages::rm::score::TextRewardModel;
 use crate::stages::sample::{SampleConfig, SampleRecord};
+use crate::train::reward_text::TextRewardModel;
 
 /// Settings of `cai eval`. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 
 pub mod dpo;
 pub mod eval;
+pub mod feedback;
 pub mod label;
 pub mod ppo;
 pub mod records;

@@ -25,6 +25,7 @@ use crate::llm::{
 };
 use crate::model_files::tokenizer::surely_over_tokens;
 use crate::prompts::{PromptSet, TemplateKind, Vars};
+pub use crate::revisions::{RevisionRecord, Round};
 use crate::stages::records::StageOutput;
 use crate::{jsonl, progress};
 
@@ -131,29 +132,6 @@ impl Default for ReviseConfig {
             quiet: false,
         }
     }
-}
-
-/// One critique → revision round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Round {
-    pub principle: String,
-    pub critique: String,
-    pub revision: String,
-}
-
-/// The output record of one prompt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RevisionRecord {
-    pub id: String,
-    pub prompt: String,
-    pub conversation: Vec<ChatMessage>,
-    pub initial: String,
-    pub rounds: Vec<Round>,
-    /// The last non-empty revision (the initial answer if none).
-    #[serde(rename = "final")]
-    pub final_response: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub flags: Vec<String>,
 }
 
 /// Counters of a run.

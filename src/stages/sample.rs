@@ -23,7 +23,7 @@ use crate::llm::{
     open_backend_with, BackendKind, ContextOverflow, GenerateRequest, Prompt, SamplingParams,
 };
 use crate::stages::records::StageOutput;
-use crate::stages::rm::score::TextRewardModel;
+use crate::train::reward_text::TextRewardModel;
 use crate::{jsonl, progress};
 
 /// Everything `cai sample` needs.

@@ -35,8 +35,11 @@ pub mod resume;
 pub mod reward;
 pub mod reward_data;
 pub mod reward_loss;
+pub mod reward_text;
 pub mod reward_trainer;
 pub mod sft;
+pub mod sft_data;
+pub mod split;
 pub mod trainer;
 
 #[cfg(test)]

@@ -27,10 +27,13 @@ use candle_core::Device;
 pub use gguf_model::GgufModel;
 pub use kv_cache::KvCache;
 
-use super::{
+use crate::chat::Prompt;
+use crate::llm::backend::{
     Backend, Choice, ChoiceRequest, Completion, ContextOverflow, FinishReason, GenerateRequest,
-    Generation, ModelInfo, Prompt, Sampler,
+    Generation,
 };
+use crate::manifest::ModelInfo;
+use crate::sampling::Sampler;
 use gguf_model::{last_row, log_softmax, log_softmax_row};
 
 /// Prompt positions are computed in chunks aligned to multiples of this.

@@ -16,7 +16,7 @@
 //! printed, cached (the cache key is model, endpoint and body) or written to a manifest.
 //!
 //! A server's "context length exceeded" answer (HTTP 400 from OpenAI, vLLM, llama.cpp, TGI)
-//! becomes a [`super::ContextOverflow`], so stages skip that record with a warning.
+//! becomes a [`super::backend::ContextOverflow`], so stages skip that record with a warning.
 
 mod base_url;
 mod cache;
@@ -36,7 +36,9 @@ use serde_json::{json, Value};
 pub use cache::default_dir as default_cache_dir;
 pub use client::RetryPolicy;
 
-use super::{Backend, Choice, ChoiceRequest, GenerateRequest, Generation, ModelInfo, Prompt};
+use super::backend::{Backend, Choice, ChoiceRequest, GenerateRequest, Generation};
+use crate::chat::Prompt;
+use crate::manifest::ModelInfo;
 use base_url::BaseUrl;
 use cache::RequestCache;
 use client::{Client, HttpStatus};
@@ -400,7 +402,10 @@ impl OpenaiBackend {
                 Err(e) if e.downcast_ref::<wire::NotListed>().is_some() => {
                     self.choose_echo(req).map_err(|echo| {
                         // An overflow stays one, for the stage to skip the record.
-                        if echo.downcast_ref::<super::ContextOverflow>().is_some() {
+                        if echo
+                            .downcast_ref::<super::backend::ContextOverflow>()
+                            .is_some()
+                        {
                             return echo;
                         }
                         anyhow::anyhow!(

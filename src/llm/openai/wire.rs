@@ -19,9 +19,9 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::llm::{
-    Completion, ContextOverflow, FinishReason, GenerateRequest, Prompt, SamplingParams,
-};
+use crate::chat::Prompt;
+use crate::llm::backend::{Completion, ContextOverflow, FinishReason, GenerateRequest};
+use crate::sampling::SamplingParams;
 
 /// Number of first-token alternatives asked for when scoring options (the OpenAI maximum).
 pub const TOP_LOGPROBS: usize = 20;

@@ -5,13 +5,13 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use super::cells::{cell, json_file, num};
 use super::sections::{absent, images, rel};
-use super::{cell, json_file, num};
 use crate::artifacts::{
     ACCURACY_PLOT, EVAL_RESULT, KL_PLOT, LOSS_PLOT, METRICS, REPORT, REWARDS_PLOT, SAMPLES,
     TRAIN_LOG,
 };
-use crate::pipeline::{RunDir, Stage};
+use crate::pipeline::stage::{RunDir, Stage};
 
 /// DPO: the held-out metrics before the first step and after the last.
 pub(super) fn dpo(md: &mut String, run: &RunDir) {

@@ -5,13 +5,13 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{cell, json_file, num, quote, short};
+use super::cells::{cell, json_file, num, quote, short};
 use crate::artifacts::{
     ACCURACY_PLOT, LOSS_PLOT, METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT, REPORT,
     REWARDS_PLOT,
 };
 use crate::jsonl;
-use crate::pipeline::{RunDir, Stage};
+use crate::pipeline::stage::{RunDir, Stage};
 use crate::stages::revise::RevisionRecord;
 
 /// Revise examples shown in the report.

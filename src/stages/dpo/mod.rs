@@ -20,14 +20,13 @@ use crate::artifacts::{ACCURACY_PLOT, LOSS_PLOT, METRICS, REWARDS_PLOT};
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
 use crate::manifest::{now_unix, sha256_of, Manifest};
+use crate::model_files::checkpoint::load_base;
 use crate::model_files::checkpoint::OPTIMIZER_FILE;
 use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
 use crate::plot::{self, LineSeries};
 use crate::stages::dpo::pairs::{read_dpo_source, tokenize_dpo_pairs, DataCounts};
-use crate::stages::rm::split::{split_held_out, HeldOut};
-use crate::stages::sft::load_base;
 use crate::train::dpo_data::{pair_logps, pairs_fingerprint, DpoPair};
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::dpo_metrics::DpoEval;
@@ -35,6 +34,7 @@ use crate::train::dpo_trainer::{DpoData, DpoTrainConfig, DpoTrainer, DpoTrainerS
 use crate::train::log::warmup_warning;
 use crate::train::resume::resume_point;
 use crate::train::reward_data::DataSource;
+use crate::train::split::{split_held_out, HeldOut};
 use crate::train::{model_from_weights, SftConfig, TrainEvent};
 
 /// File of the reference log-probabilities in the output folder.

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::jsonl;
 use crate::model_files::ChatTokenizer;
 use crate::pairs::content_key;
-use crate::stages::revise::RevisionRecord;
+use crate::revisions::RevisionRecord;
 use crate::train::dpo_data::{fit_pair, DpoPair};
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::reward_data::{read_source, DataSource, PairSource, TextPair};

@@ -5,12 +5,13 @@
 use anyhow::Result;
 
 use super::answers::{self, Answers, Ask, Part};
-use super::{soft, FeedbackPrompts, Job, LabelConfig, LabelMode, LabelRecord, LabelStats};
-use super::{PrincipleLabel, OPTIONS};
+use super::config::{Job, LabelConfig, LabelMode, LabelRecord, LabelStats, PrincipleLabel};
 use crate::chat::{ChatMessage, Role};
 use crate::constitution::ComparisonPrinciple;
 use crate::hash::fnv1a;
 use crate::llm::{Backend, Choice, ChoiceRequest, GenerateRequest, Prompt};
+use crate::stages::feedback::prompt::{score_options, FeedbackPrompts, OPTIONS};
+use crate::stages::feedback::soft;
 
 /// Labels one batch in the configured mode; `None` for a pair whose prompts overflow the
 /// context. One entry per job, in job order.
@@ -367,7 +368,7 @@ fn label_score(
     jobs: &[Job],
     stats: &mut LabelStats,
 ) -> Result<Vec<Option<LabelRecord>>> {
-    let options = super::score_options();
+    let options = score_options();
     let mut asks = Vec::new();
     for (j, job) in asked(jobs) {
         for (pi, p) in job.principles.iter().enumerate() {

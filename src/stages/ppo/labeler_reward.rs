@@ -22,7 +22,8 @@ use crate::constitution::{ComparisonPrinciple, Loaded};
 use crate::hash::fnv1a;
 use crate::llm::{open_backend, Backend, BackendKind, ChoiceRequest, ContextOverflow};
 use crate::prompts::PromptSet;
-use crate::stages::label::{score_options, soft, FeedbackPrompts};
+use crate::stages::feedback::prompt::{score_options, FeedbackPrompts};
+use crate::stages::feedback::soft;
 
 /// Settings of the feedback model as a reward. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

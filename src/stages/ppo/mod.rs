@@ -25,15 +25,13 @@ use crate::jsonl;
 use crate::llm::{ModelInfo, Prompt};
 use crate::manifest::{now_unix, sha256_of, Manifest};
 use crate::model_files::checkpoint::checkpoint_dir;
+use crate::model_files::checkpoint::load_base;
 use crate::model_files::locate::sha256_file;
 use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
 use crate::stages::ppo::labeler_reward::{LabelerRater, LabelerRewardConfig};
-use crate::stages::rm::score::TextRewardModel;
-use crate::stages::sft::data::{read_pairs, tokenize, RoundChoice};
-use crate::stages::sft::load_base;
 use crate::train::advantage::AdvantageEstimator;
 use crate::train::data::prepare_examples;
 use crate::train::ppo::{PpoData, PpoTrainer, Scorer};
@@ -41,6 +39,8 @@ use crate::train::ppo_config::{PpoConfig, PpoStepStats};
 use crate::train::ppo_math::{repeated_phrases, LossAggregation};
 use crate::train::ppo_rollout::Rollout;
 use crate::train::resume::resume_point;
+use crate::train::reward_text::TextRewardModel;
+use crate::train::sft_data::{read_pairs, tokenize, RoundChoice};
 
 /// SFT examples of PPO-ptx are cut to this many tokens.
 const PTX_MAX_LEN: usize = 512;

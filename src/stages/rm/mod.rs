@@ -3,7 +3,6 @@
 //! evaluation, metrics and plots. `cai score` lives in [`crate::stages::rm::score`].
 
 pub mod score;
-pub mod split;
 
 use crate::artifacts::{ACCURACY_PLOT, LOSS_PLOT, METRICS, REWARDS_PLOT};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
@@ -15,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
 use crate::plot::{self, HistogramSeries, LineSeries};
-use crate::stages::rm::split::{split_held_out, HeldOut};
 use crate::train::log::warmup_warning;
 use crate::train::resume::resume_point;
 use crate::train::reward::{RewardModelInfo, MARKER_FILE};
 use crate::train::reward_data::{read_source, tokenize_pairs, DataSource};
 use crate::train::reward_trainer::{RewardTrainConfig, RewardTrainer, RewardTrainerState};
+use crate::train::split::{split_held_out, HeldOut};
 use crate::train::{SftConfig, TrainEvent};
 
 /// Settings of `cai train rm`. Every field has a default; unknown fields are rejected.
@@ -165,7 +164,7 @@ pub fn run(cfg: &TrainRmConfig) -> Result<RmSummary> {
         }
         None => {
             // The same loader as sft, dpo and ppo: one `--model DIR` is one set of weights.
-            let (model_cfg, weights, _) = crate::stages::sft::load_base(&cfg.model)?;
+            let (model_cfg, weights, _) = crate::model_files::checkpoint::load_base(&cfg.model)?;
             let t = &cfg.train;
             let longest = train.iter().map(|p| p.a.len().max(p.b.len())).max();
             let longest = longest.unwrap_or(0).min(t.max_len);

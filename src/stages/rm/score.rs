@@ -1,7 +1,7 @@
 //! `cai score`: rewards from a trained reward model (Bai et al. 2022 §4.1) for preference
 //! pairs (`r_a`, `r_b`, `p_a = σ(r_a − r_b)`) or single responses (`reward`), as JSONL.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -10,10 +10,9 @@ use serde_json::Value;
 use crate::chat::ChatMessage;
 use crate::inputs::messages_of;
 use crate::jsonl;
-use crate::model_files::ChatTokenizer;
 use crate::pairs::read_pairs;
-use crate::train::reward::RewardModel;
 use crate::train::reward_loss::sigmoid;
+use crate::train::reward_text::TextRewardModel;
 
 /// Output row of a scored pair.
 #[derive(Debug, Serialize)]
@@ -41,45 +40,6 @@ pub struct ScoreSummary {
     pub rows: usize,
     /// Accuracy on rows with a non-tie human label, if any.
     pub accuracy: Option<f64>,
-}
-
-/// A reward model that scores (conversation, response) texts: the model folder, its
-/// tokenizer (its own `tokenizer.json`, else its base model's) and the longest sequence read
-/// (the end of a longer one is kept: that is where the reward is read).
-pub struct TextRewardModel {
-    rm: RewardModel,
-    tok: ChatTokenizer,
-    max_len: usize,
-}
-
-impl TextRewardModel {
-    pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
-        let rm = RewardModel::load(dir, &crate::device::compute_device()?)
-            .with_context(|| format!("loading the reward model {}", dir.display()))?;
-        let tok = if dir.join("tokenizer.json").is_file() {
-            ChatTokenizer::from_folder(dir)?
-        } else {
-            ChatTokenizer::open(&rm.info.base_model)
-                .with_context(|| format!("opening the base model {}", rm.info.base_model))?
-        };
-        Ok(Self { rm, tok, max_len })
-    }
-
-    /// Rewards of `(conversation, response)` items, `batch_size` sequences at a time.
-    pub fn score(&self, items: &[(&[ChatMessage], &str)], batch_size: usize) -> Result<Vec<f64>> {
-        let mut seqs = Vec::with_capacity(items.len());
-        for (i, (conversation, response)) in items.iter().enumerate() {
-            let (mut ids, _) = self
-                .tok
-                .encode_response(conversation, response)
-                .with_context(|| format!("item {}", i + 1))?;
-            if ids.len() > self.max_len {
-                ids.drain(..ids.len() - self.max_len);
-            }
-            seqs.push(ids);
-        }
-        self.rm.score(&seqs, batch_size)
-    }
 }
 
 /// A single-response row: its conversation and response.

@@ -6,7 +6,8 @@
 //! folders (loadable as `--model` by every stage), `train_log.csv`, `loss.svg` and
 //! `manifest.json` (resolved config, data and base model sha256, losses, throughput).
 
-pub mod data;
+/// The SFT data, in `train::sft_data` (PPO-ptx reads it too).
+pub use crate::train::sft_data as data;
 
 use crate::artifacts::{LOSS_PLOT, TRAIN_LOG};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
@@ -14,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use candle_core::DType;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,17 +24,17 @@ use serde_json::json;
 use crate::device::compute_device;
 use crate::llm::ModelInfo;
 use crate::manifest::{now_unix, sha256_of, Manifest};
-use crate::model_files::locate::{sha256_file, ModelSpec};
+use crate::model_files::checkpoint::load_base;
+use crate::model_files::locate::sha256_file;
 use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
 use crate::progress;
-use crate::stages::sft::data::{read_pairs, tokenize, RoundChoice};
 use crate::train::data::eval_loss;
 use crate::train::resume::resume_point;
+use crate::train::sft_data::{read_pairs, tokenize, RoundChoice};
 use crate::train::{
-    load_gguf, load_model_dir, model_from_weights, train_sft, LlamaConfig, SftConfig, SftStart,
-    TokenizedExample, TrainEvent, Weights,
+    model_from_weights, train_sft, SftConfig, SftStart, TokenizedExample, TrainEvent,
 };
 
 /// Settings of `cai train sft`. Every field has a default; unknown fields are rejected.
@@ -278,33 +278,6 @@ fn load_examples(
         );
     }
     Ok(tokenized.examples)
-}
-
-/// Base weights in f32 with the sha256 of their file.
-/// The weights sit on the compute device (`crate::device`), where training runs.
-pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> {
-    let device = compute_device()?;
-    match ModelSpec::resolve(model)? {
-        ModelSpec::GgufFile(p) => {
-            let (cfg, w) = load_gguf(&p, DType::F32, &device)
-                .with_context(|| format!("cannot load {}", p.display()))?;
-            Ok((cfg, w, Some(sha256_file(&p)?)))
-        }
-        ModelSpec::Folder(dir) => {
-            let gguf = std::fs::read_dir(&dir)
-                .with_context(|| format!("cannot list {}", dir.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|e| e == "gguf"));
-            if let Some(p) = gguf {
-                let (cfg, w) = load_gguf(&p, DType::F32, &device)?;
-                return Ok((cfg, w, Some(sha256_file(&p)?)));
-            }
-            let (cfg, w) = load_model_dir(&dir, DType::F32, &device)
-                .with_context(|| format!("cannot load {}", dir.display()))?;
-            Ok((cfg, w, sha256_file(&dir.join("model.safetensors")).ok()))
-        }
-    }
 }
 
 /// Train and held-out loss against step, from `train_log.csv`.

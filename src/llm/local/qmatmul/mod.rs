@@ -44,16 +44,8 @@ mod packed_k;
 #[cfg(target_arch = "x86_64")]
 mod packed_layout;
 
-/// `dst[m, n] = x[m, k] · Wᵀ` for a quantized `W[n, k]`.
-pub trait RowsMatMul: Send + Sync {
-    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]);
-
-    /// Whether prompt chunks (hundreds of rows) run faster here than through an f32 copy of
-    /// the weights and a float gemm: then no such copy is kept.
-    fn fast_for_many_rows(&self) -> bool {
-        false
-    }
-}
+mod rows;
+pub use rows::RowsMatMul;
 
 struct Typed<T: GgmlType> {
     blocks: Vec<T>,

@@ -40,7 +40,7 @@ use super::act_quant;
 use super::block32::{check_size, Block32};
 use super::packed_avx2;
 use super::packed_layout::{Act32, Fifth32, Group32, Nibbles32, HALF, LANES};
-use super::RowsMatMul;
+use super::rows::RowsMatMul;
 
 /// Whether the CPU runs the VNNI tiles (AVX2 and FMA for activation quantization, AVX-512 F,
 /// BW, VL and VNNI for the products on 512-bit vectors).

@@ -23,7 +23,7 @@ use super::k_quants::{BlockK, KInts, Q8KBlock, QK_K};
 use super::packed::{broadcast4, chains, matmul_packed, Isa, Packed};
 use super::packed_avx2;
 use super::packed_layout::{GroupK, KFifth, HALF, K_BYTES, K_NIBBLES, LANES};
-use super::RowsMatMul;
+use super::rows::RowsMatMul;
 
 /// Two i16 values in one i32 lane, `lo` in the low half (as `vpdpwssd` pairs them).
 fn pair(lo: i16, hi: i16) -> u32 {

@@ -4,9 +4,9 @@
 
 use anyhow::{Context, Result};
 
+use crate::chat::Prompt;
 use crate::chat::{ChatMessage, Role};
 use crate::constitution::{ComparisonPrinciple, Constitution};
-use crate::llm::Prompt;
 use crate::prompts::{PromptSet, TemplateKind, Vars};
 
 /// The two options scored after the template's prefill ("… is (").

@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::chat::{ChatMessage, Role};
 use crate::jsonl;
 use crate::model_files::ChatTokenizer;
-use crate::stages::revise::RevisionRecord;
+use crate::revisions::RevisionRecord;
 use crate::train::TokenizedExample;
 
 /// Which revision of a `cai revise` record is the training target.
