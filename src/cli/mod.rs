@@ -12,6 +12,7 @@ pub mod eval;
 pub mod export;
 pub mod help_defaults;
 pub mod label;
+pub mod overlay;
 pub mod perplexity;
 pub mod pipeline;
 pub mod ppo;
@@ -38,6 +39,9 @@ pub struct Cli {
     /// error is one line, whatever RUST_BACKTRACE says.
     #[arg(short, long, global = true, display_order = 1000)]
     pub verbose: bool,
+    /// The parsed command line: which flags were given (see [`overlay`]).
+    #[arg(skip)]
+    pub matches: clap::ArgMatches,
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -143,23 +147,34 @@ pub fn command() -> clap::Command {
 /// Parses the process's arguments (exits with clap's message on an error or `--help`).
 pub fn parse() -> Cli {
     let matches = command().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.matches = matches;
+    cli
+}
+
+/// The matches of the innermost subcommand (`train sft`'s, not `train`'s).
+fn leaf(m: &clap::ArgMatches) -> &clap::ArgMatches {
+    match m.subcommand() {
+        Some((_, sub)) => leaf(sub),
+        None => m,
+    }
 }
 
 /// Runs one command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let m = leaf(&cli.matches);
     match cli.command {
-        Command::Revise(a) => revise::run(a),
-        Command::Sample(a) => sample::run(a),
-        Command::Label(a) => label::run(a),
-        Command::Compare(a) => compare::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Perplexity(a) => perplexity::run(a),
-        Command::Eval(a) => eval::run(a),
-        Command::Train(t) => t.run(),
-        Command::Export(a) => export::run(a),
+        Command::Revise(_) => revise::run(m),
+        Command::Sample(_) => sample::run(m),
+        Command::Label(_) => label::run(m),
+        Command::Compare(_) => compare::run(m),
+        Command::Bench(_) => bench::run(m),
+        Command::Perplexity(_) => perplexity::run(m),
+        Command::Eval(_) => eval::run(m),
+        Command::Train(t) => t.run(m),
+        Command::Export(_) => export::run(m),
         Command::Constitution(c) => c.run(),
-        Command::Score(a) => score::run(a),
+        Command::Score(_) => score::run(m),
         Command::Pipeline(a) => pipeline::run(a),
     }
 }
