@@ -41,7 +41,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub train_steps: Option<usize>,
     /// Also measure with quantized kernels only (no f32 weight copies).
-    #[arg(long, visible_alias = "quantized-only", overrides_with = "no_compare_quantized")]
+    #[arg(
+        long,
+        visible_alias = "quantized-only",
+        overrides_with = "no_compare_quantized"
+    )]
     pub compare_quantized: bool,
     /// Do not (undoes `compare_quantized: true` in --config).
     #[arg(long, overrides_with = "compare_quantized")]

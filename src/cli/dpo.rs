@@ -84,12 +84,17 @@ impl Flags for DpoArgs {
         self.config.as_deref()
     }
 
+    /// `--resume` is a flag only: the config file has no `resume:`.
     fn to(id: &str) -> Option<To> {
-        training_to(id)
+        match id {
+            "resume" | "no_resume" => Some(To::Explicit),
+            _ => training_to(id),
+        }
     }
 
     /// The trainable group, checks.
     fn finish(&self, c: &mut TrainDpoConfig) -> Result<()> {
+        c.resume = self.resume;
         let t = &self.training.trainable;
         t.apply(&mut c.train.trainable, &LoraConfig::default())?;
         ensure!(
@@ -163,6 +168,20 @@ mod tests {
 
     fn resolve(argv: &[&str]) -> Result<TrainDpoConfig> {
         overlay::resolve_flags::<DpoArgs>(argv)
+    }
+
+    /// `--resume` has no key in the config file (so no place in the overlay): it is set from
+    /// the flags, and `--no-resume` after it undoes it.
+    #[test]
+    fn resume_is_a_flag_only_and_no_resume_undoes_it() -> Result<()> {
+        assert!(!resolve(&["--data", "x"])?.resume);
+        assert!(resolve(&["--data", "x", "--resume"])?.resume);
+        assert!(!resolve(&["--data", "x", "--resume", "--no-resume"])?.resume);
+        assert!(resolve(&["--data", "x", "--no-resume", "--resume"])?.resume);
+        let rm = |argv: &[&str]| overlay::resolve_flags::<crate::cli::rm::RmArgs>(argv);
+        assert!(rm(&["--data", "x", "--resume"])?.resume);
+        assert!(!rm(&["--data", "x", "--resume", "--no-resume"])?.resume);
+        Ok(())
     }
 
     #[test]

@@ -160,6 +160,36 @@ fn leaf(m: &clap::ArgMatches) -> &clap::ArgMatches {
     }
 }
 
+/// The stage config the command line `argv` (without the program name) resolves to, as JSON:
+/// what the subcommand would run with (for tests and checks; nothing is run).
+pub fn resolved_config(argv: &[&str]) -> Result<serde_json::Value> {
+    fn json<A: overlay::Flags>(m: &clap::ArgMatches) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(overlay::resolve::<A>(m)?)?)
+    }
+    let matches =
+        command().try_get_matches_from(std::iter::once("cai").chain(argv.iter().copied()))?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let m = leaf(&matches);
+    match cli.command {
+        Command::Revise(_) => json::<revise::ReviseArgs>(m),
+        Command::Sample(_) => json::<sample::SampleArgs>(m),
+        Command::Label(_) => json::<label::LabelArgs>(m),
+        Command::Compare(_) => json::<compare::CompareArgs>(m),
+        Command::Bench(_) => json::<bench::BenchArgs>(m),
+        Command::Perplexity(_) => json::<perplexity::PerplexityArgs>(m),
+        Command::Eval(_) => json::<eval::EvalArgs>(m),
+        Command::Export(_) => json::<export::ExportArgs>(m),
+        Command::Score(_) => json::<score::ScoreArgs>(m),
+        Command::Train(train::TrainCommand::Sft(_)) => json::<sft::SftArgs>(m),
+        Command::Train(train::TrainCommand::Rm(_)) => json::<rm::RmArgs>(m),
+        Command::Train(train::TrainCommand::Ppo(_)) => json::<ppo::PpoArgs>(m),
+        Command::Train(train::TrainCommand::Dpo(_)) => json::<dpo::DpoArgs>(m),
+        Command::Constitution(_) | Command::Pipeline(_) => {
+            anyhow::bail!("`{}` has no stage config", argv.first().unwrap_or(&""))
+        }
+    }
+}
+
 /// Runs one command line.
 pub fn run(cli: Cli) -> Result<()> {
     let m = leaf(&cli.matches);

@@ -76,12 +76,17 @@ impl Flags for RmArgs {
         self.config.as_deref()
     }
 
+    /// `--resume` is a flag only: the config file has no `resume:`.
     fn to(id: &str) -> Option<To> {
-        training_to(id)
+        match id {
+            "resume" | "no_resume" => Some(To::Explicit),
+            _ => training_to(id),
+        }
     }
 
     /// The trainable group (LoRA on all linear layers by default), checks.
     fn finish(&self, c: &mut TrainRmConfig) -> Result<()> {
+        c.resume = self.resume;
         let lora = LoraConfig {
             targets: vec!["all".into()],
             ..LoraConfig::default()
