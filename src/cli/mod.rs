@@ -29,9 +29,34 @@ use serde::Serialize;
 
 use help_defaults::Source;
 
+/// The environment variables cai reads, for `cai --help` (a test checks that every `CAI_*`
+/// name in src/ is here).
+pub const ENVIRONMENT: &str = "\
+Flags override the --config YAML, which overrides the defaults; a flag's name is its config
+key (nested keys by their last part: --timeout-s is openai.timeout_s). Every switch has an
+opposite (--quiet / --no-quiet, --no-cache / --cache) that undoes the --config file's value;
+of the two, the last given wins.
+
+Environment:
+  CAI_DEVICE=auto|cpu|cuda  Where models run (CUDA builds): auto (default) takes the first GPU
+                            when there is one, cpu forces the CPU, cuda makes a missing GPU an
+                            error instead of a fall-back to the CPU.
+  CAI_KERNELS=avx2          On an AVX-512 VNNI CPU, run the quantized matmuls' AVX2 tiles
+                            instead (what a CPU without VNNI runs; to compare their speed).
+  CAI_PREFIX_REUSE=0        Turn off the local engine's cache of shared prompt prefixes (the
+                            results are the same; to measure what it saves).
+  CAI_MODELS=DIR            Folder searched first for the default model (then ./models and
+                            ~/.cache/cai/models).
+  CAI_DEBUG=1               Errors with backtraces, as --verbose.
+  CAI_TEST_GGUF=FILE        Tests only: the GGUF of the real-model unit tests.
+  CAI_REQUIRE_MODEL=1       Tests only: a missing real model fails a test instead of skipping
+                            it.
+  Proxies: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY (--backend openai); the CA
+  certificates: SSL_CERT_FILE (unless --ca-cert).";
+
 /// cai: the Constitutional AI / RLAIF pipeline on real language models.
 #[derive(Debug, Parser)]
-#[command(name = "cai", version, about, long_about = None)]
+#[command(name = "cai", version, about, long_about = None, after_help = ENVIRONMENT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -230,6 +255,46 @@ mod tests {
             sub = sub.find_subcommand_mut(name).unwrap();
         }
         sub.render_help().to_string()
+    }
+
+    /// Every `CAI_*` variable named in src/ (read with `std::env::var`) is listed in `cai
+    /// --help`.
+    #[test]
+    fn every_environment_variable_is_in_the_help() {
+        fn names(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    names(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for (i, _) in text.match_indices("\"CAI_") {
+                        let name: String = text[i + 1..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                            .collect();
+                        if name.len() > "CAI_".len() {
+                            out.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+        let mut found = std::collections::BTreeSet::new();
+        names(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        for must in ["CAI_DEVICE", "CAI_KERNELS", "CAI_PREFIX_REUSE", "CAI_DEBUG"] {
+            assert!(found.contains(must), "{must} not found in src/: {found:?}");
+        }
+        let help = command().render_help().to_string();
+        for name in &found {
+            assert!(
+                help.contains(&format!("{name}=")),
+                "{name} not in cai --help"
+            );
+        }
     }
 
     /// The help shows the defaults of the `Default` impls, e.g. after a default changes.
