@@ -347,3 +347,29 @@ fn one_flag_sets_every_key_it_stands_for() -> Result<()> {
     );
     Ok(())
 }
+
+/// A flag that sets one key of a nested section keeps the stage's own defaults for the rest
+/// of it: `cai train rm --max-steps 2` trains at the reward model's lr 1e-5 (its `Default`),
+/// not at the `train:` section type's own 2e-5 (SFT's).
+#[test]
+fn a_nested_flag_keeps_the_stages_other_defaults() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let yaml = dir.path().join("rm.yaml");
+    std::fs::write(&yaml, "data: [{path: d.jsonl}]\n")?;
+    let v = resolve(
+        &["train", "rm"],
+        yaml.to_str().unwrap(),
+        &["--max-steps", "2"],
+    )?;
+    assert_eq!(
+        (at(&v, "train.max_steps"), at(&v, "train.lr")),
+        (&2.into(), &1e-5.into())
+    );
+    let v = resolve(
+        &["label"],
+        yaml.to_str().unwrap().replace("rm.yaml", "x").as_str(),
+        &[],
+    );
+    assert!(v.is_err(), "a missing --config file is an error");
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! Flags → config, derived once for every subcommand: the flags given on the command line
 //! (clap's `ValueSource::CommandLine`) become a mapping keyed by config field, merged onto the
-//! `--config` YAML (or an empty mapping) before it is deserialised into the stage config. A
+//! config that the `--config` YAML (or the defaults) makes, as a value, which is then
+//! deserialised again into the stage config. A
 //! flag's value is its parsed value serialised, so it is typed as the config field is; where
 //! it goes is the flag's own name unless the subcommand's [`Flags::to`] says otherwise.
 //! Precedence: the config's `Default` < the YAML < the flags, in command-line order.
@@ -94,25 +95,18 @@ pub fn resolve<A: Flags>(m: &ArgMatches) -> Result<A::Config> {
 /// `argv` (after the program name) resolved as the flags `A`, for tests.
 #[cfg(test)]
 pub fn resolve_flags<A: Flags>(argv: &[&str]) -> Result<A::Config> {
-    let cmd = super::args::finite_floats(A::augment_args(clap::Command::new("cai")));
+    let cmd = A::augment_args(clap::Command::new("cai"));
     let m = cmd.try_get_matches_from(std::iter::once("cai").chain(argv.iter().copied()))?;
     resolve::<A>(&m)
 }
 
 /// [`resolve`] without [`Flags::finish`].
 fn resolve_args<A: Flags>(args: &A, m: &ArgMatches) -> Result<A::Config> {
-    let mut base = match args.config_file() {
-        Some(path) => {
-            // Read as the config first: its errors keep their `file:line:column`.
-            read_or_default::<A::Config>(Some(path))?;
-            let text = crate::inputs::read_text(path, crate::inputs::TEXT_CAP, "config")?;
-            serde_yaml::from_str(&text).with_context(|| path.display().to_string())?
-        }
-        None => Value::Mapping(Mapping::new()),
-    };
-    if base.is_null() {
-        base = Value::Mapping(Mapping::new());
-    }
+    // The config as the YAML (or the defaults) makes it, as a value: a flag that sets one key
+    // of a nested section keeps the stage's defaults for the section's other keys (rm's
+    // `train.lr` is not SftConfig's when only --max-steps is given).
+    let config: A::Config = read_or_default(args.config_file())?;
+    let mut base = serde_yaml::to_value(&config).context("config as YAML")?;
     let flags = serde_json::to_value(args).context("flags as JSON")?;
     let mut named = Vec::new();
     for id in given::<A>(m) {
