@@ -41,7 +41,7 @@ pub struct DpoArgs {
     #[arg(long)]
     pub eval: Option<PathBuf>,
     /// Without --eval: about this fraction of the training pairs is held out, as whole
-    /// conversations drawn at random by --seed (`--eval-fraction` is the old spelling).
+    /// conversations drawn at random by --seed (`--eval-split` is the old spelling).
     #[arg(long, visible_alias = "eval-split", conflicts_with = "eval")]
     pub eval_fraction: Option<f64>,
     /// Output folder: reference_logps.json, checkpoint-N/, final/ (usable as --model),
@@ -112,17 +112,11 @@ impl Flags for DpoArgs {
     }
 }
 
-/// Defaults for `--help`: the config's (`--eval-split` is `eval_fraction` in the file).
+/// Defaults for `--help`: the config's.
 pub fn help_defaults() -> (TrainDpoConfig, Vec<(&'static str, Source)>) {
     let d = TrainDpoConfig::default();
     let trainable = Source::Text(super::args::describe_trainable(&d.train.trainable));
-    (
-        d,
-        vec![
-            ("eval_split", Source::Path("eval_fraction")),
-            ("trainable", trainable),
-        ],
-    )
+    (d, vec![("trainable", trainable)])
 }
 
 /// Runs `cai train dpo`.

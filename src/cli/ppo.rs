@@ -107,7 +107,7 @@ pub struct PpoArgs {
     pub group_size: Option<usize>,
     /// How an update's per-token policy loss (and k3 KL term) is reduced: the mean over all
     /// its response tokens (DAPO; long responses weigh more), the mean of each response's
-    /// token mean (GRPO), or the token sum over responses × --max-tokens (Dr. GRPO, with
+    /// token mean (GRPO), or the token sum over responses × --max-new-tokens (Dr. GRPO, with
     /// `ppo.scale_rewards: false`). `policy_loss` in train_log.csv is the clipped surrogate
     /// so aggregated.
     #[arg(long, value_parser = choice::<LossAggregation>())]

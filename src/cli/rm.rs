@@ -33,7 +33,7 @@ pub struct RmArgs {
     pub eval: Option<PathBuf>,
     /// Without --eval: about this fraction of the training pairs is held out, as whole
     /// conversations drawn at random by --seed; a mix of AI labels and human pairs holds out
-    /// both, so its accuracy is partly agreement with the labeller (`--eval-fraction` is the
+    /// both, so its accuracy is partly agreement with the labeller (`--eval-split` is the
     /// old spelling).
     #[arg(long, visible_alias = "eval-split", conflicts_with = "eval")]
     pub eval_fraction: Option<f64>,
@@ -106,14 +106,13 @@ impl Flags for RmArgs {
     }
 }
 
-/// Defaults for `--help`: the config's (`--eval-split` is `eval_fraction` in the file).
+/// Defaults for `--help`: the config's.
 pub fn help_defaults() -> (TrainRmConfig, Vec<(&'static str, Source)>) {
     let d = TrainRmConfig::default();
     let trainable = Source::Text(super::args::describe_trainable(&d.train.trainable));
     (
         d,
         vec![
-            ("eval_split", Source::Path("eval_fraction")),
             ("trainable", trainable),
             ("lora_targets", Source::Text("all".into())),
         ],

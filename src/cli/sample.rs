@@ -51,7 +51,11 @@ pub struct SampleArgs {
     #[arg(long, requires = "best_of_rm")]
     pub best_of: Option<usize>,
     /// Reward model folder (`final/` of `cai train rm`) for --best-of.
-    #[arg(long = "reward-model", requires = "best_of", visible_alias = "best-of-rm")]
+    #[arg(
+        long = "reward-model",
+        requires = "best_of",
+        visible_alias = "best-of-rm"
+    )]
     pub best_of_rm: Option<PathBuf>,
     /// Seed of the sampling and of the pairs kept.
     #[arg(long)]
