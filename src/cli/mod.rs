@@ -1,6 +1,8 @@
 //! The command line: flags → configs, in one place. Each subcommand has a file with its
-//! arguments (doc comments are the `--help`), one resolution (the stage config's `Default` <
-//! the `--config` YAML file < flags) and a `run` that calls its stage and prints the summary.
+//! arguments (doc comments are the `--help`), where each flag goes in the stage config
+//! ([`overlay::Flags`]; by default the key of the flag's name) and a `run` that calls its stage
+//! and prints the summary. Resolution is one generic function for all: [`overlay::resolve`]
+//! (the stage config's `Default` < the `--config` YAML file < the flags given).
 //! Nothing outside this module sees clap or raw arguments.
 
 pub mod args;
