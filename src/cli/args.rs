@@ -6,18 +6,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::overlay::To;
 
 use crate::choice::Choice;
-use crate::llm::openai::{OpenaiConfig, OptionScoring, PrefillMode};
-use crate::llm::{BackendKind, SamplingParams};
-use crate::train::{LoraConfig, Precision, ScheduleKind, SftConfig, Trainable};
-
-/// Sets `target` when the flag was given.
-pub fn set<T>(target: &mut T, flag: Option<T>) {
-    if let Some(v) = flag {
-        *target = v;
-    }
-}
+use crate::llm::openai::{OptionScoring, PrefillMode};
+use crate::llm::BackendKind;
+use crate::train::{LoraConfig, Precision, ScheduleKind, Trainable};
 
 /// A flag taking one of `T`'s named values; `--help` lists them with their descriptions.
 pub fn choice<T: Choice + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
@@ -80,7 +76,7 @@ pub fn parse_range(s: &str) -> Result<(f64, f64), String> {
 }
 
 /// Model selection shared by every stage that calls a model.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct ModelArgs {
     /// Backend that runs the model.
     #[arg(long, value_parser = choice::<BackendKind>())]
@@ -90,25 +86,17 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<String>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub server: ServerArgs,
 }
 
-impl ModelArgs {
-    /// Overrides the backend, the model and the server settings given on the command line.
-    pub fn apply(self, backend: &mut BackendKind, model: &mut String, openai: &mut OpenaiConfig) {
-        set(backend, self.backend);
-        set(model, self.model);
-        self.server.apply(openai);
-    }
-}
-
 /// Settings of `--backend openai` (an OpenAI-compatible server).
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct ServerArgs {
     /// Server root, e.g. http://127.0.0.1:8000 or https://api.openai.com/v1 (with or without
     /// the trailing /v1, behind a path prefix or not); repeat to spread requests over several.
     /// HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY are honoured.
-    #[arg(long = "base-url")]
+    #[arg(long = "base-url", visible_alias = "base-urls")]
     pub base_urls: Vec<String>,
     /// Environment variable with the API key.
     #[arg(long)]
@@ -117,11 +105,11 @@ pub struct ServerArgs {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Longest wait for a whole answer in seconds, a slow trickle included.
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    #[arg(long, visible_alias = "timeout")]
+    pub timeout_s: Option<f64>,
     /// Longest wait for a connection (TLS handshake included) in seconds.
-    #[arg(long)]
-    pub connect_timeout: Option<f64>,
+    #[arg(long, visible_alias = "connect-timeout")]
+    pub connect_timeout_s: Option<f64>,
     /// PEM file of the CA certificates that sign the server's certificate (a private CA),
     /// trusted instead of the built-in roots (by default $SSL_CERT_FILE when set).
     #[arg(long, value_name = "FILE")]
@@ -131,8 +119,8 @@ pub struct ServerArgs {
     #[arg(long)]
     pub retries: Option<u32>,
     /// First retry backoff in seconds, doubled each retry.
-    #[arg(long)]
-    pub backoff: Option<f64>,
+    #[arg(long, visible_alias = "backoff")]
+    pub backoff_s: Option<f64>,
     /// How a prefill (the start of the reply, e.g. "The answer is (") reaches the server.
     #[arg(long, value_parser = choice::<PrefillMode>())]
     pub prefill: Option<PrefillMode>,
@@ -143,14 +131,17 @@ pub struct ServerArgs {
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Do not read or write the request cache.
-    #[arg(long)]
+    #[arg(long, overrides_with = "cache")]
     pub no_cache: bool,
+    /// Read and write the request cache (undoes `no_cache: true` in --config).
+    #[arg(long, overrides_with = "no_cache")]
+    pub cache: bool,
 }
 
 /// The sampling options beyond temperature and top-p, shared by every stage that generates
 /// text (PPO rollouts excepted: they sample with temperature only, see `cai train ppo`).
 /// Penalties look at the generated tokens only, never the prompt.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct SamplingArgs {
     /// Keep only the K most likely tokens (0 = off).
     #[arg(long, value_name = "K")]
@@ -176,8 +167,60 @@ pub struct SamplingArgs {
     pub frequency_penalty: Option<f64>,
 }
 
+/// Where the flags of [`ModelArgs`] go in a config that keeps `backend`, `model` and
+/// `openai` under `prefix` (`""`, or `"labeler."` for eval's feedback model).
+pub fn model_to(prefix: &str, id: &str) -> Option<To> {
+    let key = match id {
+        "backend" | "model" => id.to_string(),
+        "retries" | "backoff_s" => format!("openai.retry.{id}"),
+        "cache" => return Some(To::Not(format!("{prefix}openai.no_cache"))),
+        "base_urls" | "api_key_env" | "concurrency" | "timeout_s" | "connect_timeout_s"
+        | "ca_cert" | "prefill" | "option_scoring" | "cache_dir" | "no_cache" => {
+            format!("openai.{id}")
+        }
+        _ => return None,
+    };
+    Some(To::key(format!("{prefix}{key}")))
+}
+
+/// Where the flags of [`SamplingArgs`] go: the same key under each of `prefixes` (one per
+/// step a stage samples with, e.g. `answer.`, `critique.`, `revision.`).
+pub fn sampling_to(prefixes: &[&str], id: &str) -> Option<To> {
+    const IDS: &[&str] = &[
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "repeat_last_n",
+        "presence_penalty",
+        "frequency_penalty",
+    ];
+    IDS.contains(&id).then(|| each(prefixes, id))
+}
+
+/// `key` under each of `prefixes`.
+pub fn each(prefixes: &[&str], key: &str) -> To {
+    To::Keys(prefixes.iter().map(|p| format!("{p}{key}")).collect())
+}
+
+/// Where the flags of [`TrainingArgs`] go: under `train.`, except the trainable group, which
+/// [`TrainableArgs::apply`] resolves (it combines several flags into one `Trainable`).
+pub fn training_to(id: &str) -> Option<To> {
+    match id {
+        "trainable" | "top_layers" | "lora_rank" | "lora_alpha" | "lora_targets" => {
+            Some(To::Explicit)
+        }
+        "lr" | "weight_decay" | "epochs" | "max_steps" | "batch_size" | "grad_accum"
+        | "warmup_steps" | "schedule" | "min_lr_ratio" | "max_grad_norm" | "eval_every"
+        | "save_every" | "max_len" | "max_batch_tokens" | "dtype" | "seed" => {
+            Some(To::key(format!("train.{id}")))
+        }
+        _ => None,
+    }
+}
+
 /// What `--trainable` names; `--top-layers` and `--lora-*` give the details.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TrainableKind {
     /// Every weight (full fine-tuning).
     All,
@@ -189,7 +232,7 @@ pub enum TrainableKind {
 
 /// The optimizer, schedule and data-loop flags `train sft`, `rm` and `dpo` share: their
 /// configs keep these settings under `train:`.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct TrainingArgs {
     /// Peak learning rate.
     #[arg(long)]
@@ -244,31 +287,8 @@ pub struct TrainingArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub trainable: TrainableArgs,
-}
-
-impl TrainingArgs {
-    /// Overrides the settings of `t` given on the command line; `lora` is the stage's LoRA
-    /// default.
-    pub fn apply(self, t: &mut SftConfig, lora: &LoraConfig) -> Result<()> {
-        set(&mut t.lr, self.lr);
-        set(&mut t.weight_decay, self.weight_decay);
-        set(&mut t.epochs, self.epochs);
-        t.max_steps = self.max_steps.or(t.max_steps);
-        set(&mut t.batch_size, self.batch_size);
-        set(&mut t.grad_accum, self.grad_accum);
-        set(&mut t.warmup_steps, self.warmup_steps);
-        set(&mut t.schedule, self.schedule);
-        set(&mut t.min_lr_ratio, self.min_lr_ratio);
-        set(&mut t.max_grad_norm, self.max_grad_norm);
-        set(&mut t.eval_every, self.eval_every);
-        set(&mut t.save_every, self.save_every);
-        set(&mut t.max_len, self.max_len);
-        t.max_batch_tokens = self.max_batch_tokens.or(t.max_batch_tokens);
-        set(&mut t.dtype, self.dtype);
-        set(&mut t.seed, self.seed);
-        self.trainable.apply(&mut t.trainable, lora)
-    }
 }
 
 /// `t` as the flags would ask for it, for `--help`.
@@ -286,7 +306,7 @@ pub fn describe_trainable(t: &Trainable) -> String {
 }
 
 /// Which weights a training stage updates: the same flags for `train sft`, `rm` and `ppo`.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct TrainableArgs {
     /// What is trained.
     #[arg(long, value_enum)]
@@ -339,38 +359,6 @@ impl TrainableArgs {
             }
         };
         Ok(())
-    }
-}
-
-impl SamplingArgs {
-    /// Overrides the options of `params` given on the command line.
-    pub fn apply(&self, params: &mut SamplingParams) {
-        set(&mut params.top_k, self.top_k);
-        set(&mut params.min_p, self.min_p);
-        set(&mut params.repetition_penalty, self.repetition_penalty);
-        set(&mut params.repeat_last_n, self.repeat_last_n);
-        set(&mut params.presence_penalty, self.presence_penalty);
-        set(&mut params.frequency_penalty, self.frequency_penalty);
-    }
-}
-
-impl ServerArgs {
-    /// Overrides the fields of `cfg` given on the command line.
-    pub fn apply(self, cfg: &mut OpenaiConfig) {
-        if !self.base_urls.is_empty() {
-            cfg.base_urls = self.base_urls;
-        }
-        set(&mut cfg.api_key_env, self.api_key_env);
-        set(&mut cfg.concurrency, self.concurrency);
-        set(&mut cfg.timeout_s, self.timeout);
-        set(&mut cfg.connect_timeout_s, self.connect_timeout);
-        cfg.ca_cert = self.ca_cert.or(cfg.ca_cert.take());
-        set(&mut cfg.prefill, self.prefill);
-        set(&mut cfg.option_scoring, self.option_scoring);
-        set(&mut cfg.retry.retries, self.retries);
-        set(&mut cfg.retry.backoff_s, self.backoff);
-        cfg.cache_dir = self.cache_dir.or(cfg.cache_dir.take());
-        cfg.no_cache |= self.no_cache;
     }
 }
 

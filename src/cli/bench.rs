@@ -1,17 +1,17 @@
 //! `cai bench`: speed of the local backend, and of llama.cpp when installed, in one run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::set;
 use super::help_defaults::Source;
+use super::overlay::{self, Flags, To};
 use crate::bench::{self, BenchConfig};
-use crate::config_file::read_or_default;
 
 /// The flags of `cai bench`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct BenchArgs {
     /// YAML file with any BenchConfig fields; flags override it.
     #[arg(long)]
@@ -41,8 +41,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub train_steps: Option<usize>,
     /// Also measure with quantized kernels only (no f32 weight copies).
-    #[arg(long)]
-    pub quantized_only: bool,
+    #[arg(
+        long,
+        visible_alias = "quantized-only",
+        overrides_with = "no_compare_quantized"
+    )]
+    pub compare_quantized: bool,
+    /// Do not (undoes `compare_quantized: true` in --config).
+    #[arg(long, overrides_with = "compare_quantized")]
+    pub no_compare_quantized: bool,
     /// Folder with llama.cpp's llama-bench and llama-batched-bench (by default
     /// ~/.cache/cai-peer/llama.cpp/build/bin; docs/performance.md says how to build it).
     #[arg(long)]
@@ -52,22 +59,15 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-impl BenchArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<BenchConfig> {
-        let mut c: BenchConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.model, self.model);
-        set(&mut c.prompt_tokens, self.prompt_tokens);
-        set(&mut c.gen_tokens, self.gen_tokens);
-        set(&mut c.repeats, self.repeats);
-        set(&mut c.batches, self.batches);
-        set(&mut c.pairs, self.pairs);
-        set(&mut c.label_pairs, self.label_pairs);
-        set(&mut c.train_steps, self.train_steps);
-        c.compare_quantized |= self.quantized_only;
-        c.peer_bin = self.peer_bin.or(c.peer_bin);
-        c.json = self.json.or(c.json);
-        Ok(c)
+impl Flags for BenchArgs {
+    type Config = BenchConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn to(_id: &str) -> Option<To> {
+        None
     }
 }
 
@@ -77,8 +77,8 @@ pub fn help_defaults() -> (BenchConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai bench` and prints its table.
-pub fn run(args: BenchArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<BenchArgs>(m)?;
     print!("{}", bench::render(&bench::run(&cfg)?));
     Ok(())
 }

@@ -1,15 +1,15 @@
 //! `cai compare`: AI preference labels measured against human labels.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::set;
 use super::help_defaults::Source;
+use super::overlay::{self, Flags, To};
 use crate::artifacts::REPORT;
 use crate::compare::{self, CompareConfig};
-use crate::config_file::read_or_default;
 
 /// What each printed number is computed on (shown after `cai compare --help`).
 const NUMBERS: &str = "\
@@ -27,7 +27,7 @@ What the numbers are:
   L2 vs L1    pairs scored in both; exact sign test; bootstrap interval from 10 pairs on.";
 
 /// The flags of `cai compare`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 #[command(after_long_help = NUMBERS)]
 pub struct CompareArgs {
     /// YAML file with any CompareConfig fields; flags override it.
@@ -54,18 +54,19 @@ pub struct CompareArgs {
     pub bins: Option<usize>,
 }
 
-impl CompareArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<CompareConfig> {
-        let mut c: CompareConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.human, self.human);
-        if !self.ai.is_empty() {
-            c.ai = self.ai;
-        }
-        c.report = self.out.or(c.report);
-        set(&mut c.bootstrap, self.bootstrap);
-        set(&mut c.seed, self.seed);
-        set(&mut c.bins, self.bins);
+impl Flags for CompareArgs {
+    type Config = CompareConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// `--out` is the config's `report`.
+    fn to(id: &str) -> Option<To> {
+        (id == "out").then(|| To::key("report"))
+    }
+
+    fn finish(&self, c: &mut CompareConfig) -> Result<()> {
         ensure!(
             !c.human.as_os_str().is_empty(),
             "no human labels: give --human FILE (or `human:` in the config)"
@@ -74,7 +75,7 @@ impl CompareArgs {
             !c.ai.is_empty(),
             "no AI labels: give --ai FILE, once per label file (or `ai:` in the config)"
         );
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -84,8 +85,8 @@ pub fn help_defaults() -> (CompareConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai compare`: the table on stdout, the report where `--out` says.
-pub fn run(args: CompareArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<CompareArgs>(m)?;
     let report = compare::run(&cfg)?;
     print!("{}", compare::report::render_table(&report));
     if let Some(dir) = &cfg.report {

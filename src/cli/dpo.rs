@@ -1,13 +1,14 @@
 //! `cai train dpo`: DPO and its variants on preference pairs, against a frozen reference.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{parsed, set, TrainingArgs};
+use super::args::{parsed, training_to, TrainingArgs};
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::stages::dpo::{self, TrainDpoConfig};
 use crate::train::dpo_loss::DpoLoss;
 use crate::train::reward_data::DataSource;
@@ -15,7 +16,7 @@ use crate::train::LoraConfig;
 
 /// The flags of `cai train dpo`; its `--help` text (data handling: ties, identical pairs) is
 /// on [`TrainCommand::Dpo`](super::train::TrainCommand::Dpo).
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Serialize)]
 pub struct DpoArgs {
     /// YAML file with any TrainDpoConfig fields (optimizer settings under `train:`); flags
     /// override it.
@@ -40,16 +41,19 @@ pub struct DpoArgs {
     #[arg(long)]
     pub eval: Option<PathBuf>,
     /// Without --eval: about this fraction of the training pairs is held out, as whole
-    /// conversations drawn at random by --seed (`--eval-fraction` is the old spelling).
-    #[arg(long, alias = "eval-fraction", conflicts_with = "eval")]
-    pub eval_split: Option<f64>,
+    /// conversations drawn at random by --seed (`--eval-split` is the old spelling).
+    #[arg(long, visible_alias = "eval-split", conflicts_with = "eval")]
+    pub eval_fraction: Option<f64>,
     /// Output folder: reference_logps.json, checkpoint-N/, final/ (usable as --model),
     /// train_log.csv, eval_log.csv, metrics.json, manifest.json, SVG plots.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue from the latest checkpoint in --out.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_resume")]
     pub resume: bool,
+    /// Start afresh (undoes `resume: true` in --config).
+    #[arg(long, overrides_with = "resume")]
+    pub no_resume: bool,
     /// Loss: sigmoid (DPO, label rounded), cdpo (soft label as the target), robust (rDPO,
     /// label rounded, one flip rate ε = --label-smoothing for every pair), ipo (soft target on
     /// per-token log-ratios), hinge (SLiC).
@@ -63,31 +67,36 @@ pub struct DpoArgs {
     #[arg(long)]
     pub label_smoothing: Option<f64>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub training: TrainingArgs,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl DpoArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<TrainDpoConfig> {
-        let a = self;
-        let mut c: TrainDpoConfig = read_or_default(a.config.as_deref())?;
-        set(&mut c.model, a.model);
-        c.reference = a.reference.or(c.reference);
-        if !a.data.is_empty() {
-            c.data = a.data;
+impl Flags for DpoArgs {
+    type Config = TrainDpoConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// `--resume` is a flag only: the config file has no `resume:`.
+    fn to(id: &str) -> Option<To> {
+        match id {
+            "resume" | "no_resume" => Some(To::Explicit),
+            _ => training_to(id),
         }
-        c.eval = a.eval.or(c.eval);
-        set(&mut c.eval_fraction, a.eval_split);
-        set(&mut c.out, a.out);
-        set(&mut c.loss, a.loss);
-        set(&mut c.beta, a.beta);
-        set(&mut c.label_smoothing, a.label_smoothing);
-        a.training.apply(&mut c.train, &LoraConfig::default())?;
-        c.quiet |= a.quiet;
-        c.resume |= a.resume;
+    }
+
+    /// The trainable group, checks.
+    fn finish(&self, c: &mut TrainDpoConfig) -> Result<()> {
+        c.resume = self.resume;
+        let t = &self.training.trainable;
+        t.apply(&mut c.train.trainable, &LoraConfig::default())?;
         ensure!(
             !c.data.is_empty(),
             "no training data: give --data FILE[:WEIGHT] (cai label, human pairs or cai revise \
@@ -99,26 +108,20 @@ impl DpoArgs {
             c.eval_fraction
         );
         c.validate()?;
-        Ok(c)
+        Ok(())
     }
 }
 
-/// Defaults for `--help`: the config's (`--eval-split` is `eval_fraction` in the file).
+/// Defaults for `--help`: the config's.
 pub fn help_defaults() -> (TrainDpoConfig, Vec<(&'static str, Source)>) {
     let d = TrainDpoConfig::default();
     let trainable = Source::Text(super::args::describe_trainable(&d.train.trainable));
-    (
-        d,
-        vec![
-            ("eval_split", Source::Path("eval_fraction")),
-            ("trainable", trainable),
-        ],
-    )
+    (d, vec![("trainable", trainable)])
 }
 
 /// Runs `cai train dpo`.
-pub fn run(args: DpoArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<DpoArgs>(m)?;
     let s = dpo::run(&cfg)?;
     eprintln!(
         "cai: train dpo: {} steps on {} pairs ({} loss, β {}; {:.2} pairs/s, {:.0} \
@@ -155,11 +158,24 @@ pub fn run(args: DpoArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args::parse_flags;
     use crate::train::Trainable;
 
     fn resolve(argv: &[&str]) -> Result<TrainDpoConfig> {
-        parse_flags::<DpoArgs>(argv)?.resolve()
+        overlay::resolve_flags::<DpoArgs>(argv)
+    }
+
+    /// `--resume` has no key in the config file (so no place in the overlay): it is set from
+    /// the flags, and `--no-resume` after it undoes it.
+    #[test]
+    fn resume_is_a_flag_only_and_no_resume_undoes_it() -> Result<()> {
+        assert!(!resolve(&["--data", "x"])?.resume);
+        assert!(resolve(&["--data", "x", "--resume"])?.resume);
+        assert!(!resolve(&["--data", "x", "--resume", "--no-resume"])?.resume);
+        assert!(resolve(&["--data", "x", "--no-resume", "--resume"])?.resume);
+        let rm = |argv: &[&str]| overlay::resolve_flags::<crate::cli::rm::RmArgs>(argv);
+        assert!(rm(&["--data", "x", "--resume"])?.resume);
+        assert!(!rm(&["--data", "x", "--resume", "--no-resume"])?.resume);
+        Ok(())
     }
 
     #[test]

@@ -1,18 +1,19 @@
 //! `cai eval`: two policies answer held-out prompts; the AI labeler and the reward model judge.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{set, ModelArgs, SamplingArgs};
+use super::args::{each, model_to, sampling_to, ModelArgs, SamplingArgs};
 use super::help_defaults::Source;
+use super::overlay::{self, Flags, To};
 use crate::artifacts::REPORT;
-use crate::config_file::read_or_default;
 use crate::stages::eval::{self, EvalConfig};
 
 /// The flags of `cai eval`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct EvalArgs {
     /// YAML file with any EvalConfig fields (labeler settings under `labeler:`); flags
     /// override it.
@@ -41,6 +42,7 @@ pub struct EvalArgs {
     pub constitution: Option<PathBuf>,
     /// Backend of both policies and the labeler; `--model` is the labeler's model.
     #[command(flatten)]
+    #[serde(flatten)]
     pub model: ModelArgs,
     /// New tokens per answer.
     #[arg(long)]
@@ -50,6 +52,7 @@ pub struct EvalArgs {
     pub temperature: Option<f64>,
     /// Sampling options of the answers.
     #[command(flatten)]
+    #[serde(flatten)]
     pub sampling: SamplingArgs,
     /// Seed of the answers and the labeler.
     #[arg(long)]
@@ -59,34 +62,29 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DELTA")]
     pub tie_margin: Option<f64>,
     /// No progress bars.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl EvalArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<EvalConfig> {
-        let a = self;
-        let mut c: EvalConfig = read_or_default(a.config.as_deref())?;
-        set(&mut c.policy_a, a.policy_a);
-        set(&mut c.policy_b, a.policy_b);
-        set(&mut c.prompts, a.prompts);
-        c.limit = a.limit.or(c.limit);
-        set(&mut c.out, a.out);
-        c.reward_model = a.reward_model.or(c.reward_model);
-        set(&mut c.labeler.constitution, a.constitution);
-        let l = &mut c.labeler;
-        a.model.apply(&mut l.backend, &mut l.model, &mut l.openai);
-        set(&mut c.sampling.max_tokens, a.max_tokens);
-        set(&mut c.sampling.temperature, a.temperature);
-        a.sampling.apply(&mut c.sampling);
-        if let Some(seed) = a.seed {
-            c.seed = seed;
-            c.labeler.seed = seed;
+impl Flags for EvalArgs {
+    type Config = EvalConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// The model flags are the feedback model's (`labeler:`); `--seed` seeds both the
+    /// policies' sampling and the labeler.
+    fn to(id: &str) -> Option<To> {
+        match id {
+            "constitution" => Some(To::key("labeler.constitution")),
+            "seed" => Some(each(&["", "labeler."], "seed")),
+            "max_tokens" | "temperature" => Some(To::key(format!("sampling.{id}"))),
+            _ => model_to("labeler.", id).or_else(|| sampling_to(&["sampling."], id)),
         }
-        set(&mut c.tie_margin, a.tie_margin);
-        c.quiet |= a.quiet;
-        Ok(c)
     }
 }
 
@@ -105,8 +103,8 @@ pub fn help_defaults() -> (EvalConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai eval`.
-pub fn run(args: EvalArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<EvalArgs>(m)?;
     let r = eval::run(&cfg)?;
     let w = r.labeler_win_rate;
     eprintln!(

@@ -1,17 +1,18 @@
 //! `cai export`: stage outputs as TRL / OpenRLHF training sets.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{choice, set};
+use super::args::choice;
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::export::{self, ExportConfig, ExportKind, Style};
 
 /// The flags of `cai export`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct ExportArgs {
     /// YAML file with any ExportConfig fields; flags override it.
     #[arg(long)]
@@ -30,26 +31,32 @@ pub struct ExportArgs {
     pub style: Option<Style>,
     /// Preference sets: also write ties (p_a = 0.5 exactly) with p_chosen 0.5 and response A as
     /// "chosen" by position only; by default they are skipped and counted.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_keep_ties")]
     pub keep_ties: bool,
+    /// Skip ties (undoes `keep_ties: true` in --config).
+    #[arg(long, overrides_with = "keep_ties")]
+    pub no_keep_ties: bool,
 }
 
-impl ExportArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<ExportConfig> {
-        let mut c: ExportConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.input, self.input);
-        set(&mut c.out, self.out);
-        c.kind = self.kind.or(c.kind);
-        set(&mut c.style, self.style);
-        c.keep_ties |= self.keep_ties;
+impl Flags for ExportArgs {
+    type Config = ExportConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn to(_id: &str) -> Option<To> {
+        None
+    }
+
+    fn finish(&self, c: &mut ExportConfig) -> Result<()> {
         ensure!(
             !c.input.as_os_str().is_empty() && !c.out.as_os_str().is_empty(),
             "cai export needs --input FILE and --out FILE (or `input:` and `out:`)"
         );
         c.kind
             .context("cai export needs --kind messages|prompt-completion|preference")?;
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -59,8 +66,8 @@ pub fn help_defaults() -> (ExportConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai export`.
-pub fn run(args: ExportArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<ExportArgs>(m)?;
     let s = export::run(&cfg)?;
     let ties = match (s.ties_skipped, s.ties_kept) {
         (0, 0) => String::new(),

@@ -17,13 +17,6 @@ pub enum Source {
     Text(String),
 }
 
-/// Flags named apart from their config key in every subcommand (the server settings).
-const KEY_NAMES: &[(&str, &str)] = &[
-    ("timeout", "timeout_s"),
-    ("connect_timeout", "connect_timeout_s"),
-    ("backoff", "backoff_s"),
-];
-
 /// `cmd` with each valued flag's default appended to its help, from `defaults` (a config's
 /// `Default` as JSON) and the flags' `sources`. Returns the flags whose name matches several
 /// keys of different values (a subcommand must name their [`Source`]).
@@ -36,10 +29,7 @@ pub fn annotate(
     let mut found = Vec::new();
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
-        let key = KEY_NAMES
-            .iter()
-            .find(|(flag, _)| *flag == id)
-            .map_or(id, |(_, key)| *key);
+        let key = id;
         let takes_value = matches!(arg.get_action(), ArgAction::Set | ArgAction::Append);
         if arg.is_positional() || !takes_value || id == "config" {
             continue;

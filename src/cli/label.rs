@@ -1,17 +1,18 @@
 //! `cai label`: AI preference labels of response pairs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{choice, parse_range, set, ModelArgs, SamplingArgs};
+use super::args::{choice, model_to, parse_range, sampling_to, ModelArgs, SamplingArgs};
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::stages::label::{self, LabelConfig, LabelMode};
 
 /// The flags of `cai label`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct LabelArgs {
     /// YAML file with any LabelConfig fields; flags override it.
     #[arg(long)]
@@ -31,6 +32,7 @@ pub struct LabelArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub model: ModelArgs,
     /// Folder with template overrides (feedback.txt, feedback_cot.txt).
     #[arg(long)]
@@ -45,11 +47,19 @@ pub struct LabelArgs {
     /// comparison principles in the constitution.
     #[arg(long)]
     pub principles: Option<usize>,
-    /// Ask only with response_a in slot (A) (default: both orders, averaged).
-    #[arg(long)]
-    pub one_order: bool,
-    /// Do not calibrate: raw option probabilities (direct mode calibrates by default).
-    #[arg(long)]
+    /// Ask with response_a in slot (A) and in slot (B), averaged (the default; undoes
+    /// `both_orders: false` in --config).
+    #[arg(long, overrides_with = "no_both_orders")]
+    pub both_orders: bool,
+    /// Ask only with response_a in slot (A).
+    #[arg(long, visible_alias = "one-order", overrides_with = "both_orders")]
+    pub no_both_orders: bool,
+    /// Calibrate the option probabilities (direct mode's default; undoes `calibrate: false`
+    /// in --config).
+    #[arg(long, overrides_with = "no_calibrate")]
+    pub calibrate: bool,
+    /// Do not calibrate: raw option probabilities.
+    #[arg(long, overrides_with = "calibrate")]
     pub no_calibrate: bool,
     /// Few-shot comparison examples.
     #[arg(long)]
@@ -62,6 +72,7 @@ pub struct LabelArgs {
     pub temperature: Option<f64>,
     /// Sampling options of the CoT reasoning.
     #[command(flatten)]
+    #[serde(flatten)]
     pub sampling: SamplingArgs,
     /// Clamp per-sample probabilities to LO,HI (default 0.4,0.6 for CoT, none for direct).
     #[arg(long, value_parser = parse_range)]
@@ -71,8 +82,11 @@ pub struct LabelArgs {
     pub max_prompt_tokens: Option<usize>,
     /// Drop the oldest turns of long conversations instead of skipping them (the row keeps
     /// the original conversation and says `truncated: true`).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_truncate_long")]
     pub truncate_long: bool,
+    /// Skip long conversations (undoes `truncate_long: true` in --config).
+    #[arg(long, overrides_with = "truncate_long")]
+    pub no_truncate_long: bool,
     /// Pairs sent to the backend together.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -80,41 +94,28 @@ pub struct LabelArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl LabelArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<LabelConfig> {
-        let mut c: LabelConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.constitution, self.constitution);
-        set(&mut c.pairs, self.pairs);
-        set(&mut c.out, self.out);
-        set(&mut c.seed, self.seed);
-        self.model
-            .apply(&mut c.backend, &mut c.model, &mut c.openai);
-        c.templates = self.templates.or(c.templates);
-        set(&mut c.mode, self.mode);
-        if self.cot {
-            c.mode = LabelMode::Cot;
+impl Flags for LabelArgs {
+    type Config = LabelConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// `--temperature` and the sampling options are the CoT reasoning's; `--cot` is the old
+    /// spelling of `--mode cot`.
+    fn to(id: &str) -> Option<To> {
+        match id {
+            "temperature" => Some(To::key("reasoning.temperature")),
+            "cot" => Some(To::Mapped("mode".into(), |_| "cot".into())),
+            _ => model_to("", id).or_else(|| sampling_to(&["reasoning."], id)),
         }
-        set(&mut c.principles, self.principles);
-        if self.one_order {
-            c.both_orders = false;
-        }
-        c.calibrate &= !self.no_calibrate;
-        set(&mut c.few_shot, self.few_shot);
-        set(&mut c.samples, self.samples);
-        set(&mut c.reasoning.temperature, self.temperature);
-        self.sampling.apply(&mut c.reasoning);
-        c.clamp = self.clamp.or(c.clamp);
-        set(&mut c.max_prompt_tokens, self.max_prompt_tokens);
-        c.truncate_long |= self.truncate_long;
-        set(&mut c.batch_size, self.batch_size);
-        c.limit = self.limit.or(c.limit);
-        c.quiet |= self.quiet;
-        Ok(c)
     }
 }
 
@@ -145,8 +146,8 @@ fn slot_rates(cfg: &LabelConfig, s: &label::LabelStats) -> Option<String> {
 }
 
 /// Runs `cai label`.
-pub fn run(args: LabelArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<LabelArgs>(m)?;
     let s = label::run(&cfg)?;
     eprintln!(
         "cai: label: {} written, {} already done, {} skipped (too long), {} truncated, {} \

@@ -1,6 +1,8 @@
 //! The command line: flags → configs, in one place. Each subcommand has a file with its
-//! arguments (doc comments are the `--help`), one resolution (the stage config's `Default` <
-//! the `--config` YAML file < flags) and a `run` that calls its stage and prints the summary.
+//! arguments (doc comments are the `--help`), where each flag goes in the stage config
+//! ([`overlay::Flags`]; by default the key of the flag's name) and a `run` that calls its stage
+//! and prints the summary. Resolution is one generic function for all: [`overlay::resolve`]
+//! (the stage config's `Default` < the `--config` YAML file < the flags given).
 //! Nothing outside this module sees clap or raw arguments.
 
 pub mod args;
@@ -12,6 +14,7 @@ pub mod eval;
 pub mod export;
 pub mod help_defaults;
 pub mod label;
+pub mod overlay;
 pub mod perplexity;
 pub mod pipeline;
 pub mod ppo;
@@ -28,9 +31,34 @@ use serde::Serialize;
 
 use help_defaults::Source;
 
+/// The environment variables cai reads, for `cai --help` (a test checks that every `CAI_*`
+/// name in src/ is here).
+pub const ENVIRONMENT: &str = "\
+Flags override the --config YAML, which overrides the defaults; a flag's name is its config
+key (nested keys by their last part: --timeout-s is openai.timeout_s). Every switch has an
+opposite (--quiet / --no-quiet, --no-cache / --cache) that undoes the --config file's value;
+of the two, the last given wins.
+
+Environment:
+  CAI_DEVICE=auto|cpu|cuda  Where models run (CUDA builds): auto (default) takes the first GPU
+                            when there is one, cpu forces the CPU, cuda makes a missing GPU an
+                            error instead of a fall-back to the CPU.
+  CAI_KERNELS=avx2          On an AVX-512 VNNI CPU, run the quantized matmuls' AVX2 tiles
+                            instead (what a CPU without VNNI runs; to compare their speed).
+  CAI_PREFIX_REUSE=0        Turn off the local engine's cache of shared prompt prefixes (the
+                            results are the same; to measure what it saves).
+  CAI_MODELS=DIR            Folder searched first for the default model (then ./models and
+                            ~/.cache/cai/models).
+  CAI_DEBUG=1               Errors with backtraces, as --verbose.
+  CAI_TEST_GGUF=FILE        Tests only: the GGUF of the real-model unit tests.
+  CAI_REQUIRE_MODEL=1       Tests only: a missing real model fails a test instead of skipping
+                            it.
+  Proxies: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY (--backend openai); the CA
+  certificates: SSL_CERT_FILE (unless --ca-cert).";
+
 /// cai: the Constitutional AI / RLAIF pipeline on real language models.
 #[derive(Debug, Parser)]
-#[command(name = "cai", version, about, long_about = None)]
+#[command(name = "cai", version, about, long_about = None, after_help = ENVIRONMENT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -38,6 +66,9 @@ pub struct Cli {
     /// error is one line, whatever RUST_BACKTRACE says.
     #[arg(short, long, global = true, display_order = 1000)]
     pub verbose: bool,
+    /// The parsed command line: which flags were given (see [`overlay`]).
+    #[arg(skip)]
+    pub matches: clap::ArgMatches,
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -143,23 +174,64 @@ pub fn command() -> clap::Command {
 /// Parses the process's arguments (exits with clap's message on an error or `--help`).
 pub fn parse() -> Cli {
     let matches = command().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.matches = matches;
+    cli
+}
+
+/// The matches of the innermost subcommand (`train sft`'s, not `train`'s).
+fn leaf(m: &clap::ArgMatches) -> &clap::ArgMatches {
+    match m.subcommand() {
+        Some((_, sub)) => leaf(sub),
+        None => m,
+    }
+}
+
+/// The stage config the command line `argv` (without the program name) resolves to, as JSON:
+/// what the subcommand would run with (for tests and checks; nothing is run).
+pub fn resolved_config(argv: &[&str]) -> Result<serde_json::Value> {
+    fn json<A: overlay::Flags>(m: &clap::ArgMatches) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(overlay::resolve::<A>(m)?)?)
+    }
+    let matches =
+        command().try_get_matches_from(std::iter::once("cai").chain(argv.iter().copied()))?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let m = leaf(&matches);
+    match cli.command {
+        Command::Revise(_) => json::<revise::ReviseArgs>(m),
+        Command::Sample(_) => json::<sample::SampleArgs>(m),
+        Command::Label(_) => json::<label::LabelArgs>(m),
+        Command::Compare(_) => json::<compare::CompareArgs>(m),
+        Command::Bench(_) => json::<bench::BenchArgs>(m),
+        Command::Perplexity(_) => json::<perplexity::PerplexityArgs>(m),
+        Command::Eval(_) => json::<eval::EvalArgs>(m),
+        Command::Export(_) => json::<export::ExportArgs>(m),
+        Command::Score(_) => json::<score::ScoreArgs>(m),
+        Command::Train(train::TrainCommand::Sft(_)) => json::<sft::SftArgs>(m),
+        Command::Train(train::TrainCommand::Rm(_)) => json::<rm::RmArgs>(m),
+        Command::Train(train::TrainCommand::Ppo(_)) => json::<ppo::PpoArgs>(m),
+        Command::Train(train::TrainCommand::Dpo(_)) => json::<dpo::DpoArgs>(m),
+        Command::Constitution(_) | Command::Pipeline(_) => {
+            anyhow::bail!("`{}` has no stage config", argv.first().unwrap_or(&""))
+        }
+    }
 }
 
 /// Runs one command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let m = leaf(&cli.matches);
     match cli.command {
-        Command::Revise(a) => revise::run(a),
-        Command::Sample(a) => sample::run(a),
-        Command::Label(a) => label::run(a),
-        Command::Compare(a) => compare::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Perplexity(a) => perplexity::run(a),
-        Command::Eval(a) => eval::run(a),
-        Command::Train(t) => t.run(),
-        Command::Export(a) => export::run(a),
+        Command::Revise(_) => revise::run(m),
+        Command::Sample(_) => sample::run(m),
+        Command::Label(_) => label::run(m),
+        Command::Compare(_) => compare::run(m),
+        Command::Bench(_) => bench::run(m),
+        Command::Perplexity(_) => perplexity::run(m),
+        Command::Eval(_) => eval::run(m),
+        Command::Train(t) => t.run(m),
+        Command::Export(_) => export::run(m),
         Command::Constitution(c) => c.run(),
-        Command::Score(a) => score::run(a),
+        Command::Score(_) => score::run(m),
         Command::Pipeline(a) => pipeline::run(a),
     }
 }
@@ -185,6 +257,46 @@ mod tests {
             sub = sub.find_subcommand_mut(name).unwrap();
         }
         sub.render_help().to_string()
+    }
+
+    /// Every `CAI_*` variable named in src/ (read with `std::env::var`) is listed in `cai
+    /// --help`.
+    #[test]
+    fn every_environment_variable_is_in_the_help() {
+        fn names(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    names(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for (i, _) in text.match_indices("\"CAI_") {
+                        let name: String = text[i + 1..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                            .collect();
+                        if name.len() > "CAI_".len() {
+                            out.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+        let mut found = std::collections::BTreeSet::new();
+        names(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        for must in ["CAI_DEVICE", "CAI_KERNELS", "CAI_PREFIX_REUSE", "CAI_DEBUG"] {
+            assert!(found.contains(must), "{must} not found in src/: {found:?}");
+        }
+        let help = command().render_help().to_string();
+        for name in &found {
+            assert!(
+                help.contains(&format!("{name}=")),
+                "{name} not in cai --help"
+            );
+        }
     }
 
     /// The help shows the defaults of the `Default` impls, e.g. after a default changes.

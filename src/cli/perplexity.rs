@@ -1,17 +1,17 @@
 //! `cai perplexity`: a model's perplexity on a text, as llama.cpp's llama-perplexity computes it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::set;
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::perplexity::{self, PerplexityConfig};
 
 /// The flags of `cai perplexity`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct PerplexityArgs {
     /// YAML file with any PerplexityConfig fields; flags override it.
     #[arg(long)]
@@ -29,24 +29,30 @@ pub struct PerplexityArgs {
     #[arg(long)]
     pub chunks: Option<usize>,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl PerplexityArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<PerplexityConfig> {
-        let mut c: PerplexityConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.model, self.model);
-        set(&mut c.file, self.file);
-        set(&mut c.ctx, self.ctx);
-        c.chunks = self.chunks.or(c.chunks);
-        c.quiet |= self.quiet;
+impl Flags for PerplexityArgs {
+    type Config = PerplexityConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn to(_id: &str) -> Option<To> {
+        None
+    }
+
+    fn finish(&self, c: &mut PerplexityConfig) -> Result<()> {
         ensure!(
             !c.file.as_os_str().is_empty(),
             "no text to score: give --file TEXT (or `file:` in the config)"
         );
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -56,8 +62,8 @@ pub fn help_defaults() -> (PerplexityConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai perplexity`: the running PPL per chunk, then `PPL = X +/- E`.
-pub fn run(args: PerplexityArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<PerplexityArgs>(m)?;
     let r = perplexity::run(&cfg)?;
     let chunks: Vec<String> = r
         .per_chunk

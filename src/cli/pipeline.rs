@@ -27,11 +27,17 @@ pub struct PipelineArgs {
     #[arg(long, value_parser = choice::<Stage>())]
     pub until: Option<Stage>,
     /// Rerun the selected stages from scratch, even when they are up to date.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_force")]
     pub force: bool,
+    /// Skip up-to-date stages (the default; undoes an earlier --force).
+    #[arg(long, overrides_with = "force")]
+    pub no_force: bool,
     /// No progress bars (one line per stage is still printed).
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Progress bars (the default; undoes an earlier --quiet).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
 /// Runs `cai pipeline` and prints where the report is.

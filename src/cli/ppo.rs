@@ -1,14 +1,15 @@
 //! `cai train ppo`: PPO against the reward model or the feedback model, or its critic-free
 //! variants (GRPO, RLOO, REINFORCE).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{choice, set, TrainableArgs};
+use super::args::{choice, TrainableArgs};
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::llm::BackendKind;
 use crate::stages::ppo::{self, PpoRunConfig, RewardWeights};
 use crate::train::advantage::AdvantageEstimator;
@@ -16,7 +17,8 @@ use crate::train::ppo_math::LossAggregation;
 use crate::train::{LoraConfig, Precision};
 
 /// `--reward`: one source alone; mixes are set in the config's `reward:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RewardSource {
     /// The reward model (`--reward-model`).
     Rm,
@@ -28,7 +30,7 @@ pub enum RewardSource {
 /// The flags of `cai train ppo`: PPO, or GRPO / RLOO / REINFORCE with `--advantage`. The flags most runs
 /// change; every other setting (clip ranges, GAE, whitening, PPO-ptx, guards…) lives in the
 /// `--config` YAML (`PpoRunConfig`, PPO settings under `ppo:`).
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct PpoArgs {
     /// YAML file with any PpoRunConfig fields; flags override it. Rollouts are sampled with
     /// `ppo.temperature` and `ppo.top_p` only: no top-k, min-p or repetition penalties, which
@@ -71,8 +73,11 @@ pub struct PpoArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue from the latest checkpoint in --out.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_resume")]
     pub resume: bool,
+    /// Start afresh (undoes `resume: true` in --config).
+    #[arg(long, overrides_with = "resume")]
+    pub no_resume: bool,
     /// PPO steps.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -102,7 +107,7 @@ pub struct PpoArgs {
     pub group_size: Option<usize>,
     /// How an update's per-token policy loss (and k3 KL term) is reduced: the mean over all
     /// its response tokens (DAPO; long responses weigh more), the mean of each response's
-    /// token mean (GRPO), or the token sum over responses × --max-tokens (Dr. GRPO, with
+    /// token mean (GRPO), or the token sum over responses × --max-new-tokens (Dr. GRPO, with
     /// `ppo.scale_rewards: false`). `policy_loss` in train_log.csv is the clipped surrogate
     /// so aggregated.
     #[arg(long, value_parser = choice::<LossAggregation>())]
@@ -116,10 +121,11 @@ pub struct PpoArgs {
     /// Adaptive β with this target KL per response (nats).
     #[arg(long)]
     pub kl_target: Option<f64>,
-    /// New tokens per response (`--max-new-tokens` is the old spelling).
-    #[arg(long, alias = "max-new-tokens")]
-    pub max_tokens: Option<usize>,
+    /// New tokens per response (`--max-tokens` is the other spelling).
+    #[arg(long, visible_alias = "max-tokens")]
+    pub max_new_tokens: Option<usize>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub trainable: TrainableArgs,
     /// Seed of prompt order, sampling and minibatches.
     #[arg(long)]
@@ -128,31 +134,40 @@ pub struct PpoArgs {
     #[arg(long)]
     pub save_every: Option<usize>,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl PpoArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<PpoRunConfig> {
-        let a = self;
-        let mut c: PpoRunConfig = read_or_default(a.config.as_deref())?;
-        set(&mut c.policy, a.policy);
-        c.reference = a.reference.or(c.reference);
-        c.reward_model = a.reward_model.or(c.reward_model);
-        match a.reward {
-            Some(RewardSource::Rm) => c.reward = RewardWeights::default(),
-            Some(RewardSource::Labeler) => {
-                c.reward = RewardWeights {
-                    reward_model: 0.0,
-                    labeler: 1.0,
-                }
+impl Flags for PpoArgs {
+    type Config = PpoRunConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// The PPO settings are under `ppo:`, the feedback model's under `labeler:`.
+    fn to(id: &str) -> Option<To> {
+        let key = match id {
+            "reward" => return Some(To::Mapped("reward".into(), reward_weights)),
+            "trainable" | "top_layers" | "lora_rank" | "lora_alpha" | "lora_targets" => {
+                return Some(To::Explicit)
             }
-            None => {}
-        }
-        set(&mut c.labeler.constitution, a.constitution);
-        set(&mut c.labeler.model, a.labeler_model);
-        set(&mut c.labeler.backend, a.labeler_backend);
+            "constitution" => "labeler.constitution".into(),
+            "labeler_model" => "labeler.model".into(),
+            "labeler_backend" => "labeler.backend".into(),
+            "steps" | "rollouts" | "minibatch" | "max_batch_tokens" | "dtype" | "advantage"
+            | "group_size" | "loss_aggregation" | "lr" | "kl_coef" | "kl_target"
+            | "max_new_tokens" | "seed" => format!("ppo.{id}"),
+            _ => return None,
+        };
+        Some(To::key(key))
+    }
+
+    /// The trainable group, checks.
+    fn finish(&self, c: &mut PpoRunConfig) -> Result<()> {
         let w = &c.reward;
         ensure!(
             w.reward_model >= 0.0 && w.labeler >= 0.0 && w.reward_model + w.labeler > 0.0,
@@ -161,31 +176,24 @@ impl PpoArgs {
             w.reward_model,
             w.labeler
         );
-        set(&mut c.prompts, a.prompts);
-        c.ptx_data = a.ptx_data.or(c.ptx_data);
-        set(&mut c.out, a.out);
-        set(&mut c.save_every, a.save_every);
-        c.resume |= a.resume;
-        c.quiet |= a.quiet;
         let p = &mut c.ppo;
-        set(&mut p.steps, a.steps);
-        set(&mut p.rollouts, a.rollouts);
-        set(&mut p.minibatch, a.minibatch);
-        p.max_batch_tokens = a.max_batch_tokens.or(p.max_batch_tokens);
-        set(&mut p.dtype, a.dtype);
-        set(&mut p.advantage, a.advantage);
-        set(&mut p.group_size, a.group_size);
-        set(&mut p.loss_aggregation, a.loss_aggregation);
-        set(&mut p.lr, a.lr);
-        set(&mut p.kl_coef, a.kl_coef);
-        p.kl_target = a.kl_target.or(p.kl_target);
-        set(&mut p.max_new_tokens, a.max_tokens);
-        set(&mut p.seed, a.seed);
-        a.trainable
+        self.trainable
             .apply(&mut p.trainable, &LoraConfig::default())?;
         p.validate()?;
-        Ok(c)
+        Ok(())
     }
+}
+
+/// `--reward rm|labeler` as the weights of `reward:`.
+fn reward_weights(source: &serde_json::Value) -> serde_json::Value {
+    let w = match source.as_str() {
+        Some("labeler") => RewardWeights {
+            reward_model: 0.0,
+            labeler: 1.0,
+        },
+        _ => RewardWeights::default(),
+    };
+    serde_json::to_value(w).expect("weights serialise")
 }
 
 /// Defaults for `--help`: the config's (the PPO settings are under `ppo:`).
@@ -195,7 +203,7 @@ pub fn help_defaults() -> (PpoRunConfig, Vec<(&'static str, Source)>) {
     (
         d,
         vec![
-            ("max_tokens", Source::Path("ppo.max_new_tokens")),
+            ("max_new_tokens", Source::Path("ppo.max_new_tokens")),
             ("labeler_model", Source::Path("labeler.model")),
             ("labeler_backend", Source::Path("labeler.backend")),
             ("constitution", Source::Path("labeler.constitution")),
@@ -207,8 +215,8 @@ pub fn help_defaults() -> (PpoRunConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai train ppo`.
-pub fn run(args: PpoArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<PpoArgs>(m)?;
     let s = ppo::run(&cfg)?;
     if let (Some(a), Some(b)) = (&s.first, &s.last) {
         eprintln!(

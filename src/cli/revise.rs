@@ -1,17 +1,18 @@
 //! `cai revise`: critique → revision loops on red-team prompts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{choice, set, ModelArgs, SamplingArgs};
+use super::args::{choice, each, model_to, sampling_to, ModelArgs, SamplingArgs};
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::stages::revise::{self, LongPrompt, ReviseConfig, SftFormat};
 
 /// The flags of `cai revise`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct ReviseArgs {
     /// YAML file with any ReviseConfig fields; flags override it.
     #[arg(long)]
@@ -33,6 +34,7 @@ pub struct ReviseArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub model: ModelArgs,
     /// Folder with template overrides (initial.txt, critique.txt, revision.txt).
     #[arg(long)]
@@ -60,42 +62,33 @@ pub struct ReviseArgs {
     pub max_tokens: Option<usize>,
     /// Sampling options of all steps.
     #[command(flatten)]
+    #[serde(flatten)]
     pub sampling: SamplingArgs,
     /// Also write X.trl.jsonl (TRL conversational `messages` rows).
     #[arg(long = "format", value_parser = choice::<SftFormat>())]
     pub formats: Vec<SftFormat>,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl ReviseArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<ReviseConfig> {
-        let mut c: ReviseConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.constitution, self.constitution);
-        set(&mut c.prompts, self.prompts);
-        set(&mut c.out, self.out);
-        set(&mut c.rounds, self.rounds);
-        set(&mut c.seed, self.seed);
-        self.model
-            .apply(&mut c.backend, &mut c.model, &mut c.openai);
-        c.templates = self.templates.or(c.templates);
-        set(&mut c.batch_size, self.batch_size);
-        c.limit = self.limit.or(c.limit);
-        set(&mut c.few_shot, self.few_shot);
-        set(&mut c.max_prompt_tokens, self.max_prompt_tokens);
-        set(&mut c.on_long_prompt, self.on_long_prompt);
-        for p in [&mut c.answer, &mut c.critique, &mut c.revision] {
-            set(&mut p.temperature, self.temperature);
-            set(&mut p.max_tokens, self.max_tokens);
-            self.sampling.apply(p);
+impl Flags for ReviseArgs {
+    type Config = ReviseConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// `--temperature`, `--max-tokens` and the sampling options apply to all three steps.
+    fn to(id: &str) -> Option<To> {
+        const STEPS: &[&str] = &["answer.", "critique.", "revision."];
+        match id {
+            "temperature" | "max_tokens" => Some(each(STEPS, id)),
+            _ => model_to("", id).or_else(|| sampling_to(STEPS, id)),
         }
-        if !self.formats.is_empty() {
-            c.formats = self.formats;
-        }
-        c.quiet |= self.quiet;
-        Ok(c)
     }
 }
 
@@ -110,8 +103,8 @@ pub fn help_defaults() -> (ReviseConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai revise`.
-pub fn run(args: ReviseArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<ReviseArgs>(m)?;
     let s = revise::run(&cfg)?;
     eprintln!(
         "cai: revise: {} written, {} already done, {} skipped (too long), {} truncated -> {}",

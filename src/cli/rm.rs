@@ -1,19 +1,20 @@
 //! `cai train rm`: a reward model on AI and human preference labels.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{parsed, set, TrainingArgs};
+use super::args::{parsed, training_to, TrainingArgs};
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::stages::rm::{self, TrainRmConfig};
 use crate::train::reward_data::DataSource;
 use crate::train::LoraConfig;
 
 /// The flags of `cai train rm`.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Serialize)]
 pub struct RmArgs {
     /// YAML file with any TrainRmConfig fields; flags override it.
     #[arg(long)]
@@ -32,20 +33,27 @@ pub struct RmArgs {
     pub eval: Option<PathBuf>,
     /// Without --eval: about this fraction of the training pairs is held out, as whole
     /// conversations drawn at random by --seed; a mix of AI labels and human pairs holds out
-    /// both, so its accuracy is partly agreement with the labeller (`--eval-fraction` is the
+    /// both, so its accuracy is partly agreement with the labeller (`--eval-split` is the
     /// old spelling).
-    #[arg(long, alias = "eval-fraction", conflicts_with = "eval")]
-    pub eval_split: Option<f64>,
+    #[arg(long, visible_alias = "eval-split", conflicts_with = "eval")]
+    pub eval_fraction: Option<f64>,
     /// Round labels to 0/1 (AI hard labels); exact ties are dropped.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_hard")]
     pub hard: bool,
+    /// Soft labels (undoes `hard: true` in --config).
+    #[arg(long, overrides_with = "hard")]
+    pub no_hard: bool,
     /// Output folder: checkpoints, final/, logs, metrics.json, SVG plots.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue from the latest checkpoint in --out.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_resume")]
     pub resume: bool,
+    /// Start afresh (undoes `resume: true` in --config).
+    #[arg(long, overrides_with = "resume")]
+    pub no_resume: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     pub training: TrainingArgs,
     /// Bradley–Terry margin.
     #[arg(long)]
@@ -54,32 +62,38 @@ pub struct RmArgs {
     #[arg(long)]
     pub center_coef: Option<f64>,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl RmArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<TrainRmConfig> {
-        let a = self;
-        let mut c: TrainRmConfig = read_or_default(a.config.as_deref())?;
-        set(&mut c.model, a.model);
-        if !a.data.is_empty() {
-            c.data = a.data;
+impl Flags for RmArgs {
+    type Config = TrainRmConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// `--resume` is a flag only: the config file has no `resume:`.
+    fn to(id: &str) -> Option<To> {
+        match id {
+            "resume" | "no_resume" => Some(To::Explicit),
+            _ => training_to(id),
         }
-        c.eval = a.eval.or(c.eval);
-        set(&mut c.eval_fraction, a.eval_split);
-        c.hard |= a.hard;
-        set(&mut c.out, a.out);
+    }
+
+    /// The trainable group (LoRA on all linear layers by default), checks.
+    fn finish(&self, c: &mut TrainRmConfig) -> Result<()> {
+        c.resume = self.resume;
         let lora = LoraConfig {
             targets: vec!["all".into()],
             ..LoraConfig::default()
         };
-        a.training.apply(&mut c.train, &lora)?;
-        set(&mut c.margin, a.margin);
-        set(&mut c.center_coef, a.center_coef);
-        c.quiet |= a.quiet;
-        c.resume |= a.resume;
+        self.training
+            .trainable
+            .apply(&mut c.train.trainable, &lora)?;
         ensure!(
             !c.data.is_empty(),
             "no training data: give --data FILE[:WEIGHT] or `data:` in the config"
@@ -88,18 +102,17 @@ impl RmArgs {
             (0.0..1.0).contains(&c.eval_fraction),
             "eval_fraction must be within [0, 1)"
         );
-        Ok(c)
+        Ok(())
     }
 }
 
-/// Defaults for `--help`: the config's (`--eval-split` is `eval_fraction` in the file).
+/// Defaults for `--help`: the config's.
 pub fn help_defaults() -> (TrainRmConfig, Vec<(&'static str, Source)>) {
     let d = TrainRmConfig::default();
     let trainable = Source::Text(super::args::describe_trainable(&d.train.trainable));
     (
         d,
         vec![
-            ("eval_split", Source::Path("eval_fraction")),
             ("trainable", trainable),
             ("lora_targets", Source::Text("all".into())),
         ],
@@ -107,8 +120,8 @@ pub fn help_defaults() -> (TrainRmConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai train rm`.
-pub fn run(args: RmArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<RmArgs>(m)?;
     let s = rm::run(&cfg)?;
     eprintln!(
         "cai: train rm: {} steps on {} pairs ({:.2} pairs/s, {:.0} tokens/s) -> {}",

@@ -1,17 +1,18 @@
 //! `cai sample`: K responses per prompt from a policy, and the pairs among them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{set, ModelArgs, SamplingArgs};
+use super::args::{model_to, sampling_to, ModelArgs, SamplingArgs};
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::stages::sample::{self, SampleConfig};
 
 /// The flags of `cai sample`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct SampleArgs {
     /// YAML file with any SampleConfig fields (sampling settings under `sampling:`); flags
     /// override it.
@@ -25,6 +26,7 @@ pub struct SampleArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub model: ModelArgs,
     /// Responses per prompt.
     #[arg(long)]
@@ -42,14 +44,19 @@ pub struct SampleArgs {
     #[arg(long)]
     pub max_tokens: Option<usize>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub sampling: SamplingArgs,
     /// Best-of-N: sample N responses per prompt (sets --k), score them with
     /// --reward-model and mark the best; writes X.best.jsonl and no pairs.
-    #[arg(long, requires = "reward_model")]
+    #[arg(long, requires = "best_of_rm")]
     pub best_of: Option<usize>,
     /// Reward model folder (`final/` of `cai train rm`) for --best-of.
-    #[arg(long, requires = "best_of")]
-    pub reward_model: Option<PathBuf>,
+    #[arg(
+        long = "reward-model",
+        requires = "best_of",
+        visible_alias = "best-of-rm"
+    )]
+    pub best_of_rm: Option<PathBuf>,
     /// Seed of the sampling and of the pairs kept.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -60,30 +67,26 @@ pub struct SampleArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl SampleArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<SampleConfig> {
-        let mut c: SampleConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.prompts, self.prompts);
-        set(&mut c.out, self.out);
-        self.model
-            .apply(&mut c.backend, &mut c.model, &mut c.openai);
-        set(&mut c.k, self.best_of.or(self.k));
-        c.pairs_per_prompt = self.pairs_per_prompt.or(c.pairs_per_prompt);
-        c.best_of_rm = self.reward_model.or(c.best_of_rm);
-        set(&mut c.sampling.temperature, self.temperature);
-        set(&mut c.sampling.top_p, self.top_p);
-        set(&mut c.sampling.max_tokens, self.max_tokens);
-        self.sampling.apply(&mut c.sampling);
-        set(&mut c.seed, self.seed);
-        set(&mut c.batch_size, self.batch_size);
-        c.limit = self.limit.or(c.limit);
-        c.quiet |= self.quiet;
-        Ok(c)
+impl Flags for SampleArgs {
+    type Config = SampleConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn to(id: &str) -> Option<To> {
+        match id {
+            "best_of" => Some(To::key("k")),
+            "temperature" | "top_p" | "max_tokens" => Some(To::key(format!("sampling.{id}"))),
+            _ => model_to("", id).or_else(|| sampling_to(&["sampling."], id)),
+        }
     }
 }
 
@@ -93,8 +96,8 @@ pub fn help_defaults() -> (SampleConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai sample` and says what it wrote.
-pub fn run(args: SampleArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<SampleArgs>(m)?;
     let s = sample::run(&cfg)?;
     let extra = match (cfg.best_of_rm.is_some(), cfg.k >= 2) {
         (true, _) => format!(

@@ -1,17 +1,17 @@
 //! `cai score`: rewards of pairs or single responses from a trained reward model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::set;
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::stages::rm::score::{self, ScoreConfig};
 
 /// The flags of `cai score`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct ScoreArgs {
     /// YAML file with any ScoreConfig fields; flags override it.
     #[arg(long)]
@@ -35,15 +35,18 @@ pub struct ScoreArgs {
     pub max_len: Option<usize>,
 }
 
-impl ScoreArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<ScoreConfig> {
-        let mut c: ScoreConfig = read_or_default(self.config.as_deref())?;
-        set(&mut c.reward_model, self.reward_model);
-        set(&mut c.pairs, self.pairs);
-        set(&mut c.out, self.out);
-        set(&mut c.batch_size, self.batch_size);
-        set(&mut c.max_len, self.max_len);
+impl Flags for ScoreArgs {
+    type Config = ScoreConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn to(_id: &str) -> Option<To> {
+        None
+    }
+
+    fn finish(&self, c: &mut ScoreConfig) -> Result<()> {
         for (value, what) in [
             (&c.reward_model, "--reward-model DIR (or `reward_model:`)"),
             (&c.pairs, "--pairs FILE (or `pairs:`)"),
@@ -51,7 +54,7 @@ impl ScoreArgs {
         ] {
             ensure!(!value.as_os_str().is_empty(), "cai score needs {what}");
         }
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -61,8 +64,8 @@ pub fn help_defaults() -> (ScoreConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai score`.
-pub fn run(args: ScoreArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<ScoreArgs>(m)?;
     let s = score::run(&cfg)?;
     eprintln!("cai: score: {} rows -> {}", s.rows, cfg.out.display());
     if let Some(acc) = s.accuracy {

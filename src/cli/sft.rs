@@ -1,19 +1,20 @@
 //! `cai train sft`: supervised fine-tuning on critique → revision data (SL-CAI).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::Serialize;
 
-use super::args::{parsed, set, TrainingArgs};
+use super::args::{parsed, training_to, TrainingArgs};
 use super::help_defaults::Source;
-use crate::config_file::read_or_default;
+use super::overlay::{self, Flags, To};
 use crate::stages::sft::data::RoundChoice;
 use crate::stages::sft::{self, SftRunConfig};
 use crate::train::LoraConfig;
 
 /// The flags of `cai train sft`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct SftArgs {
     /// YAML file with any SftRunConfig fields (training settings under `train:`); flags
     /// override it.
@@ -41,41 +42,47 @@ pub struct SftArgs {
     #[arg(long)]
     pub eval: Option<PathBuf>,
     /// Continue from the latest checkpoint in --out.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_resume")]
     pub resume: bool,
+    /// Start afresh (undoes `resume: true` in --config).
+    #[arg(long, overrides_with = "resume")]
+    pub no_resume: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     pub training: TrainingArgs,
     /// No progress bar.
-    #[arg(long, short)]
+    #[arg(long, short, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Show the progress bar (undoes `quiet: true` in --config).
+    #[arg(long, overrides_with = "quiet")]
+    pub no_quiet: bool,
 }
 
-impl SftArgs {
-    /// Defaults < `--config` < flags.
-    pub fn resolve(self) -> Result<SftRunConfig> {
-        let a = self;
-        let mut c: SftRunConfig = read_or_default(a.config.as_deref())?;
-        set(&mut c.model, a.model);
-        c.data = a.data.or(c.data);
-        set(&mut c.round, a.round);
-        set(&mut c.out, a.out);
-        if a.eval.is_some() {
-            c.eval = a.eval;
-        }
-        if let Some(f) = a.eval_split {
-            c.eval_split = f;
+impl Flags for SftArgs {
+    type Config = SftRunConfig;
+
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn to(id: &str) -> Option<To> {
+        training_to(id)
+    }
+
+    /// `--eval-split` replaces a `--config` file's `eval:`; the trainable group.
+    fn finish(&self, c: &mut SftRunConfig) -> Result<()> {
+        if self.eval_split.is_some() {
             c.eval = None;
         }
-        c.resume |= a.resume;
-        c.quiet |= a.quiet;
-        a.training.apply(&mut c.train, &LoraConfig::default())?;
+        let t = &self.training.trainable;
+        t.apply(&mut c.train.trainable, &LoraConfig::default())?;
         ensure!(
             (0.0..1.0).contains(&c.eval_split),
             "eval_split must be within [0, 1), got {}",
             c.eval_split
         );
         c.train.validate()?;
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -87,8 +94,8 @@ pub fn help_defaults() -> (SftRunConfig, Vec<(&'static str, Source)>) {
 }
 
 /// Runs `cai train sft`.
-pub fn run(args: SftArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+pub fn run(m: &ArgMatches) -> Result<()> {
+    let cfg = overlay::resolve::<SftArgs>(m)?;
     let s = sft::run(&cfg)?;
     let loss = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("{l:.4}"));
     eprintln!(
@@ -108,11 +115,10 @@ pub fn run(args: SftArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args::parse_flags;
     use crate::train::Trainable;
 
     fn resolve(argv: &[&str]) -> Result<SftRunConfig> {
-        parse_flags::<SftArgs>(argv)?.resolve()
+        overlay::resolve_flags::<SftArgs>(argv)
     }
 
     #[test]

@@ -46,13 +46,13 @@ pub enum TrainCommand {
 }
 
 impl TrainCommand {
-    /// Runs the trainer.
-    pub fn run(self) -> Result<()> {
+    /// Runs the trainer; `m` are its subcommand's matches.
+    pub fn run(self, m: &clap::ArgMatches) -> Result<()> {
         match self {
-            Self::Sft(a) => super::sft::run(a),
-            Self::Rm(a) => super::rm::run(a),
-            Self::Ppo(a) => super::ppo::run(a),
-            Self::Dpo(a) => super::dpo::run(a),
+            Self::Sft(_) => super::sft::run(m),
+            Self::Rm(_) => super::rm::run(m),
+            Self::Ppo(_) => super::ppo::run(m),
+            Self::Dpo(_) => super::dpo::run(m),
         }
     }
 }
