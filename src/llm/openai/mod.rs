@@ -213,8 +213,8 @@ impl OpenaiBackend {
             .filter(|k| !k.is_empty())
             .map(ApiKey::new);
         for (what, s) in [
-            ("--timeout", cfg.timeout_s),
-            ("--connect-timeout", cfg.connect_timeout_s),
+            ("--timeout-s", cfg.timeout_s),
+            ("--connect-timeout-s", cfg.connect_timeout_s),
         ] {
             if !(s > 0.0 && s.is_finite()) {
                 bail!("{what} must be a positive number of seconds, not {s}");
