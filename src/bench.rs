@@ -501,9 +501,9 @@ mod tests {
 
     #[test]
     fn bench_defaults_need_only_a_clone() {
-        // `cai bench` with its defaults failed in a fresh clone ("cannot open
-        // ../shared/data/hh-harmless-dev.jsonl"): the default pairs ship in data/ and hold at
-        // least `label_pairs` pairs (data/sample-pairs.jsonl: 12 lines, 8 labelled).
+        // The default pairs must ship in the clone (data/), never come from a folder beside
+        // it, and hold at least `label_pairs` pairs (data/sample-pairs.jsonl: 12 lines, 8
+        // labelled).
         let cfg = BenchConfig::default();
         assert!(!cfg.pairs.starts_with(".."), "{}", cfg.pairs.display());
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(&cfg.pairs);
