@@ -8,7 +8,8 @@ use super::backend::Backend;
 use super::local::LocalBackend;
 use super::mock::MockBackend;
 use super::openai::{OpenaiBackend, OpenaiConfig};
-use crate::model_files::locate::{sha256_file, ModelSpec};
+use crate::hash::sha256_file;
+use crate::model_files::locate::ModelSpec;
 
 /// Where model calls go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

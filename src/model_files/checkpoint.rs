@@ -203,7 +203,7 @@ pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> 
         super::locate::ModelSpec::GgufFile(p) => {
             let (cfg, w) = weights::load_gguf(&p, DType::F32, &device)
                 .with_context(|| format!("cannot load {}", p.display()))?;
-            Ok((cfg, w, Some(super::locate::sha256_file(&p)?)))
+            Ok((cfg, w, Some(crate::hash::sha256_file(&p)?)))
         }
         super::locate::ModelSpec::Folder(dir) => {
             let gguf = std::fs::read_dir(&dir)
@@ -213,14 +213,14 @@ pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> 
                 .find(|p| p.extension().is_some_and(|e| e == "gguf"));
             if let Some(p) = gguf {
                 let (cfg, w) = weights::load_gguf(&p, DType::F32, &device)?;
-                return Ok((cfg, w, Some(super::locate::sha256_file(&p)?)));
+                return Ok((cfg, w, Some(crate::hash::sha256_file(&p)?)));
             }
             let (cfg, w) = load_model_dir(&dir, DType::F32, &device)
                 .with_context(|| format!("cannot load {}", dir.display()))?;
             Ok((
                 cfg,
                 w,
-                super::locate::sha256_file(&dir.join("model.safetensors")).ok(),
+                crate::hash::sha256_file(&dir.join("model.safetensors")).ok(),
             ))
         }
     }

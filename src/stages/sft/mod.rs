@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::device::compute_device;
+use crate::hash::{sha256_file, sha256_json};
 use crate::llm::ModelInfo;
-use crate::manifest::{now_unix, sha256_of, Manifest};
+use crate::manifest::{now_unix, Manifest};
 use crate::model_files::checkpoint::load_base;
-use crate::model_files::locate::sha256_file;
 use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
@@ -206,7 +206,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
     let manifest = Manifest {
         cai_version: env!("CARGO_PKG_VERSION").to_string(),
         command: "train sft".into(),
-        fingerprint: sha256_of(&[&config, &json!(data_sha), &json!(model_sha)]),
+        fingerprint: sha256_json(&[&config, &json!(data_sha), &json!(model_sha)]),
         config,
         constitution: None,
         model: ModelInfo {
