@@ -12,21 +12,20 @@
 
 use super::config::LlamaConfig;
 use super::lora;
-use super::weights::{self, Weights, CONFIG_FILE, WEIGHTS_FILE};
+use super::weights::{self, Weights};
+use crate::artifacts::{
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
-/// File with the trainer's position, settings and data fingerprint.
-pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
-/// File with the optimizer's step count and moments.
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-
 const RESERVED: [&str; 6] = [
     CONFIG_FILE,
     WEIGHTS_FILE,
-    lora::ADAPTER_WEIGHTS_FILE,
-    lora::ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    ADAPTER_CONFIG_FILE,
     TRAINER_STATE_FILE,
     OPTIMIZER_FILE,
 ];
@@ -220,7 +219,7 @@ pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> 
             Ok((
                 cfg,
                 w,
-                crate::hash::sha256_file(&dir.join("model.safetensors")).ok(),
+                crate::hash::sha256_file(&dir.join(WEIGHTS_FILE)).ok(),
             ))
         }
     }

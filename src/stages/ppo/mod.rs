@@ -10,7 +10,7 @@
 
 pub mod labeler_reward;
 
-use crate::artifacts::{FINAL_DIR, KL_PLOT, REWARDS_PLOT, SAMPLES, TRAIN_LOG};
+use crate::artifacts::{FINAL_DIR, KL_PLOT, MANIFEST, REWARDS_PLOT, SAMPLES, TRAIN_LOG};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -614,7 +614,7 @@ fn write_manifest(
         finished_unix: Some(now_unix()),
         stats: serde_json::to_value(summary)?,
     };
-    let path = cfg.out.join("manifest.json");
+    let path = cfg.out.join(MANIFEST);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -9,7 +9,7 @@
 /// The SFT data, in `train::sft_data` (PPO-ptx reads it too).
 pub use crate::train::sft_data as data;
 
-use crate::artifacts::{LOSS_PLOT, TRAIN_LOG};
+use crate::artifacts::{LOSS_PLOT, MANIFEST, TRAIN_LOG, WEIGHTS_FILE};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -112,7 +112,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
 
     let (start, model_sha, before) = match resume_point(&cfg.out, cfg.resume)? {
         Some(checkpoint) => {
-            let sha = sha256_file(&checkpoint.join("model.safetensors")).ok();
+            let sha = sha256_file(&checkpoint.join(WEIGHTS_FILE)).ok();
             let start = SftStart::Resume {
                 checkpoint,
                 device: compute_device()?,
@@ -232,7 +232,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
             "seconds": t0.elapsed().as_secs_f64(),
         }),
     };
-    let path = cfg.out.join("manifest.json");
+    let path = cfg.out.join(MANIFEST);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(SftRunSummary {
