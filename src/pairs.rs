@@ -238,7 +238,7 @@ fn assign_slots(
     source_line: usize,
 ) -> PreferencePair {
     let id = content_key(&conversation, &chosen, &rejected);
-    let chosen_first = sha256(id.as_bytes())[0] % 2 == 0;
+    let chosen_first = sha256(id.as_bytes())[0].is_multiple_of(2);
     let (response_a, response_b, p) = if chosen_first {
         (chosen, rejected, 1.0)
     } else {
@@ -335,7 +335,7 @@ mod tests {
     /// The a/b rule, restated independently of `assign_slots`.
     fn chosen_in_slot_a(conversation: &[ChatMessage], chosen: &str, rejected: &str) -> bool {
         let key = content_key(conversation, chosen, rejected);
-        sha256(key.as_bytes())[0] % 2 == 0
+        sha256(key.as_bytes())[0].is_multiple_of(2)
     }
 
     /// Checks that `pair` holds `chosen` and `rejected` in the slots the a/b rule prescribes.

@@ -1,7 +1,8 @@
 //! A content-addressed disk cache of server answers, so an interrupted or repeated run never
 //! pays for the same request twice.
 //!
-//! The key is sha256 over (model name, endpoint, full JSON request body). Every request is
+//! The key is sha256 over (model name, endpoint, full JSON request body), joined as
+//! length-prefixed parts ([`crate::hash::Sha256Parts`]). Every request is
 //! cached, sampled ones included: the body holds the seed, so a cached sample is what the
 //! server gave for that exact seed; servers that ignore seeds make a cached answer one valid
 //! sample among many, which is what a re-run would have drawn anyway. Delete the folder (or

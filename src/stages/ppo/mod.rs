@@ -444,7 +444,7 @@ fn reward_sources(
     }))
 }
 
-/// sha256 over the names and sha256s of the regular files directly in `dir`, in name order.
+/// [`sha256_files`] of the regular files directly in `dir`, in name order.
 fn folder_sha256(dir: &Path) -> Result<String> {
     let mut names: Vec<std::ffi::OsString> = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
