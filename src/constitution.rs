@@ -12,7 +12,6 @@ use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
 use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::inputs::TEXT_CAP;
 use crate::prompts::{check_template, TemplateKind};
@@ -190,7 +189,7 @@ impl Loaded {
                 .unwrap_or_else(|| path.display().to_string());
             anyhow::anyhow!("{loc}: {}", strip_location(&e.to_string()))
         })?;
-        let sha256 = format!("{:x}", Sha256::digest(source.as_bytes()));
+        let sha256 = crate::hash::sha256_hex(source.as_bytes());
         Ok(Self {
             path: path.to_path_buf(),
             constitution,

@@ -14,7 +14,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::jsonl::Existing;
 use crate::redact::redact_json;
@@ -68,16 +67,6 @@ pub fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// sha256 of the JSON of `parts`, hex.
-pub fn sha256_of(parts: &[&Value]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.to_string().as_bytes());
-        h.update([0]);
-    }
-    format!("{:x}", h.finalize())
 }
 
 /// What a record-writing stage finds at its output path before it writes.

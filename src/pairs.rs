@@ -20,9 +20,9 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::chat::{parse_hh_transcript, ChatMessage, Role};
+use crate::hash::{sha256, Sha256Parts};
 use crate::jsonl::{self, Line};
 
 /// The formats [`read_pairs`] accepts, for error messages.
@@ -52,22 +52,15 @@ pub struct PreferencePair {
 /// Each text is trimmed at both ends first, so a pair read from an HH transcript (whose turns are
 /// trimmed) and from a TRL row (whose responses often start with a space) gets the same key.
 pub fn content_key(conversation: &[ChatMessage], r1: &str, r2: &str) -> String {
-    fn field(h: &mut Sha256, s: &str) {
-        // Length-prefixed, so no two different field sequences hash the same bytes.
-        h.update((s.len() as u64).to_le_bytes());
-        h.update(s.as_bytes());
-    }
-    let mut h = Sha256::new();
-    h.update((conversation.len() as u64).to_le_bytes());
+    let mut h = Sha256Parts::new();
+    h.u64(conversation.len() as u64);
     for m in conversation {
-        field(&mut h, m.role.as_str());
-        field(&mut h, m.content.trim());
+        h.part(m.role.as_str()).part(m.content.trim());
     }
     let (r1, r2) = (r1.trim(), r2.trim());
     let (lo, hi) = if r1 <= r2 { (r1, r2) } else { (r2, r1) };
-    field(&mut h, lo);
-    field(&mut h, hi);
-    hex_prefix(&h.finalize(), 8)
+    h.part(lo).part(hi);
+    h.hex()[..16].to_string()
 }
 
 /// Reads every row of `path` as a preference pair; errors name `file:line`.
@@ -245,7 +238,7 @@ fn assign_slots(
     source_line: usize,
 ) -> PreferencePair {
     let id = content_key(&conversation, &chosen, &rejected);
-    let chosen_first = Sha256::digest(id.as_bytes())[0] % 2 == 0;
+    let chosen_first = sha256(id.as_bytes())[0].is_multiple_of(2);
     let (response_a, response_b, p) = if chosen_first {
         (chosen, rejected, 1.0)
     } else {
@@ -259,10 +252,6 @@ fn assign_slots(
         human_p_a: Some(p),
         source_line,
     }
-}
-
-fn hex_prefix(bytes: &[u8], n: usize) -> String {
-    bytes.iter().take(n).map(|b| format!("{b:02x}")).collect()
 }
 
 /// One row of a label file written by `cai label` (unknown fields are ignored).
@@ -346,7 +335,7 @@ mod tests {
     /// The a/b rule, restated independently of `assign_slots`.
     fn chosen_in_slot_a(conversation: &[ChatMessage], chosen: &str, rejected: &str) -> bool {
         let key = content_key(conversation, chosen, rejected);
-        Sha256::digest(key.as_bytes())[0] % 2 == 0
+        sha256(key.as_bytes())[0].is_multiple_of(2)
     }
 
     /// Checks that `pair` holds `chosen` and `rejected` in the slots the a/b rule prescribes.
@@ -383,6 +372,15 @@ mod tests {
         );
         // Length prefixes keep field boundaries: "ab"+"c" differs from "a"+"bc".
         assert_ne!(content_key(&conv, "ab", "c"), content_key(&conv, "a", "bc"));
+    }
+
+    /// Pair ids live in users' files, so the one sha256 helper must keep them: computed in
+    /// Python as `sha256(u64le(1) + f(b"user") + f(b"hi") + f(b"x") + f(b"y"))[:16 hex]` with
+    /// `f(b) = u64le(len(b)) + b`, the bytes the original hand-written hasher fed.
+    #[test]
+    fn content_key_is_unchanged_by_the_sha256_helper() {
+        let conv = [ChatMessage::user("hi")];
+        assert_eq!(content_key(&conv, "x", "y"), "c64ccf3aa4436deb");
     }
 
     #[test]

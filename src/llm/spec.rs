@@ -8,7 +8,9 @@ use super::backend::Backend;
 use super::local::LocalBackend;
 use super::mock::MockBackend;
 use super::openai::{OpenaiBackend, OpenaiConfig};
-use crate::model_files::locate::{sha256_file, ModelSpec};
+use crate::artifacts::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::hash::sha256_file;
+use crate::model_files::locate::ModelSpec;
 
 /// Where model calls go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -64,8 +66,8 @@ pub fn open_backend_with(
                         let sha = sha256_file(&path)?;
                         Ok(Box::new(LocalBackend::open_gguf(&path, model, Some(sha))?))
                     }
-                    None if dir.join("config.json").is_file() => {
-                        let weights = dir.join("model.safetensors");
+                    None if dir.join(CONFIG_FILE).is_file() => {
+                        let weights = dir.join(WEIGHTS_FILE);
                         let sha = weights
                             .is_file()
                             .then(|| sha256_file(&weights))
@@ -75,7 +77,7 @@ pub fn open_backend_with(
                         Ok(Box::new(backend))
                     }
                     None => bail!(
-                        "{}: neither a .gguf file nor config.json + model.safetensors in this \
+                        "{}: neither a .gguf file nor {CONFIG_FILE} + {WEIGHTS_FILE} in this \
                          folder",
                         dir.display()
                     ),

@@ -87,7 +87,7 @@ impl ChatTokenizer {
         if !tok_path.is_file() {
             bail!("{}: no tokenizer.json in this model folder", dir.display());
         }
-        let config = read_json("config.json")?.unwrap_or(Value::Null);
+        let config = read_json(crate::artifacts::CONFIG_FILE)?.unwrap_or(Value::Null);
         let tcfg = read_json("tokenizer_config.json")?.unwrap_or(Value::Null);
         let ids = |v: &Value| -> Vec<u32> {
             match v {

@@ -12,21 +12,20 @@
 
 use super::config::LlamaConfig;
 use super::lora;
-use super::weights::{self, Weights, CONFIG_FILE, WEIGHTS_FILE};
+use super::weights::{self, Weights};
+use crate::artifacts::{
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
-/// File with the trainer's position, settings and data fingerprint.
-pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
-/// File with the optimizer's step count and moments.
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-
 const RESERVED: [&str; 6] = [
     CONFIG_FILE,
     WEIGHTS_FILE,
-    lora::ADAPTER_WEIGHTS_FILE,
-    lora::ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    ADAPTER_CONFIG_FILE,
     TRAINER_STATE_FILE,
     OPTIMIZER_FILE,
 ];
@@ -203,7 +202,7 @@ pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> 
         super::locate::ModelSpec::GgufFile(p) => {
             let (cfg, w) = weights::load_gguf(&p, DType::F32, &device)
                 .with_context(|| format!("cannot load {}", p.display()))?;
-            Ok((cfg, w, Some(super::locate::sha256_file(&p)?)))
+            Ok((cfg, w, Some(crate::hash::sha256_file(&p)?)))
         }
         super::locate::ModelSpec::Folder(dir) => {
             let gguf = std::fs::read_dir(&dir)
@@ -213,14 +212,14 @@ pub fn load_base(model: &str) -> Result<(LlamaConfig, Weights, Option<String>)> 
                 .find(|p| p.extension().is_some_and(|e| e == "gguf"));
             if let Some(p) = gguf {
                 let (cfg, w) = weights::load_gguf(&p, DType::F32, &device)?;
-                return Ok((cfg, w, Some(super::locate::sha256_file(&p)?)));
+                return Ok((cfg, w, Some(crate::hash::sha256_file(&p)?)));
             }
             let (cfg, w) = load_model_dir(&dir, DType::F32, &device)
                 .with_context(|| format!("cannot load {}", dir.display()))?;
             Ok((
                 cfg,
                 w,
-                super::locate::sha256_file(&dir.join("model.safetensors")).ok(),
+                crate::hash::sha256_file(&dir.join(WEIGHTS_FILE)).ok(),
             ))
         }
     }

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 /// File name of the embedded default model.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -89,13 +88,4 @@ fn hf_cache_snapshot(id: &str) -> Option<PathBuf> {
     let mut entries: Vec<_> = std::fs::read_dir(snaps).ok()?.flatten().collect();
     entries.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
     entries.last().map(|e| e.path())
-}
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", h.finalize()))
 }

@@ -8,6 +8,7 @@
 //! No dropout is applied, which keeps training deterministic.
 
 use super::config::LlamaConfig;
+use crate::artifacts::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -16,10 +17,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// File name of the adapter weights inside a checkpoint folder.
-pub const ADAPTER_WEIGHTS_FILE: &str = "adapter.safetensors";
-/// File name of the adapter settings inside a checkpoint folder.
-pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 const PEFT_PREFIX: &str = "base_model.model.";
 
 /// The linear layers of a decoder block.

@@ -9,6 +9,7 @@
 
 use super::arch::ModelShape;
 use super::config::{Family, LlamaConfig, TokenIds};
+use crate::artifacts::{CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
@@ -28,13 +29,6 @@ pub fn dtype_device(weights: &Weights) -> Result<(DType, Device)> {
         .map(|t| (t.dtype(), t.device().clone()))
         .context("no weights")
 }
-
-/// File name of single-file weights in a model folder.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// File name of the shard index of sharded weights.
-pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
-/// File name of the model config in a model folder.
-pub const CONFIG_FILE: &str = "config.json";
 
 /// A standard normal sample (Box-Muller), so that tests need no extra crate.
 fn normal(rng: &mut impl Rng) -> f64 {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::config::{policy_stage, PipelineConfig};
 use super::stage::{RunDir, Stage};
-use crate::artifacts::{EVAL_RESULT, FINAL_DIR, METRICS, REPORT, TRAIN_LOG};
+use crate::artifacts::{EVAL_RESULT, FINAL_DIR, MANIFEST, METRICS, REPORT, TRAIN_LOG};
 use crate::compare::CompareConfig;
 use crate::llm::BackendKind;
 use crate::stages::dpo::TrainDpoConfig;
@@ -148,7 +148,7 @@ pub fn plan(cfg: &PipelineConfig, run: &RunDir, quiet: bool) -> Result<Vec<Stage
         inputs.push(Input::Model(c.model.clone()));
         out.push(StagePlan {
             stage: Stage::Sft,
-            outputs: vec![run.sft_final(), c.out.join("manifest.json")],
+            outputs: vec![run.sft_final(), c.out.join(MANIFEST)],
             job: Job::Sft(c),
             inputs,
         });
@@ -257,7 +257,7 @@ fn dpo_plan(
         outputs: vec![
             run.final_dir(Stage::Dpo),
             c.out.join(METRICS),
-            c.out.join("manifest.json"),
+            c.out.join(MANIFEST),
         ],
         job: Job::Dpo(c),
         inputs,
@@ -316,7 +316,7 @@ fn rl_plan(
         outputs: vec![
             run.final_dir(stage),
             c.out.join(TRAIN_LOG),
-            c.out.join("manifest.json"),
+            c.out.join(MANIFEST),
         ],
         job: Job::Rl(c),
         inputs,

@@ -7,11 +7,11 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::plan::{Input, StagePlan};
 use super::stage::Stage;
-use crate::model_files::locate::{sha256_file, ModelSpec};
+use crate::hash::{sha256_file, sha256_files, sha256_hex, sha256_json};
+use crate::model_files::locate::ModelSpec;
 
 /// A file or folder and its sha256.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,14 +70,7 @@ pub fn hash_path(path: &Path) -> Result<String> {
     list_files(path, path, &mut files)
         .with_context(|| format!("cannot read {}", path.display()))?;
     files.sort();
-    let mut h = Sha256::new();
-    for rel in files {
-        h.update(rel.to_string_lossy().as_bytes());
-        h.update([0]);
-        h.update(sha256_file(&path.join(&rel))?.as_bytes());
-        h.update([0]);
-    }
-    Ok(format!("{:x}", h.finalize()))
+    sha256_files(path, &files)
 }
 
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -112,7 +105,7 @@ pub fn hash_inputs(plan: &StagePlan) -> Result<Vec<FileHash>> {
         };
         // A built-in constitution (`harmless`) named where no such file exists.
         if let Some(text) = crate::constitution::builtin(&path).filter(|_| !path.exists()) {
-            let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+            let sha256 = sha256_hex(text.as_bytes());
             out.push(FileHash { path, sha256 });
             continue;
         }
@@ -166,7 +159,7 @@ pub fn stage_fingerprint(
         "inputs": hashes,
         "upstream": upstream,
     });
-    Ok(crate::manifest::sha256_of(&[&doc]))
+    Ok(sha256_json(&[&doc]))
 }
 
 /// Config keys, at any depth, that do not change a stage's outputs: progress bars, the resume
@@ -286,6 +279,14 @@ mod tests {
         std::fs::write(d.join("a.txt"), "a")?;
         std::fs::write(d.join("sub/b.txt"), "b")?;
         let h = hash_path(&d)?;
+        // The one sha256 rule over (relative path, file sha256) pairs, from Python:
+        // `sha256(f(b"a.txt") + f(sha256(b"a").hex) + f(b"sub/b.txt") + f(sha256(b"b").hex))`
+        // with `f(b) = u64le(len(b)) + b` (unix path separators).
+        #[cfg(unix)]
+        assert_eq!(
+            h,
+            "b2e90b7f54d4161e100c64fa3261142b9e82aba7679ba614fdf062ac2a24bb3b"
+        );
         std::fs::create_dir(d.join(".x.partial"))?;
         std::fs::write(d.join(".x.partial/c"), "c")?;
         assert_eq!(hash_path(&d)?, h);

@@ -166,7 +166,7 @@ pub fn records_fingerprint<C: Serialize>(
     let mut parts = vec![&shaping, &model];
     parts.extend(extra);
     Ok(Fingerprint {
-        hash: crate::manifest::sha256_of(&parts),
+        hash: crate::hash::sha256_json(&parts),
         ignore: ignore
             .iter()
             .chain(&["openai"])

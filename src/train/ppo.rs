@@ -38,7 +38,8 @@ use super::resume;
 use super::reward::RewardHead;
 use super::trainer::epoch_order;
 use super::{model_from_weights, LlamaConfig, NonFiniteError, Weights};
-use crate::model_files::checkpoint::{self, ExtraFiles, OPTIMIZER_FILE};
+use crate::artifacts::OPTIMIZER_FILE;
+use crate::model_files::checkpoint::{self, ExtraFiles};
 use crate::model_files::weights::dtype_device;
 
 /// Value-head file of a PPO checkpoint.

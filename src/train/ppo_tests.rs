@@ -338,7 +338,7 @@ fn ppo_resume_refuses_a_changed_reward() -> Result<()> {
     let same = PpoTrainer::resume(&ckpt, &weights, data(), run_cfg.clone())?;
     assert_eq!(same.state().step, 1);
     // A checkpoint without the record resumes with any sources and records them.
-    let state_file = ckpt.join(crate::model_files::checkpoint::TRAINER_STATE_FILE);
+    let state_file = ckpt.join(crate::artifacts::TRAINER_STATE_FILE);
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file)?)?;
     state.as_object_mut().unwrap().remove("reward_sources");

@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model_files::checkpoint::{latest_checkpoint, TRAINER_STATE_FILE};
+use crate::artifacts::TRAINER_STATE_FILE;
+use crate::model_files::checkpoint::latest_checkpoint;
 
 /// Settings a resumed run may change.
 pub const FREE_ON_RESUME: &[&str] = &[
@@ -145,11 +146,7 @@ mod tests {
         assert!(e.contains("no checkpoint-N folder"), "{e}");
         let ck = dir.path().join("checkpoint-3");
         std::fs::create_dir(&ck).unwrap();
-        std::fs::write(
-            ck.join(crate::model_files::checkpoint::TRAINER_STATE_FILE),
-            "{}",
-        )
-        .unwrap();
+        std::fs::write(ck.join(crate::artifacts::TRAINER_STATE_FILE), "{}").unwrap();
         assert_eq!(resume_point(dir.path(), true).unwrap(), Some(ck));
         let e = resume_point(dir.path(), false).unwrap_err().to_string();
         assert!(e.contains("pass --resume"), "{e}");

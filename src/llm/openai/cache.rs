@@ -1,7 +1,8 @@
 //! A content-addressed disk cache of server answers, so an interrupted or repeated run never
 //! pays for the same request twice.
 //!
-//! The key is sha256 over (model name, endpoint, full JSON request body). Every request is
+//! The key is sha256 over (model name, endpoint, full JSON request body), joined as
+//! length-prefixed parts ([`crate::hash::Sha256Parts`]). Every request is
 //! cached, sampled ones included: the body holds the seed, so a cached sample is what the
 //! server gave for that exact seed; servers that ignore seeds make a cached answer one valid
 //! sample among many, which is what a re-run would have drawn anyway. Delete the folder (or
@@ -15,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Default cache folder: `~/.cache/cai/requests`.
 pub fn default_dir() -> PathBuf {
@@ -44,12 +44,11 @@ impl RequestCache {
 
     /// Key of one request.
     pub fn key(model: &str, path: &str, body: &Value) -> String {
-        let mut h = Sha256::new();
-        for part in [model, path, &body.to_string()] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        format!("{:x}", h.finalize())
+        crate::hash::Sha256Parts::new()
+            .part(model)
+            .part(path)
+            .json(body)
+            .hex()
     }
 
     fn file(&self, key: &str) -> PathBuf {
@@ -122,6 +121,23 @@ mod tests {
         assert_eq!(c.get(&k), Some(json!({"a": 1})));
         assert_eq!(c.to_json()["hits"], 1);
         assert_eq!(c.to_json()["misses"], 1);
+    }
+
+    /// The key joins model, endpoint and body with the one sha256 rule (length-prefixed
+    /// parts), so no model name can run into the endpoint: with NUL separators the two keys
+    /// below hashed the same bytes `m\0/p\0x\0…`. The value is from Python:
+    /// `sha256(f(b"m") + f(b"/v1/chat/completions") + f(b'{"seed":1}'))`, `f(b) = u64le(len(b)) + b`.
+    #[test]
+    fn request_cache_key_keeps_part_boundaries() {
+        let body = json!({"seed": 1});
+        assert_eq!(
+            RequestCache::key("m", "/v1/chat/completions", &body),
+            "52ba9e04fa97f93e0b2f548babeb5b229c19b5802968aaf31381bf86fc05d60e"
+        );
+        assert_ne!(
+            RequestCache::key("m\0/p", "x", &body),
+            RequestCache::key("m", "/p\0x", &body)
+        );
     }
 
     #[cfg(unix)]

@@ -8,8 +8,8 @@ use serde_json::Value;
 use super::cells::{cell, json_file, num};
 use super::sections::{absent, images, rel};
 use crate::artifacts::{
-    ACCURACY_PLOT, EVAL_RESULT, KL_PLOT, LOSS_PLOT, METRICS, REPORT, REWARDS_PLOT, SAMPLES,
-    TRAIN_LOG,
+    ACCURACY_PLOT, EVAL_RESULT, KL_PLOT, LOSS_PLOT, MANIFEST, METRICS, REPORT, REWARDS_PLOT,
+    SAMPLES, TRAIN_LOG,
 };
 use crate::pipeline::stage::{RunDir, Stage};
 
@@ -22,7 +22,7 @@ pub(super) fn dpo(md: &mut String, run: &RunDir) {
         return;
     }
     let m = json_file(&metrics).unwrap_or(Value::Null);
-    let cfg = json_file(&dir.join("manifest.json")).unwrap_or(Value::Null);
+    let cfg = json_file(&dir.join(MANIFEST)).unwrap_or(Value::Null);
     let text = |pointer: &str| {
         cfg.pointer(pointer)
             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
@@ -79,7 +79,7 @@ pub(super) fn rl(md: &mut String, run: &RunDir, stage: Stage) {
     };
     md.push_str(title);
     let dir = run.stage_dir(stage);
-    let manifest = dir.join("manifest.json");
+    let manifest = dir.join(MANIFEST);
     if absent(md, &manifest, run) {
         return;
     }

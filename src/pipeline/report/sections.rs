@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::cells::{cell, json_file, num, quote, short};
 use crate::artifacts::{
-    ACCURACY_PLOT, LOSS_PLOT, METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT, REPORT,
-    REWARDS_PLOT,
+    ACCURACY_PLOT, LOSS_PLOT, MANIFEST, METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT,
+    REPORT, REWARDS_PLOT,
 };
 use crate::jsonl;
 use crate::pipeline::stage::{RunDir, Stage};
@@ -92,7 +92,7 @@ pub(super) fn revise(md: &mut String, run: &RunDir) {
 
 pub(super) fn sft(md: &mut String, run: &RunDir) {
     md.push_str("## 2. SFT on the revisions\n\n");
-    let path = run.stage_dir(Stage::Sft).join("manifest.json");
+    let path = run.stage_dir(Stage::Sft).join(MANIFEST);
     if absent(md, &path, run) {
         return;
     }

@@ -14,15 +14,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::artifacts::{ACCURACY_PLOT, LOSS_PLOT, METRICS, REWARDS_PLOT};
+use crate::artifacts::{
+    ACCURACY_PLOT, ADAPTER_CONFIG_FILE, CONFIG_FILE, LOSS_PLOT, MANIFEST, METRICS, OPTIMIZER_FILE,
+    REWARDS_PLOT, WEIGHTS_FILE,
+};
 use crate::device::compute_device;
+use crate::hash::{sha256_file, sha256_files, sha256_json};
 use crate::llm::ModelInfo;
-use crate::manifest::{now_unix, sha256_of, Manifest};
+use crate::manifest::{now_unix, Manifest};
 use crate::model_files::checkpoint::load_base;
-use crate::model_files::checkpoint::OPTIMIZER_FILE;
-use crate::model_files::locate::sha256_file;
 use crate::model_files::ChatTokenizer;
 use crate::model_files::ModelSpec;
 use crate::plot::{self, LineSeries};
@@ -144,8 +146,8 @@ fn is_identity_file(name: &str) -> bool {
         || name.ends_with(".safetensors.index.json")
         || matches!(
             name,
-            "config.json"
-                | "adapter_config.json"
+            CONFIG_FILE
+                | ADAPTER_CONFIG_FILE
                 | "tokenizer.json"
                 | "tokenizer_config.json"
                 | "tokenizer.model"
@@ -172,12 +174,7 @@ fn model_sha(model: &str) -> Result<Option<String>> {
             let weights = names
                 .iter()
                 .any(|n| n.ends_with(".safetensors") || n.ends_with(".gguf"));
-            let mut parts = Vec::with_capacity(names.len());
-            for name in &names {
-                parts.push(json!([name, sha256_file(&dir.join(name))?]));
-            }
-            let refs: Vec<&Value> = parts.iter().collect();
-            weights.then(|| sha256_of(&refs))
+            weights.then(|| sha256_files(&dir, &names)).transpose()?
         }
     })
 }
@@ -343,7 +340,7 @@ pub fn run(cfg: &TrainDpoConfig) -> Result<DpoSummary> {
     let (mut trainer, model_sha) = match resume_from {
         Some(dir) => {
             eprintln!("cai: train dpo: resuming from {}", dir.display());
-            let sha = sha256_file(&dir.join("model.safetensors")).ok();
+            let sha = sha256_file(&dir.join(WEIGHTS_FILE)).ok();
             (
                 DpoTrainer::resume(&dir, data, &device, cfg.trainer_config())?,
                 sha,
@@ -426,7 +423,7 @@ fn write_manifest(
     let manifest = Manifest {
         cai_version: env!("CARGO_PKG_VERSION").to_string(),
         command: "train dpo".into(),
-        fingerprint: sha256_of(&[&config, &json!(data_sha), &json!(model_sha)]),
+        fingerprint: sha256_json(&[&config, &json!(data_sha), &json!(model_sha)]),
         config,
         constitution: None,
         model: ModelInfo {
@@ -439,7 +436,7 @@ fn write_manifest(
         finished_unix: Some(now_unix()),
         stats: json!({ "data_sha256": data_sha, "summary": s }),
     };
-    let path = cfg.out.join("manifest.json");
+    let path = cfg.out.join(MANIFEST);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -506,8 +503,9 @@ fn write_report(out: &Path, state: &DpoTrainerState, s: &DpoSummary) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifacts::{CONFIG_FILE, WEIGHTS_INDEX_FILE};
     use crate::model_files::config::LlamaConfig;
-    use crate::model_files::weights::{init_random, CONFIG_FILE, WEIGHTS_INDEX_FILE};
+    use crate::model_files::weights::init_random;
     use crate::train::TokenizedExample;
     use candle_core::{DType, Device};
 
@@ -580,7 +578,7 @@ mod tests {
         assert_ne!(first.train, second.train);
         // The config counts too: a changed norm ε in a's config.json is another reference.
         let path = ref_a.join(CONFIG_FILE);
-        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
         config["rms_norm_eps"] = json!(0.25);
         std::fs::write(&path, config.to_string())?;
         assert!(!reference_logps(&cfg(&ref_a), &train, &eval)?.reused);

@@ -10,7 +10,7 @@
 
 pub mod labeler_reward;
 
-use crate::artifacts::{FINAL_DIR, KL_PLOT, REWARDS_PLOT, SAMPLES, TRAIN_LOG};
+use crate::artifacts::{FINAL_DIR, KL_PLOT, MANIFEST, REWARDS_PLOT, SAMPLES, TRAIN_LOG};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,13 +20,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::choice::Choice;
+use crate::hash::{sha256_file, sha256_files, sha256_json};
 use crate::inputs::{read_prompts, PromptItem};
 use crate::jsonl;
 use crate::llm::{ModelInfo, Prompt};
-use crate::manifest::{now_unix, sha256_of, Manifest};
+use crate::manifest::{now_unix, Manifest};
 use crate::model_files::checkpoint::checkpoint_dir;
 use crate::model_files::checkpoint::load_base;
-use crate::model_files::locate::sha256_file;
 use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
@@ -444,21 +444,17 @@ fn reward_sources(
     }))
 }
 
-/// sha256 over the names and sha256s of the regular files directly in `dir`, in name order.
+/// [`sha256_files`] of the regular files directly in `dir`, in name order.
 fn folder_sha256(dir: &Path) -> Result<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
-    files.retain(|p| p.is_file());
-    files.sort();
-    let mut parts = Vec::new();
-    for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-        parts.push(json!([name, sha256_file(f)?]));
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        if e.path().is_file() {
+            names.push(e.file_name());
+        }
     }
-    Ok(sha256_of(&parts.iter().collect::<Vec<_>>()))
+    names.sort();
+    sha256_files(dir, &names)
 }
 
 /// The method in words, for the run's log: estimator, group, KL placement and how the
@@ -605,7 +601,7 @@ fn write_manifest(
     let manifest = Manifest {
         cai_version: env!("CARGO_PKG_VERSION").to_string(),
         command: "train ppo".into(),
-        fingerprint: sha256_of(&[&config, &json!(prompts_sha), &json!(ref_sha)]),
+        fingerprint: sha256_json(&[&config, &json!(prompts_sha), &json!(ref_sha)]),
         config,
         constitution: None,
         model: ModelInfo {
@@ -618,7 +614,7 @@ fn write_manifest(
         finished_unix: Some(now_unix()),
         stats: serde_json::to_value(summary)?,
     };
-    let path = cfg.out.join("manifest.json");
+    let path = cfg.out.join(MANIFEST);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -9,7 +9,7 @@
 /// The SFT data, in `train::sft_data` (PPO-ptx reads it too).
 pub use crate::train::sft_data as data;
 
-use crate::artifacts::{LOSS_PLOT, TRAIN_LOG};
+use crate::artifacts::{LOSS_PLOT, MANIFEST, TRAIN_LOG, WEIGHTS_FILE};
 use crate::train::memory::{self, rows_per_pass, MemoryPlan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::device::compute_device;
+use crate::hash::{sha256_file, sha256_json};
 use crate::llm::ModelInfo;
-use crate::manifest::{now_unix, sha256_of, Manifest};
+use crate::manifest::{now_unix, Manifest};
 use crate::model_files::checkpoint::load_base;
-use crate::model_files::locate::sha256_file;
 use crate::model_files::weights::dtype_device;
 use crate::model_files::ChatTokenizer;
 use crate::plot::{line_chart, write_svg, LineSeries};
@@ -112,7 +112,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
 
     let (start, model_sha, before) = match resume_point(&cfg.out, cfg.resume)? {
         Some(checkpoint) => {
-            let sha = sha256_file(&checkpoint.join("model.safetensors")).ok();
+            let sha = sha256_file(&checkpoint.join(WEIGHTS_FILE)).ok();
             let start = SftStart::Resume {
                 checkpoint,
                 device: compute_device()?,
@@ -206,7 +206,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
     let manifest = Manifest {
         cai_version: env!("CARGO_PKG_VERSION").to_string(),
         command: "train sft".into(),
-        fingerprint: sha256_of(&[&config, &json!(data_sha), &json!(model_sha)]),
+        fingerprint: sha256_json(&[&config, &json!(data_sha), &json!(model_sha)]),
         config,
         constitution: None,
         model: ModelInfo {
@@ -232,7 +232,7 @@ pub fn run(cfg: &SftRunConfig) -> Result<SftRunSummary> {
             "seconds": t0.elapsed().as_secs_f64(),
         }),
     };
-    let path = cfg.out.join("manifest.json");
+    let path = cfg.out.join(MANIFEST);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(SftRunSummary {
