@@ -231,7 +231,11 @@ impl Manifest {
         }
         let mut what = self.differences(new, ignore);
         if what.is_empty() {
-            what.push("the prompt templates or another hashed input differ".into());
+            what.push(
+                "the prompt templates, another hashed input, or the way this version of cai \
+                 computes fingerprints differ"
+                    .into(),
+            );
         }
         bail!(
             "{} was written by another run ({}); resuming would mix two runs in one file: \
