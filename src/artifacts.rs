@@ -21,6 +21,8 @@ pub const EVAL_RESULT: &str = "eval.json";
 pub const SAMPLES: &str = "samples.jsonl";
 /// The trained model of a trainer's output folder.
 pub const FINAL_DIR: &str = "final";
+/// DPO's cached reference log-probabilities in its output folder.
+pub const REFERENCE_LOGPS: &str = "reference_logps.json";
 
 /// Single-file weights in a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";

@@ -8,7 +8,10 @@
 //!   named and refused, except how long the run lasts (`max_steps`, `epochs`, PPO's `steps`)
 //!   and what changes no number of it (`save_every`, `eval_every`, `sample_every`,
 //!   `max_batch_tokens`). A changed length shortens or extends the run, and the learning-rate
-//!   schedule then spans the new length.
+//!   schedule then spans the new length;
+//! - a fresh run writes only into a folder that is absent, empty, or already holds what a
+//!   trainer writes (its log, manifest, checkpoints, final model): a folder of the user's
+//!   files is refused, never written into.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::artifacts::TRAINER_STATE_FILE;
+use crate::artifacts::{
+    EVAL_LOG, FINAL_DIR, MANIFEST, METRICS, REFERENCE_LOGPS, SAMPLES, TRAINER_STATE_FILE, TRAIN_LOG,
+};
 use crate::model_files::checkpoint::latest_checkpoint;
 
 /// Settings a resumed run may change.
@@ -34,6 +39,12 @@ pub const FREE_ON_RESUME: &[&str] = &[
 /// The checkpoint a run continues from: the latest one in `out_dir` with `resume`, nothing
 /// for a fresh run; the two refusals of the rule otherwise.
 pub fn resume_point(out_dir: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    if out_dir.exists() && !out_dir.is_dir() {
+        bail!(
+            "--out {} exists and is not a folder: a trainer writes a folder; choose another --out",
+            out_dir.display()
+        );
+    }
     match (resume, latest_checkpoint(out_dir)?) {
         (true, Some(dir)) => Ok(Some(dir)),
         (true, None) => bail!(
@@ -45,8 +56,42 @@ pub fn resume_point(out_dir: &Path, resume: bool) -> Result<Option<PathBuf>> {
             out_dir.display(),
             found.display()
         ),
-        (false, None) => Ok(None),
+        (false, None) => {
+            check_fresh_out(out_dir)?;
+            Ok(None)
+        }
     }
+}
+
+/// Refuses a fresh run's `--out` folder that holds files but nothing a trainer writes (the
+/// user's own files, which a run would mix with or overwrite).
+fn check_fresh_out(out_dir: &Path) -> Result<()> {
+    if !out_dir.exists() {
+        return Ok(());
+    }
+    let names: Vec<String> = std::fs::read_dir(out_dir)
+        .with_context(|| format!("cannot list {}", out_dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let ours = |n: &str| {
+        [MANIFEST, TRAIN_LOG, EVAL_LOG, METRICS, FINAL_DIR, SAMPLES].contains(&n)
+            || n.starts_with("checkpoint-")
+            || n.ends_with("_config.yaml")
+            || n.trim_start_matches('.').starts_with(REFERENCE_LOGPS)
+    };
+    if !names.is_empty() && !names.iter().any(|n| ours(n)) {
+        let mut shown: Vec<&str> = names.iter().map(String::as_str).take(3).collect();
+        shown.sort_unstable();
+        bail!(
+            "--out {} already holds files that no cai trainer wrote ({}{}); a run would write \
+             among them: choose another --out",
+            out_dir.display(),
+            shown.join(", "),
+            if names.len() > 3 { ", …" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 /// The trainer state saved in checkpoint folder `dir` (`trainer_state.json`).
@@ -136,6 +181,32 @@ mod tests {
             "trainable": {"lora": {"rank": 8}}})
         )
         .is_empty());
+    }
+
+    #[test]
+    fn a_fresh_run_never_writes_among_the_users_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // Absent and empty folders are fresh.
+        assert_eq!(resume_point(&dir.path().join("new"), false).unwrap(), None);
+        assert_eq!(resume_point(dir.path(), false).unwrap(), None);
+        // A folder of the user's files is refused, naming one of them.
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let e = resume_point(dir.path(), false).unwrap_err().to_string();
+        assert!(
+            e.contains("no cai trainer wrote") && e.contains("notes.txt"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+            "mine"
+        );
+        // A folder a trainer wrote before (its log) is run into again.
+        std::fs::write(dir.path().join(TRAIN_LOG), "step,loss\n").unwrap();
+        assert_eq!(resume_point(dir.path(), false).unwrap(), None);
+        // A file is not a folder.
+        let file = dir.path().join("notes.txt");
+        let e = resume_point(&file, false).unwrap_err().to_string();
+        assert!(e.contains("is not a folder"), "{e}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::train::split::{split_held_out, HeldOut};
 use crate::train::{model_from_weights, SftConfig, TrainEvent};
 
 /// File of the reference log-probabilities in the output folder.
-pub const REFERENCE_FILE: &str = "reference_logps.json";
+pub const REFERENCE_FILE: &str = crate::artifacts::REFERENCE_LOGPS;
 
 /// Settings of `cai train dpo`. Every field has a default; unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
