@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::join::JoinStats;
-use super::significance::{ChanceVerdict, PairedTest};
+use super::significance::{ChanceVerdict, PairedTest, MIN_PAIRS};
 use crate::artifacts::{METRICS, PRINCIPLES_PLOT, P_A_HIST_PLOT, RELIABILITY_PLOT, REPORT};
 use crate::label_metrics::LENGTH_BUCKETS;
 use crate::label_metrics::{Calibration, GroupAgreement, Kappa, PositionStats};
@@ -228,6 +228,10 @@ fn principle_names(files: &[FileReport]) -> Vec<String> {
 
 fn group_cell(group: Option<(Option<f64>, usize)>) -> String {
     match group {
+        // A share of one or two pairs reads as 0 % or 100 %: say that it tells nothing.
+        Some((agreement, n)) if n > 0 && n < MIN_PAIRS => {
+            format!("{} (n={n}, too few)", pct(agreement))
+        }
         Some((agreement, n)) if n > 0 => format!("{} (n={n})", pct(agreement)),
         _ => "–".to_string(),
     }
@@ -549,6 +553,20 @@ fn histogram_svg(report: &CompareReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_group_agreement_below_the_small_n_rule_says_too_few() {
+        assert_eq!(group_cell(Some((Some(1.0), 2))), "100.0% (n=2, too few)");
+        assert_eq!(
+            group_cell(Some((Some(0.5), MIN_PAIRS - 1))),
+            format!("50.0% (n={}, too few)", MIN_PAIRS - 1)
+        );
+        assert_eq!(
+            group_cell(Some((Some(0.75), MIN_PAIRS))),
+            format!("75.0% (n={MIN_PAIRS})")
+        );
+        assert_eq!(group_cell(Some((None, 0))), "–");
+    }
 
     #[test]
     fn paired_line_wording() {
