@@ -218,6 +218,15 @@ pub fn training_to(id: &str) -> Option<To> {
     }
 }
 
+/// Where a resumable trainer's flags go (rm, dpo): [`training_to`], and `--resume` /
+/// `--no-resume` as flags only (the config file has no `resume:`; the trainer's `finish` sets it).
+pub fn resumable_training_to(id: &str) -> Option<To> {
+    match id {
+        "resume" | "no_resume" => Some(To::Explicit),
+        _ => training_to(id),
+    }
+}
+
 /// What `--trainable` names; `--top-layers` and `--lora-*` give the details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]

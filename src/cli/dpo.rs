@@ -6,7 +6,7 @@ use anyhow::{ensure, Result};
 use clap::{ArgMatches, Args};
 use serde::Serialize;
 
-use super::args::{parsed, training_to, TrainingArgs};
+use super::args::{parsed, resumable_training_to, TrainingArgs};
 use super::help_defaults::Source;
 use super::overlay::{self, Flags, To};
 use crate::stages::dpo::{self, TrainDpoConfig};
@@ -84,12 +84,8 @@ impl Flags for DpoArgs {
         self.config.as_deref()
     }
 
-    /// `--resume` is a flag only: the config file has no `resume:`.
     fn to(id: &str) -> Option<To> {
-        match id {
-            "resume" | "no_resume" => Some(To::Explicit),
-            _ => training_to(id),
-        }
+        resumable_training_to(id)
     }
 
     /// The trainable group, checks.
